@@ -1,0 +1,263 @@
+"""Build the model repository: export, cache by content hash, install, write the manifest.
+
+Every model's outputs are cached under ``.cache/models/<name>/<key>``, where the key
+hashes the packaged weights, the model description, the tool versions and the export
+code. An entry is built in a ``.partial`` folder and renamed when complete, so an
+interrupted build leaves nothing half-done and the next run starts that model again.
+Installing compares checksums, so a second run changes nothing and says so, and a
+corrupt or deleted weight file in the repository is put back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from . import configs, export
+from .accuracy import agreement, sample_sentences
+from .catalog import ASSETS, MODELS, AssetSpec, ModelSpec, model_by_name
+from .errors import BuildError, RepositoryError
+from .paths import ProjectPaths
+from .sources import distribution_version, locate, sha256_file, sha256_tree
+
+Say = Callable[[str], None]
+ACCURACY_SENTENCES = 256
+ENTRY_FILE = "entry.json"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    models: tuple[str, ...] = ()
+    """Names to build; empty means all."""
+    variants: dict[str, str] = field(default_factory=dict)
+    """Model name -> weight variant to install (default: the model's first variant)."""
+
+
+@dataclass
+class BuildReport:
+    actions: list[str] = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.actions)
+
+
+def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say = print) -> BuildReport:
+    specs = [model_by_name(n) for n in options.models] if options.models else list(MODELS)
+    for name, variant in options.variants.items():
+        if variant not in model_by_name(name).variants:
+            raise BuildError(f"{name} has no variant {variant!r}",
+                             f"choose one of {', '.join(model_by_name(name).variants)}")
+    report = BuildReport()
+    with _build_lock(paths.cache):
+        models_manifest = {}
+        for number, spec in enumerate(specs, 1):
+            variant = options.variants.get(spec.name, spec.variants[0])
+            prefix = f"[{number}/{len(specs)}] {spec.name}"
+            entry_dir, entry = _cached_or_built(spec, paths, prefix, say, report)
+            models_manifest[spec.name] = _install_model(spec, variant, entry_dir, entry, paths, report)
+        assets_manifest = [_install_asset(asset, paths, report) for asset in ASSETS]
+        previous = _read_json(paths.manifest) or {}
+        manifest = {
+            "generated_by": "percolate-models build",
+            "model_repository": str(paths.model_repository),
+            "models": {**previous.get("models", {}), **models_manifest},
+            "assets": assets_manifest,
+        }
+        if _write_if_changed(paths.manifest, json.dumps(manifest, indent=2, sort_keys=True) + "\n"):
+            report.actions.append(f"wrote {paths.manifest}")
+    report.manifest = manifest
+    if report.changed:
+        say(f"model repository ready: {paths.model_repository} ({len(report.actions)} changes)")
+    else:
+        say(f"nothing to do: {len(specs)} models and {len(ASSETS)} assets are up to date "
+            f"in {paths.model_repository} (manifest {paths.manifest})")
+    return report
+
+
+def cache_key(spec: ModelSpec, source_sha256: str) -> str:
+    """Content hash of everything that determines a model's built weights."""
+    description = dataclasses.asdict(spec)
+    for target_only in ("cpu", "gpu", "trt_precision", "description"):
+        description.pop(target_only)
+    code = hashlib.sha256(Path(export.__file__).read_bytes()).hexdigest()
+    payload = json.dumps({"spec": description, "source": source_sha256, "code": code,
+                          "tools": export.tool_versions(spec.kind)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _cached_or_built(spec: ModelSpec, paths: ProjectPaths, prefix: str, say: Say,
+                     report: BuildReport) -> tuple[Path, dict]:
+    source_path = locate(spec.source)
+    source_sha = sha256_tree(source_path)
+    key = cache_key(spec, source_sha)
+    model_cache = paths.cache / "models" / spec.name
+    entry_dir = model_cache / key
+    entry = _read_json(entry_dir / ENTRY_FILE)
+    if entry and _entry_intact(entry_dir, entry):
+        return entry_dir, entry
+    say(f"{prefix}: building (cache key {key})")
+    for stale in model_cache.glob("*.partial*"):
+        shutil.rmtree(stale)  # left by an interrupted build
+    shutil.rmtree(entry_dir, ignore_errors=True)
+    partial = model_cache / f"{key}.partial-{os.getpid()}"
+    partial.mkdir(parents=True)
+    started = time.monotonic()
+    accuracy = _produce(spec, source_path, partial, lambda msg: say(f"{prefix}: {msg}"))
+    entry = {
+        "key": key,
+        "source": {"distribution": spec.source.distribution,
+                   "version": distribution_version(spec.source.distribution),
+                   "path": spec.source.path, "sha256": source_sha},
+        "files": {v: sha256_file(partial / f"{v}.onnx") for v in spec.variants},
+        "accuracy": accuracy,
+    }
+    (partial / ENTRY_FILE).write_text(json.dumps(entry, indent=2, sort_keys=True))
+    os.replace(partial, entry_dir)
+    say(f"{prefix}: built in {time.monotonic() - started:.1f} s")
+    report.actions.append(f"built {spec.name} ({key})")
+    return entry_dir, entry
+
+
+def _produce(spec: ModelSpec, source: Path, out: Path, say: Say) -> dict:
+    """Write ``<variant>.onnx`` for each variant of ``spec`` into ``out``."""
+    if spec.kind == "onnx":
+        say("copying the packaged ONNX graph with the repository's tensor names")
+        renames = {t.onnx_name: t.name for t in spec.inputs + spec.outputs if t.onnx_name}
+        export.rename_tensors(source, out / "fp32.onnx", renames)
+        return {}
+    if spec.kind != "sentence_transformer":
+        raise BuildError(f"{spec.name} has unknown kind {spec.kind!r}", "fix the catalog")
+    say("exporting to ONNX with optimum (about 10 s)")
+    exported = export.export_sentence_transformer(source, out / "export", out / "export.log")
+    os.replace(exported, out / "fp32.onnx")
+    shutil.rmtree(out / "export")
+    say("optimising (onnxruntime transformer fusions)")
+    export.optimize_bert(out / "fp32.onnx", out / "optimized.onnx", source)
+    say("quantising to int8 (dynamic, per channel)")
+    export.quantize_int8(out / "fp32.onnx", out / "int8.onnx")
+    say(f"measuring each variant against fp32 on {ACCURACY_SENTENCES} sentences")
+    return _measure_variants(spec, out, source / "tokenizer.json")
+
+
+def _measure_variants(spec: ModelSpec, out: Path, tokenizer_json: Path) -> dict:
+    from reading_frontend.text import TextTokenizer, embed_texts, onnx_embed_fn
+
+    tokenizer = TextTokenizer(tokenizer_json)
+    sentences = sample_sentences(ACCURACY_SENTENCES, seed=7)
+    vectors = {v: embed_texts(sentences, tokenizer, onnx_embed_fn(out / f"{v}.onnx"))
+               for v in spec.variants}
+    return {v: agreement(vectors["fp32"], vectors[v]) for v in spec.variants if v != "fp32"}
+
+
+def _entry_intact(entry_dir: Path, entry: dict) -> bool:
+    return all((entry_dir / f"{v}.onnx").is_file() and sha256_file(entry_dir / f"{v}.onnx") == sha
+               for v, sha in entry.get("files", {}).items())
+
+
+def _install_model(spec: ModelSpec, variant: str, entry_dir: Path, entry: dict,
+                   paths: ProjectPaths, report: BuildReport) -> dict:
+    repo = paths.model_repository
+    for relative, text in configs.repository_files(spec).items():
+        if _write_if_changed(repo / relative, text):
+            report.actions.append(f"wrote {relative}")
+    target = repo / spec.name / "1" / "model.onnx"
+    wanted = entry["files"][variant]
+    if not (target.is_file() and sha256_file(target) == wanted):
+        why = "installed" if not target.exists() else "replaced (it differed from the build)"
+        _atomic_copy(entry_dir / f"{variant}.onnx", target)
+        report.actions.append(f"{why} {spec.name}/1/model.onnx ({variant})")
+    return {
+        "variant": variant, "cache_key": entry["key"], "source": entry["source"],
+        "artefact": {"path": str(target.relative_to(repo)), "sha256": wanted,
+                     "bytes": target.stat().st_size},
+        "accuracy_vs_fp32": entry["accuracy"],
+        "variants_available": list(spec.variants),
+    }
+
+
+def _install_asset(asset: AssetSpec, paths: ProjectPaths, report: BuildReport) -> dict:
+    source = locate(asset.source)
+    target = paths.assets / asset.name
+    if asset.how == "copy":
+        data = source.read_bytes()
+    elif asset.how.startswith("onnx_metadata:"):
+        data = (export.onnx_metadata(source, asset.how.split(":", 1)[1]).strip("\n") + "\n").encode()
+    else:
+        raise BuildError(f"asset {asset.name} has unknown method {asset.how!r}", "fix the catalog")
+    if not (target.is_file() and target.read_bytes() == data):
+        _atomic_write(target, data)
+        report.actions.append(f"wrote asset {asset.name}")
+    return {"path": asset.name, "description": asset.description,
+            "source_distribution": asset.source.distribution,
+            "source_version": distribution_version(asset.source.distribution),
+            "source_path": asset.source.path, "how": asset.how,
+            "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def verify(paths: ProjectPaths) -> list[str]:
+    """Problems with the built repository (missing or altered files); empty when sound."""
+    manifest = _read_json(paths.manifest)
+    if manifest is None:
+        return [f"{paths.manifest} is missing: run `percolate-models build`"]
+    problems = []
+    for name, model in manifest["models"].items():
+        path = paths.model_repository / model["artefact"]["path"]
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif sha256_file(path) != model["artefact"]["sha256"]:
+            problems.append(f"{path} does not match the manifest (corrupt or edited)")
+    for asset in manifest["assets"]:
+        path = paths.assets / asset["path"]
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != asset["sha256"]:
+            problems.append(f"{path} is missing or altered")
+    return problems
+
+
+@contextmanager
+def _build_lock(cache: Path) -> Iterator[None]:
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "build.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RepositoryError("another `percolate-models build` is running on this cache",
+                                  "wait for it to finish, then run again") from None
+        yield
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    if path.is_file() and path.read_text() == text:
+        return False
+    _atomic_write(path, text.encode())
+    return True
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)

