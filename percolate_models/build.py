@@ -141,10 +141,10 @@ def _produce(spec: ModelSpec, source: Path, out: Path, say: Say) -> dict:
     exported = export.export_sentence_transformer(source, out / "export", out / "export.log")
     os.replace(exported, out / "fp32.onnx")
     shutil.rmtree(out / "export")
-    say("optimising (onnxruntime transformer fusions)")
-    export.optimize_bert(out / "fp32.onnx", out / "optimized.onnx", source)
-    say("quantising to int8 (dynamic, per channel)")
-    export.quantize_int8(out / "fp32.onnx", out / "int8.onnx")
+    say("optimising (onnxruntime transformer fusions) and quantising to int8 (per channel)")
+    with export.quiet(out / "export.log"):
+        export.optimize_bert(out / "fp32.onnx", out / "optimized.onnx", source)
+        export.quantize_int8(out / "fp32.onnx", out / "int8.onnx")
     say(f"measuring each variant against fp32 on {ACCURACY_SENTENCES} sentences")
     return _measure_variants(spec, out, source / "tokenizer.json")
 
@@ -173,9 +173,10 @@ def _install_model(spec: ModelSpec, variant: str, entry_dir: Path, entry: dict,
     target = repo / spec.name / "1" / "model.onnx"
     wanted = entry["files"][variant]
     if not (target.is_file() and sha256_file(target) == wanted):
-        why = "installed" if not target.exists() else "replaced (it differed from the build)"
+        action = (f"installed {spec.name}/1/model.onnx ({variant})" if not target.exists() else
+                  f"replaced {spec.name}/1/model.onnx ({variant}): it differed from the build")
         _atomic_copy(entry_dir / f"{variant}.onnx", target)
-        report.actions.append(f"{why} {spec.name}/1/model.onnx ({variant})")
+        report.actions.append(action)
     return {
         "variant": variant, "cache_key": entry["key"], "source": entry["source"],
         "artefact": {"path": str(target.relative_to(repo)), "sha256": wanted,

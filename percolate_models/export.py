@@ -5,11 +5,14 @@ optimum export runs in a child process so their memory is gone when it ends.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 
@@ -39,6 +42,21 @@ def export_sentence_transformer(model_dir: Path, out_dir: Path, log_file: Path) 
         tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise BuildError(f"optimum export failed ({tail[0]})", f"see the full log in {log_file}")
     return onnx_path
+
+
+@contextlib.contextmanager
+def quiet(log_file: Path) -> Iterator[None]:
+    """Send onnxruntime's chatter (prints and warnings about shape inference) to a log."""
+    root = logging.getLogger()
+    level = root.level
+    with open(log_file, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        handler = logging.StreamHandler(log)
+        root.handlers, saved = [handler], root.handlers
+        root.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            root.handlers, root.level = saved, level
 
 
 def optimize_bert(src: Path, dst: Path, model_dir: Path) -> None:

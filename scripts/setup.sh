@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One-time (and idempotent) set-up on a fresh Debian 12 machine with Python 3.11, git
+# and make: Debian packages, the virtual environment, pip packages, the model build.
+# Each step is skipped when already done, so `make demo` / `make test` rerun quickly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+VENV=${VENV:-.venv}
+APT_PACKAGES=(libb64-0d fonts-dejavu-core)   # perf_analyzer's libb64; a font for test images
+STAMP_DIR=.cache/setup
+mkdir -p "$STAMP_DIR"
+step() { printf '\n==> %s\n' "$*"; }
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  step "Debian packages present: ${APT_PACKAGES[*]}"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating virtual environment $VENV with $PYTHON"
+  command -v "$PYTHON" >/dev/null || { echo "setup: $PYTHON not found: install Python 3.11 first" >&2; exit 2; }
+  "$PYTHON" -m venv "$VENV"
+fi
+
+deps_hash=$(sha256sum pyproject.toml | cut -c1-16)
+if [ "$(cat "$STAMP_DIR/pip" 2>/dev/null)" != "$deps_hash" ]; then
+  step "installing Python packages (runtime + export + dev extras; a few minutes the first time)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e '.[export,dev]'
+  "$VENV/bin/python" -m pip check
+  echo "$deps_hash" > "$STAMP_DIR/pip"
+else
+  step "Python packages up to date ($VENV)"
+fi
+
+step "building the model repository (cached by content hash)"
+"$VENV/bin/percolate-models" build

@@ -1,0 +1,55 @@
+"""Generated Triton configs: both targets parse as ModelConfig, and the committed
+repository files are exactly what the catalog renders (a stale config fails here)."""
+from __future__ import annotations
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from percolate_models import configs
+from percolate_models.catalog import MODELS, TARGETS
+from percolate_models.paths import ProjectPaths
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.name)
+def test_rendered_config_parses_as_model_config(spec, target):
+    parsed = configs.parse(configs.render(spec, target))
+    assert parsed.name == spec.name
+    assert [t.name for t in parsed.input] == [t.name for t in spec.inputs]
+    assert [t.name for t in parsed.output] == [t.name for t in spec.outputs]
+    assert parsed.max_batch_size == spec.settings(target).max_batch_size > 0
+    assert list(parsed.dynamic_batching.preferred_batch_size) == list(
+        spec.settings(target).preferred_batch_sizes)
+    assert max(parsed.dynamic_batching.preferred_batch_size) <= parsed.max_batch_size
+
+
+@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.name)
+def test_gpu_config_uses_onnxruntime_with_tensorrt_fp16(spec):
+    parsed = configs.parse(configs.render(spec, "gpu"))
+    assert parsed.platform == "onnxruntime_onnx" and not parsed.backend
+    assert parsed.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    (trt,) = parsed.optimization.execution_accelerators.gpu_execution_accelerator
+    assert trt.name == "tensorrt"
+    assert trt.parameters["precision_mode"] == "FP16"
+
+
+@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.name)
+def test_cpu_config_uses_python_backend_on_cpu(spec):
+    parsed = configs.parse(configs.render(spec, "cpu"))
+    assert parsed.backend == "python" and not parsed.platform
+    assert parsed.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert parsed.parameters["onnx_file"].string_value == "model.onnx"
+
+
+@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.name)
+def test_committed_repository_files_are_not_stale(spec):
+    repo = ProjectPaths.from_env().model_repository
+    for relative, text in configs.repository_files(spec).items():
+        assert (repo / relative).read_text() == text, (
+            f"{relative} differs from the catalog: run `percolate-models build` and commit it")
+
+
+def test_invalid_config_text_is_rejected():
+    with pytest.raises(text_format.ParseError):
+        configs.parse('name: "x"\nmax_batch_size: "many"\n')

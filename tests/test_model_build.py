@@ -1,0 +1,107 @@
+"""The model build: idempotent, repairs a damaged repository, resumes after an
+interruption, and fails with one actionable line when weights are missing."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from percolate_models import export
+from percolate_models.build import BuildOptions, build, verify
+from percolate_models.catalog import WeightsSource
+from percolate_models.errors import BuildError, MissingPackageError
+from percolate_models.paths import ProjectPaths
+from percolate_models.sources import locate
+
+SMALL = BuildOptions(models=("ocr_cls",))
+
+
+@pytest.fixture
+def scratch(tmp_path) -> ProjectPaths:
+    """A repository, assets folder and cache of its own (ocr_cls builds in a second)."""
+    return ProjectPaths(model_repository=tmp_path / "repo", assets=tmp_path / "assets",
+                        cache=tmp_path / "cache")
+
+
+def test_second_build_does_nothing_and_says_so(scratch):
+    lines: list[str] = []
+    first = build(scratch, SMALL, say=lines.append)
+    assert first.changed and any("built ocr_cls" in a for a in first.actions)
+    assert (scratch.model_repository / "ocr_cls" / "1" / "model.onnx").is_file()
+    lines.clear()
+    second = build(scratch, SMALL, say=lines.append)
+    assert not second.changed
+    assert lines == [line for line in lines if line.startswith("nothing to do")] and lines
+    assert verify(scratch) == []
+
+
+def test_corrupt_or_missing_weights_are_repaired(scratch):
+    build(scratch, SMALL, say=lambda _: None)
+    weights = scratch.model_repository / "ocr_cls" / "1" / "model.onnx"
+    weights.write_bytes(b"not an onnx model")
+    assert any("does not match" in p for p in verify(scratch))
+    repaired = build(scratch, SMALL, say=lambda _: None)
+    assert any("replaced ocr_cls/1/model.onnx" in a for a in repaired.actions)
+    weights.unlink()
+    reinstalled = build(scratch, SMALL, say=lambda _: None)
+    assert any("installed ocr_cls/1/model.onnx" in a for a in reinstalled.actions)
+    assert verify(scratch) == []
+    assert not any("built" in a for a in repaired.actions + reinstalled.actions)  # cache reused
+
+
+def test_interrupted_build_leaves_nothing_and_resumes(scratch, monkeypatch):
+    real = export.rename_tensors
+
+    def interrupted(src, dst, renames):
+        dst.write_bytes(b"half written")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "rename_tensors", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build(scratch, SMALL, say=lambda _: None)
+    assert not (scratch.model_repository / "ocr_cls" / "1" / "model.onnx").exists()
+    assert not list((scratch.cache / "models" / "ocr_cls").glob("*/entry.json"))
+    monkeypatch.setattr(export, "rename_tensors", real)
+    resumed = build(scratch, SMALL, say=lambda _: None)
+    assert any("built ocr_cls" in a for a in resumed.actions)
+    assert not list((scratch.cache / "models" / "ocr_cls").glob("*.partial*"))
+    assert verify(scratch) == []
+
+
+def test_damaged_cache_entry_is_rebuilt(scratch):
+    build(scratch, SMALL, say=lambda _: None)
+    (entry,) = (scratch.cache / "models" / "ocr_cls").glob("*/fp32.onnx")
+    entry.write_bytes(b"bit rot")
+    again = build(scratch, SMALL, say=lambda _: None)
+    assert any("built ocr_cls" in a for a in again.actions)
+
+
+def test_unknown_variant_is_refused(scratch):
+    with pytest.raises(BuildError, match="choose one of fp32, optimized, int8"):
+        build(scratch, BuildOptions(models=("text_embedding",), variants={"text_embedding": "fp8"}))
+
+
+def test_missing_weights_package_names_the_fix():
+    with pytest.raises(MissingPackageError, match=r"percolate-absent-weights.*make setup"):
+        locate(WeightsSource("percolate-absent-weights", "percolate_absent_weights", "model"))
+
+
+def test_missing_weights_package_from_the_command_line(tmp_path):
+    """The CLI prints one line and no traceback when a weights package is absent."""
+    script = (
+        "import sys, dataclasses\n"
+        "from percolate_models import catalog, cli\n"
+        "absent = catalog.WeightsSource('percolate-absent-weights', 'absent', 'm.onnx')\n"
+        "catalog.MODELS = (dataclasses.replace(catalog.OCR_CLS, source=absent),)\n"
+        "import percolate_models.build as b; b.MODELS = catalog.MODELS\n"
+        "sys.exit(cli.main(['build']))\n"
+    )
+    env = {"PERCOLATE_MODEL_REPOSITORY": str(tmp_path / "r"), "PERCOLATE_MODEL_ASSETS": str(tmp_path / "a"),
+           "PERCOLATE_CACHE_DIR": str(tmp_path / "c"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert "percolate-absent-weights" in lines[0] and "make setup" in lines[0]
+
