@@ -170,33 +170,31 @@ def prepare_image(image: np.ndarray, params: OcrParams = OcrParams()) -> Prepare
     height, width = image.shape[:2]
     ratio_h = ratio_w = 1.0
     if max(height, width) > params.max_side_len:
-        image, ratio_h, ratio_w = _rescale_side(image, params.max_side_len, longest=True, params=params)
+        scale = params.max_side_len / max(height, width)
+        image, ratio_h, ratio_w = _resize_snapped(image, scale, params.max_image_pixels)
     if min(image.shape[:2]) < params.min_side_len:
-        image, ratio_h, ratio_w = _rescale_side(image, params.min_side_len, longest=False, params=params)
+        scale = params.min_side_len / min(image.shape[:2])
+        image, ratio_h, ratio_w = _resize_snapped(image, scale, params.max_image_pixels)
     image, pad_top = _letterbox(image, params)
     return PreparedImage(image, ratio_h, ratio_w, pad_top, height, width)
 
 
-def _rescale_side(
-    image: np.ndarray, side_len: int, longest: bool, params: OcrParams
+def _resize_snapped(
+    image: np.ndarray, scale: float, max_pixels: int
 ) -> tuple[np.ndarray, float, float]:
-    """Scale the longest (or shortest) side to ``side_len``, snapping both sides to 32."""
+    """Resize by ``scale`` with sides snapped to 32; returns the original/new side ratios."""
     height, width = image.shape[:2]
-    if longest:
-        ratio = side_len / height if height > width else side_len / width
-    else:
-        ratio = side_len / height if height < width else side_len / width
-    resize_h, resize_w = _snap_to_32(height, width, ratio)
+    resize_h, resize_w = _snap_to_32(height, width, scale)
     if resize_h <= 0 or resize_w <= 0:
         raise ValueError(f"image of {width}x{height} pixels is too elongated to OCR")
-    _check_pixel_count(resize_h, resize_w, params.max_image_pixels)
+    _check_pixel_count(resize_h, resize_w, max_pixels)
     return cv2.resize(image, (resize_w, resize_h)), height / resize_h, width / resize_w
 
 
-def _snap_to_32(height: int, width: int, ratio: float) -> tuple[int, int]:
+def _snap_to_32(height: int, width: int, scale: float) -> tuple[int, int]:
     """Round scaled sides to multiples of 32 (Python's banker's rounding, as upstream)."""
-    resize_h = int(round(int(height * ratio) / 32) * 32)
-    resize_w = int(round(int(width * ratio) / 32) * 32)
+    resize_h = int(round(int(height * scale) / 32) * 32)
+    resize_w = int(round(int(width * scale) / 32) * 32)
     return resize_h, resize_w
 
 
@@ -224,12 +222,12 @@ _MIN_BOX_SIDE = 3
 def det_preprocess(image: np.ndarray, params: OcrParams = OcrParams()) -> np.ndarray:
     """Upscale so the short side reaches the limit (sides multiple of 32), normalise to NCHW."""
     height, width = image.shape[:2]
-    ratio = 1.0
+    scale = 1.0
     if min(height, width) < params.det_limit_side_len:
-        ratio = params.det_limit_side_len / (height if height < width else width)
-    resize_h, resize_w = _snap_to_32(height, width, ratio)
+        scale = params.det_limit_side_len / min(height, width)
+    resize_h, resize_w = _snap_to_32(height, width, scale)
     resized = cv2.resize(image, (resize_w, resize_h))
-    # float32 * scale, then float64 mean/std: the same dtype path as upstream.
+    # float32 * (1/255), then float64 mean/std: the same dtype path as upstream.
     normalized = (resized.astype("float32") * (1 / 255.0) - _DB_MEAN) / _DB_STD
     return np.expand_dims(normalized.transpose((2, 0, 1)), axis=0).astype(np.float32)
 
@@ -255,7 +253,11 @@ def det_postprocess(
 
 
 def _boxes_from_bitmap(
-    prob_map: np.ndarray, bitmap: np.ndarray, dest_width: int, dest_height: int, params: OcrParams
+    prob_map: np.ndarray,
+    bitmap: np.ndarray,
+    dest_width: int,
+    dest_height: int,
+    params: OcrParams,
 ) -> np.ndarray:
     map_height, map_width = bitmap.shape
     contours, _ = cv2.findContours(
@@ -339,6 +341,7 @@ def _filter_boxes(boxes: np.ndarray, height: int, width: int) -> list[np.ndarray
 
 
 def _order_points_clockwise(points: np.ndarray) -> np.ndarray:
+    """Corners as [tl, tr, br, bl]: two left-most by y, then two right-most by y."""
     x_sorted = points[np.argsort(points[:, 0]), :]
     left, right = x_sorted[:2, :], x_sorted[2:, :]
     top_left, bottom_left = left[np.argsort(left[:, 1]), :]
@@ -360,7 +363,7 @@ def sort_boxes(boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 def restore_boxes(boxes: Sequence[np.ndarray], prepared: PreparedImage) -> np.ndarray:
     """Map boxes from the prepared image back to original pixels as float32 [N, 4, 2]."""
-    restored = np.array(boxes).astype(np.float32)
+    restored = np.array(boxes, dtype=np.float32).reshape(-1, 4, 2)
     restored[:, :, 1] -= prepared.pad_top
     restored[:, :, 0] *= prepared.ratio_w
     restored[:, :, 1] *= prepared.ratio_h
@@ -383,8 +386,12 @@ def crop_text_regions(image: np.ndarray, boxes: Sequence[np.ndarray]) -> list[np
 
 
 def _crop_box(image: np.ndarray, points: np.ndarray) -> np.ndarray:
-    crop_width = int(max(np.linalg.norm(points[0] - points[1]), np.linalg.norm(points[2] - points[3])))
-    crop_height = int(max(np.linalg.norm(points[0] - points[3]), np.linalg.norm(points[1] - points[2])))
+    crop_width = int(
+        max(np.linalg.norm(points[0] - points[1]), np.linalg.norm(points[2] - points[3]))
+    )
+    crop_height = int(
+        max(np.linalg.norm(points[0] - points[3]), np.linalg.norm(points[1] - points[2]))
+    )
     target = np.array(
         [[0, 0], [crop_width, 0], [crop_width, crop_height], [0, crop_height]]
     ).astype(np.float32)
@@ -396,7 +403,7 @@ def _crop_box(image: np.ndarray, points: np.ndarray) -> np.ndarray:
         borderMode=cv2.BORDER_REPLICATE,
         flags=cv2.INTER_CUBIC,
     )
-    if crop.shape[0] * 1.0 / crop.shape[1] >= 1.5:
+    if crop.shape[0] / crop.shape[1] >= 1.5:
         crop = np.rot90(crop)
     return crop
 
@@ -462,7 +469,7 @@ def rec_preprocess(
 ) -> np.ndarray:
     """Batch crops at height 48, all padded to the widest aspect ratio in the batch."""
     _, height, base_width = params.rec_image_shape
-    max_wh_ratio = max([base_width / height] + [crop.shape[1] * 1.0 / crop.shape[0] for crop in crops])
+    max_wh_ratio = max([base_width / height] + [crop.shape[1] / crop.shape[0] for crop in crops])
     width = int(height * max_wh_ratio)
     return np.stack([_resize_norm_pad(crop, height, width) for crop in crops]).astype(np.float32)
 
@@ -484,9 +491,9 @@ def ctc_decode(probs: np.ndarray, characters: Sequence[str]) -> list[tuple[str, 
         keep = np.ones(len(seq), dtype=bool)
         keep[1:] = seq[1:] != seq[:-1]
         keep &= seq != 0
-        confidences = np.array(seq_probs[keep]).tolist() or [0]
+        confidences = seq_probs[keep].tolist() or [0]
         text = "".join(alphabet[i] for i in seq[keep])
-        results.append((text, np.mean(confidences).tolist()))
+        results.append((text, float(np.mean(confidences))))
     return results
 
 

@@ -7,6 +7,7 @@ import tritonclient.grpc as grpcclient
 from percolate_models.build import verify
 from percolate_models.paths import ProjectPaths
 from percolate_triton import TritonConfig, TritonServer
+from reading_frontend.triton_models import TritonModels
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +32,9 @@ def triton_client(triton: TritonServer):
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def triton_models(triton: TritonServer):
+    with TritonModels(triton.grpc_url) as models:
+        yield models

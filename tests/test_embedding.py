@@ -8,7 +8,6 @@ from percolate_models.accuracy import cosine_rows, sample_sentences
 from percolate_models.catalog import MINILM
 from percolate_models.sources import locate
 from reading_frontend.text import TextTokenizer, TextTooLongError, embed_texts, onnx_embed_fn
-from tests.helpers import infer
 
 # Documented agreement floors with sentence-transformers (README, "Model variants").
 FP32_MIN_COSINE = 0.999
@@ -34,12 +33,8 @@ def tokenizer(paths) -> TextTokenizer:
     return TextTokenizer(paths.assets / "text_embedding" / "tokenizer.json")
 
 
-def test_triton_fp32_agrees_with_sentence_transformers(triton_client, tokenizer, sentences, reference):
-    def run(ids, mask):
-        return infer(triton_client, "text_embedding", {"input_ids": ids, "attention_mask": mask},
-                     ["sentence_embedding"])["sentence_embedding"]
-
-    served = embed_texts(sentences, tokenizer, run, batch_size=16)
+def test_triton_fp32_agrees_with_sentence_transformers(triton_models, tokenizer, sentences, reference):
+    served = embed_texts(sentences, tokenizer, triton_models.embed, batch_size=16)
     cosine = cosine_rows(served, reference)
     assert cosine.min() >= FP32_MIN_COSINE, cosine.min()
 

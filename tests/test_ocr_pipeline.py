@@ -97,7 +97,8 @@ def rotated_180():
 def small_strip():
     """Short enough to be upscaled and wide enough to be letterboxed."""
     image = Image.new("RGB", (320, 28), "white")
-    ImageDraw.Draw(image).text((6, 2), "Small receipt 42", font=ImageFont.truetype(FONT_PATH, 20), fill="black")
+    font = ImageFont.truetype(FONT_PATH, 20)
+    ImageDraw.Draw(image).text((6, 2), "Small receipt 42", font=font, fill="black")
     return encode(image), ["Small receipt 42"]
 
 

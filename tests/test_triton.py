@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from percolate_models.catalog import EMBEDDING_DIM, MODELS, OCR_REC_CLASSES
-from tests.helpers import infer
 
 
 def test_every_model_is_ready(triton_client):
@@ -25,13 +24,13 @@ def test_served_metadata_matches_catalog(triton_client, spec):
     assert int(config["max_batch_size"]) == spec.cpu.max_batch_size
 
 
-def test_embedding_output_shape_and_batch_split(triton_client):
+def test_embedding_output_shape_and_batch_split(triton_models):
     ids = np.array([[101, 7592, 2088, 102, 0, 0], [101, 2023, 2003, 1037, 3231, 102]], np.int64)
     mask = (ids != 0).astype(np.int64)
-    both = infer(triton_client, "text_embedding", {"input_ids": ids, "attention_mask": mask},
+    both = triton_models.infer("text_embedding", {"input_ids": ids, "attention_mask": mask},
                  ["sentence_embedding"])["sentence_embedding"]
     assert both.shape == (2, EMBEDDING_DIM) and both.dtype == np.float32
-    first = infer(triton_client, "text_embedding",
+    first = triton_models.infer("text_embedding",
                   {"input_ids": ids[:1, :4], "attention_mask": mask[:1, :4]},
                   ["sentence_embedding"])["sentence_embedding"]
     # the same text padded to another length gives the same vector (masked pooling)
@@ -39,17 +38,17 @@ def test_embedding_output_shape_and_batch_split(triton_client):
     assert not np.allclose(both[0], both[1], atol=1e-2)
 
 
-def test_ocr_det_cls_rec_shapes(triton_client):
+def test_ocr_det_cls_rec_shapes(triton_models):
     rng = np.random.default_rng(0)
-    det = infer(triton_client, "ocr_det", {"image": rng.standard_normal((1, 3, 64, 96), np.float32)},
+    det = triton_models.infer("ocr_det", {"image": rng.standard_normal((1, 3, 64, 96), np.float32)},
                 ["probability_map"])["probability_map"]
     assert det.shape == (1, 1, 64, 96)
     assert 0.0 <= det.min() and det.max() <= 1.0
-    cls = infer(triton_client, "ocr_cls", {"image": rng.standard_normal((5, 3, 48, 192), np.float32)},
+    cls = triton_models.infer("ocr_cls", {"image": rng.standard_normal((5, 3, 48, 192), np.float32)},
                 ["probabilities"])["probabilities"]
     assert cls.shape == (5, 2)
     np.testing.assert_allclose(cls.sum(axis=1), 1.0, atol=1e-4)
-    rec = infer(triton_client, "ocr_rec", {"image": rng.standard_normal((3, 3, 48, 320), np.float32)},
+    rec = triton_models.infer("ocr_rec", {"image": rng.standard_normal((3, 3, 48, 320), np.float32)},
                 ["probabilities"])["probabilities"]
     assert rec.shape == (3, 320 // 8, OCR_REC_CLASSES)
     np.testing.assert_allclose(rec.sum(axis=2), 1.0, atol=1e-3)

@@ -1,0 +1,98 @@
+"""Sentence embedding throughput: Triton vs onnxruntime in process vs sentence-transformers.
+
+The same sentences (2,048; 512 with --quick) go through
+  (a) Triton's ``text_embedding`` over gRPC, tokenised in the client, batch 32, with
+      1 and 4 concurrent clients (the dynamic batcher merges their requests);
+  (b) onnxruntime in this process on the same ``model.onnx`` Triton serves;
+  (c) sentence-transformers in this process (the reference), batch 32.
+Each figure is the median of several rounds. Agreement is the cosine of each system's
+vectors with (c)'s, row by row. Ratios are to (c) and to (b).
+
+    python bench/embed.py [--quick]
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import common  # noqa: E402  (puts the project root on sys.path)
+
+from percolate_models.accuracy import cosine_rows, sample_sentences
+from percolate_models.catalog import MINILM
+from percolate_models.paths import ProjectPaths
+from percolate_models.sources import locate
+from percolate_triton import TritonConfig, TritonServer
+from reading_frontend.text import TextTokenizer, embed_texts, onnx_embed_fn
+from reading_frontend.triton_models import TritonModels
+
+BATCH = 32
+
+
+def triton_embedder(url: str, tokenizer: TextTokenizer, clients: int):
+    """Embed with ``clients`` threads, each with its own gRPC client, over slices."""
+    connections = [TritonModels(url) for _ in range(clients)]
+
+    def embed(sentences: list[str]) -> np.ndarray:
+        share = -(-len(sentences) // clients)
+        parts = [sentences[i:i + share] for i in range(0, len(sentences), share)]
+        with ThreadPoolExecutor(clients) as pool:
+            done = pool.map(lambda p: embed_texts(p[1], tokenizer, connections[p[0]].embed, BATCH),
+                            enumerate(parts))
+            return np.concatenate(list(done))
+
+    return embed
+
+
+def main() -> None:
+    args = common.arguments(__doc__.splitlines()[0])
+    count, rounds = (512, 2) if args.quick else (2048, 5)
+    sentences = sample_sentences(count, seed=11)
+    paths = ProjectPaths.from_env()
+    tokenizer = TextTokenizer(paths.assets / "text_embedding" / "tokenizer.json")
+    onnx_file = paths.model_repository / "text_embedding" / "1" / "model.onnx"
+
+    from sentence_transformers import SentenceTransformer
+
+    reference_model = SentenceTransformer(str(locate(MINILM)), device="cpu")
+    onnx_run = onnx_embed_fn(onnx_file)
+    systems = {
+        "sentence-transformers (c)": lambda s: reference_model.encode(s, batch_size=BATCH),
+        "onnxruntime in process (b)": lambda s: embed_texts(s, tokenizer, onnx_run, BATCH),
+    }
+    with TritonServer(TritonConfig.from_env()) as triton:
+        systems["Triton, 1 client (a)"] = triton_embedder(triton.grpc_url, tokenizer, 1)
+        systems["Triton, 4 clients (a)"] = triton_embedder(triton.grpc_url, tokenizer, 4)
+        for embed in systems.values():  # warm-up: model load, thread pools, caches
+            embed(sentences[:64])
+        figures = {}
+        for name, embed in systems.items():
+            vectors = embed(sentences)
+            rate, rates = common.median_rate(lambda: len(embed(sentences)), rounds)
+            figures[name] = {"sentences_per_s": rate, "rounds": rates, "vectors": vectors}
+    reference = figures["sentence-transformers (c)"]
+    onnx_ref = figures["onnxruntime in process (b)"]
+    rows, results = [], {}
+    for name, fig in figures.items():
+        cosine = cosine_rows(fig["vectors"], reference["vectors"])
+        entry = {
+            "sentences_per_s": round(fig["sentences_per_s"], 1),
+            "rounds_sentences_per_s": [round(r, 1) for r in fig["rounds"]],
+            "ratio_to_sentence_transformers": round(fig["sentences_per_s"] / reference["sentences_per_s"], 3),
+            "ratio_to_onnxruntime": round(fig["sentences_per_s"] / onnx_ref["sentences_per_s"], 3),
+            "cosine_to_reference_mean": round(float(cosine.mean()), 6),
+            "cosine_to_reference_min": round(float(cosine.min()), 6),
+        }
+        results[name] = entry
+        rows.append([name, entry["sentences_per_s"], f"{entry['ratio_to_sentence_transformers']:.2f}x",
+                     f"{entry['ratio_to_onnxruntime']:.2f}x", entry["cosine_to_reference_mean"],
+                     entry["cosine_to_reference_min"]])
+    common.print_table(
+        f"all-MiniLM-L6-v2, {count} sentences, batch {BATCH}, median of {rounds} rounds",
+        ["system", "sentences/s", "vs (c)", "vs (b)", "cos mean", "cos min"], rows)
+    common.write_results("embed", {"sentences": count, "rounds": rounds, "batch": BATCH,
+                                   "model_file": str(onnx_file), "systems": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Synchronous calls to the repository's models on Triton, as plain numpy functions.
+
+The shapes match ``reading_frontend.text.EmbedFn`` and ``reading_frontend.ocr.InferFn``
+so the same preprocessing runs against Triton or against onnxruntime in process.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import np_to_triton_dtype
+
+from percolate_models.catalog import model_by_name
+
+
+class TritonModels:
+    def __init__(self, url: str, timeout_s: float = 60.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client = grpcclient.InferenceServerClient(url)
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        tensors = []
+        for name, array in inputs.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        result = self._client.infer(
+            model, tensors, outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
+            client_timeout=self.timeout_s)
+        return {name: result.as_numpy(name) for name in outputs}
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self.infer("text_embedding", {"input_ids": input_ids, "attention_mask": attention_mask},
+                          ["sentence_embedding"])["sentence_embedding"]
+
+    def run_image_model(self, model: str, batch: np.ndarray) -> np.ndarray:
+        """Run one of the OCR models on an NCHW float32 batch; returns its only output."""
+        spec = model_by_name(model)
+        (output,) = spec.outputs
+        return self.infer(model, {spec.inputs[0].name: batch.astype(np.float32, copy=False)},
+                          [output.name])[output.name]
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "TritonModels":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
