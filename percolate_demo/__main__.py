@@ -1,24 +1,32 @@
 """``percolate-demo`` (``make demo``): the main job on the embedded default, end to end.
 
-Starts a real Triton on CPU with the built model repository, embeds a few sentences
-and ranks them against a question, OCRs a generated image, and prints what came back.
+Starts a real Triton on CPU with the built model repository, the reading frontend in
+front of it with mutual TLS and development certificates, then calls Embed, Ocr and
+Parse as a tenant node would, and shows that another tenant's name is refused.
 """
 from __future__ import annotations
 
-import io
 import sys
 import time
+from dataclasses import replace
 
+import grpc
 import numpy as np
 
+from percolate.reading.v1 import reading_pb2 as pb
+from percolate.reading.v1 import reading_pb2_grpc
+from percolate_certs.ca import dev_pki
+from percolate_certs.tls import channel_credentials
 from percolate_models.build import verify
 from percolate_models.errors import PercolateError
 from percolate_models.paths import ProjectPaths
 from percolate_triton import TritonConfig, TritonServer
-from reading_frontend.ocr import load_character_list, run_ocr
-from reading_frontend.text import TextTokenizer, embed_texts
-from reading_frontend.triton_models import TritonModels
+from reading_frontend.config import FrontendConfig
+from reading_frontend.embedded import EmbeddedReading
 
+from . import samples
+
+TENANT = "demo-tenant"
 DOCUMENTS = [
     "Each tenant's memory is stored in RocksDB, encrypted with the tenant's own keys.",
     "The reading service parses PDF, DOCX and spreadsheets and sends scanned pages to OCR.",
@@ -27,58 +35,77 @@ DOCUMENTS = [
     "Mutual TLS certificates prove which tenant is calling the reading service.",
 ]
 QUESTION = "How is my data kept private from other customers?"
-OCR_LINES = [
-    "Percolate reads scanned pages too.",
-    "Invoice 2026-0042: total 1,337.00 EUR",
-    "Private memory for every tenant",
-]
-FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
 
 def heading(text: str) -> None:
     print(f"\n== {text} " + "=" * max(0, 72 - len(text)))
 
 
-def demo_embeddings(models: TritonModels, paths: ProjectPaths) -> None:
-    heading("Embeddings from Triton (text_embedding, all-MiniLM-L6-v2)")
-    tokenizer = TextTokenizer(paths.assets / "text_embedding" / "tokenizer.json")
+def timed(call):
     started = time.perf_counter()
-    vectors = embed_texts(DOCUMENTS + [QUESTION], tokenizer, models.embed)
-    elapsed = time.perf_counter() - started
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    print(f"{len(vectors)} texts -> {vectors.shape[1]}-dimensional vectors in {elapsed * 1000:.0f} ms")
-    print(f"question: {QUESTION!r}\nranked by cosine similarity:")
+    result = call()
+    return result, (time.perf_counter() - started) * 1000
+
+
+def demo_embed(stub) -> None:
+    heading("Embed: rank documents against a question")
+    response, ms = timed(lambda: stub.Embed(pb.EmbedRequest(texts=DOCUMENTS + [QUESTION], normalize=True)))
+    vectors = np.array([e.values for e in response.embeddings])
+    print(f"{len(vectors)} texts -> {response.dimensions}-dimensional vectors ({response.model}) in {ms:.0f} ms")
+    print(f"question: {QUESTION!r}")
     scores = vectors[:-1] @ vectors[-1]
     for rank, index in enumerate(np.argsort(-scores), 1):
         print(f"  {rank}. {scores[index]:+.3f}  {DOCUMENTS[index]}")
 
 
-def demo_ocr(models: TritonModels, paths: ProjectPaths) -> None:
-    from PIL import Image, ImageDraw, ImageFont
-
-    heading("OCR through Triton (ocr_det -> ocr_cls -> ocr_rec, PP-OCRv4)")
-    image = Image.new("RGB", (1000, 360), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.truetype(FONT, 36)
-    for row, line in enumerate(OCR_LINES):
-        draw.text((50, 50 + row * 95), line, fill="black", font=font)
+def demo_ocr(stub, paths: ProjectPaths) -> None:
+    heading("Ocr: a generated image")
+    image = samples.text_image()
     sample = paths.cache / "demo" / "ocr_sample.png"
-    sample.parent.mkdir(parents=True, exist_ok=True)
-    image.save(sample)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    characters = load_character_list(paths.assets / "ocr" / "ppocr_keys.txt")
-    started = time.perf_counter()
-    lines = run_ocr(buffer.getvalue(), models.run_image_model, characters)
-    elapsed = time.perf_counter() - started
-    print(f"generated image {sample} ({image.width}x{image.height}), {len(lines)} lines "
-          f"in {elapsed * 1000:.0f} ms:")
-    for line in lines:
-        (x, y) = line.box[0]
-        print(f"  conf {line.confidence:.3f}  at ({x:4.0f},{y:4.0f})  {line.text}")
-    found = {"".join(line.text.split()) for line in lines}
-    matched = sum(1 for expected in OCR_LINES if "".join(expected.split()) in found)
-    print(f"{matched} of {len(OCR_LINES)} drawn lines read back (spaces aside: PP-OCR drops some)")
+    sample.write_bytes(image)
+    response, ms = timed(lambda: stub.Ocr(pb.OcrRequest(image=image)))
+    print(f"{sample} ({response.width}x{response.height}): {len(response.lines)} lines in {ms:.0f} ms")
+    for line in response.lines:
+        print(f"  conf {line.confidence:.3f}  at ({line.box[0].x:4.0f},{line.box[0].y:4.0f})  {line.text}")
+    found = {"".join(line.text.split()) for line in response.lines}
+    matched = sum("".join(expected.split()) in found for expected in samples.OCR_LINES)
+    print(f"{matched} of {len(samples.OCR_LINES)} drawn lines read back (spaces aside: PP-OCR drops some)")
+
+
+def demo_parse(stub) -> None:
+    for name, content in (("report.docx", samples.docx_report()), ("scan.pdf", samples.scanned_pdf())):
+        heading(f"Parse: {name} (format detected from the bytes)")
+        request = pb.ParseRequest(content=content, filename=name,
+                                  options=pb.ParseOptions(embed=True, chunk_tokens=64))
+        response, ms = timed(lambda: stub.Parse(request))
+        print(f"format {response.format}, {len(response.pages)} page(s), {len(response.chunks)} chunk(s) "
+              f"with {response.embedding_dimensions}-d embeddings, in {ms:.0f} ms")
+        for key, value in sorted(response.metadata.items()):
+            print(f"  metadata {key}: {value}")
+        for page in response.pages:
+            for block in page.blocks:
+                kind = pb.BlockType.Name(block.type).removeprefix("BLOCK_TYPE_").lower()
+                if block.type == pb.BLOCK_TYPE_TABLE:
+                    rows = [" | ".join(row.cells) for row in block.table.rows]
+                    print(f"  p{page.number} {kind:10s} " + "\n  " + " " * 14 + ("\n  " + " " * 14).join(rows))
+                else:
+                    print(f"  p{page.number} {kind:10s} {'  ' * max(0, block.level - 1)}{block.text}")
+        for chunk in response.chunks:
+            path = " > ".join(chunk.heading_path) or "-"
+            print(f"  chunk {chunk.ordinal}: pages {chunk.page_start}-{chunk.page_end}, "
+                  f"{chunk.token_count} tokens, under [{path}]")
+        for warning in response.warnings:
+            print(f"  warning: {warning}")
+
+
+def demo_identity(stub) -> None:
+    heading("Identity: the certificate says who you are")
+    info = stub.GetInfo(pb.GetInfoRequest())
+    print(f"the service sees tenant {info.tenant_id!r} (from the client certificate's URI SAN)")
+    try:
+        stub.Embed(pb.EmbedRequest(tenant_id="someone-else", texts=["let me in"]))
+    except grpc.RpcError as err:
+        print(f"asking as 'someone-else' -> {err.code().name}: {err.details()}")
 
 
 def main() -> int:
@@ -87,17 +114,30 @@ def main() -> int:
     if problems:
         print(f"percolate-demo: {problems[0]}: run `make setup` first", file=sys.stderr)
         return 2
-    heading("Starting Triton Inference Server (CPU, Python backend + onnxruntime)")
+    (paths.cache / "demo").mkdir(parents=True, exist_ok=True)
+    pki = dev_pki(paths.cache / "demo" / "pki", [TENANT])
+    heading("Starting Triton (CPU) and the reading frontend (mutual TLS)")
     started = time.perf_counter()
     try:
-        with TritonServer(TritonConfig.from_env()) as triton, TritonModels(triton.grpc_url) as models:
-            print(f"ready in {time.perf_counter() - started:.1f} s: grpc {triton.grpc_url}, "
-                  f"metrics {triton.metrics_url}\nrepository {paths.model_repository}, log {triton.log_path}")
-            demo_embeddings(models, paths)
-            demo_ocr(models, paths)
-            heading("Done")
-            print("Triton stopped. Run `make test` for the test suite, "
-                  "`python bench/embed.py` for the benchmark.")
+        with TritonServer(TritonConfig.from_env()) as triton:
+            config = replace(FrontendConfig.from_env(), triton_url=triton.grpc_url,
+                             tls_cert=pki.server.cert, tls_key=pki.server.key, tls_client_ca=pki.ca.cert)
+            with EmbeddedReading(config, paths) as reading:
+                print(f"ready in {time.perf_counter() - started:.1f} s: Triton {triton.grpc_url} "
+                      f"(log {triton.log_path}), frontend {reading.address}, "
+                      f"metrics http://127.0.0.1:{reading.server.metrics_port}/metrics")
+                print(f"development certificates in {pki.root} (tenant {TENANT})")
+                creds = pki.tenants[TENANT]
+                credentials = channel_credentials(creds.ca, creds.cert, creds.key)
+                with grpc.secure_channel(reading.address, credentials) as channel:
+                    stub = reading_pb2_grpc.ReadingServiceStub(channel)
+                    demo_embed(stub)
+                    demo_ocr(stub, paths)
+                    demo_parse(stub)
+                    demo_identity(stub)
+        heading("Done")
+        print("Frontend drained and Triton stopped. `make test` runs the suite; "
+              "`python bench/embed.py` benchmarks the full path.")
     except PercolateError as err:
         print(f"percolate-demo: {err}", file=sys.stderr)
         return 2

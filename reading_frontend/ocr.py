@@ -79,6 +79,15 @@ def load_character_list(path: str | PathLike[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- decoding
 
+
+class UnreadableImageError(ValueError):
+    """The bytes are not an image we can decode, or its shape cannot be OCR'd."""
+
+
+class ImageTooLargeError(ValueError):
+    """The image has more pixels than allowed (or trips Pillow's bomb guard)."""
+
+
 # Modes RapidOCR's LoadImage converts correctly; anything else goes through Pillow first.
 _DIRECT_MODES = frozenset({"1", "L", "LA", "RGB", "RGBA"})
 
@@ -96,15 +105,15 @@ def decode_image(
             _check_pixel_count(pil_image.height, pil_image.width, max_pixels)
             array = np.array(_to_supported_mode(pil_image))
     except Image.DecompressionBombError as exc:
-        raise ValueError(f"image rejected by Pillow's decompression-bomb guard: {exc}") from exc
+        raise ImageTooLargeError(f"image rejected by Pillow's decompression-bomb guard: {exc}") from exc
     except (OSError, SyntaxError, EOFError) as exc:
-        raise ValueError(f"cannot decode image bytes: {exc}") from exc
+        raise UnreadableImageError(f"cannot decode image bytes: {exc}") from exc
     return _array_to_bgr(array)
 
 
 def _check_pixel_count(height: int, width: int, max_pixels: int) -> None:
     if height * width > max_pixels:
-        raise ValueError(
+        raise ImageTooLargeError(
             f"image of {width}x{height} = {height * width} pixels exceeds "
             f"the limit of {max_pixels} pixels"
         )
@@ -186,7 +195,7 @@ def _resize_snapped(
     height, width = image.shape[:2]
     resize_h, resize_w = _snap_to_32(height, width, scale)
     if resize_h <= 0 or resize_w <= 0:
-        raise ValueError(f"image of {width}x{height} pixels is too elongated to OCR")
+        raise UnreadableImageError(f"image of {width}x{height} pixels is too elongated to OCR")
     _check_pixel_count(resize_h, resize_w, max_pixels)
     return cv2.resize(image, (resize_w, resize_h)), height / resize_h, width / resize_w
 

@@ -54,6 +54,10 @@ class TextTokenizer:
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` without special tokens (for sizing chunks)."""
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
     def encode(self, texts: list[str], truncate: bool = False) -> TokenizedBatch:
         encodings = self._tokenizer.encode_batch(texts)
         counts = tuple(len(e.ids) for e in encodings)

@@ -38,3 +38,45 @@ def triton_client(triton: TritonServer):
 def triton_models(triton: TritonServer):
     with TritonModels(triton.grpc_url) as models:
         yield models
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A development CA, the server's certificate, and two tenants' client certificates."""
+    from percolate_certs.ca import dev_pki
+
+    return dev_pki(tmp_path_factory.mktemp("pki"), ["tenant-a", "tenant-b"])
+
+
+def frontend_config(triton: TritonServer, pki, **overrides):
+    from reading_frontend.config import FrontendConfig
+
+    return FrontendConfig(triton_url=triton.grpc_url, tls_cert=pki.server.cert, tls_key=pki.server.key,
+                          tls_client_ca=pki.ca.cert, **overrides)
+
+
+@pytest.fixture(scope="session")
+def reading(triton, pki, paths):
+    """The reading frontend with mutual TLS in front of the session's Triton."""
+    from reading_frontend.embedded import EmbeddedReading
+
+    with EmbeddedReading(frontend_config(triton, pki), paths) as server:
+        yield server
+
+
+def tenant_channel(server, pki, tenant: str = "tenant-a"):
+    """A gRPC channel to ``server`` presenting ``tenant``'s client certificate."""
+    import grpc
+
+    from percolate_certs.tls import channel_credentials
+
+    creds = pki.tenants[tenant]
+    return grpc.secure_channel(server.address, channel_credentials(creds.ca, creds.cert, creds.key))
+
+
+@pytest.fixture
+def reading_stub(reading, pki):
+    from percolate.reading.v1 import reading_pb2_grpc
+
+    with tenant_channel(reading, pki) as channel:
+        yield reading_pb2_grpc.ReadingServiceStub(channel)

@@ -1,0 +1,72 @@
+"""The reading frontend's configuration: one typed object, read once from the environment."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    """gRPC port; 0 picks a free one (tests, embedded default)."""
+    metrics_port: int = 0
+    """Prometheus /metrics HTTP port; 0 picks a free one, -1 disables it."""
+    triton_url: str = "127.0.0.1:8001"
+    triton_metrics_url: str = ""
+    """Triton's Prometheus endpoint, read for GPU utilisation; empty skips it."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False
+    """Plaintext, tenant taken from the request: local experiments only."""
+    max_message_bytes: int = 64 * MIB
+    max_in_flight: int = 4
+    """Requests processed at once; the rest wait in the fair queue."""
+    max_queue_depth: int = 256
+    max_queue_per_tenant: int = 128
+    max_texts_per_embed: int = 1024
+    max_image_pixels: int = 40_000_000
+    max_pages: int = 2000
+    default_chunk_tokens: int = 200
+    drain_grace_s: float = 20.0
+    """On SIGTERM: stop admitting, report NOT_SERVING, finish in-flight work within this."""
+    triton_timeout_s: float = 120.0
+    """Upper bound for one Triton call when the caller set no deadline."""
+    worker_threads: int = 4
+    """Threads for CPU-bound preprocessing (parsing, image decoding)."""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "FrontendConfig":
+        env = os.environ if env is None else env
+
+        def get(name: str, default, kind=str):
+            raw = env.get(f"PERCOLATE_READING_{name}")
+            if raw is None or raw == "":
+                return default
+            if kind is bool:
+                return raw.lower() in ("1", "true", "yes", "on")
+            return kind(raw)
+
+        return cls(
+            host=get("HOST", cls.host), port=get("PORT", cls.port, int),
+            metrics_port=get("METRICS_PORT", cls.metrics_port, int),
+            triton_url=get("TRITON_URL", cls.triton_url),
+            triton_metrics_url=get("TRITON_METRICS_URL", cls.triton_metrics_url),
+            tls_cert=get("TLS_CERT", None, Path), tls_key=get("TLS_KEY", None, Path),
+            tls_client_ca=get("TLS_CLIENT_CA", None, Path),
+            insecure=get("INSECURE", False, bool),
+            max_message_bytes=get("MAX_MESSAGE_BYTES", cls.max_message_bytes, int),
+            max_in_flight=get("MAX_IN_FLIGHT", cls.max_in_flight, int),
+            max_queue_depth=get("MAX_QUEUE_DEPTH", cls.max_queue_depth, int),
+            max_queue_per_tenant=get("MAX_QUEUE_PER_TENANT", cls.max_queue_per_tenant, int),
+            max_texts_per_embed=get("MAX_TEXTS_PER_EMBED", cls.max_texts_per_embed, int),
+            max_image_pixels=get("MAX_IMAGE_PIXELS", cls.max_image_pixels, int),
+            max_pages=get("MAX_PAGES", cls.max_pages, int),
+            drain_grace_s=get("DRAIN_GRACE_S", cls.drain_grace_s, float),
+            triton_timeout_s=get("TRITON_TIMEOUT_S", cls.triton_timeout_s, float),
+            worker_threads=get("WORKER_THREADS", cls.worker_threads, int),
+        )

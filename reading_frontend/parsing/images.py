@@ -1,0 +1,90 @@
+"""Images: pixel limits read from the header before any decoding, one page per TIFF frame."""
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Iterator
+
+from PIL import Image, ImageOps, ImageSequence
+
+from .errors import CorruptDocumentError, DocumentTooLargeError
+from .model import Extraction, Page, ParseLimits
+from .ocrpass import OcrPass
+
+_PNG_MODES = {"1", "L", "LA", "RGB", "RGBA"}
+_PAGED_FORMATS = {"TIFF"}
+
+
+def parse_image(data: bytes, fmt: str, ocr: OcrPass, limits: ParseLimits) -> Extraction:
+    image = open_image(data, limits.max_image_pixels)
+    frames = _frame_count(image)
+    if frames > limits.max_pages:
+        raise DocumentTooLargeError(f"the image has {frames} pages, above the limit of "
+                                    f"{limits.max_pages}")
+    pages = []
+    for number, frame in enumerate(_frames(image, frames, limits.max_image_pixels), start=1):
+        blocks = ocr.run(number, False, lambda: to_png(_decoded(frame, number)))
+        pages.append(Page(number, blocks or (), ocr_used=blocks is not None))
+    warnings_ = ocr.warnings()
+    if image.format not in _PAGED_FORMATS and getattr(image, "n_frames", 1) > 1:
+        warnings_.append(f"only the first of {image.n_frames} animation frames was read")
+    metadata = {"width": str(image.width), "height": str(image.height)}
+    return Extraction(tuple(pages), metadata, tuple(warnings_))
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Open lazily (header only) and refuse decompression bombs before decoding pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(None, max_pixels) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise CorruptDocumentError(f"could not read the image: {error}") from None
+    check_pixels(image.size, max_pixels)
+    return image
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise _too_many_pixels(size, max_pixels)
+
+
+def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> DocumentTooLargeError:
+    found = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else "too many pixels"
+    return DocumentTooLargeError(f"the image has {found}, above the limit of {max_pixels:,} "
+                                 "pixels (max_image_pixels)")
+
+
+def _frame_count(image: Image.Image) -> int:
+    return getattr(image, "n_frames", 1) if image.format in _PAGED_FORMATS else 1
+
+
+def _frames(image: Image.Image, count: int, max_pixels: int) -> Iterator[Image.Image]:
+    """Each page's size is checked on its own: TIFF pages differ."""
+    for index, frame in enumerate(ImageSequence.Iterator(image)):
+        if index >= count:
+            return
+        check_pixels(frame.size, max_pixels)
+        yield frame
+
+
+def _decoded(frame: Image.Image, number: int) -> Image.Image:
+    """Pixels are decoded only for OCR, upright as the camera's EXIF says."""
+    try:
+        frame.load()
+        return ImageOps.exif_transpose(frame)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise CorruptDocumentError(f"could not decode page {number} of the image: "
+                                   f"{error}") from None
+
+
+def to_png(image: Image.Image) -> bytes:
+    """Fast PNG encoding: the OCR service decodes it once, so size barely matters."""
+    if image.mode not in _PNG_MODES:
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=1)
+    return out.getvalue()

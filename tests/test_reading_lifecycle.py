@@ -1,0 +1,208 @@
+"""The reading service as a running system: health, reflection, metrics, the KServe
+facade, fairness between tenants, draining, Triton outages, and keeping nothing."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as kclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from percolate.reading.v1 import reading_pb2 as pb
+from percolate.reading.v1 import reading_pb2_grpc
+from percolate_triton import TritonConfig, TritonServer
+from reading_frontend.embedded import EmbeddedReading
+from tests.conftest import frontend_config, tenant_channel
+from tests.test_ocr_pipeline import CASES
+
+
+def health_status(channel, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def wait_for(predicate, timeout_s: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached within {timeout_s} s")
+
+
+def test_health_and_reflection(reading, pki):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase)
+
+    with tenant_channel(reading, pki) as channel:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert health_status(channel) == serving
+        assert health_status(channel, "percolate.reading.v1.ReadingService") == serving
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"percolate.reading.v1.ReadingService", "inference.GRPCInferenceService",
+            "grpc.health.v1.Health"} <= services
+
+
+def test_metrics_endpoint_has_the_contract_names(reading, reading_stub):
+    reading_stub.Embed(pb.EmbedRequest(texts=["count me"]))
+    with pytest.raises(grpc.RpcError):
+        reading_stub.Embed(pb.EmbedRequest())
+    url = f"http://127.0.0.1:{reading.server.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert "percolate_reading_queue_depth " in text
+    assert 'percolate_reading_processing_duration_seconds_bucket{le="0.005",operation="embed"}' in text
+    assert "percolate_reading_throughput_requests_per_second " in text
+    assert 'percolate_reading_requests_total{operation="embed",status="OK",tenant_id="tenant-a"}' in text
+    assert 'status="INVALID_ARGUMENT",tenant_id="tenant-a"' in text
+    assert "percolate_reading_gpu_utilization_percent" not in text  # no GPU here
+
+
+def kserve_client(reading, pki, tenant: str = "tenant-a") -> kclient.InferenceServerClient:
+    creds = pki.tenants[tenant]
+    return kclient.InferenceServerClient(
+        reading.address, ssl=True, root_certificates=str(creds.ca),
+        private_key=str(creds.key), certificate_chain=str(creds.cert))
+
+
+def test_kserve_facade_drives_the_same_pipelines(reading, pki, reading_stub):
+    client = kserve_client(reading, pki)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("embed_text")
+    meta = client.get_model_metadata("embed_text", as_json=True)
+    assert meta["inputs"][0] == {"name": "TEXT", "datatype": "BYTES", "shape": ["-1"]}
+    texts = ["private memory", "shared reading service", "tenant keys"]
+    tensor = kclient.InferInput("TEXT", [3], "BYTES")
+    tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
+    served = client.infer("embed_text", [tensor]).as_numpy("EMBEDDING")
+    direct = np.array([e.values for e in reading_stub.Embed(pb.EmbedRequest(texts=texts)).embeddings])
+    np.testing.assert_allclose(served, direct, atol=1e-5)
+
+    image, expected = CASES["rgb_png"]()
+    tensor = kclient.InferInput("IMAGE", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([image], dtype=object))
+    result = client.infer("ocr_image", [tensor])
+    lines = [t.decode() for t in result.as_numpy("TEXT")]
+    assert ["".join(l.split()) for l in lines] == ["".join(e.split()) for e in expected]
+    assert result.as_numpy("BOX").shape == (len(lines), 4, 2)
+    with pytest.raises(Exception, match="no pipeline model 'nope'"):
+        client.get_model_metadata("nope")
+    client.close()
+
+
+def test_flooding_tenant_does_not_starve_another(triton, pki, paths):
+    config = frontend_config(triton, pki, max_in_flight=1, metrics_port=-1)
+    texts = [f"sentence number {i} about fairness" for i in range(200)]
+    finished: list[str] = []
+    lock = threading.Lock()
+    with EmbeddedReading(config, paths) as server, \
+            tenant_channel(server, pki, "tenant-a") as a, tenant_channel(server, pki, "tenant-b") as b:
+        stubs = {"tenant-a": reading_pb2_grpc.ReadingServiceStub(a),
+                 "tenant-b": reading_pb2_grpc.ReadingServiceStub(b)}
+
+        def call(tenant: str) -> None:
+            stubs[tenant].Embed(pb.EmbedRequest(texts=texts), timeout=300)
+            with lock:
+                finished.append(tenant)
+
+        with ThreadPoolExecutor(24) as pool:
+            flood = [pool.submit(call, "tenant-a") for _ in range(20)]
+            wait_for(lambda: server.server.admission.depth >= 10, what="tenant-a's queue")
+            late = [pool.submit(call, "tenant-b") for _ in range(2)]
+            for future in flood + late:
+                future.result()
+    last_b = max(i for i, tenant in enumerate(finished) if tenant == "tenant-b")
+    assert last_b < 10, finished  # FIFO would put tenant-b after all 20 of tenant-a
+
+
+def test_drain_finishes_admitted_work_and_refuses_new(triton, pki, paths):
+    config = frontend_config(triton, pki, max_in_flight=1, metrics_port=-1, drain_grace_s=60)
+    texts = [f"draining sentence {i}" for i in range(300)]
+    server = EmbeddedReading(config, paths).__enter__()
+    with tenant_channel(server, pki) as channel:
+        stub = reading_pb2_grpc.ReadingServiceStub(channel)
+        with ThreadPoolExecutor(4) as pool:
+            admitted = [pool.submit(stub.Embed, pb.EmbedRequest(texts=texts), timeout=120) for _ in range(4)]
+            wait_for(lambda: server.server.admission.depth >= 3, what="queued work")
+            stopping = pool.submit(server.stop)
+            wait_for(lambda: server.server.draining, what="draining")
+            assert health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Embed(pb.EmbedRequest(texts=["too late"]), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert all(len(f.result().embeddings) == 300 for f in admitted)
+            stopping.result(timeout=90)
+
+
+def test_triton_killed_mid_load_then_restarted(paths, pki, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(paths.model_repository / "text_embedding", repo / "text_embedding")
+    triton = TritonServer(TritonConfig(model_repository=repo)).__enter__()
+    config = frontend_config(triton, pki, metrics_port=-1)
+    errors: list[grpc.StatusCode] = []
+    with EmbeddedReading(config, paths) as server, tenant_channel(server, pki) as channel:
+        stub = reading_pb2_grpc.ReadingServiceStub(channel)
+        assert stub.Embed(pb.EmbedRequest(texts=["before"]), timeout=30).dimensions == 384
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                try:
+                    stub.Embed(pb.EmbedRequest(texts=["under load"] * 16), timeout=10)
+                except grpc.RpcError as err:
+                    errors.append(err.code())
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        time.sleep(0.5)
+        triton.process.kill()  # mid-load, no goodbye
+        triton.stop()
+        wait_for(lambda: len(errors) >= 3, what="failed requests")
+        assert set(errors) == {grpc.StatusCode.UNAVAILABLE}  # at once, not after the 10 s deadline
+        wait_for(lambda: health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING,
+                 what="NOT_SERVING")
+        restarted = TritonServer(replace(triton.config)).__enter__()  # same ports
+        try:
+            wait_for(lambda: health_status(channel) == health_pb2.HealthCheckResponse.SERVING,
+                     what="SERVING again")
+            stop.set()
+            worker.join()
+            assert stub.Embed(pb.EmbedRequest(texts=["after"]), timeout=30).dimensions == 384
+        finally:
+            stop.set()
+            restarted.stop()
+
+
+def test_request_content_is_not_kept(reading, reading_stub, paths, triton, caplog):
+    marker = f"PERCOLATEMARKER{uuid.uuid4().hex[:12].upper()}"
+    document = f"# Secret plans\n\nThe code word is {marker} and nobody may know it.\n".encode()
+    with caplog.at_level("DEBUG"):
+        parsed = reading_stub.Parse(pb.ParseRequest(content=document, filename="plans.md",
+                                                    options=pb.ParseOptions(embed=True)), timeout=60)
+        assert marker in parsed.chunks[0].text
+        reading_stub.Embed(pb.EmbedRequest(texts=[marker]))
+    assert marker not in caplog.text
+    needle = marker.encode()
+    searched = 0
+    roots = [Path(tempfile.gettempdir()), Path("/dev/shm"), paths.cache]
+    for root in roots:
+        for file in root.rglob("*"):
+            try:
+                if not file.is_file() or file.is_symlink() or file.stat().st_size > 64 << 20:
+                    continue
+                searched += 1
+                assert needle not in file.read_bytes(), f"request content found in {file}"
+            except (PermissionError, FileNotFoundError, OSError):
+                continue
+    assert searched > 10
+    assert needle not in triton.log_path.read_bytes()

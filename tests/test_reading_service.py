@@ -1,0 +1,171 @@
+"""ReadingService over mutual TLS in front of the session's real Triton: results,
+bad input (a clear status, and the server keeps serving), identity."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+from rapidocr_onnxruntime import RapidOCR
+
+from percolate.reading.v1 import reading_pb2 as pb
+from percolate.reading.v1 import reading_pb2_grpc
+from percolate_certs.ca import create_ca, issue_tenant_cert
+from percolate_certs.tls import channel_credentials
+from percolate_models.accuracy import cosine_rows, sample_sentences
+from reading_frontend.text import TextTokenizer, embed_texts
+from tests.conftest import tenant_channel
+from tests.test_ocr_pipeline import CASES, assert_same_as_rapidocr
+
+
+def vectors(response: pb.EmbedResponse) -> np.ndarray:
+    return np.array([e.values for e in response.embeddings], np.float32)
+
+
+def assert_status(call, code: grpc.StatusCode, *fragments: str) -> str:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    assert caught.value.code() == code, (caught.value.code(), caught.value.details())
+    details = caught.value.details()
+    for fragment in fragments:
+        assert fragment in details, details
+    assert "Traceback" not in details
+    return details
+
+
+def still_serving(stub) -> None:
+    assert stub.Embed(pb.EmbedRequest(texts=["still here"])).dimensions == 384
+
+
+# --------------------------------------------------------------------------- results
+
+def test_embed_matches_triton_direct(reading_stub, triton_models, paths):
+    texts = sample_sentences(40, seed=5)
+    served = vectors(reading_stub.Embed(pb.EmbedRequest(texts=texts), timeout=60))
+    tokenizer = TextTokenizer(paths.assets / "text_embedding" / "tokenizer.json")
+    direct = embed_texts(texts, tokenizer, triton_models.embed)
+    assert served.shape == (40, 384)
+    assert cosine_rows(served, direct).min() > 0.99999
+
+
+def test_embed_normalize_counts_and_order(reading_stub):
+    texts = ["alpha", "a much longer sentence about encrypted tenant memory", "alpha"]
+    response = reading_stub.Embed(pb.EmbedRequest(texts=texts, normalize=True))
+    got = vectors(response)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got[0], got[2], atol=1e-5)
+    assert [e.token_count for e in response.embeddings] == [3, 10, 3]
+    assert response.model == "text_embedding" and response.dimensions == 384
+
+
+def test_long_text_needs_truncate(reading_stub):
+    long_text = "memory " * 400
+    assert_status(lambda: reading_stub.Embed(pb.EmbedRequest(texts=["ok", long_text])),
+                  grpc.StatusCode.INVALID_ARGUMENT, "text 1", "limit of 256", "truncation")
+    response = reading_stub.Embed(pb.EmbedRequest(texts=["ok", long_text], truncate=True))
+    assert [e.truncated for e in response.embeddings] == [False, True]
+    assert response.embeddings[1].token_count > 256
+
+
+def test_ocr_matches_rapidocr(reading_stub):
+    image, expected = CASES["rgb_png"]()
+    response = reading_stub.Ocr(pb.OcrRequest(image=image), timeout=60)
+    lines = [type("Line", (), {"text": l.text, "confidence": l.confidence,
+                               "box": [(p.x, p.y) for p in l.box]}) for l in response.lines]
+    assert_same_as_rapidocr(lines, RapidOCR()(image)[0])
+    assert (response.width, response.height) == (1200, 800)
+
+
+def test_get_info_names_the_callers_tenant(reading_stub):
+    info = reading_stub.GetInfo(pb.GetInfoRequest())
+    assert info.tenant_id == "tenant-a"
+    assert {m.name: m.state for m in info.models} == {
+        "text_embedding": "READY", "ocr_det": "READY", "ocr_cls": "READY", "ocr_rec": "READY"}
+    assert info.limits.max_message_bytes == 64 << 20
+    assert "pdf" in info.formats
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_empty_and_oversized_embed_requests(reading_stub):
+    assert_status(lambda: reading_stub.Embed(pb.EmbedRequest()), grpc.StatusCode.INVALID_ARGUMENT, "empty")
+    tiny = ["x"] * 5000
+    assert_status(lambda: reading_stub.Embed(pb.EmbedRequest(texts=tiny)),
+                  grpc.StatusCode.RESOURCE_EXHAUSTED, "5000 texts", "limit is 1024")
+    assert len(reading_stub.Embed(pb.EmbedRequest(texts=tiny[:1000]), timeout=120).embeddings) == 1000
+    assert_status(lambda: reading_stub.Embed(pb.EmbedRequest(texts=["x"], model="gpt-9")),
+                  grpc.StatusCode.NOT_FOUND, "gpt-9")
+    still_serving(reading_stub)
+
+
+def _png_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge image (IDAT is a stub)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_bad_images(reading_stub):
+    assert_status(lambda: reading_stub.Ocr(pb.OcrRequest()), grpc.StatusCode.INVALID_ARGUMENT, "empty")
+    assert_status(lambda: reading_stub.Ocr(pb.OcrRequest(image=b"not an image at all")),
+                  grpc.StatusCode.INVALID_ARGUMENT, "cannot decode")
+    assert_status(lambda: reading_stub.Ocr(pb.OcrRequest(image=_png_bomb(60000, 60000))),
+                  grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds the limit")
+    buffer = io.BytesIO()
+    Image.new("RGB", (50, 50), "white").save(buffer, "PNG")
+    assert_status(lambda: reading_stub.Ocr(pb.OcrRequest(image=buffer.getvalue()[:40])),
+                  grpc.StatusCode.INVALID_ARGUMENT)
+    still_serving(reading_stub)
+
+
+def test_message_above_the_size_limit(reading_stub):
+    too_big = b"\0" * ((64 << 20) + (2 << 20))
+    assert_status(lambda: reading_stub.Ocr(pb.OcrRequest(image=too_big), timeout=60),
+                  grpc.StatusCode.RESOURCE_EXHAUSTED)
+    still_serving(reading_stub)
+
+
+# --------------------------------------------------------------------------- identity
+
+def test_tenant_mismatch_is_permission_denied(reading_stub):
+    assert_status(lambda: reading_stub.Embed(pb.EmbedRequest(tenant_id="tenant-b", texts=["x"])),
+                  grpc.StatusCode.PERMISSION_DENIED, "tenant-b", "tenant-a")
+    assert_status(lambda: reading_stub.GetInfo(pb.GetInfoRequest(), metadata=[("x-tenant-id", "tenant-b")]),
+                  grpc.StatusCode.PERMISSION_DENIED)
+    assert reading_stub.Embed(pb.EmbedRequest(tenant_id="tenant-a", texts=["x"])).dimensions == 384
+
+
+def test_each_tenant_is_seen_as_itself(reading, pki):
+    with tenant_channel(reading, pki, "tenant-b") as channel:
+        stub = reading_pb2_grpc.ReadingServiceStub(channel)
+        assert stub.GetInfo(pb.GetInfoRequest()).tenant_id == "tenant-b"
+
+
+def _call_with(reading, credentials) -> None:
+    with grpc.secure_channel(reading.address, credentials) as channel:
+        reading_pb2_grpc.ReadingServiceStub(channel).GetInfo(pb.GetInfoRequest(), timeout=10)
+
+
+def test_connections_without_a_valid_certificate_are_refused(reading, pki, tmp_path, reading_stub):
+    import datetime as dt
+
+    no_cert = channel_credentials(pki.ca.cert)
+    assert_status(lambda: _call_with(reading, no_cert), grpc.StatusCode.UNAVAILABLE)
+
+    other_ca = tmp_path / "other"
+    create_ca(other_ca, name="Some other CA")
+    foreign = issue_tenant_cert(other_ca, other_ca, "tenant-a")
+    assert_status(lambda: _call_with(reading, channel_credentials(pki.ca.cert, foreign.cert, foreign.key)),
+                  grpc.StatusCode.UNAVAILABLE)
+
+    now = dt.datetime.now(dt.timezone.utc)
+    expired = issue_tenant_cert(pki.root, tmp_path / "expired", "tenant-a",
+                                not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1))
+    assert_status(lambda: _call_with(reading, channel_credentials(pki.ca.cert, expired.cert, expired.key)),
+                  grpc.StatusCode.UNAVAILABLE)
+    still_serving(reading_stub)
