@@ -76,3 +76,53 @@ def _fmt(value) -> str:
 
 def _numeric(text: str) -> bool:
     return text.replace(",", "").replace(".", "", 1).replace("x", "").lstrip("-").isdigit()
+
+
+class FrontendProcess:
+    """The reading frontend as its own process (as deployed), with dev certificates.
+
+    Benchmarks run it apart from the client so the two do not share one interpreter.
+    """
+
+    def __init__(self, triton_url: str, tenants: tuple[str, ...] = ("bench-a", "bench-b"),
+                 extra_args: tuple[str, ...] = ()) -> None:
+        from percolate_certs.ca import dev_pki
+        from percolate_models.paths import ProjectPaths
+
+        self.pki = dev_pki(ProjectPaths.from_env().cache / "bench" / "pki", tenants)
+        self.triton_url = triton_url
+        self.extra_args = extra_args
+        self.process = None
+        self.address = ""
+
+    def __enter__(self) -> "FrontendProcess":
+        import subprocess
+
+        server = self.pki.server
+        command = [sys.executable, "-m", "reading_frontend.cli", "serve", "--port", "0",
+                   "--metrics-port", "-1", "--triton-url", self.triton_url,
+                   "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+                   "--tls-client-ca", str(self.pki.ca.cert), *self.extra_args]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True, cwd=ROOT)
+        for line in self.process.stdout:
+            if line.startswith("reading service on "):
+                self.address = line.split()[3]
+                return self
+        raise RuntimeError("the reading frontend did not start; run it by hand to see why: "
+                           + " ".join(command))
+
+    def channel(self, tenant: str = "bench-a"):
+        import grpc
+
+        from percolate_certs.tls import channel_credentials
+
+        creds = self.pki.tenants[tenant]
+        return grpc.secure_channel(self.address, channel_credentials(creds.ca, creds.cert, creds.key))
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)

@@ -1,6 +1,10 @@
-"""Sentence embedding throughput: Triton vs onnxruntime in process vs sentence-transformers.
+"""Sentence embedding throughput: the full path and Triton vs onnxruntime in process vs
+sentence-transformers.
 
 The same sentences (2,048; 512 with --quick) go through
+  (f) the full path: Embed over mutual TLS to the reading frontend (its own process),
+      which tokenises, pads to length buckets and calls Triton; 32 texts per request,
+      1 and 4 concurrent clients (4 saturates these 2 cores);
   (a) Triton's ``text_embedding`` over gRPC, tokenised in the client, batch 32, with
       1 and 4 concurrent clients (the dynamic batcher merges their requests);
   (b) onnxruntime in this process on the same ``model.onnx`` Triton serves;
@@ -44,6 +48,29 @@ def triton_embedder(url: str, tokenizer: TextTokenizer, clients: int):
     return embed
 
 
+def frontend_embedder(frontend: common.FrontendProcess, clients: int):
+    """Embed over the full path with ``clients`` threads, one mTLS channel each."""
+    from percolate.reading.v1 import reading_pb2 as pb
+    from percolate.reading.v1 import reading_pb2_grpc
+
+    stubs = [reading_pb2_grpc.ReadingServiceStub(frontend.channel()) for _ in range(clients)]
+
+    def run_slice(index: int, texts: list[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), BATCH):
+            response = stubs[index].Embed(pb.EmbedRequest(texts=texts[start:start + BATCH]), timeout=120)
+            out.append(np.array([e.values for e in response.embeddings], np.float32))
+        return np.concatenate(out)
+
+    def embed(sentences: list[str]) -> np.ndarray:
+        share = -(-len(sentences) // clients)
+        parts = [sentences[i:i + share] for i in range(0, len(sentences), share)]
+        with ThreadPoolExecutor(clients) as pool:
+            return np.concatenate(list(pool.map(lambda p: run_slice(*p), enumerate(parts))))
+
+    return embed
+
+
 def main() -> None:
     args = common.arguments(__doc__.splitlines()[0])
     count, rounds = (512, 2) if args.quick else (2048, 5)
@@ -60,7 +87,9 @@ def main() -> None:
         "sentence-transformers (c)": lambda s: reference_model.encode(s, batch_size=BATCH),
         "onnxruntime in process (b)": lambda s: embed_texts(s, tokenizer, onnx_run, BATCH),
     }
-    with TritonServer(TritonConfig.from_env()) as triton:
+    with TritonServer(TritonConfig.from_env()) as triton, common.FrontendProcess(triton.grpc_url) as frontend:
+        systems["full path, 1 client (f)"] = frontend_embedder(frontend, 1)
+        systems["full path, 4 clients (f)"] = frontend_embedder(frontend, 4)
         systems["Triton, 1 client (a)"] = triton_embedder(triton.grpc_url, tokenizer, 1)
         systems["Triton, 4 clients (a)"] = triton_embedder(triton.grpc_url, tokenizer, 4)
         for embed in systems.values():  # warm-up: model load, thread pools, caches

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
-APT_PACKAGES=(libb64-0d fonts-dejavu-core)   # perf_analyzer's libb64; a font for test images
+# perf_analyzer's libb64; a font for test images; Node.js for the any-language client test
+APT_PACKAGES=(libb64-0d fonts-dejavu-core)
+command -v node >/dev/null && command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 STAMP_DIR=.cache/setup
 mkdir -p "$STAMP_DIR"
 step() { printf '\n==> %s\n' "$*"; }
@@ -40,6 +42,15 @@ if [ "$(cat "$STAMP_DIR/pip" 2>/dev/null)" != "$deps_hash" ]; then
   echo "$deps_hash" > "$STAMP_DIR/pip"
 else
   step "Python packages up to date ($VENV)"
+fi
+
+lock_hash=$(sha256sum tests/node/package-lock.json | cut -c1-16)
+if [ "$(cat "$STAMP_DIR/npm" 2>/dev/null)" != "$lock_hash" ] || [ ! -d tests/node/node_modules ]; then
+  step "installing the Node.js test client's packages (npm ci in tests/node)"
+  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+  echo "$lock_hash" > "$STAMP_DIR/npm"
+else
+  step "Node.js test client packages up to date"
 fi
 
 step "building the model repository (cached by content hash)"

@@ -35,8 +35,9 @@ _IMAGE_MAGIC = (
     (b"GIF87a", "gif"),
     (b"GIF89a", "gif"),
 )
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _KNOWN_OTHERS = (
-    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an OLE2 compound file (legacy .doc/.xls/.ppt)"),
+    (_OLE_MAGIC, "an OLE2 compound file (legacy .doc/.xls/.ppt)"),
     (b"\x1f\x8b", "a gzip archive"),
     (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
     (b"Rar!", "a RAR archive"),
@@ -56,7 +57,7 @@ _HTML_PREAMBLE = re.compile(r"\s*(<\?xml[^>]*>|<!--.*?-->|<!doctype\s+(?!html)[^
                             re.IGNORECASE | re.DOTALL)
 _BINARY_NOISE = re.compile(r"[\x01-\x08\x0e-\x1a\x1c-\x1f]")
 _MD_STRONG = re.compile(
-    r"^(#{1,6}[ \t]+\S|```|~~~|[ \t]*\|?[ \t]*:?-{3,}:?[ \t]*(\|[ \t]*:?-{3,}:?[ \t]*)+\|?[ \t]*$)", re.MULTILINE)
+    r"^(#{1,6}[ \t]+\S|```|~~~|[ \t]*\|?[ \t]*:?-+:?[ \t]*(\|[ \t]*:?-+:?[ \t]*)+\|?[ \t]*$)", re.MULTILINE)
 _MD_WEAK = re.compile(r"^([ \t]*([-*+]|\d{1,3}[.)])[ \t]+\S|>[ \t]|(=+|-+)[ \t]*$)|\[[^\]\n]+\]\([^)\s]+\)|"
                       r"\*\*\S[^*\n]*\*\*", re.MULTILINE)
 
@@ -84,7 +85,7 @@ def _binary_format(data: bytes) -> str | None:
         return "webp"
     if _is_bmp(data):
         return "bmp"
-    if data.startswith(_KNOWN_OTHERS[0][0]) and _OLE_ENCRYPTION in data:
+    if data.startswith(_OLE_MAGIC) and _OLE_ENCRYPTION in data:  # encrypted OOXML lives in OLE2
         raise EncryptedDocumentError("the document is a password-protected Office file; "
                                      "remove the password and send it again")
     return None

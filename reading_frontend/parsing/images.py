@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 from typing import Iterator
 
 from PIL import Image, ImageOps, ImageSequence
@@ -15,7 +14,7 @@ _PNG_MODES = {"1", "L", "LA", "RGB", "RGBA"}
 _PAGED_FORMATS = {"TIFF"}
 
 
-def parse_image(data: bytes, fmt: str, ocr: OcrPass, limits: ParseLimits) -> Extraction:
+def parse_image(data: bytes, ocr: OcrPass, limits: ParseLimits) -> Extraction:
     image = open_image(data, limits.max_image_pixels)
     frames = _frame_count(image)
     if frames > limits.max_pages:
@@ -25,19 +24,17 @@ def parse_image(data: bytes, fmt: str, ocr: OcrPass, limits: ParseLimits) -> Ext
     for number, frame in enumerate(_frames(image, frames, limits.max_image_pixels), start=1):
         blocks = ocr.run(number, False, lambda: to_png(_decoded(frame, number)))
         pages.append(Page(number, blocks or (), ocr_used=blocks is not None))
-    warnings_ = ocr.warnings()
+    warnings = ocr.warnings()
     if image.format not in _PAGED_FORMATS and getattr(image, "n_frames", 1) > 1:
-        warnings_.append(f"only the first of {image.n_frames} animation frames was read")
+        warnings.append(f"only the first of {image.n_frames} animation frames was read")
     metadata = {"width": str(image.width), "height": str(image.height)}
-    return Extraction(tuple(pages), metadata, tuple(warnings_))
+    return Extraction(tuple(pages), metadata, tuple(warnings))
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Open lazily (header only) and refuse decompression bombs before decoding pixels."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise _too_many_pixels(None, max_pixels) from None
     except (OSError, SyntaxError, ValueError) as error:

@@ -6,7 +6,7 @@ from typing import Callable
 
 from reading_frontend.ocr import OcrLine
 
-OcrFn = Callable[[bytes], "list[OcrLine]"]
+OcrFn = Callable[[bytes], list[OcrLine]]
 """PNG bytes of one image or page -> its text lines in reading order."""
 
 BLOCK_TYPES = frozenset({"heading", "paragraph", "list_item", "table", "ocr_text"})
