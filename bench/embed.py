@@ -63,10 +63,15 @@ def frontend_embedder(frontend: common.FrontendProcess, clients: int):
         return np.concatenate(out)
 
     def embed(sentences: list[str]) -> np.ndarray:
-        share = -(-len(sentences) // clients)
-        parts = [sentences[i:i + share] for i in range(0, len(sentences), share)]
+        # the same length-sorted batches as embed_texts gives (a) and (b)
+        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+        share = -(-len(order) // clients)
+        parts = [[sentences[i] for i in order[s:s + share]] for s in range(0, len(order), share)]
         with ThreadPoolExecutor(clients) as pool:
-            return np.concatenate(list(pool.map(lambda p: run_slice(*p), enumerate(parts))))
+            vectors = np.concatenate(list(pool.map(lambda p: run_slice(*p), enumerate(parts))))
+        result = np.empty_like(vectors)
+        result[order] = vectors
+        return result
 
     return embed
 

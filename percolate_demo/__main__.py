@@ -86,8 +86,9 @@ def demo_parse(stub) -> None:
             for block in page.blocks:
                 kind = pb.BlockType.Name(block.type).removeprefix("BLOCK_TYPE_").lower()
                 if block.type == pb.BLOCK_TYPE_TABLE:
-                    rows = [" | ".join(row.cells) for row in block.table.rows]
-                    print(f"  p{page.number} {kind:10s} " + "\n  " + " " * 14 + ("\n  " + " " * 14).join(rows))
+                    print(f"  p{page.number} {kind:10s} {block.table.name}".rstrip())
+                    for row in block.table.rows:
+                        print(" " * 16 + " | ".join(row.cells))
                 else:
                     print(f"  p{page.number} {kind:10s} {'  ' * max(0, block.level - 1)}{block.text}")
         for chunk in response.chunks:

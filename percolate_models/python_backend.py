@@ -29,6 +29,10 @@ class OnnxRuntimeModel:
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads burn the cores the frontend and other models need when the
+        # machine is shared (the embedded default); they only pay off on idle cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         params.get("allow_spinning", "0"))
         try:
             self.session = ort.InferenceSession(
                 str(onnx_path), options, providers=["CPUExecutionProvider"])

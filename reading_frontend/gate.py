@@ -13,7 +13,8 @@ from typing import Awaitable, Callable, TypeVar
 
 import grpc
 
-from percolate_certs.identity import check_declared_tenant, tenant_from_auth_context
+from percolate_certs.identity import (check_declared_tenant, tenant_from_auth_context,
+                                      validate_tenant_id)
 
 from .admission import FairAdmission
 from .errors import UnauthenticatedError, status_for
@@ -37,7 +38,10 @@ class RequestGate:
             if not declared:
                 raise UnauthenticatedError(
                     "insecure mode: name the tenant in the request or the x-tenant-id header")
-            return declared
+            try:
+                return validate_tenant_id(declared)
+            except ValueError as err:
+                raise UnauthenticatedError(str(err)) from None
         tenant = tenant_from_auth_context(context.auth_context())
         check_declared_tenant(tenant, declared)
         return tenant

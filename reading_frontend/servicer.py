@@ -10,12 +10,16 @@ import numpy as np
 from percolate.reading.v1 import reading_pb2 as pb
 from percolate.reading.v1 import reading_pb2_grpc
 
+from . import wire
 from .config import FrontendConfig
 from .gate import RequestGate
 from .parsing import Block, Chunk, Page
 from .pipelines import EMBEDDING_MODEL, FORMATS, ReadingPipelines
 
 SERVICE_VERSION = "0.1.0"
+EMBEDDINGS_FIELD = pb.EmbedResponse.EMBEDDINGS_FIELD_NUMBER
+VALUES_FIELD = pb.Embedding.VALUES_FIELD_NUMBER
+CHUNK_EMBEDDING_FIELD = pb.Chunk.EMBEDDING_FIELD_NUMBER
 _OCR_MODES = {pb.OCR_MODE_AUTO: "auto", pb.OCR_MODE_ALWAYS: "always", pb.OCR_MODE_NEVER: "never"}
 _BLOCK_TYPES = {"heading": pb.BLOCK_TYPE_HEADING, "paragraph": pb.BLOCK_TYPE_PARAGRAPH,
                 "list_item": pb.BLOCK_TYPE_LIST_ITEM, "table": pb.BLOCK_TYPE_TABLE,
@@ -33,10 +37,12 @@ class ReadingServicer(reading_pb2_grpc.ReadingServiceServicer):
             result = await self.pipelines.embed(list(request.texts), model=request.model,
                                                 normalize=request.normalize,
                                                 truncate=request.truncate, deadline=deadline)
-            return pb.EmbedResponse(
-                model=result.model, dimensions=result.vectors.shape[1],
-                embeddings=[pb.Embedding(values=v, token_count=c, truncated=t) for v, c, t in
-                            zip(result.vectors.tolist(), result.token_counts, result.truncated)])
+            response = pb.EmbedResponse(model=result.model, dimensions=result.vectors.shape[1])
+            response.MergeFromString(b"".join(
+                wire.length_delimited(EMBEDDINGS_FIELD, wire.packed_floats(VALUES_FIELD, vector)
+                                      + pb.Embedding(token_count=c, truncated=t).SerializeToString())
+                for vector, c, t in zip(result.vectors, result.token_counts, result.truncated)))
+            return response
         return await self.gate.run("embed", context, request.tenant_id, work)
 
     async def Ocr(self, request: pb.OcrRequest, context) -> pb.OcrResponse:
@@ -106,5 +112,5 @@ def _chunk(chunk: Chunk, embedding: np.ndarray | None) -> pb.Chunk:
                        page_end=chunk.page_end, heading_path=list(chunk.heading_path),
                        token_count=chunk.token_count)
     if embedding is not None:
-        message.embedding.extend(embedding.tolist())
+        message.MergeFromString(wire.packed_floats(CHUNK_EMBEDDING_FIELD, embedding))
     return message

@@ -206,3 +206,56 @@ def test_request_content_is_not_kept(reading, reading_stub, paths, triton, caplo
                 continue
     assert searched > 10
     assert needle not in triton.log_path.read_bytes()
+
+
+def test_sigterm_drains_the_serving_process(triton, pki):
+    """The real entry point: SIGTERM while requests are in flight; all of them finish."""
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "reading_frontend.cli", "serve", "--port", "0",
+               "--metrics-port", "-1", "--triton-url", triton.grpc_url, "--max-in-flight", "1",
+               "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
+               "--tls-client-ca", str(pki.ca.cert)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("reading service on "), line + process.stderr.read()
+        address = line.split()[3]
+        server = type("Address", (), {"address": address})
+        texts = [f"sentence {i} sent before SIGTERM" for i in range(300)]
+        with tenant_channel(server, pki) as channel, ThreadPoolExecutor(3) as pool:
+            stub = reading_pb2_grpc.ReadingServiceStub(channel)
+            stub.Embed(pb.EmbedRequest(texts=["warm"]), timeout=30)
+            calls = [pool.submit(stub.Embed, pb.EmbedRequest(texts=texts), timeout=120) for _ in range(3)]
+            time.sleep(0.3)  # one running, two queued
+            process.send_signal(signal.SIGTERM)
+            assert all(len(call.result().embeddings) == 300 for call in calls)
+        assert process.wait(timeout=60) == 0
+        assert "draining" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_insecure_mode_is_explicit_and_loud(triton, paths, caplog):
+    from reading_frontend.config import FrontendConfig
+
+    config = FrontendConfig(triton_url=triton.grpc_url, insecure=True, metrics_port=-1)
+    with caplog.at_level("WARNING"), EmbeddedReading(config, paths) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = reading_pb2_grpc.ReadingServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.GetInfo(pb.GetInfoRequest())
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            info = stub.GetInfo(pb.GetInfoRequest(), metadata=[("x-tenant-id", "local-dev")])
+            assert info.tenant_id == "local-dev"
+    assert "INSECURE MODE" in caplog.text
+
+
+def test_mutual_tls_is_the_default(triton, paths):
+    from reading_frontend.config import FrontendConfig
+
+    with pytest.raises(ValueError, match="mutual TLS needs tls_cert.*--insecure"):
+        EmbeddedReading(FrontendConfig(triton_url=triton.grpc_url, metrics_port=-1), paths).__enter__()
