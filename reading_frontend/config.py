@@ -31,6 +31,8 @@ class FrontendConfig:
     max_texts_per_embed: int = 1024
     max_image_pixels: int = 40_000_000
     max_pages: int = 2000
+    max_audio_seconds: float = 7200.0
+    """Longest audio accepted by Transcribe (and Parse): 2 hours by default."""
     default_chunk_tokens: int = 200
     drain_grace_s: float = 20.0
     """On SIGTERM: stop admitting, report NOT_SERVING, finish in-flight work within this."""
@@ -66,6 +68,7 @@ class FrontendConfig:
             max_texts_per_embed=get("MAX_TEXTS_PER_EMBED", cls.max_texts_per_embed, int),
             max_image_pixels=get("MAX_IMAGE_PIXELS", cls.max_image_pixels, int),
             max_pages=get("MAX_PAGES", cls.max_pages, int),
+            max_audio_seconds=get("MAX_AUDIO_SECONDS", cls.max_audio_seconds, float),
             drain_grace_s=get("DRAIN_GRACE_S", cls.drain_grace_s, float),
             triton_timeout_s=get("TRITON_TIMEOUT_S", cls.triton_timeout_s, float),
             worker_threads=get("WORKER_THREADS", cls.worker_threads, int),

@@ -1,53 +1,13 @@
-"""Run a ``ReadingServer`` on a background event loop, for synchronous callers.
-
-The demo, the tests and the benchmarks are synchronous programs; this starts the
-asyncio server in a thread of its own and stops it (draining) on exit.
-"""
+"""The reading service on a background event loop (demo, tests, benchmarks)."""
 from __future__ import annotations
 
-import asyncio
-import threading
-from typing import Awaitable, TypeVar
-
+from percolate_common.background import BackgroundServer
 from percolate_models.paths import ProjectPaths
 
 from .config import FrontendConfig
 from .server import ReadingServer
 
-T = TypeVar("T")
 
-
-class EmbeddedReading:
-    def __init__(self, config: FrontendConfig, paths: ProjectPaths | None = None) -> None:
-        self.server = ReadingServer(config, paths)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="reading-loop", daemon=True)
-
-    @property
-    def address(self) -> str:
-        return self.server.address
-
-    def call(self, coroutine: Awaitable[T], timeout: float | None = 60) -> T:
-        """Run ``coroutine`` on the server's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
-
-    def __enter__(self) -> "EmbeddedReading":
-        self._thread.start()
-        try:
-            self.call(self.server.start())
-        except BaseException:
-            self._shutdown_loop()
-            raise
-        return self
-
-    def stop(self, grace_s: float | None = None) -> None:
-        if self._thread.is_alive():
-            self.call(self.server.stop(grace_s), timeout=None)
-            self._shutdown_loop()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _shutdown_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+def EmbeddedReading(config: FrontendConfig, paths: ProjectPaths | None = None) -> BackgroundServer[ReadingServer]:
+    """A ``ReadingServer`` started on its own loop thread; use as a context manager."""
+    return BackgroundServer(ReadingServer(config, paths))

@@ -53,10 +53,15 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
                                           TenantMismatchError)
 
     from .parsing import DocumentTooLargeError, DocumentError
+    from .speech import AudioTooLongError, UnreadableAudioError
     from .text import TextTooLongError
 
     if isinstance(error, ReadingError):
         return error.code, str(error)
+    if isinstance(error, AudioTooLongError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+    if isinstance(error, UnreadableAudioError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, DocumentTooLargeError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     if isinstance(error, (DocumentError, TextTooLongError)):

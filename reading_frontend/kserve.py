@@ -7,6 +7,9 @@ admission, preprocessing, Triton) through two pipeline models:
   parameters ``normalize`` and ``truncate`` (bool) are honoured.
 - ``ocr_image``: ``IMAGE`` BYTES [1] (encoded image) -> ``TEXT`` BYTES [lines],
   ``CONFIDENCE`` FP32 [lines], ``BOX`` FP32 [lines, 4, 2].
+- ``transcribe_audio``: ``AUDIO`` BYTES [1] (encoded audio file) -> ``TEXT`` BYTES [1],
+  ``SEGMENT_TEXT`` BYTES [segments], ``SEGMENT_TIME`` FP32 [segments, 2] (start, end
+  in seconds), ``DURATION`` FP32 [1].
 
 Batching is left to the caller (max_batch_size 0): the shape is the request.
 """
@@ -50,6 +53,10 @@ MODELS = {
         "ocr_image", (_Tensor("IMAGE", "BYTES", (1,)),),
         (_Tensor("TEXT", "BYTES", (-1,)), _Tensor("CONFIDENCE", "FP32", (-1,)),
          _Tensor("BOX", "FP32", (-1, 4, 2)))),
+    "transcribe_audio": _PipelineModel(
+        "transcribe_audio", (_Tensor("AUDIO", "BYTES", (1,)),),
+        (_Tensor("TEXT", "BYTES", (1,)), _Tensor("SEGMENT_TEXT", "BYTES", (-1,)),
+         _Tensor("SEGMENT_TIME", "FP32", (-1, 2)), _Tensor("DURATION", "FP32", (1,)))),
 }
 _CONFIG_TYPES = {"BYTES": mc.TYPE_STRING, "FP32": mc.TYPE_FP32}
 
@@ -128,6 +135,17 @@ class KServeFacade(service_pb2_grpc.GRPCInferenceServiceServicer):
                 result = await self.pipelines.embed(texts, deadline=deadline, **flags)
                 _add_output(response, "EMBEDDING", "FP32", result.vectors.shape,
                             result.vectors.astype(np.float32).tobytes())
+            elif model.name == "transcribe_audio":
+                if len(items) != 1:
+                    raise _invalid(f"AUDIO must hold exactly one encoded audio file, got {len(items)}")
+                result = await self.pipelines.transcribe(items[0], deadline=deadline)
+                segments = result.segments
+                _add_output(response, "TEXT", "BYTES", (1,), serialize_bytes([result.text.encode()]))
+                _add_output(response, "SEGMENT_TEXT", "BYTES", (len(segments),),
+                            serialize_bytes([s.text.encode() for s in segments]))
+                _add_output(response, "SEGMENT_TIME", "FP32", (len(segments), 2),
+                            np.array([(s.start, s.end) for s in segments], np.float32).reshape(-1, 2).tobytes())
+                _add_output(response, "DURATION", "FP32", (1,), np.array([result.duration], np.float32).tobytes())
             else:
                 if len(items) != 1:
                     raise _invalid(f"IMAGE must hold exactly one encoded image, got {len(items)}")

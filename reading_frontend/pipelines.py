@@ -1,4 +1,4 @@
-"""The reading service's data plane: Embed, Ocr and Parse as plain async functions.
+"""The reading service's data plane: Embed, Ocr, Parse and Transcribe as plain async functions.
 
 Both the ReadingService servicer and the KServe v2 facade call these, so every path
 shares the same preprocessing. CPU-bound work (decoding, parsing, OCR geometry) runs
@@ -18,16 +18,20 @@ from percolate_models.catalog import EMBEDDING_DIM, MODELS, model_by_name
 from percolate_models.paths import ProjectPaths
 
 from . import ocr as ocr_lib
+from . import speech
 from .config import FrontendConfig
 from .errors import BackendUnavailableError, InvalidInputError, NotFoundError, TooLargeError
-from .parsing import Chunk, ParsedDocument, ParseLimits, chunk_document, parse_document
+from .parsing import (Block, Chunk, Page, ParsedDocument, ParseLimits, chunk_document,
+                      parse_document)
 from .text import TextTokenizer
 from .triton_client import AsyncTriton
 
 EMBEDDING_MODEL = "text_embedding"
 EMBED_BATCH = 32
 """Texts per Triton request; concurrent requests are merged by Triton's batcher."""
-FORMATS = ("pdf", "docx", "xlsx", "html", "markdown", "text", "png", "jpeg", "tiff", "bmp", "webp")
+SPEECH_MODEL = "whisper"
+FORMATS = ("pdf", "docx", "xlsx", "html", "markdown", "text", "png", "jpeg", "tiff", "bmp", "webp",
+           *speech.AUDIO_FORMATS)
 OCR_MODES = ("auto", "always", "never")
 
 
@@ -48,6 +52,25 @@ class OcrResult:
 
 
 @dataclass(frozen=True)
+class TranscribeResult:
+    text: str
+    segments: list[speech.Segment]
+    language: str
+    duration: float
+    windows: int
+    source_rate: int
+    source_channels: int
+    format: str
+    model: str = SPEECH_MODEL
+
+
+@dataclass(frozen=True)
+class _PreparedAudio:
+    audio: speech.DecodedAudio
+    features: np.ndarray
+
+
+@dataclass(frozen=True)
 class ParseResult:
     document: ParsedDocument
     chunks: list[Chunk]
@@ -60,6 +83,7 @@ class ReadingPipelines:
         self.triton = triton
         self.tokenizer = TextTokenizer(paths.assets / "text_embedding" / "tokenizer.json")
         self.characters = ocr_lib.load_character_list(paths.assets / "ocr" / "ppocr_keys.txt")
+        self.whisper_tokenizer = speech.WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
         self.ocr_params = ocr_lib.OcrParams(max_image_pixels=config.max_image_pixels)
         self.parse_limits = ParseLimits(max_pages=config.max_pages,
                                         max_image_pixels=config.max_image_pixels)
@@ -126,6 +150,64 @@ class ReadingPipelines:
         infer = self._sync_ocr_models(loop, deadline)
         return await loop.run_in_executor(self.executor, self._ocr_sync, image, infer)
 
+    def _prepare_audio(self, audio: bytes) -> _PreparedAudio:
+        decoded = speech.decode_audio(audio, self.config.max_audio_seconds)
+        features = speech.log_mel(decoded.samples)
+        return _PreparedAudio(decoded, features)
+
+    async def transcribe(self, audio: bytes, *, language: str = "",
+                         deadline: float | None = None) -> TranscribeResult:
+        """Decode, resample and log-mel in the frontend, then one Triton call per
+        non-silent window of at most 30 s (``speech.WindowPlanner``). The windows of one
+        recording follow each other (each starts where the previous transcript ended,
+        as in Whisper); Triton batches the windows of concurrent requests."""
+        if language.lower() not in ("", "en", "english"):
+            raise InvalidInputError(f"language {language!r} is not served: the model (Whisper "
+                                    "tiny.en) transcribes English only; send \"en\" or nothing")
+        if not audio:
+            raise InvalidInputError("audio is empty: send the bytes of a WAV, FLAC, OGG, MP3 or M4A file")
+        loop = asyncio.get_running_loop()
+        try:
+            prepared = await loop.run_in_executor(self.executor, self._prepare_audio, audio)
+        except speech.AudioTooLongError as err:
+            raise TooLargeError(str(err)) from None
+        except speech.UnreadableAudioError as err:
+            raise InvalidInputError(str(err)) from None
+        decoded = prepared.audio
+        planner = speech.WindowPlanner(prepared.features, decoded.samples)
+        segments: list[speech.Segment] = []
+        windows, seek = 0, 0
+        while seek < planner.content:
+            window = planner.window(windows, seek)
+            windows += 1
+            found: list[speech.Segment] = []
+            if not window.silent:
+                features = speech.window_features(prepared.features, window)[None]
+                out = await self.triton.infer(SPEECH_MODEL, {"input_features": features},
+                                              ["tokens", "no_speech_prob", "avg_logprob"],
+                                              self._timeout(deadline))
+                if not speech.is_no_speech(float(out["no_speech_prob"][0, 0]),
+                                           float(out["avg_logprob"][0, 0])):
+                    tokens = [int(t) for t in out["tokens"][0] if t >= 0]
+                    found = speech.segments_from_tokens(tokens, window, decoded.duration,
+                                                        self.whisper_tokenizer)
+            kept, seek = planner.advance(window, found)
+            segments += kept
+        return TranscribeResult(
+            text=" ".join(s.text for s in segments), segments=segments, language="en",
+            duration=decoded.duration, windows=windows, source_rate=decoded.source_rate,
+            source_channels=decoded.source_channels, format=decoded.container)
+
+    async def _parse_audio(self, content: bytes, fmt: str, deadline: float | None) -> ParsedDocument:
+        result = await self.transcribe(content, deadline=deadline)
+        blocks = tuple(Block("paragraph", s.text) for s in result.segments)
+        metadata = {"duration_seconds": f"{result.duration:.2f}", "language": result.language,
+                    "transcription_model": result.model, "windows": str(result.windows),
+                    "segments": "; ".join(f"{s.start:.2f}-{s.end:.2f}" for s in result.segments)}
+        warnings = () if blocks else ("no speech was found in the audio",)
+        return ParsedDocument(fmt, speech.MIME_TYPES.get(fmt, "audio/" + fmt), metadata,
+                              (Page(1, blocks),), warnings)
+
     async def parse(self, content: bytes, *, filename: str = "", mime_type: str = "",
                     ocr_mode: str = "auto", chunk_tokens: int = 0, overlap_tokens: int = 0,
                     embed: bool = False, normalize: bool = False,
@@ -149,7 +231,13 @@ class ReadingPipelines:
             return document, chunk_document(document, self.tokenizer.count_tokens,
                                              chunk_tokens, overlap_tokens)
 
-        document, chunks = await loop.run_in_executor(self.executor, work)
+        audio_format = speech.sniff_audio(content)
+        if audio_format:  # audio goes through the same path as Transcribe
+            document = await self._parse_audio(content, audio_format, deadline)
+            chunks = await loop.run_in_executor(self.executor, lambda: chunk_document(
+                document, self.tokenizer.count_tokens, chunk_tokens, overlap_tokens))
+        else:
+            document, chunks = await loop.run_in_executor(self.executor, work)
         embeddings = None
         if embed and chunks:
             embedded = await self.embed([c.text for c in chunks], normalize=normalize,

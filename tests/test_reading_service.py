@@ -85,8 +85,10 @@ def test_ocr_matches_rapidocr(reading_stub):
 def test_get_info_names_the_callers_tenant(reading_stub):
     info = reading_stub.GetInfo(pb.GetInfoRequest())
     assert info.tenant_id == "tenant-a"
-    assert {m.name: m.state for m in info.models} == {
+    states = {m.name: m.state for m in info.models}
+    assert {name: states.get(name) for name in ("text_embedding", "ocr_det", "ocr_cls", "ocr_rec")} == {
         "text_embedding": "READY", "ocr_det": "READY", "ocr_cls": "READY", "ocr_rec": "READY"}
+    assert set(states.values()) == {"READY"}
     assert info.limits.max_message_bytes == 64 << 20
     assert "pdf" in info.formats
 

@@ -211,6 +211,60 @@ class ParseResponse(_message.Message):
     embedding_dimensions: int
     def __init__(self, format: _Optional[str] = ..., mime_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., pages: _Optional[_Iterable[_Union[Page, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., embedding_model: _Optional[str] = ..., embedding_dimensions: _Optional[int] = ...) -> None: ...
 
+class TranscribeOptions(_message.Message):
+    __slots__ = ("language",)
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    language: str
+    def __init__(self, language: _Optional[str] = ...) -> None: ...
+
+class TranscribeRequest(_message.Message):
+    __slots__ = ("tenant_id", "audio", "filename", "mime_type", "options")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    audio: bytes
+    filename: str
+    mime_type: str
+    options: TranscribeOptions
+    def __init__(self, tenant_id: _Optional[str] = ..., audio: _Optional[bytes] = ..., filename: _Optional[str] = ..., mime_type: _Optional[str] = ..., options: _Optional[_Union[TranscribeOptions, _Mapping]] = ...) -> None: ...
+
+class Segment(_message.Message):
+    __slots__ = ("start", "end", "text", "window")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    start: float
+    end: float
+    text: str
+    window: int
+    def __init__(self, start: _Optional[float] = ..., end: _Optional[float] = ..., text: _Optional[str] = ..., window: _Optional[int] = ...) -> None: ...
+
+class TranscribeResponse(_message.Message):
+    __slots__ = ("text", "segments", "language", "duration", "windows", "model", "source_sample_rate", "source_channels", "format")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    segments: _containers.RepeatedCompositeFieldContainer[Segment]
+    language: str
+    duration: float
+    windows: int
+    model: str
+    source_sample_rate: int
+    source_channels: int
+    format: str
+    def __init__(self, text: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., language: _Optional[str] = ..., duration: _Optional[float] = ..., windows: _Optional[int] = ..., model: _Optional[str] = ..., source_sample_rate: _Optional[int] = ..., source_channels: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
+
 class GetInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -228,7 +282,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_message_bytes", "max_texts_per_embed", "max_tokens_per_text", "max_image_pixels", "max_pages", "max_queue_depth", "max_in_flight")
+    __slots__ = ("max_message_bytes", "max_texts_per_embed", "max_tokens_per_text", "max_image_pixels", "max_pages", "max_queue_depth", "max_in_flight", "max_audio_seconds")
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_TEXTS_PER_EMBED_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_PER_TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +290,7 @@ class Limits(_message.Message):
     MAX_PAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
     max_message_bytes: int
     max_texts_per_embed: int
     max_tokens_per_text: int
@@ -243,7 +298,8 @@ class Limits(_message.Message):
     max_pages: int
     max_queue_depth: int
     max_in_flight: int
-    def __init__(self, max_message_bytes: _Optional[int] = ..., max_texts_per_embed: _Optional[int] = ..., max_tokens_per_text: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_pages: _Optional[int] = ..., max_queue_depth: _Optional[int] = ..., max_in_flight: _Optional[int] = ...) -> None: ...
+    max_audio_seconds: float
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_texts_per_embed: _Optional[int] = ..., max_tokens_per_text: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_pages: _Optional[int] = ..., max_queue_depth: _Optional[int] = ..., max_in_flight: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
     __slots__ = ("service_version", "tenant_id", "models", "limits", "formats")

@@ -34,6 +34,11 @@ class ReadingServiceStub(object):
                 request_serializer=percolate_dot_reading_dot_v1_dot_reading__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=percolate_dot_reading_dot_v1_dot_reading__pb2.GetInfoResponse.FromString,
                 )
+        self.Transcribe = channel.unary_unary(
+                '/percolate.reading.v1.ReadingService/Transcribe',
+                request_serializer=percolate_dot_reading_dot_v1_dot_reading__pb2.TranscribeRequest.SerializeToString,
+                response_deserializer=percolate_dot_reading_dot_v1_dot_reading__pb2.TranscribeResponse.FromString,
+                )
 
 
 class ReadingServiceServicer(object):
@@ -62,7 +67,18 @@ class ReadingServiceServicer(object):
 
     def GetInfo(self, request, context):
         """Models, versions and limits of this deployment.
-        Transcribe is added by the speech work (field numbers and names reserved there).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Transcribe(self, request, context):
+        """Speech to text (Whisper tiny.en) of one audio file: WAV, FLAC, OGG, MP3, M4A or any
+        other container FFmpeg reads; any sample rate and channel count. Audio longer than
+        30 s is decoded in windows ending at quiet points, each starting where the previous
+        transcript ended; segments carry absolute times from Whisper's timestamp tokens.
+        Silence gives an empty transcript. Longer than limits.max_audio_seconds:
+        RESOURCE_EXHAUSTED; not audio, corrupt or zero-length: INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +106,11 @@ def add_ReadingServiceServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=percolate_dot_reading_dot_v1_dot_reading__pb2.GetInfoRequest.FromString,
                     response_serializer=percolate_dot_reading_dot_v1_dot_reading__pb2.GetInfoResponse.SerializeToString,
+            ),
+            'Transcribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Transcribe,
+                    request_deserializer=percolate_dot_reading_dot_v1_dot_reading__pb2.TranscribeRequest.FromString,
+                    response_serializer=percolate_dot_reading_dot_v1_dot_reading__pb2.TranscribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -166,5 +187,22 @@ class ReadingService(object):
         return grpc.experimental.unary_unary(request, target, '/percolate.reading.v1.ReadingService/GetInfo',
             percolate_dot_reading_dot_v1_dot_reading__pb2.GetInfoRequest.SerializeToString,
             percolate_dot_reading_dot_v1_dot_reading__pb2.GetInfoResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Transcribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/percolate.reading.v1.ReadingService/Transcribe',
+            percolate_dot_reading_dot_v1_dot_reading__pb2.TranscribeRequest.SerializeToString,
+            percolate_dot_reading_dot_v1_dot_reading__pb2.TranscribeResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

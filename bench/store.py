@@ -1,0 +1,163 @@
+"""Encrypted store vs plaintext rocksdict: put, get and scan throughput in the same run.
+
+Both sides get the same data (random 16-byte keys, like ``name_key`` ids; values the
+size of a chunk record with its embedding, 2 KB, and of an index entry, 64 B), the same
+RocksDB options and column families (``rocks.open_rw``), and the same synced
+WriteBatches. The plaintext side writes the values as they are with rocksdict; the
+encrypted side is ``EncryptedStore``, sealing each value with AES-256-GCM (random nonce,
+associated data) on put and opening it on get and scan.
+- put: every value once, in synced batches of BATCH values, into a fresh database per round;
+- get: every key once in random order, one ``get`` at a time, after a reopen (data in SSTs);
+- scan: every value in key order (what rebuilding the search indexes at start does).
+Put rounds alternate which side goes first; get rounds alternate sides every 1,000 keys
+so that load from other processes hits both. Figures are medians over rounds; the ratio
+is the median of the per-round ratios (encrypted / plaintext).
+
+    python bench/store.py [--quick]
+"""
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import common  # noqa: E402  (puts the project root on sys.path)
+
+from rocksdict import WriteBatch, WriteOptions
+
+from percolate_node.store import EncryptedStore, Put
+from percolate_node.store import rocks
+from percolate_node.store.layout import COLUMN_FAMILIES, RESOURCES
+
+FLOOR = 0.7
+FLOORED = ("put", "get")  # the issue's floor; scan is shown for the index rebuild at start
+VALUE_SIZES = (2048, 64)
+BATCHES = (1000, 50)
+
+
+class Plain:
+    """rocksdict as it is: the reference."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = rocks.open_rw(path, COLUMN_FAMILIES)
+        self.view = self.db.get_column_family(RESOURCES)
+        self.handle = self.db.get_column_family_handle(RESOURCES)
+        self.sync = WriteOptions()
+        self.sync.sync = True
+
+    def put(self, items: list[tuple[bytes, bytes]]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for key, value in items:
+            batch.put(key, value, self.handle)
+        self.db.write(batch, self.sync)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.view.get(key)
+
+    def scan(self) -> int:
+        return sum(1 for _ in self.view.items())
+
+    def close(self) -> None:
+        del self.handle  # a live column-family handle keeps RocksDB (and its LOCK) open
+        rocks.close(self.db, [self.view])
+
+
+class Sealed:
+    """The encrypted store, through its public API."""
+
+    def __init__(self, path: Path, kek: bytes) -> None:
+        self.store = EncryptedStore.open(path, "bench", kek)
+
+    def put(self, items: list[tuple[bytes, bytes]]) -> None:
+        self.store.write([Put(RESOURCES, key, value) for key, value in items])
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.store.get(RESOURCES, key)
+
+    def scan(self) -> int:
+        return sum(1 for _ in self.store.items(RESOURCES))
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def measure(count: int, size: int, batch: int, rounds: int, reads: bool) -> dict[str, dict[str, float]]:
+    """Median rates per side and operation, plus the median of the per-round ratios."""
+    rng = random.Random(size * 7 + batch)
+    items = [(rng.randbytes(16), rng.randbytes(size)) for _ in range(count)]
+    lookups = [key for key, _ in items]
+    rng.shuffle(lookups)
+    kek = os.urandom(32)
+    rates: dict[str, dict[str, list[float]]] = {"plain": {}, "sealed": {}}
+
+    def record(side: str, op: str, rate: float) -> None:
+        rates[side].setdefault(op, []).append(rate)
+
+    def open_side(side: str, path: Path) -> Plain | Sealed:
+        return Plain(path) if side == "plain" else Sealed(path, kek)
+
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        for round_ in range(rounds):
+            for side in ("plain", "sealed") if round_ % 2 == 0 else ("sealed", "plain"):
+                path = Path(tmp) / f"{side}-{round_}"
+                db = open_side(side, path)
+                started = time.perf_counter()
+                for first in range(0, count, batch):
+                    db.put(items[first:first + batch])
+                record(side, "put", count / (time.perf_counter() - started))
+                db.close()
+        if reads:  # the last round's databases, reopened so the data is read from SST files
+            dbs = {side: open_side(side, Path(tmp) / f"{side}-{rounds - 1}") for side in ("plain", "sealed")}
+            chunk = 1000
+            for round_ in range(rounds + 1):  # round 0 warms the caches and is dropped
+                elapsed = {"plain": 0.0, "sealed": 0.0}
+                for first in range(0, count, chunk):  # alternate sides every chunk: noise hits both
+                    for side, db in dbs.items():
+                        started = time.perf_counter()
+                        for key in lookups[first:first + chunk]:
+                            db.get(key)
+                        elapsed[side] += time.perf_counter() - started
+                for side, db in dbs.items():
+                    started = time.perf_counter()
+                    assert db.scan() == count
+                    if round_:
+                        record(side, "scan", count / (time.perf_counter() - started))
+                        record(side, "get", count / elapsed[side])
+            for db in dbs.values():
+                db.close()
+    result = {side: {op: statistics.median(r) for op, r in ops.items()} for side, ops in rates.items()}
+    result["ratio"] = {op: statistics.median(s / p for s, p in zip(rates["sealed"][op], rates["plain"][op]))
+                       for op in rates["plain"]}
+    return result
+
+
+def main() -> None:
+    args = common.arguments(__doc__.splitlines()[0])
+    count, rounds = (20_000, 3) if args.quick else (100_000, 5)
+    columns = ["operation", "value bytes", "batch", "plaintext ops/s", "encrypted ops/s", "ratio", "floor", "ok"]
+    rows = []
+    for size in VALUE_SIZES:
+        for batch in BATCHES:
+            result = measure(count, size, batch, rounds, reads=batch == BATCHES[0])
+            for op in ("put", "get", "scan"):
+                if op not in result["ratio"]:
+                    continue
+                ratio = result["ratio"][op]
+                floor = FLOOR if op in FLOORED else None
+                rows.append([op, size, batch if op == "put" else "-", round(result["plain"][op]),
+                             round(result["sealed"][op]), f"{ratio:.2f}x", f"{floor}x" if floor else "-",
+                             ("yes" if ratio >= floor else "NO") if floor else "-"])
+    common.print_table(f"Encrypted store vs plaintext rocksdict ({count:,} values, median of {rounds} rounds, "
+                       f"synced batches; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)",
+                       columns, rows)
+    common.write_results("store", {
+        "quick": args.quick, "rounds": rounds, "values": count, "floor": FLOOR,
+        "rows": [dict(zip(columns, row)) for row in rows],
+    })
+
+
+if __name__ == "__main__":
+    main()

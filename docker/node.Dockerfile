@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# The tenant node: `percolate-node serve` (the percolate-node chart runs it). The node's
+# console script is still to come (percolate_node is being written); tests/test_helm.py
+# checks this entry point against pyproject.toml's console scripts and reports it as
+# pending until it exists. From the repository root, with BuildKit:
+#   docker build -f docker/node.Dockerfile -t ghcr.io/percolate/percolate-node:0.1.0 .
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# 1. The package and its pinned runtime dependencies in a virtual environment.
+FROM ${PYTHON_IMAGE} AS runtime-env
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY percolate ./percolate
+COPY percolate_models ./percolate_models
+COPY percolate_triton ./percolate_triton
+COPY percolate_certs ./percolate_certs
+COPY percolate_common ./percolate_common
+COPY percolate_node ./percolate_node
+COPY percolate_demo ./percolate_demo
+COPY reading_frontend ./reading_frontend
+RUN pip install --no-compile .
+
+# 2. The image: the environment only; non-root; RocksDB lives on the mounted volume
+# (/var/lib/percolate), everything else of the root filesystem is read-only.
+FROM ${PYTHON_IMAGE}
+RUN groupadd --gid 10001 percolate \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin percolate
+COPY --from=runtime-env /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /var/lib/percolate
+USER 10001:10001
+EXPOSE 50061 9090
+ENTRYPOINT ["percolate-node"]
+CMD ["serve"]

@@ -1,0 +1,51 @@
+# syntax=docker/dockerfile:1
+# The reading frontend: `percolate-reading serve`, plus the built model repository that
+# the percolate-reading chart's init step copies into the pod for Triton (the official
+# Triton container serves it on the GPU). From the repository root, with BuildKit (which
+# reads docker/reading.Dockerfile.dockerignore):
+#   docker build -f docker/reading.Dockerfile -t ghcr.io/percolate/percolate-reading:0.1.0 .
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# 1. The package and its pinned runtime dependencies in a virtual environment.
+FROM ${PYTHON_IMAGE} AS runtime-env
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY percolate ./percolate
+COPY percolate_models ./percolate_models
+COPY percolate_triton ./percolate_triton
+COPY percolate_certs ./percolate_certs
+COPY percolate_common ./percolate_common
+COPY percolate_node ./percolate_node
+COPY percolate_demo ./percolate_demo
+COPY reading_frontend ./reading_frontend
+RUN pip install --no-compile .
+
+# 2. The model build (`percolate-models build`: packaged weights -> ONNX, offline). The
+# export tools (torch, CPU build; optimum) stay in this stage, never in the image.
+FROM runtime-env AS models
+ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu HF_HUB_OFFLINE=1 \
+    PERCOLATE_MODEL_REPOSITORY=/src/model_repository PERCOLATE_MODEL_ASSETS=/src/model_assets \
+    PERCOLATE_CACHE_DIR=/tmp/percolate-build
+RUN pip install ".[export]"
+COPY model_repository ./model_repository
+RUN percolate-models build && percolate-models verify
+
+# 3. The image: the environment and the built repository, nothing else; non-root, and
+# nothing written outside /tmp (the chart mounts the root filesystem read-only).
+FROM ${PYTHON_IMAGE}
+RUN groupadd --gid 10001 percolate \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin percolate
+COPY --from=runtime-env /opt/venv /opt/venv
+COPY --from=models /src/model_repository /app/model_repository
+COPY --from=models /src/model_assets /app/model_assets
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    PERCOLATE_MODEL_REPOSITORY=/app/model_repository PERCOLATE_MODEL_ASSETS=/app/model_assets \
+    PERCOLATE_CACHE_DIR=/tmp/percolate
+WORKDIR /app
+USER 10001:10001
+EXPOSE 50051 9090
+ENTRYPOINT ["percolate-reading"]
+CMD ["serve"]

@@ -1,0 +1,65 @@
+{{/* Names, labels and required values shared by the templates. */}}
+
+{{- define "percolate-node.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "percolate-node.tenant" -}}
+{{- required "tenant.id is required: one release per tenant ([a-z0-9][a-z0-9-]{0,62})" .Values.tenant.id }}
+{{- end }}
+
+{{- define "percolate-node.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := include "percolate-node.name" . }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The tenant label is in every selector: a release can only ever select its own tenant's pods. */}}
+{{- define "percolate-node.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "percolate-node.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+percolate.dev/tenant: {{ include "percolate-node.tenant" . }}
+{{- end }}
+
+{{- define "percolate-node.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "percolate-node.selectorLabels" . }}
+app.kubernetes.io/component: node
+app.kubernetes.io/part-of: percolate
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.tenant.region }}
+percolate.dev/region: {{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "percolate-node.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "percolate-node.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "percolate-node.host" -}}
+{{- printf "%s.%s" (include "percolate-node.tenant" .) (required "tenant.domain is required: the API is published at <tenant.id>.<tenant.domain>" .Values.tenant.domain) }}
+{{- end }}
+
+{{- define "percolate-node.tlsSecretName" -}}
+{{- if .Values.certificate.certManager.enabled }}
+{{- printf "%s-tls" (include "percolate-node.fullname" .) }}
+{{- else }}
+{{- required "certificate.existingSecret is required when certificate.certManager.enabled is false" .Values.certificate.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "percolate-node.spiffeId" -}}
+{{- printf "spiffe://percolate/tenant/%s" (include "percolate-node.tenant" .) }}
+{{- end }}

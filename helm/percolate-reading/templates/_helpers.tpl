@@ -1,0 +1,97 @@
+{{/* Names, labels and derived values shared by the templates. */}}
+
+{{- define "percolate-reading.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "percolate-reading.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 54 | trimSuffix "-" }}
+{{- else }}
+{{- $name := include "percolate-reading.name" . }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 54 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 54 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "percolate-reading.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "percolate-reading.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "percolate-reading.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "percolate-reading.selectorLabels" . }}
+app.kubernetes.io/component: reading
+app.kubernetes.io/part-of: percolate
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "percolate-reading.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "percolate-reading.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "percolate-reading.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The selected GPU tier's preset; an unknown tier stops the render. */}}
+{{- define "percolate-reading.tier" -}}
+{{- $tier := get .Values.gpu.tiers .Values.gpu.tier }}
+{{- if not $tier }}
+{{- fail (printf "gpu.tier %q is not one of %s" .Values.gpu.tier (keys .Values.gpu.tiers | sortAlpha | join ", ")) }}
+{{- end }}
+{{- toYaml $tier }}
+{{- end }}
+
+{{- define "percolate-reading.tlsSecretName" -}}
+{{- if .Values.tls.certManager.enabled }}
+{{- printf "%s-tls" (include "percolate-reading.fullname" .) }}
+{{- else }}
+{{- required "tls.existingSecret is required when tls.certManager.enabled is false" .Values.tls.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/* Seconds the frontend needs from deletion to exit: preStop sleep, then its drain. */}}
+{{- define "percolate-reading.frontendStopSeconds" -}}
+{{- add .Values.drain.preStopSeconds .Values.drain.graceSeconds }}
+{{- end }}
+
+{{- define "percolate-reading.terminationGraceSeconds" -}}
+{{- add (include "percolate-reading.frontendStopSeconds" . | int) .Values.drain.tritonExitSeconds }}
+{{- end }}
+
+{{/* Both Service names, every form a client in the cluster may dial, and localhost for the probe. */}}
+{{- define "percolate-reading.dnsNames" -}}
+{{- $full := include "percolate-reading.fullname" . }}
+{{- range $svc := list $full (printf "%s-headless" $full) }}
+- {{ $svc }}
+- {{ $svc }}.{{ $.Release.Namespace }}
+- {{ $svc }}.{{ $.Release.Namespace }}.svc
+- {{ $svc }}.{{ $.Release.Namespace }}.svc.cluster.local
+{{- end }}
+- localhost
+{{- range .Values.tls.certManager.extraDnsNames }}
+- {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* gRPC health over mutual TLS with the pod's own certificate (files/health_probe.py). */}}
+{{- define "percolate-reading.healthProbe" -}}
+command:
+  - python
+  - /etc/percolate/probe/health_probe.py
+  - --address=127.0.0.1:{{ .Values.frontend.port }}
+  - --server-name=localhost
+  - --ca=/etc/percolate/tls/ca.crt
+  - --cert=/etc/percolate/tls/tls.crt
+  - --key=/etc/percolate/tls/tls.key
+{{- end }}

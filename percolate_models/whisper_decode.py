@@ -1,0 +1,220 @@
+"""Greedy Whisper decoding with timestamp tokens, batched, over any encoder/decoder runner.
+
+This is the loop that runs inside Triton (``whisper_loop.py``): one call per 30-second
+window, windows from any number of requests decoded together. The logit rules are the
+ones CTranslate2 (and so faster-whisper) applies for greedy decoding with timestamps,
+so the token sequences can be compared one for one:
+
+- ``suppress_ids`` (the model's ``config.json``) are never sampled; at the first step
+  ``suppress_ids_begin`` (blank and end of text) are not either;
+- the first token is a timestamp no later than ``max_initial_timestamp_index`` (1.0 s);
+- timestamps come in pairs (except directly before end of text) and never decrease;
+- when the total probability of the timestamp tokens is above that of any text token,
+  a timestamp is sampled;
+- at most ``max_new_tokens`` (224, half the context) are generated per window.
+
+The no-speech probability (of ``<|nocaptions|>`` right after the start token, before any
+rule) and the average log probability of the chosen tokens are returned too, so the
+caller can drop windows that hold no speech the way faster-whisper does.
+
+A runner provides ``encode(features) -> state`` and ``step(state, input_ids, first) ->
+logits`` plus ``select(state, rows)``; ``OrtRunner`` runs the ONNX files with
+onnxruntime in process. Finished rows are dropped from the batch as they end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+SOT = 50257
+EOT = 50256
+NO_CAPTIONS = 50361
+NO_TIMESTAMPS = 50362
+TIMESTAMP_BEGIN = 50363
+VOCAB = 51864
+LAYERS = 4
+HEADS = 6
+HEAD_DIM = 64
+TIME_PRECISION = 0.02
+"""Seconds per timestamp token."""
+SUPPRESS_IDS = (
+    1, 2, 7, 8, 9, 10, 14, 25, 26, 27, 28, 29, 31, 58, 59, 60, 61, 62, 63, 90, 91, 92, 93, 357,
+    366, 438, 532, 685, 705, 796, 930, 1058, 1220, 1267, 1279, 1303, 1343, 1377, 1391, 1635,
+    1782, 1875, 2162, 2361, 2488, 3467, 4008, 4211, 4600, 4808, 5299, 5855, 6329, 7203, 9609,
+    9959, 10563, 10786, 11420, 11709, 11907, 13163, 13697, 13700, 14808, 15306, 16410, 16791,
+    17992, 19203, 19510, 20724, 22305, 22935, 27007, 30109, 30420, 33409, 34949, 40283, 40493,
+    40549, 47282, 49146, 50257, 50357, 50358, 50359, 50360, 50361)
+"""``suppress_ids`` of the packaged tiny.en ``config.json`` (the build checks they agree)."""
+SUPPRESS_IDS_BEGIN = (220, 50256)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    max_new_tokens: int = 224
+    max_initial_timestamp_index: int = 50
+    timestamps: bool = True
+    suppress_ids: tuple[int, ...] = SUPPRESS_IDS
+    suppress_ids_begin: tuple[int, ...] = SUPPRESS_IDS_BEGIN
+
+    @property
+    def prompt(self) -> list[int]:
+        return [SOT] if self.timestamps else [SOT, NO_TIMESTAMPS]
+
+
+@dataclass
+class WindowResult:
+    tokens: list[int] = field(default_factory=list)
+    """Generated tokens, timestamps included, end of text excluded."""
+    sum_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+
+    @property
+    def avg_logprob(self) -> float:
+        """As faster-whisper computes it: summed log probability over (tokens + 1)."""
+        return self.sum_logprob / (len(self.tokens) + 1)
+
+
+class Runner(Protocol):
+    def encode(self, features: np.ndarray) -> object: ...
+    def step(self, state: object, input_ids: np.ndarray, first: bool) -> np.ndarray: ...
+    def select(self, state: object, rows: np.ndarray) -> object: ...
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _logsumexp(values: np.ndarray) -> np.ndarray:
+    top = values.max(axis=-1)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    return safe + np.log(np.exp(values - safe[:, None]).sum(axis=-1))
+
+
+def apply_rules(logits: np.ndarray, generated: list[list[int]], step: int,
+                settings: DecodeSettings) -> np.ndarray:
+    """Mask ``logits`` [rows, vocab] (float32, in place) for the next token of each row."""
+    logits[:, list(settings.suppress_ids)] = -np.inf
+    if step == 0:
+        logits[:, list(settings.suppress_ids_begin)] = -np.inf
+    if not settings.timestamps:
+        return logits
+    logits[:, NO_TIMESTAMPS] = -np.inf
+    if step == 0:
+        logits[:, :TIMESTAMP_BEGIN] = -np.inf
+        logits[:, TIMESTAMP_BEGIN + settings.max_initial_timestamp_index + 1:] = -np.inf
+        return logits
+    check = []
+    for row, tokens in enumerate(generated):
+        last = tokens[-1]
+        if last >= TIMESTAMP_BEGIN:
+            penultimate = tokens[-2] if len(tokens) >= 2 else last
+            if penultimate >= TIMESTAMP_BEGIN:
+                logits[row, TIMESTAMP_BEGIN:] = -np.inf  # a pair just closed: text next
+            else:
+                logits[row, :EOT] = -np.inf  # an opened pair: timestamp or end next
+                check.append(row)
+        else:
+            check.append(row)
+        for token in reversed(tokens):  # timestamps never decrease
+            if token >= TIMESTAMP_BEGIN:
+                logits[row, TIMESTAMP_BEGIN:token] = -np.inf
+                break
+    if check:
+        logprobs = _log_softmax(logits[check])
+        timestamp_mass = _logsumexp(logprobs[:, TIMESTAMP_BEGIN:])
+        best_text = logprobs[:, :TIMESTAMP_BEGIN].max(axis=-1)
+        for row, take_timestamp in zip(check, timestamp_mass > best_text):
+            if take_timestamp:
+                logits[row, :TIMESTAMP_BEGIN] = -np.inf
+    return logits
+
+
+def greedy_decode(runner: Runner, features: np.ndarray,
+                  settings: DecodeSettings = DecodeSettings()) -> list[WindowResult]:
+    """Decode a batch of log-mel windows ``features`` [batch, 80, 3000]."""
+    batch = features.shape[0]
+    results = [WindowResult() for _ in range(batch)]
+    if batch == 0:
+        return results
+    state = runner.encode(np.ascontiguousarray(features, dtype=np.float32))
+    prompt = settings.prompt
+    alive = np.arange(batch)
+    input_ids = np.tile(np.array(prompt, np.int64), (batch, 1))
+    for step in range(settings.max_new_tokens):
+        logits = runner.step(state, input_ids, first=step == 0)
+        if step == 0:
+            first = _log_softmax(logits[:, 0, :].astype(np.float32))  # raw, before any rule
+            for row in range(batch):
+                results[row].no_speech_prob = float(np.exp(first[row, NO_CAPTIONS]))
+        last = np.array(logits[:, -1, :], dtype=np.float32)
+        apply_rules(last, [results[i].tokens for i in alive], step, settings)
+        chosen = last.argmax(axis=-1)
+        logprobs = _log_softmax(last)
+        finished = []
+        for row, index in enumerate(alive):
+            token = int(chosen[row])
+            results[index].sum_logprob += float(logprobs[row, token])
+            if token == EOT:
+                finished.append(row)
+            else:
+                results[index].tokens.append(token)
+        if finished:
+            keep = np.setdiff1d(np.arange(len(alive)), finished)
+            if keep.size == 0:
+                break
+            alive, chosen = alive[keep], chosen[keep]
+            state = runner.select(state, keep)
+        input_ids = chosen.astype(np.int64)[:, None]
+    return results
+
+
+class OrtRunner:
+    """Encoder and merged decoder (optimum export) run with onnxruntime in this process."""
+
+    def __init__(self, encoder: Path | str, decoder: Path | str, threads: int = 0,
+                 spinning: bool = False, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        providers = providers or ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(encoder), options, providers=providers)
+        self.decoder = ort.InferenceSession(str(decoder), options, providers=providers)
+        self.kv_names = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
+                         for part in ("decoder", "encoder") for kind in ("key", "value")]
+        self.self_names = [n for n in self.kv_names if ".decoder." in n]
+        self.cross_names = [n for n in self.kv_names if ".encoder." in n]
+
+    def encode(self, features: np.ndarray) -> dict:
+        hidden = self.encoder.run(["last_hidden_state"], {"input_features": features})[0]
+        return {"hidden": hidden, "past": {}}
+
+    def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
+        hidden = state["hidden"]
+        rows = input_ids.shape[0]
+        feed = {"input_ids": input_ids, "encoder_hidden_states": hidden,
+                "use_cache_branch": np.array([not first])}
+        if first:
+            empty_self = np.zeros((rows, HEADS, 0, HEAD_DIM), np.float32)
+            empty_cross = np.zeros((rows, HEADS, hidden.shape[1], HEAD_DIM), np.float32)
+            for name in self.kv_names:
+                feed[f"past_key_values.{name}"] = empty_self if ".decoder." in name else empty_cross
+            wanted = self.kv_names
+        else:
+            for name in self.kv_names:
+                feed[f"past_key_values.{name}"] = state["past"][name]
+            wanted = self.self_names
+        outputs = self.decoder.run(["logits"] + [f"present.{n}" for n in wanted], feed)
+        state["past"].update(zip(wanted, outputs[1:]))
+        return outputs[0]
+
+    def select(self, state: dict, rows: np.ndarray) -> dict:
+        return {"hidden": state["hidden"][rows],
+                "past": {k: np.ascontiguousarray(v[rows]) for k, v in state["past"].items()}}

@@ -1,0 +1,152 @@
+"""The Triton Python-backend model ``whisper``: the whole decoding loop inside Triton.
+
+The frontend sends one request per 30-second log-mel window (``input_features``
+[80, 3000]) and gets back the generated tokens (timestamps included), the no-speech
+probability and the average log probability. No network round trip per token.
+
+``execute`` receives every window Triton's dynamic batcher gathered (from any number of
+requests) and decodes them as one batch (``whisper_decode.greedy_decode``).
+
+Two modes (config parameter ``mode``, rendered per target by ``configs.py``):
+
+- ``inprocess`` (cpu target): the encoder and decoder ONNX files of the sibling models
+  ``whisper_encoder`` / ``whisper_decoder`` are loaded with onnxruntime in this stub
+  process; the key/value cache never leaves it.
+- ``bls`` (gpu target): each encoder call and decoder step is a BLS request to those
+  two models, which the official container serves with its native onnxruntime backend
+  on the GPU.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils  # only importable inside Triton's stub
+
+from .whisper_decode import (HEAD_DIM, HEADS, LAYERS, DecodeSettings, OrtRunner,
+                             greedy_decode)
+
+PAD = -1
+"""Pads the ``tokens`` rows of a request holding several windows of unequal length."""
+
+
+class BlsRunner:
+    """Encoder and decoder as Triton models, called through BLS."""
+
+    def __init__(self, encoder_model: str, decoder_model: str) -> None:
+        self.encoder_model = encoder_model
+        self.decoder_model = decoder_model
+        self.kv_names = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
+                         for part in ("decoder", "encoder") for kind in ("key", "value")]
+        self.self_names = [n for n in self.kv_names if ".decoder." in n]
+
+    def _call(self, model: str, inputs: list, outputs: list[str]) -> list[np.ndarray]:
+        request = pb_utils.InferenceRequest(model_name=model, inputs=inputs,
+                                            requested_output_names=outputs)
+        response = request.exec()
+        if response.has_error():
+            raise pb_utils.TritonModelException(f"{model}: {response.error().message()}")
+        return [_numpy(pb_utils.get_output_tensor_by_name(response, name)) for name in outputs]
+
+    def encode(self, features: np.ndarray) -> dict:
+        (hidden,) = self._call(self.encoder_model, [pb_utils.Tensor("input_features", features)],
+                               ["last_hidden_state"])
+        return {"hidden": hidden, "past": {}}
+
+    def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
+        hidden = state["hidden"]
+        rows = input_ids.shape[0]
+        inputs = [pb_utils.Tensor("input_ids", input_ids),
+                  pb_utils.Tensor("encoder_hidden_states", hidden),
+                  pb_utils.Tensor("use_cache_branch", np.array([not first]))]
+        for name in self.kv_names:
+            if first:
+                length = 0 if ".decoder." in name else hidden.shape[1]
+                value = np.zeros((rows, HEADS, length, HEAD_DIM), np.float32)
+            else:
+                value = state["past"][name]
+            inputs.append(pb_utils.Tensor(f"past_key_values.{name}", value))
+        wanted = self.kv_names if first else self.self_names
+        outputs = self._call(self.decoder_model, inputs, ["logits"] + [f"present.{n}" for n in wanted])
+        state["past"].update(zip(wanted, outputs[1:]))
+        return outputs[0]
+
+    def select(self, state: dict, rows: np.ndarray) -> dict:
+        return {"hidden": np.ascontiguousarray(state["hidden"][rows]),
+                "past": {k: np.ascontiguousarray(v[rows]) for k, v in state["past"].items()}}
+
+
+def _numpy(tensor) -> np.ndarray:
+    if tensor.is_cpu():
+        return tensor.as_numpy()
+    import cupy  # GPU-resident BLS outputs (official container with cupy installed)
+
+    return cupy.asnumpy(cupy.from_dlpack(tensor.to_dlpack()))
+
+
+class WhisperLoopModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        repository = Path(args["model_repository"]).parent
+        encoder, decoder = params.get("encoder_model", "whisper_encoder"), params.get(
+            "decoder_model", "whisper_decoder")
+        self.mode = params.get("mode", "inprocess")
+        if self.mode == "inprocess":
+            files = [repository / name / "1" / "model.onnx" for name in (encoder, decoder)]
+            for file in files:
+                if not file.is_file():
+                    raise pb_utils.TritonModelException(
+                        f"{file} is missing: run `percolate-models build`")
+            try:
+                self.runner = OrtRunner(*files, threads=int(params.get("intra_op_threads", "0")),
+                                        spinning=params.get("allow_spinning", "0") == "1",
+                                        providers=params.get("providers", "").split(",")
+                                        if params.get("providers") else None)
+            except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+                raise pb_utils.TritonModelException(
+                    f"cannot load the Whisper ONNX files: {err}. Run `percolate-models build`")
+        elif self.mode == "bls":
+            self.runner = BlsRunner(encoder, decoder)
+        else:
+            raise pb_utils.TritonModelException(f"unknown mode {self.mode!r}: use inprocess or bls")
+        self.settings = DecodeSettings(
+            max_new_tokens=int(params.get("max_new_tokens", DecodeSettings.max_new_tokens)))
+
+    def execute(self, requests: list) -> list:
+        features = [pb_utils.get_input_tensor_by_name(r, "input_features").as_numpy() for r in requests]
+        bad = [i for i, f in enumerate(features) if f.ndim != 3 or f.shape[1:] != (80, 3000)]
+        responses: list = [None] * len(requests)
+        for i in bad:
+            responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                f"input_features must be [batch, 80, 3000], got {list(features[i].shape)}"))
+        good = [i for i in range(len(requests)) if i not in bad]
+        if not good:
+            return responses
+        try:
+            results = greedy_decode(self.runner, np.concatenate([features[i] for i in good]),
+                                    self.settings)
+        except Exception as err:
+            error = pb_utils.TritonError(f"decoding failed: {err}")
+            for i in good:
+                responses[i] = pb_utils.InferenceResponse(error=error)
+            return responses
+        start = 0
+        for i in good:
+            rows = results[start:start + features[i].shape[0]]
+            start += features[i].shape[0]
+            width = max(1, *(len(r.tokens) for r in rows))
+            tokens = np.full((len(rows), width), PAD, np.int32)
+            for row, result in enumerate(rows):
+                tokens[row, :len(result.tokens)] = result.tokens
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("tokens", tokens),
+                pb_utils.Tensor("no_speech_prob",
+                                np.array([[r.no_speech_prob] for r in rows], np.float32)),
+                pb_utils.Tensor("avg_logprob", np.array([[r.avg_logprob] for r in rows], np.float32)),
+            ])
+        return responses
+
+    def finalize(self) -> None:
+        self.runner = None

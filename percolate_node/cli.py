@@ -1,0 +1,186 @@
+"""``percolate``: run a tenant node, and use one from the command line.
+
+    percolate serve                      run the node (PERCOLATE_NODE_* configure it)
+    percolate keys generate FILE         make a tenant key-encryption key (0600)
+    percolate ingest PATH...             ingest files and folders, with progress
+    percolate search "what was agreed"   hybrid search; --mode semantic|keyword
+    percolate stats                      counts and sizes
+    percolate admin purge|rotate-dek|rotate-kek NEW|shred   offline, on a stopped node
+
+Client commands reach the node at PERCOLATE_NODE_URL with the bearer token in
+PERCOLATE_NODE_TOKEN_FILE, or a client certificate (PERCOLATE_NODE_CA/CERT/KEY).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+
+from .client import NodeClient, NodeTarget, bulk_ingest, files_under
+from .config import NodeConfig
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import NodeServer
+
+    config = NodeConfig.from_env()
+    overrides = {k: v for k, v in (("tenant_id", args.tenant), ("data_dir", args.data_dir),
+                                   ("kek_file", args.kek_file), ("port", args.port),
+                                   ("metrics_port", args.metrics_port), ("reading_url", args.reading_url))
+                 if v is not None}
+    config = replace(config, **overrides)
+    if not config.tenant_id:
+        print("percolate: set TENANT_ID (or --tenant)", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = NodeServer(config)
+        await server.start()
+        print(f"node for tenant {config.tenant_id} on {server.address}, data {config.data_dir}, "
+              f"{server.memory.index_size} resources indexed in {server.memory.rebuild_seconds:.2f} s",
+              flush=True)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from .store import generate_kek
+
+    generate_kek(args.file)
+    print(f"wrote a new key-encryption key to {args.file} (mode 0600); keep it out of the data directory")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    files = files_under(args.paths)
+    if not files:
+        print("percolate: no files to ingest", file=sys.stderr)
+        return 2
+
+    def progress(number: int, total: int, outcome) -> None:
+        bar = "#" * (30 * number // total)
+        status = (f"failed: {outcome.error}" if outcome.error else
+                  f"{'new' if outcome.response.created else 'already stored'}, "
+                  f"{outcome.response.resources} chunks, {outcome.response.format}")
+        print(f"[{bar:<30}] {number}/{total} {outcome.path.name}: {status}", flush=True)
+
+    with NodeClient(NodeTarget.from_env()) as client:
+        outcomes = list(bulk_ingest(client, files, progress))
+    failed = [o for o in outcomes if o.error]
+    print(f"\n{len(outcomes) - len(failed)} ingested, {len(failed)} failed")
+    for outcome in failed:
+        print(f"  {outcome.path}: {outcome.error}")
+    return 1 if failed else 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    with NodeClient(NodeTarget.from_env()) as client:
+        response = client.search(args.query, args.mode, args.limit)
+    if not response.hits:
+        print("no hits")
+    for rank, hit in enumerate(response.hits, 1):
+        place = f"p{hit.page_start}" + (f"-{hit.page_end}" if hit.page_end != hit.page_start else "")
+        text = " ".join(hit.text.split())
+        print(f"{rank:2d}. {hit.score:.4f}  {hit.uri} {place}  {' > '.join(hit.heading_path)}")
+        print(f"     {text[:160]}{'...' if len(text) > 160 else ''}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from percolate.node.v1 import node_pb2 as pb
+
+    with NodeClient(NodeTarget.from_env()) as client:
+        print(client.call("Stats", pb.StatsRequest()))
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from .store import EncryptedStore, load_kek
+
+    config = NodeConfig.from_env()
+    if args.action == "shred" and not args.yes:
+        print("percolate: shredding destroys every key of this tenant, and with them all its data "
+              "and backups; repeat with --yes", file=sys.stderr)
+        return 2
+    store = EncryptedStore.open(config.data_dir, config.tenant_id, load_kek(config.kek_file), create=False)
+    try:
+        if args.action == "purge":
+            from .rem import MemoryRepository
+
+            print(f"purged: {MemoryRepository(store).purge()}")
+        elif args.action == "rotate-dek":
+            store.rotate_dek()
+            store.reseal(progress=lambda done, total: print(f"\rre-sealed {done}/{total}", end=""))
+            store.retire_old_deks()
+            print("\nnew data key in use; old values re-sealed; old key retired")
+        elif args.action == "rotate-kek":
+            from .store import load_kek as read
+
+            store.rotate_kek(read(args.new_kek))
+            print(f"data keys re-wrapped with {args.new_kek}; point PERCOLATE_NODE_KEK_FILE at it")
+        elif args.action == "shred":
+            store.shred()
+            print(f"tenant {config.tenant_id}: keys destroyed; its data and backups are unreadable")
+    finally:
+        store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="percolate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the tenant node")
+    serve.add_argument("--tenant")
+    serve.add_argument("--data-dir", type=Path)
+    serve.add_argument("--kek-file", type=Path)
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--metrics-port", type=int)
+    serve.add_argument("--reading-url")
+    serve.set_defaults(run=_serve)
+    keys = sub.add_parser("keys", help="key management")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    generate = keys_sub.add_parser("generate", help="make a new KEK file")
+    generate.add_argument("file", type=Path)
+    generate.set_defaults(run=_keys)
+    ingest = sub.add_parser("ingest", help="ingest files and folders")
+    ingest.add_argument("paths", nargs="+", type=Path)
+    ingest.set_defaults(run=_ingest)
+    search = sub.add_parser("search", help="search the memory")
+    search.add_argument("query")
+    search.add_argument("--mode", choices=("hybrid", "semantic", "keyword"), default="hybrid")
+    search.add_argument("--limit", type=int, default=10)
+    search.set_defaults(run=_search)
+    sub.add_parser("stats", help="counts and sizes").set_defaults(run=_stats)
+    admin = sub.add_parser("admin", help="offline maintenance on a stopped node's data directory")
+    admin.add_argument("action", choices=("purge", "rotate-dek", "rotate-kek", "shred"))
+    admin.add_argument("new_kek", nargs="?", type=Path, help="rotate-kek: the new KEK file")
+    admin.add_argument("--yes", action="store_true", help="shred: confirm")
+    admin.set_defaults(run=_admin)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except grpc.RpcError as err:
+        print(f"percolate: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as err:
+        print(f"percolate: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

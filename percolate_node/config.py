@@ -1,0 +1,60 @@
+"""The tenant node's configuration: one typed object, read once from the environment."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    tenant_id: str
+    data_dir: Path
+    kek_file: Path
+    """The tenant's key-encryption key (32 bytes); never written to the database."""
+    reading_url: str = "127.0.0.1:50051"
+    reading_ca: Path | None = None
+    reading_cert: Path | None = None
+    """This tenant's client certificate for the reading service (URI SAN names the tenant)."""
+    reading_key: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_port: int = 0
+    """-1 disables the Prometheus endpoint."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    """Callers present certificates from this CA (the tenant's)."""
+    token_file: Path | None = None
+    """Bearer token for local use (plaintext on loopback, or beside TLS)."""
+    reading_service_config: str = ""
+    """gRPC service config (JSON) for the reading channel: round robin, health checks,
+    retries on UNAVAILABLE, so a reading pod that drains is skipped (the Helm chart sets it)."""
+    reading_timeout_s: float = 300.0
+    drain_grace_s: float = 20.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "NodeConfig":
+        env = os.environ if env is None else env
+
+        def get(name: str, default=None, kind=str):
+            raw = env.get(f"PERCOLATE_NODE_{name}")
+            return default if raw in (None, "") else kind(raw)
+
+        tenant = get("TENANT_ID") or env.get("TENANT_ID", "")
+        data_dir = Path(get("DATA_DIR", "data"))
+        tls_cert, tls_key = get("TLS_CERT", None, Path), get("TLS_KEY", None, Path)
+        tls_ca = get("TLS_CLIENT_CA", None, Path) or get("TLS_CA", None, Path)
+        return cls(
+            tenant_id=tenant, data_dir=data_dir, kek_file=get("KEK_FILE", data_dir.parent / "kek.bin", Path),
+            reading_url=get("READING_URL") or env.get("PERCOLATE_READING_URL", cls.reading_url),
+            # in a pod one tenant certificate serves both ways: callers and the reading service
+            reading_ca=get("READING_CA", tls_ca, Path), reading_cert=get("READING_CERT", tls_cert, Path),
+            reading_key=get("READING_KEY", tls_key, Path), host=get("HOST", cls.host),
+            port=get("PORT", cls.port, int), metrics_port=get("METRICS_PORT", cls.metrics_port, int),
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_ca,
+            token_file=get("TOKEN_FILE", None, Path),
+            reading_service_config=env.get("PERCOLATE_READING_SERVICE_CONFIG", ""),
+            reading_timeout_s=get("READING_TIMEOUT_S", cls.reading_timeout_s, float),
+            drain_grace_s=get("DRAIN_GRACE_S", cls.drain_grace_s, float),
+        )

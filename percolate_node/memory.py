@@ -1,0 +1,201 @@
+"""The node's data plane: the tenant's memory (encrypted store + REM repository), its
+in-memory search indexes, and ingest through the reading service.
+
+Plain Python called by the servicer. The store is the source of truth: an ingest is
+written in one synced batch first and indexed after, and the indexes are rebuilt from
+the store at start, so a crash between the two can never leave them disagreeing.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .config import NodeConfig
+from .errors import InvalidRequestError, NotFoundError
+from .reading_client import ReadingClient
+from .rem import (Document, Edge, Entity, MemoryRepository, Moment, Resource, Traversal, document_id,
+                  resource_id)
+from .search import ResourceMeta, SearchFilters, SearchIndex
+from .store import EncryptedStore, load_kek
+
+KINDS = ("document", "resource", "entity", "moment")
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    document_id: str
+    created: bool
+    resources: int
+    pages: int
+    format: str
+    warnings: tuple[str, ...] = ()
+    moment_id: str = ""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    resource: Resource
+    score: float
+    semantic_rank: int
+    keyword_rank: int
+
+
+@dataclass
+class NodeMemory:
+    tenant_id: str
+    data_dir: Path
+    store: EncryptedStore
+    repository: MemoryRepository
+    index: SearchIndex
+    reading: ReadingClient | None
+    rebuild_seconds: float = 0.0
+    _write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @classmethod
+    def open(cls, config: NodeConfig, reading: ReadingClient | None) -> "NodeMemory":
+        """Open the store (a wrong key refuses before any write) and rebuild the indexes."""
+        store = EncryptedStore.open(config.data_dir, config.tenant_id, load_kek(config.kek_file))
+        repository = MemoryRepository(store)
+        memory = cls(config.tenant_id, config.data_dir, store, repository, SearchIndex(), reading)
+        memory.rebuild_index()
+        return memory
+
+    @property
+    def index_size(self) -> int:
+        return len(self.index)
+
+    def rebuild_index(self) -> float:
+        """Fill the in-memory indexes from the store (at start; they are never on disk)."""
+        started = time.perf_counter()
+        created = {d.id: d.created for d in self.repository.iter_documents()}
+        self.index.rebuild((r.id, r.embedding, r.text, self._meta(r, created.get(r.document_id)))
+                           for r in self.repository.iter_resources())
+        self.rebuild_seconds = time.perf_counter() - started
+        return self.rebuild_seconds
+
+    def _meta(self, resource: Resource, created: datetime | None = None) -> ResourceMeta:
+        if created is None:
+            document = self.repository.get_document(resource.document_id)
+            created = document.created if document else datetime.now(timezone.utc)
+        return ResourceMeta(uri=resource.uri, document_id=resource.document_id, created=created,
+                            entity_types=frozenset(self.repository.linked_entity_types(resource.id)))
+
+    async def ingest(self, content: bytes, filename: str, uri: str = "", ocr: int = 0,
+                     chunk_tokens: int = 0) -> IngestOutcome:
+        if not content:
+            raise InvalidRequestError("content is empty: send the bytes of a document")
+        doc_id = document_id(content)
+        existing = self.repository.get_document(doc_id)
+        if existing is not None:
+            return IngestOutcome(doc_id, False, len(self.repository.list_resources(doc_id)),
+                                 int(existing.metadata.get("pages", 0)), existing.format)
+        parsed = await self.reading.parse(content, filename, ocr=ocr, chunk_tokens=chunk_tokens)
+        uri = uri or f"file://{filename or doc_id}"
+        now = datetime.now(timezone.utc)
+        metadata = {**parsed.metadata, "pages": str(len(parsed.pages)), "chunks": str(len(parsed.chunks)),
+                    "filename": filename}
+        document = Document(id=doc_id, uri=uri, title=parsed.metadata.get("title") or filename or uri,
+                            format=parsed.format, mime=parsed.mime_type, metadata=metadata,
+                            created=now, updated=now)
+        resources = [Resource(document_id=doc_id, uri=uri, ordinal=chunk.ordinal, text=chunk.text,
+                              embedding=np.asarray(chunk.embedding, dtype=np.float32),
+                              page_span=(chunk.page_start, chunk.page_end),
+                              heading_path=list(chunk.heading_path))
+                     for chunk in parsed.chunks]
+        moment = Moment(start=now, end=now, type="ingest", references=[doc_id],
+                        summary=f"ingested {filename or uri} ({parsed.format}, {len(parsed.pages)} pages, "
+                                f"{len(resources)} chunks)")
+        async with self._write_lock:
+            result = await asyncio.to_thread(self.repository.ingest, document, resources, (), moment)
+            if result.new:
+                stale = len(resources)  # same uri, new content: the old document's extra chunks go
+                while resource_id(uri, stale) in self.index:
+                    self.index.remove(resource_id(uri, stale))
+                    stale += 1
+                for resource in resources:
+                    self.index.add(resource.id, resource.embedding, resource.text, self._meta(resource, now))
+        return IngestOutcome(doc_id, result.new, len(resources), len(parsed.pages), parsed.format,
+                             tuple(parsed.warnings), moment.id if result.new else "")
+
+    async def search(self, query: str, mode: str = "hybrid", limit: int = 10,
+                     filters: SearchFilters = SearchFilters()) -> list[SearchResult]:
+        if not query.strip():
+            raise InvalidRequestError("query is empty")
+        if not 1 <= limit <= 1000:
+            raise InvalidRequestError("limit must be between 1 and 1000")
+        vector = None
+        if mode in ("semantic", "hybrid"):
+            vector = np.asarray(await self.reading.embed_query(query), dtype=np.float32)
+        hits = self.index.search(vector, query if mode in ("keyword", "hybrid") else None,
+                                 mode=mode, k=limit, filters=filters)
+        results = []
+        for hit in hits:
+            resource = self.repository.get_resource(hit.resource_id)
+            if resource is not None:
+                results.append(SearchResult(resource, hit.score, hit.semantic_rank, hit.keyword_rank))
+        return results
+
+    def get(self, kind: str, record_id: str):
+        getter = {"document": self.repository.get_document, "resource": self.repository.get_resource,
+                  "entity": self.repository.get_entity, "moment": self.repository.get_moment}[kind]
+        record = getter(record_id)
+        if record is None:
+            raise NotFoundError(f"no {kind} with id {record_id!r}")
+        return record
+
+    def put_entity(self, entity: Entity) -> Entity:
+        stored = self.repository.put_entity(entity)
+        self._refresh_links(entity.id)
+        return stored
+
+    def link(self, from_id: str, to_id: str, relation: str, properties: dict[str, str]) -> Edge:
+        edge = self.repository.link(from_id, to_id, relation, properties)
+        for endpoint in (from_id, to_id):
+            self._refresh_links(endpoint)
+        return edge
+
+    def _refresh_links(self, record_id: str) -> None:
+        """Entity types feed the search filters: update the resources linked to ``record_id``."""
+        resource = self.repository.get_resource(record_id)
+        targets = [resource] if resource is not None else [
+            node for node in self.repository.traverse(record_id, 1).nodes if isinstance(node, Resource)]
+        for target in targets:
+            self.index.update_meta(target.id, self._meta(target))
+
+    def traverse(self, start_id: str, depth: int, relation: str = "") -> Traversal:
+        if not 1 <= depth <= 5:
+            raise InvalidRequestError("depth must be between 1 and 5")
+        return self.repository.traverse(start_id, depth, relation or None)
+
+    def add_moment(self, moment: Moment) -> Moment:
+        return self.repository.add_moment(moment)
+
+    def list_moments(self, start: datetime, end: datetime, type_: str = "", limit: int = 0) -> list[Moment]:
+        return self.repository.list_moments(start, end, type_ or None, limit or 1000)
+
+    def delete(self, kind: str, record_id: str) -> bool:
+        if kind not in KINDS:
+            raise InvalidRequestError(f"unknown kind {kind!r}")
+        chunks = self.repository.list_resources(record_id) if kind == "document" else []
+        removed = self.repository.delete(kind, record_id)
+        for resource_id_ in [record_id] if kind == "resource" else [r.id for r in chunks]:
+            self.index.remove(resource_id_)
+        return removed
+
+    def stats(self) -> dict:
+        repository = self.repository.stats()
+        plural = {"document": "documents", "resource": "resources", "entity": "entities", "moment": "moments"}
+        stats = {plural[kind]: count for kind, count in repository["live"].items()}
+        stats["storage_bytes"] = repository["bytes_on_disk"]
+        stats["data_dir_bytes"] = sum(p.stat().st_size for p in self.data_dir.rglob("*") if p.is_file())
+        stats["index_entries"] = len(self.index)
+        stats["index_rebuild_seconds"] = self.rebuild_seconds
+        return stats
+
+    def close(self) -> None:
+        self.store.close()

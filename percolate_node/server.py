@@ -1,0 +1,104 @@
+"""The tenant node process: NodeService, health and reflection on one grpc.aio server,
+plus a Prometheus endpoint.
+
+``NodeServer`` opens the encrypted store (a wrong key stops it before anything is
+written), rebuilds the in-memory search indexes from the store, and then serves. It
+binds port 0 by default so tests run real servers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from percolate.node.v1 import node_pb2, node_pb2_grpc
+from percolate_certs.ca import CertPaths
+from percolate_certs.tls import server_credentials
+
+from .auth import NodeAuthenticator
+from .config import NodeConfig
+from .memory import NodeMemory
+from .metrics import NodeMetrics
+from .reading_client import ReadingClient
+from .servicer import NodeServicer
+
+log = logging.getLogger("percolate.node")
+NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+METRICS_REFRESH_S = 5.0
+
+
+class NodeServer:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.port = 0
+        self.metrics_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._refresh: asyncio.Task | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        config = self.config
+        self.metrics = NodeMetrics(config.tenant_id)
+        self.reading = ReadingClient(config)
+        self.memory = NodeMemory.open(config, self.reading)
+        authenticator = NodeAuthenticator(config.tenant_id, config.token_file)
+        self._server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 80 << 20), ("grpc.max_send_message_length", 80 << 20)])
+        node_pb2_grpc.add_NodeServiceServicer_to_server(
+            NodeServicer(self.memory, authenticator, self.metrics), self._server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (NODE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        self.port = self._bind(f"{config.host}:{config.port}")
+        await self._server.start()
+        for service in ("", NODE_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if config.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(config.host, config.metrics_port)
+        self._refresh = asyncio.create_task(self._refresh_metrics())
+        log.info("node for tenant %s on %s; %d resources indexed in %.2f s", config.tenant_id,
+                 self.address, self.memory.index_size, self.memory.rebuild_seconds)
+
+    def _bind(self, address: str) -> int:
+        config = self.config
+        if config.tls_cert is None:
+            if config.token_file is None:
+                raise ValueError("the node needs TLS files (PERCOLATE_NODE_TLS_*) or a bearer "
+                                 "token file (PERCOLATE_NODE_TOKEN_FILE) for plaintext local use")
+            if config.host not in ("127.0.0.1", "localhost", "::1"):
+                raise ValueError("plaintext with a bearer token is for local use: bind to 127.0.0.1")
+            log.warning("plaintext gRPC on %s with bearer-token authentication (local use only)", address)
+            return self._server.add_insecure_port(address)
+        paths = CertPaths(cert=config.tls_cert, key=config.tls_key, ca=config.tls_client_ca)
+        return self._server.add_secure_port(address, server_credentials(paths, require_client_auth=True))
+
+    async def _refresh_metrics(self) -> None:
+        while True:
+            stats = await asyncio.get_running_loop().run_in_executor(None, self.memory.stats)
+            tenant = self.config.tenant_id
+            self.metrics.memory_size.labels(tenant).set(stats["storage_bytes"])
+            self.metrics.storage.labels(tenant).set(stats["data_dir_bytes"])
+            self.metrics.index_entries.labels(tenant).set(stats["index_entries"])
+            for kind in ("documents", "resources", "entities", "moments"):
+                self.metrics.records.labels(tenant, kind).set(stats[kind])
+            await asyncio.sleep(METRICS_REFRESH_S)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        if self._server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        if self._refresh is not None:
+            self._refresh.cancel()
+        await self._server.stop(self.config.drain_grace_s if grace_s is None else grace_s)
+        self._server = None
+        await self.reading.close()
+        self.memory.close()
+        self.metrics.stop()
+        log.info("node stopped")

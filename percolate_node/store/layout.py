@@ -1,0 +1,24 @@
+"""Every column family of a tenant database, in one place.
+
+The store opens all of them and seals every value in the data families; the REM
+repository decides what the data families hold. ``keys`` holds the wrapped keyring and
+nothing else, so leaving it out of a backup leaves the backup unreadable without it.
+"""
+from __future__ import annotations
+
+KEYS = "keys"
+
+DOCUMENTS = "documents"
+RESOURCES = "resources"
+DOCUMENT_RESOURCES = "document_resources"  # document key + ordinal -> resource id
+URIS = "uris"                              # name_key(uri) -> current document id
+ENTITIES = "entities"
+NAMES = "names"                            # name_key(name) + entity key -> entity id
+EDGES = "edges"                            # node key + direction + node key + relation key
+MOMENTS = "moments"
+MOMENT_TIMES = "moment_times"              # big-endian start + moment key -> id, type
+DELETED = "deleted"                        # kind code + record key -> id, for purge
+
+DATA_FAMILIES = (DOCUMENTS, RESOURCES, DOCUMENT_RESOURCES, URIS, ENTITIES, NAMES, EDGES,
+                 MOMENTS, MOMENT_TIMES, DELETED)
+COLUMN_FAMILIES = (KEYS, *DATA_FAMILIES)

@@ -1,0 +1,421 @@
+"""EncryptedStore: one tenant's RocksDB database with every value sealed under its keys.
+
+Envelope encryption: the tenant KEK (a file outside the database) wraps the DEKs and the
+name-hashing key, which live in the ``keys`` column family; DEKs seal every value
+(AES-256-GCM, see ``crypto``). RocksDB keys are chosen by callers and must not hold
+user content: use ids that are hashes, and ``name_key()`` for anything a user typed.
+One process owns a data directory; inside it the store is thread-safe.
+"""
+from __future__ import annotations
+
+import hmac
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from rocksdict import BottommostLevelCompaction, CompactOptions, Rdict, WriteBatch, WriteOptions
+
+from percolate_node.store import rocks
+from percolate_node.store.crypto import KEY_BYTES, Sealer, nonces, sealed_dek_id
+from percolate_node.store.errors import StoreError
+from percolate_node.store.keyring import (SHREDDED, Keyring, dek_record, shredded_marker,
+                                          write_keyring_file)
+from percolate_node.store.layout import COLUMN_FAMILIES, DATA_FAMILIES, KEYS
+
+TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+NAME_KEY_BYTES = 16
+
+
+@dataclass(slots=True)
+class Put:
+    cf: str
+    key: bytes
+    value: bytes
+
+
+@dataclass(slots=True)
+class Delete:
+    cf: str
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ResealProgress:
+    """Where a re-seal pass is: values looked at, values moved to the active DEK, of about ``total``."""
+
+    scanned: int
+    resealed: int
+    total: int
+    done: bool
+
+
+class EncryptedStore:
+    """A tenant database whose values are all sealed; open it with ``EncryptedStore.open``."""
+
+    def __init__(self, path: Path, db: Rdict, keyring: Keyring, kek: bytes) -> None:
+        self.path = path
+        self.tenant_id = keyring.tenant_id
+        self._db = db
+        self._keyring = keyring
+        self._kek = kek
+        self._sealer = Sealer(keyring.tenant_id, keyring.deks)
+        self._views = {cf: db.get_column_family(cf) for cf in COLUMN_FAMILIES}
+        self._handles = {cf: db.get_column_family_handle(cf) for cf in COLUMN_FAMILIES}
+        self._data_views = {cf: self._views[cf] for cf in DATA_FAMILIES}  # what callers may touch
+        self._data_handles = {cf: self._handles[cf] for cf in DATA_FAMILIES}
+        self._sync = WriteOptions()
+        self._sync.sync = True
+        self._lock = threading.RLock()  # serialises writers with re-seal and key changes
+        self._closed = False
+
+    @classmethod
+    def open(cls, data_dir: Path, tenant_id: str, kek: bytes, create: bool = True) -> EncryptedStore:
+        """Open the tenant's database, creating it (and its keyring) if ``create`` and absent.
+
+        An existing database is verified read-only first: a wrong KEK or tenant raises
+        ``WrongKeyError`` with nothing under ``data_dir`` written.
+        """
+        data_dir = Path(data_dir)
+        if not TENANT_ID.fullmatch(tenant_id):
+            raise StoreError(f"tenant id {tenant_id!r} does not match {TENANT_ID.pattern}")
+        _check_kek(kek)
+        keyring = None
+        if (data_dir / "CURRENT").exists():
+            records, has_data = rocks.read_keys_readonly(data_dir)
+            if records:
+                keyring = Keyring.from_records(tenant_id, kek, records)
+            elif has_data or not create:
+                raise StoreError(f"{data_dir} holds a RocksDB database without a Percolate keyring; "
+                                 "refusing to open it")
+        elif not create:
+            raise StoreError(f"no store at {data_dir}")
+        store = cls(data_dir, rocks.open_rw(data_dir, COLUMN_FAMILIES), keyring or Keyring.new(tenant_id), kek)
+        if keyring is None:
+            store._put_keys(store._keyring.records(kek))
+        return store
+
+    def __enter__(self) -> EncryptedStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- values ---------------------------------------------------------------------
+
+    def write(self, ops: Sequence[Put | Delete]) -> None:
+        """Apply ``ops`` as one synced WriteBatch: all of them are on disk, or none is."""
+        batch = WriteBatch(raw_mode=True)
+        with self._lock:
+            sealer, handles, fresh = self._sealer, self._data_handles, nonces(len(ops))
+            for op in ops:
+                if type(op) is not Put and type(op) is not Delete:
+                    raise StoreError(f"write takes Put and Delete operations, not {type(op).__name__}")
+                handle = handles.get(op.cf)
+                if handle is None:
+                    raise self._unknown(op.cf)
+                key = op.key
+                if type(key) is not bytes or not key:
+                    raise StoreError(f"keys are non-empty bytes, got {type(key).__name__} for {op.cf}")
+                if type(op) is Delete:
+                    batch.delete(key, handle)
+                elif type(op.value) is bytes:
+                    batch.put(key, sealer.seal(op.cf, key, op.value, next(fresh)), handle)
+                else:
+                    raise StoreError(f"values are bytes, got {type(op.value).__name__} for {op.cf}/{key.hex()}")
+            self._commit(batch)
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        view = self._data_views.get(cf)
+        if view is None:
+            raise self._unknown(cf)
+        sealed = view.get(key)
+        return None if sealed is None else self._sealer.open(cf, key, sealed)
+
+    def contains(self, cf: str, key: bytes) -> bool:
+        """Whether ``key`` holds a value, without opening it."""
+        return self._data_view(cf).get(key) is not None
+
+    def items(self, cf: str, prefix: bytes = b"", start: bytes | None = None,
+              end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Opened values in key order, with ``prefix`` and within ``[start, end)``."""
+        sealer = self._sealer
+        for key, sealed in self._raw_items(cf, prefix, start, end):
+            yield key, sealer.open(cf, key, sealed)
+
+    def keys(self, cf: str, prefix: bytes = b"", start: bytes | None = None,
+             end: bytes | None = None) -> Iterator[bytes]:
+        """Keys only, without opening values (cheap scans for indexes and counts)."""
+        lower, upper = _range(prefix, start, end)
+        for key in self._data_view(cf).keys(from_key=lower):
+            if upper is not None and key >= upper:
+                return
+            yield key
+
+    def name_key(self, name: str) -> bytes:
+        """A 16-byte keyed hash of a user-supplied string, for use inside RocksDB keys.
+
+        Equal names give equal keys; without the tenant's keyring nobody can guess or
+        confirm a name from its key. Callers prefix a domain (``"uri\\0..."``).
+        """
+        self._check_open()
+        return hmac.digest(self._keyring.hmac_key, name.encode(), "sha256")[:NAME_KEY_BYTES]
+
+    def verify(self) -> int:
+        """Open every value (restore runs this); returns how many, raises on the first bad one."""
+        missing: Counter[int] = Counter()
+        checked = 0
+        for cf in DATA_FAMILIES:
+            for key, sealed in self._raw_items(cf):
+                dek_id = sealed_dek_id(sealed)
+                if dek_id is not None and dek_id not in self._sealer:
+                    missing[dek_id] += 1
+                    continue
+                self._sealer.open(cf, key, sealed)
+                checked += 1
+        if missing:
+            raise StoreError(f"{sum(missing.values())} values are sealed with DEK(s) {sorted(missing)} that this "
+                             "keyring no longer holds (retired after the backup was taken?)")
+        return checked
+
+    def compact(self) -> None:
+        """Flush and fully compact every family, so deleted and overwritten values leave the disk."""
+        self._compact(COLUMN_FAMILIES)
+
+    # -- keys -------------------------------------------------------------------------
+
+    def rotate_dek(self) -> int:
+        """Seal new writes with a fresh DEK from now on; returns its id. Old values stay readable."""
+        with self._lock:
+            self._check_open()
+            dek_id = self._keyring.add_dek()
+            try:
+                self._put_keys(dict([self._keyring.wrapped_dek(self._kek, dek_id)]))
+            except BaseException:
+                del self._keyring.deks[dek_id]
+                raise
+            self._sealer = Sealer(self.tenant_id, self._keyring.deks)
+            return dek_id
+
+    def reseal(self, progress: Callable[[ResealProgress], None] | None = None,
+               stop: threading.Event | None = None, batch_size: int = 256) -> ResealProgress:
+        """Re-encrypt every value not sealed with the active DEK, in small synced batches.
+
+        Runs alongside reads and writes (for example in a background thread); ``stop``
+        ends it between batches. It is resumable because it is idempotent: every batch
+        leaves the store consistent and a later pass skips values already moved. A
+        tampered value stops it with ``TamperedValueError`` rather than being re-sealed.
+        Stop and join a background pass before ``close()``: its iterator keeps RocksDB open.
+        """
+        total = sum(self._count(cf) for cf in DATA_FAMILIES)
+        scanned = resealed = 0
+        for cf in DATA_FAMILIES:
+            pending: list[bytes] = []
+            for key, sealed in self._raw_items(cf):
+                scanned += 1
+                if sealed_dek_id(sealed) != self._sealer.active:
+                    pending.append(key)
+                if scanned % batch_size == 0:
+                    resealed += self._reseal_keys(cf, pending)
+                    pending = []
+                    if progress:
+                        progress(ResealProgress(scanned, resealed, total, False))
+                    if stop is not None and stop.is_set():
+                        return ResealProgress(scanned, resealed, total, False)
+            resealed += self._reseal_keys(cf, pending)
+        final = ResealProgress(scanned, resealed, max(total, scanned), True)
+        if progress:
+            progress(final)
+        return final
+
+    def retire_old_deks(self) -> list[int]:
+        """Destroy every DEK but the active one; refuses while any value is still sealed with one.
+
+        Backups taken before the re-seal hold values under the retired DEKs: those
+        values become unreadable, as after a shred.
+        """
+        with self._lock:
+            self._check_open()
+            old = [dek_id for dek_id in self._keyring.deks if dek_id != self._sealer.active]
+        if not old:
+            return []
+        # New writes only use the active DEK, so the count below can only go down.
+        in_use = Counter(sealed_dek_id(sealed) for cf in DATA_FAMILIES for _, sealed in self._raw_items(cf))
+        still = {dek_id: in_use[dek_id] for dek_id in old if in_use[dek_id]}
+        if still:
+            raise StoreError(f"DEK(s) {sorted(still)} still seal {sum(still.values())} values; "
+                             "run reseal() to completion first")
+        with self._lock:
+            self._delete_keys([dek_record(dek_id) for dek_id in old])
+            for dek_id in old:
+                del self._keyring.deks[dek_id]
+            self._sealer = Sealer(self.tenant_id, self._keyring.deks)
+            self._compact([KEYS])
+        return old
+
+    def rotate_kek(self, new_kek: bytes) -> None:
+        """Re-wrap the keyring with ``new_kek``; no value is re-encrypted.
+
+        Put the new KEK in place (its own file) before calling, and keep the old one
+        until this returns: a crash in between leaves the store openable with one of them.
+        """
+        _check_kek(new_kek)
+        with self._lock:
+            self._check_open()
+            self._put_keys(self._keyring.records(new_kek))
+            self._kek = new_kek
+            self._compact([KEYS])
+
+    def shred(self) -> None:
+        """Destroy the tenant's wrapped keys: this data and every backup of it become unreadable.
+
+        The keys family is emptied, flushed and compacted so no wrapped key stays on
+        disk, and the store closes. Exported keyring files are copies of the keys:
+        destroy them too, or destroy the KEK, which makes every copy useless.
+        """
+        with self._lock:
+            self._check_open()
+            batch = WriteBatch(raw_mode=True)
+            handle = self._handles[KEYS]
+            for name in list(self._views[KEYS].keys()):
+                batch.delete(name, handle)
+            batch.put(SHREDDED, shredded_marker(), handle)
+            self._commit(batch)
+            self._compact([KEYS])
+            self._keyring = Keyring(self.tenant_id, b"", {})
+            self.close()
+
+    def export_keyring(self, path: Path) -> None:
+        """Write the wrapped keyring (not the KEK) to ``path``: what ``restore`` needs besides a backup.
+
+        Keep it apart from the backups; it is as sensitive as the ``keys`` family.
+        """
+        with self._lock:
+            self._check_open()
+            write_keyring_file(path, self.tenant_id, self._keyring.records(self._kek))
+
+    def backup(self, dest: Path) -> Path:
+        """A consistent copy of the sealed data at ``dest``, without the keyring (see ``backup``)."""
+        from percolate_node.store.backup import create_backup
+
+        with self._lock:
+            self._check_open()
+            return create_backup(self._db, self.tenant_id, Path(dest))
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Values per data family, bytes under the data directory, and the DEKs in use."""
+        return {"tenant_id": self.tenant_id,
+                "values": {cf: self._count(cf) for cf in DATA_FAMILIES},
+                "bytes_on_disk": sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file()),
+                "active_dek": self._sealer.active,
+                "deks": sorted(self._keyring.deks)}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            views = list(self._views.values())
+            for family in (self._views, self._handles, self._data_views, self._data_handles):
+                family.clear()
+            rocks.close(self._db, views)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"the store at {self.path} is closed")
+
+    def _data_view(self, cf: str) -> Rdict:
+        view = self._data_views.get(cf)
+        if view is None:
+            raise self._unknown(cf)
+        return view
+
+    def _unknown(self, cf: str) -> StoreError:
+        return StoreError(f"the store at {self.path} is closed" if self._closed else f"unknown column family {cf!r}")
+
+    def _raw_items(self, cf: str, prefix: bytes = b"", start: bytes | None = None,
+                   end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        lower, upper = _range(prefix, start, end)
+        for key, sealed in self._data_view(cf).items(from_key=lower):
+            if upper is not None and key >= upper:
+                return
+            yield key, sealed
+
+    def _count(self, cf: str) -> int:
+        return sum(1 for _ in self.keys(cf))
+
+    def _commit(self, batch: WriteBatch) -> None:
+        try:
+            self._db.write(batch, self._sync)
+        except Exception as error:
+            raise StoreError(f"RocksDB write failed at {self.path}: {error}") from None
+
+    def _put_keys(self, records: dict[bytes, bytes]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for name, blob in records.items():
+            batch.put(name, blob, self._handles[KEYS])
+        self._commit(batch)
+
+    def _delete_keys(self, names: list[bytes]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for name in names:
+            batch.delete(name, self._handles[KEYS])
+        self._commit(batch)
+
+    def _reseal_keys(self, cf: str, keys: list[bytes]) -> int:
+        """Re-seal ``keys`` under the lock, re-reading each so a concurrent write is never undone."""
+        if not keys:
+            return 0
+        with self._lock:
+            self._check_open()
+            sealer, view, handle = self._sealer, self._views[cf], self._handles[cf]
+            batch = WriteBatch(raw_mode=True)
+            moved, fresh = 0, nonces(len(keys))
+            for key in keys:
+                sealed = view.get(key)
+                if sealed is None or sealed_dek_id(sealed) == sealer.active:
+                    continue
+                batch.put(key, sealer.seal(cf, key, sealer.open(cf, key, sealed), next(fresh)), handle)
+                moved += 1
+            if moved:
+                self._commit(batch)
+            return moved
+
+    def _compact(self, families: Sequence[str]) -> None:
+        """Flush every family (so old WAL files go) and force-compact ``families``."""
+        options = CompactOptions()
+        options.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+        for view in self._views.values():
+            view.flush()
+        for cf in families:
+            self._views[cf].compact_range(None, None, options)
+
+
+def _check_kek(kek: bytes) -> None:
+    if type(kek) is not bytes or len(kek) != KEY_BYTES:
+        raise StoreError(f"a KEK is exactly {KEY_BYTES} bytes (use load_kek)")
+
+
+def _range(prefix: bytes, start: bytes | None, end: bytes | None) -> tuple[bytes | None, bytes | None]:
+    """The seek key and the exclusive upper bound for a prefix and a ``[start, end)`` range.
+
+    The bound is checked in Python: rocksdict 0.3.29's ``ReadOptions.set_iterate_upper_bound``
+    hands RocksDB a pointer to a buffer it frees at once, so iterators stop at random places.
+    """
+    lower = max(prefix, start or b"")
+    uppers = [bound for bound in (end, _successor(prefix)) if bound is not None]
+    return (lower or None), (min(uppers) if uppers else None)
+
+
+def _successor(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix`` (None: no bound)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])

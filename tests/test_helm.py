@@ -1,0 +1,696 @@
+"""The Helm charts and Dockerfiles, proven without a cluster or a Docker engine.
+
+The real helm binary (scripts/install_helm.sh) lints and renders both charts for the
+defaults and a set of value sets. Every rendered core object is validated, strictly,
+against the JSON schemas of a current Kubernetes release (kubernetes-validate). The
+custom resources (cert-manager Certificate, Prometheus Operator ServiceMonitor, Gateway
+API GRPCRoute) have no schema there, so they are checked against the small schemas in
+this file, which cover the fields the charts use. Then assertions on the rendered objects
+check what the charts promise: isolation, certificates, scaling, draining, hardening.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import ipaddress
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HELM = ROOT / ".cache" / "tools" / "bin" / "helm"
+CHARTS = {"reading": ROOT / "helm" / "percolate-reading", "node": ROOT / "helm" / "percolate-node"}
+KUBE_VERSION = "1.35.0"
+"""The Kubernetes release the charts are rendered for and validated against: the client
+version helm v4.1.4 is built with (kubernetes-validate 1.37 bundles its schemas)."""
+READING_NAMESPACE = "percolate-reading"
+DOMAIN = "percolate.example.com"
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def node_values(tenant_id: str, **extra) -> dict:
+    """The values every node release needs: tenant, region, domain, KEK secret."""
+    return _merge({"tenant": {"id": tenant_id, "region": "eu-west-1", "domain": DOMAIN},
+                   "kek": {"secretName": f"{tenant_id}-kek"}}, extra)
+
+
+VALUE_SETS: dict[str, tuple[str, dict]] = {
+    "reading-defaults": ("reading", {}),
+    "reading-tier-T4": ("reading", {"gpu": {"tier": "T4"}}),
+    "reading-tier-L4": ("reading", {"gpu": {"tier": "L4"}}),
+    "reading-tier-A10G": ("reading", {"gpu": {"tier": "A10G"}}),
+    "reading-cert-manager-off": ("reading", {"tls": {"certManager": {"enabled": False},
+                                                     "existingSecret": "reading-server-tls"}}),
+    "reading-object-storage-monitoring-fixed-replicas": ("reading", {
+        "modelRepository": {"source": "objectStorage",
+                            "objectStorage": {"url": "s3://models/percolate", "credentialsSecret": "s3-creds"}},
+        "serviceMonitor": {"enabled": True}, "autoscaling": {"enabled": False}}),
+    "node-tenant-a": ("node", node_values("tenant-a")),
+    "node-tenant-b": ("node", node_values("tenant-b")),
+    "node-tenant-c": ("node", node_values("tenant-c", tenant={"region": "us-east-1"})),
+    "node-ingress": ("node", node_values("tenant-a", route={"kind": "Ingress"})),
+    "node-cert-manager-off": ("node", node_values("tenant-a", certificate={
+        "certManager": {"enabled": False}, "existingSecret": "tenant-a-client-tls"})),
+}
+
+
+def helm(*args: str) -> subprocess.CompletedProcess:
+    if not HELM.exists():
+        pytest.fail(f"{HELM} is missing: run scripts/install_helm.sh (make test runs it)")
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=60)
+
+
+def _values_args(values: dict, folder: str) -> list[str]:
+    path = Path(folder) / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return ["--values", str(path)]
+
+
+def render(chart: str, values: dict | None = None, release: str | None = None,
+           namespace: str | None = None) -> list[dict]:
+    """``helm template`` of one chart: the rendered objects, in order."""
+    return copy.deepcopy(list(_render(chart, json.dumps(values or {}, sort_keys=True), release, namespace)))
+
+
+@functools.lru_cache(maxsize=None)
+def _render(chart: str, values_json: str, release: str | None, namespace: str | None) -> tuple:
+    release = release or (f"percolate-{chart}" if chart == "reading" else json.loads(values_json)["tenant"]["id"])
+    namespace = namespace or (READING_NAMESPACE if chart == "reading" else release)
+    with tempfile.TemporaryDirectory() as folder:
+        done = helm("template", release, str(CHARTS[chart]), "--namespace", namespace,
+                    "--kube-version", KUBE_VERSION, *_values_args(json.loads(values_json), folder))
+    assert done.returncode == 0, done.stderr
+    return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+
+
+def render_error(chart: str, values: dict) -> str:
+    with tempfile.TemporaryDirectory() as folder:
+        done = helm("template", "t", str(CHARTS[chart]), "--kube-version", KUBE_VERSION,
+                    *_values_args(values, folder))
+    assert done.returncode != 0, "the render was expected to fail"
+    return done.stderr
+
+
+def one(docs: list[dict], kind: str, name_suffix: str = "") -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(name_suffix)]
+    assert len(found) == 1, f"expected one {kind} *{name_suffix}, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def workload(docs: list[dict]) -> dict:
+    return next(d for d in docs if d["kind"] in ("Deployment", "StatefulSet"))
+
+
+def pod_spec(docs: list[dict]) -> dict:
+    return workload(docs)["spec"]["template"]["spec"]
+
+
+def container(docs: list[dict], name: str) -> dict:
+    return next(c for c in pod_spec(docs)["containers"] if c["name"] == name)
+
+
+def effective_env(docs: list[dict], name: str) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: envFrom ConfigMaps, then env."""
+    env: dict[str, str] = {}
+    spec = container(docs, name)
+    for source in spec.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+    env.update({e["name"]: e["value"] for e in spec.get("env", []) if "value" in e})
+    return env
+
+
+def selects(match_labels: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in match_labels.items())
+
+
+# --- custom resources: small schemas of the fields the charts use -----------------
+
+_NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+         "maxLength": 253}
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+_GO_DURATION = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"}
+_HOSTNAME = {"type": "string", "pattern": r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"}
+
+
+def _crd(api_version: str, kind: str, spec: dict) -> dict:
+    return {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+            "properties": {"apiVersion": {"const": api_version}, "kind": {"const": kind},
+                           "metadata": {"type": "object", "required": ["name"], "additionalProperties": False,
+                                        "properties": {"name": _NAME, "namespace": _NAME, "labels": _STRINGS,
+                                                       "annotations": _STRINGS}},
+                           "spec": spec}}
+
+
+def _obj(required: list[str], **properties) -> dict:
+    return {"type": "object", "required": required, "properties": properties, "additionalProperties": False}
+
+
+_CERT_MANAGER_USAGES = ["signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+                        "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+                        "server auth", "client auth", "code signing", "email protection", "s/mime",
+                        "ipsec end system", "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing",
+                        "microsoft sgc", "netscape sgc"]
+CRD_SCHEMAS = {
+    # cert-manager.io/v1 (cert-manager 1.x CRD): the subset of Certificate.spec used here
+    ("cert-manager.io/v1", "Certificate"): _crd("cert-manager.io/v1", "Certificate", _obj(
+        ["secretName", "issuerRef"],
+        secretName=_NAME, duration=_GO_DURATION, renewBefore=_GO_DURATION, commonName={"type": "string"},
+        privateKey=_obj([], algorithm={"enum": ["RSA", "ECDSA", "Ed25519"]}, size={"type": "integer"},
+                        rotationPolicy={"enum": ["Never", "Always"]}, encoding={"enum": ["PKCS1", "PKCS8"]}),
+        usages={"type": "array", "items": {"enum": _CERT_MANAGER_USAGES}, "uniqueItems": True},
+        dnsNames={"type": "array", "items": _HOSTNAME, "uniqueItems": True},
+        ipAddresses={"type": "array", "items": {"type": "string"}},
+        uris={"type": "array", "items": {"type": "string", "pattern": r"^[a-z][a-z0-9+.-]*://"}},
+        issuerRef=_obj(["name"], name=_NAME, kind={"enum": ["Issuer", "ClusterIssuer"]},
+                       group={"type": "string"}))),
+    # monitoring.coreos.com/v1 (Prometheus Operator)
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): _crd("monitoring.coreos.com/v1", "ServiceMonitor", _obj(
+        ["selector", "endpoints"],
+        selector=_obj([], matchLabels=_STRINGS),
+        namespaceSelector=_obj([], matchNames={"type": "array", "items": _NAME}, any={"type": "boolean"}),
+        endpoints={"type": "array", "minItems": 1, "items": _obj(
+            ["port"], port={"type": "string"}, path={"type": "string", "pattern": "^/"},
+            interval={"type": "string", "pattern": r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$"},
+            scheme={"enum": ["http", "https"]})})),
+    # gateway.networking.k8s.io/v1 (Gateway API standard channel, GA since v1.1)
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"): _crd("gateway.networking.k8s.io/v1", "GRPCRoute", _obj(
+        [],
+        parentRefs={"type": "array", "maxItems": 32, "items": _obj(
+            ["name"], name=_NAME, namespace=_NAME, sectionName=_NAME, group={"type": "string"},
+            kind={"type": "string"}, port={"type": "integer", "minimum": 1, "maximum": 65535})},
+        hostnames={"type": "array", "maxItems": 16, "items": _HOSTNAME},
+        rules={"type": "array", "maxItems": 16, "items": _obj(
+            [], backendRefs={"type": "array", "items": _obj(
+                ["name"], name=_NAME, port={"type": "integer", "minimum": 1, "maximum": 65535},
+                weight={"type": "integer", "minimum": 0}, namespace=_NAME)})})),
+}
+
+
+def validate(doc: dict) -> None:
+    key = (doc["apiVersion"], doc["kind"])
+    if key in CRD_SCHEMAS:
+        jsonschema.Draft202012Validator(CRD_SCHEMAS[key]).validate(doc)
+    else:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+# --- lint, render, validate every value set ------------------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_helm_lint(value_set):
+    chart, values = VALUE_SETS[value_set]
+    with tempfile.TemporaryDirectory() as folder:
+        done = helm("lint", "--strict", str(CHARTS[chart]), "--kube-version", KUBE_VERSION,
+                    *_values_args(values, folder))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_rendered_object_validates(value_set):
+    chart, values = VALUE_SETS[value_set]
+    docs = render(chart, values)
+    assert docs
+    for doc in docs:
+        try:
+            validate(doc)
+        except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as err:
+            pytest.fail(f"{doc['kind']} {doc['metadata']['name']}: {err}")
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_names_and_labels_are_valid_kubernetes_names(value_set):
+    """The schemas do not check name formats; the API server would."""
+    label_value = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+    for doc in render(*VALUE_SETS[value_set]):
+        name = doc["metadata"]["name"]
+        assert re.fullmatch(_NAME["pattern"], name) and len(name) <= 253, name
+        if doc["kind"] in ("Service", "StatefulSet"):
+            assert len(name) <= 63 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
+        for value in doc["metadata"].get("labels", {}).values():
+            assert len(value) <= 63 and label_value.fullmatch(value), value
+
+
+def test_custom_resource_schemas_reject_mistakes():
+    """The hand-written schemas catch the typos they exist for."""
+    certificate = one(render("node", node_values("tenant-a")), "Certificate")
+    for broken in ({"usages": ["client-auth"]}, {"issuerRef": {"kind": "ClusterIssuer"}}, {"dnsName": ["x"]}):
+        with pytest.raises(jsonschema.ValidationError):
+            validate({**certificate, "spec": {**certificate["spec"], **broken}})
+
+
+def test_required_values_are_enforced():
+    assert "tenant.id is required" in render_error("node", {"kek": {"secretName": "k"}, "tenant": {"domain": DOMAIN}})
+    assert "tenant.domain is required" in render_error("node", {"kek": {"secretName": "k"}, "tenant": {"id": "a"}})
+    assert "kek.secretName is required" in render_error("node", {"tenant": {"id": "a", "domain": DOMAIN}})
+    assert "tenant/id" in render_error("node", node_values("Tenant_A"))  # values.schema.json pattern
+    assert "tls.existingSecret is required" in render_error("reading", {"tls": {"certManager": {"enabled": False}}})
+    assert "gpu/tier" in render_error("reading", {"gpu": {"tier": "V100"}})
+    assert "objectStorage.url is required" in render_error("reading", {"modelRepository": {"source": "objectStorage"}})
+
+
+# --- reading chart --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tier, product, in_flight", [("T4", "Tesla-T4", "8"), ("L4", "NVIDIA-L4", "12"),
+                                                      ("A10G", "NVIDIA-A10G", "16")])
+def test_gpu_tier_presets(tier, product, in_flight):
+    docs = render("reading", {"gpu": {"tier": tier}})
+    spec = pod_spec(docs)
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": product}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    triton = container(docs, "triton")
+    assert triton["image"].startswith("nvcr.io/nvidia/tritonserver:") and triton["image"].endswith("-py3")
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "--model-config-name=gpu" in triton["args"]
+    assert effective_env(docs, "frontend")["PERCOLATE_READING_MAX_IN_FLIGHT"] == in_flight
+    assert "nvidia.com/gpu" not in container(docs, "frontend")["resources"]["limits"]
+
+
+def test_model_repository_from_init_step_or_object_storage():
+    docs = render("reading")
+    init = pod_spec(docs)["initContainers"][0]
+    assert init["command"] == ["cp", "-R", "/app/model_repository/.", "/models/"]
+    triton = container(docs, "triton")
+    assert "--model-repository=/models" in triton["args"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in triton["volumeMounts"]
+
+    docs = render("reading", VALUE_SETS["reading-object-storage-monitoring-fixed-replicas"][1])
+    assert "initContainers" not in pod_spec(docs)
+    triton = container(docs, "triton")
+    assert "--model-repository=s3://models/percolate" in triton["args"]
+    assert triton["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+
+
+def test_triton_inference_is_reachable_only_through_the_frontend():
+    docs = render("reading")
+    triton = container(docs, "triton")
+    assert "--grpc-address=127.0.0.1" in triton["args"]
+    assert effective_env(docs, "frontend")["PERCOLATE_READING_TRITON_URL"] == "127.0.0.1:8001"
+    policy = one(docs, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    allowed_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert allowed_ports == {"grpc", "metrics", "triton-metrics"}
+
+
+def test_hpa_scales_on_queue_depth():
+    docs = render("reading")
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": workload(docs)["metadata"]["name"]}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 10)
+    assert hpa["spec"]["metrics"] == [{"type": "Pods", "pods": {
+        "metric": {"name": "percolate_reading_queue_depth"},
+        "target": {"type": "AverageValue", "averageValue": "100"}}}]
+    assert "replicas" not in workload(docs)["spec"], "with the HPA on, helm upgrade must not reset the count"
+    adapter = yaml.safe_load((CHARTS["reading"] / "prometheus-adapter-values.yaml").read_text())
+    rule = adapter["rules"]["custom"][0]
+    assert rule["seriesQuery"].startswith("percolate_reading_queue_depth{")
+    assert rule["name"]["as"] == "percolate_reading_queue_depth"
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+
+    fixed = render("reading", {"autoscaling": {"enabled": False}})
+    assert not [d for d in fixed if d["kind"] == "HorizontalPodAutoscaler"]
+    assert workload(fixed)["spec"]["replicas"] == 3
+
+
+def test_rolling_update_and_drain_fit_the_grace_period():
+    docs = render("reading")
+    deployment = workload(docs)
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    spec = pod_spec(docs)
+    frontend, triton = container(docs, "frontend"), container(docs, "triton")
+    pre_stop = frontend["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = float(effective_env(docs, "frontend")["PERCOLATE_READING_DRAIN_GRACE_S"])
+    triton_exit = int(next(a for a in triton["args"] if a.startswith("--exit-timeout-secs=")).split("=")[1])
+    # Triton outlives the frontend's drain, and the pod's grace covers both
+    assert triton["lifecycle"]["preStop"]["sleep"]["seconds"] >= pre_stop + drain
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain + triton_exit
+    assert (pre_stop, drain, spec["terminationGracePeriodSeconds"]) == (5, 20.0, 30)
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_services():
+    docs = render("reading")
+    service = one(docs, "Service", "percolate-reading")
+    assert service["spec"]["sessionAffinity"] == "ClientIP"
+    assert service["spec"]["ports"][0] == {"name": "grpc", "port": 50051, "targetPort": "grpc",
+                                           "protocol": "TCP", "appProtocol": "grpc"}
+    headless = one(docs, "Service", "-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    pod_labels = workload(docs)["spec"]["template"]["metadata"]["labels"]
+    assert selects(service["spec"]["selector"], pod_labels) and selects(headless["spec"]["selector"], pod_labels)
+
+
+def test_reading_probes():
+    docs = render("reading")
+    frontend, triton = container(docs, "frontend"), container(docs, "triton")
+    grpc_port = next(p["containerPort"] for p in frontend["ports"] if p["name"] == "grpc")
+    for probe in ("startupProbe", "readinessProbe"):
+        command = frontend[probe]["exec"]["command"]
+        assert command[:2] == ["python", "/etc/percolate/probe/health_probe.py"]
+        assert f"--address=127.0.0.1:{grpc_port}" in command
+        assert {"--ca=/etc/percolate/tls/ca.crt", "--cert=/etc/percolate/tls/tls.crt",
+                "--key=/etc/percolate/tls/tls.key"} <= set(command)
+    assert frontend["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
+    assert {"name": "probe", "mountPath": "/etc/percolate/probe", "readOnly": True} in frontend["volumeMounts"]
+    probe_map = one(docs, "ConfigMap", "-probe")
+    assert probe_map["data"]["health_probe.py"] == (CHARTS["reading"] / "files" / "health_probe.py").read_text().rstrip("\n")
+    for probe, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready"),
+                        ("livenessProbe", "/v2/health/live")):
+        assert triton[probe]["httpGet"] == {"path": path, "port": "triton-http"}
+
+
+def test_reading_server_certificate():
+    docs = render("reading")
+    certificate = one(docs, "Certificate")
+    spec = certificate["spec"]
+    assert {"server auth", "client auth"} <= set(spec["usages"])  # client auth: the probe presents it
+    assert {"percolate-reading", "percolate-reading-headless.percolate-reading.svc.cluster.local",
+            "percolate-reading.percolate-reading.svc", "localhost"} <= set(spec["dnsNames"])
+    tls_volume = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "tls")
+    assert tls_volume["secret"]["secretName"] == spec["secretName"]
+
+    off = render("reading", VALUE_SETS["reading-cert-manager-off"][1])
+    assert not [d for d in off if d["kind"] == "Certificate"]
+    assert next(v for v in pod_spec(off)["volumes"] if v["name"] == "tls")["secret"]["secretName"] == "reading-server-tls"
+
+
+def test_service_monitor_scrapes_frontend_and_triton():
+    docs = render("reading", {"serviceMonitor": {"enabled": True}})
+    monitor = one(docs, "ServiceMonitor")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics", "triton-metrics"]
+    service = one(docs, "Service", "percolate-reading")
+    assert {"metrics", "triton-metrics"} <= {p["name"] for p in service["spec"]["ports"]}
+    assert not [d for d in render("reading") if d["kind"] == "ServiceMonitor"]
+
+
+# --- both charts: hardening, resources, checksums -------------------------------
+
+
+@pytest.mark.parametrize("value_set", ["reading-defaults", "node-tenant-a"])
+def test_restricted_security_context(value_set):
+    docs = render(*VALUE_SETS[value_set])
+    spec = pod_spec(docs)
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+    for c in spec["containers"] + spec.get("initContainers", []):
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False, c["name"]
+        assert sc["readOnlyRootFilesystem"] is True, c["name"]
+        assert sc["runAsNonRoot"] is True and sc.get("runAsUser", pod["runAsUser"]) != 0, c["name"]
+        assert sc["capabilities"] == {"drop": ["ALL"]}, c["name"]
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, c["name"]
+        assert "privileged" not in sc and "hostNetwork" not in spec and "hostPID" not in spec
+        mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+        assert c["name"] == "model-repository" or "/tmp" in mounts, f"{c['name']} needs a writable /tmp"
+
+
+def test_resources():
+    docs = render("reading")
+    for c in pod_spec(docs)["containers"] + pod_spec(docs)["initContainers"]:
+        assert {"cpu", "memory"} <= set(c["resources"]["requests"]), c["name"]
+        assert "memory" in c["resources"]["limits"], c["name"]
+    node = render("node", node_values("tenant-a"))
+    resources = container(node, "node")["resources"]
+    assert resources == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+    claim = workload(node)["spec"]["volumeClaimTemplates"][0]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert workload(node)["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain",
+                                                                             "whenScaled": "Retain"}
+
+
+def _checksums(chart: str, values: dict) -> dict[str, str]:
+    annotations = workload(render(chart, values))["spec"]["template"]["metadata"]["annotations"]
+    return {k.split("/")[1]: v for k, v in annotations.items() if k.startswith("checksum/")}
+
+
+@pytest.mark.parametrize("chart, base, config_change, tls_change", [
+    ("reading", {}, {"frontend": {"maxQueueDepth": 512}},
+     {"tls": {"certManager": {"issuerRef": {"name": "other-ca"}}}}),
+    ("reading", VALUE_SETS["reading-cert-manager-off"][1], {"drain": {"graceSeconds": 25}},
+     {"tls": {"existingSecret": "rotated-server-tls"}}),
+    ("node", node_values("tenant-a"), {"reading": {"url": "dns:///reading.other:50051"}},
+     {"certificate": {"certManager": {"issuerRef": {"name": "other-ca"}}}}),
+])
+def test_checksums_roll_pods_on_config_and_certificate_changes(chart, base, config_change, tls_change):
+    before = _checksums(chart, base)
+    assert set(before) == {"config", "tls"}
+    after_config = _checksums(chart, _merge(base, config_change))
+    assert after_config["config"] != before["config"] and after_config["tls"] == before["tls"]
+    after_tls = _checksums(chart, _merge(base, tls_change))
+    assert after_tls["tls"] != before["tls"] and after_tls["config"] == before["config"]
+    assert _checksums(chart, base) == before, "the checksums are deterministic"
+
+
+# --- node chart -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tenant", ["tenant-a", "tenant-b", "tenant-c"])
+def test_tenant_certificate_has_only_the_tenant_uri_san(tenant):
+    docs = render(*VALUE_SETS[f"node-{tenant}"])
+    spec = one(docs, "Certificate")["spec"]
+    assert spec["uris"] == [f"spiffe://percolate/tenant/{tenant}"]
+    assert not {"dnsNames", "ipAddresses", "emailAddresses", "commonName", "otherNames"} & set(spec)
+    assert spec["usages"] == ["client auth", "digital signature", "key encipherment"]
+    reading_issuer = one(render("reading"), "Certificate")["spec"]["issuerRef"]
+    assert spec["issuerRef"] == reading_issuer, "tenant and server certificates come from the same CA"
+    tls_volume = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "tls")
+    assert tls_volume["secret"]["secretName"] == spec["secretName"]
+
+
+def test_tenant_certificate_from_existing_secret():
+    docs = render(*VALUE_SETS["node-cert-manager-off"])
+    assert not [d for d in docs if d["kind"] == "Certificate"]
+    assert next(v for v in pod_spec(docs)["volumes"] if v["name"] == "tls")["secret"]["secretName"] == \
+        "tenant-a-client-tls"
+
+
+def test_node_environment_kek_and_region():
+    docs = render(*VALUE_SETS["node-tenant-c"])
+    env = effective_env(docs, "node")
+    assert env["TENANT_ID"] == "tenant-c"
+    assert env["PERCOLATE_READING_URL"] == \
+        "dns:///percolate-reading-headless.percolate-reading.svc.cluster.local:50051"
+    config = json.loads(env["PERCOLATE_READING_SERVICE_CONFIG"])
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    kek = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "kek")["secret"]
+    assert kek["secretName"] == "tenant-c-kek" and kek["items"] == [{"key": "kek", "path": "kek"}]
+    assert env["PERCOLATE_NODE_KEK_FILE"] == "/etc/percolate/kek/kek"
+    assert pod_spec(docs)["nodeSelector"] == {"topology.kubernetes.io/region": "us-east-1"}
+    assert workload(docs)["spec"]["template"]["metadata"]["labels"]["percolate.dev/tenant"] == "tenant-c"
+
+
+def test_node_probes():
+    node = container(render("node", node_values("tenant-a")), "node")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert node[probe]["grpc"] == {"port": 50061}
+    assert node["args"] == ["serve"]
+
+
+def test_node_network_policy_is_default_deny_plus_exact_allowances():
+    docs = render("node", node_values("tenant-a"))
+    selector = workload(docs)["spec"]["selector"]["matchLabels"]
+    deny = one(docs, "NetworkPolicy", "-default-deny")
+    assert deny["spec"] == {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress", "Egress"]}
+    allow = one(docs, "NetworkPolicy", "-allow")
+    private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"]
+    assert allow["spec"] == {
+        "podSelector": {"matchLabels": selector},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway-system"}},
+                               "podSelector": {}}],
+                     "ports": [{"port": "grpc", "protocol": "TCP"}]}],
+        "egress": [
+            {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": READING_NAMESPACE}},
+                     "podSelector": {"matchLabels": {"app.kubernetes.io/name": "percolate-reading"}}}],
+             "ports": [{"port": 50051, "protocol": "TCP"}]},
+            {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                     "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+             "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+            {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": private}}],
+             "ports": [{"port": 443, "protocol": "TCP"}]},
+        ]}
+    # the backup rule reaches no pod, node or metadata address
+    for address in ("10.1.2.3", "172.20.0.1", "192.168.1.1", "100.100.1.1", "169.254.169.254"):
+        assert any(ipaddress.ip_address(address) in ipaddress.ip_network(n) for n in private)
+
+
+def test_node_and_reading_policies_agree():
+    """The node's egress reaches the reading pods on their gRPC port, and the reading
+    pods' ingress admits the node's pods."""
+    reading, node = render("reading"), render("node", node_values("tenant-a"))
+    reading_pod = workload(reading)["spec"]["template"]["metadata"]["labels"]
+    node_pod = workload(node)["spec"]["template"]["metadata"]["labels"]
+    to_reading = one(node, "NetworkPolicy", "-allow")["spec"]["egress"][0]
+    assert selects(to_reading["to"][0]["podSelector"]["matchLabels"], reading_pod)
+    assert to_reading["ports"][0]["port"] == container(reading, "frontend")["ports"][0]["containerPort"]
+    clients = one(reading, "NetworkPolicy")["spec"]["ingress"][0]["from"]
+    assert any(selects(peer["podSelector"]["matchLabels"], node_pod) for peer in clients)
+
+
+def _selectors(docs: list[dict]) -> list[tuple[str, dict]]:
+    found = [(f"{workload(docs)['kind']}.spec.selector", workload(docs)["spec"]["selector"]["matchLabels"])]
+    found += [(f"Service/{d['metadata']['name']}", d["spec"]["selector"]) for d in docs if d["kind"] == "Service"]
+    found += [(f"NetworkPolicy/{d['metadata']['name']}", d["spec"]["podSelector"]["matchLabels"])
+              for d in docs if d["kind"] == "NetworkPolicy"]
+    return found
+
+
+@pytest.mark.parametrize("same_release_name", [False, True])
+def test_node_chart_for_one_tenant_cannot_select_another_tenants_pods(same_release_name):
+    """Three tenants in one namespace (the worst case): every selector of each release
+    matches its own pod and none of the others', even under the same release name."""
+    releases = {t: render("node", node_values(t), release="node" if same_release_name else t, namespace="tenants")
+                for t in ("tenant-a", "tenant-b", "tenant-c")}
+    pods = {t: workload(docs)["spec"]["template"]["metadata"]["labels"] for t, docs in releases.items()}
+    for tenant, docs in releases.items():
+        selectors = _selectors(docs)
+        assert len(selectors) == 5  # StatefulSet, 2 Services, 2 NetworkPolicies
+        for where, selector in selectors:
+            assert selector.get("percolate.dev/tenant") == tenant, where
+            assert selects(selector, pods[tenant]), where
+            for other in set(pods) - {tenant}:
+                assert not selects(selector, pods[other]), f"{tenant}'s {where} selects {other}'s pod"
+
+
+def test_route_grpcroute_or_ingress():
+    docs = render("node", node_values("tenant-b"))
+    service = one(docs, "Service", "tenant-b-percolate-node")
+    route = one(docs, "GRPCRoute")
+    assert route["spec"]["hostnames"] == [f"tenant-b.{DOMAIN}"]
+    assert route["spec"]["rules"] == [{"backendRefs": [{"name": service["metadata"]["name"], "port": 50061}]}]
+    assert route["spec"]["parentRefs"] == [{"name": "percolate", "namespace": "gateway-system", "sectionName": "https"}]
+    assert not [d for d in docs if d["kind"] == "Ingress"]
+    assert service["spec"]["ports"][0]["appProtocol"] == "kubernetes.io/h2c"
+
+    docs = render(*VALUE_SETS["node-ingress"])
+    assert not [d for d in docs if d["kind"] == "GRPCRoute"]
+    ingress = one(docs, "Ingress")
+    assert ingress["spec"]["rules"][0]["host"] == f"tenant-a.{DOMAIN}"
+    assert ingress["spec"]["tls"][0]["hosts"] == [f"tenant-a.{DOMAIN}"]
+    assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"] == {
+        "name": "tenant-a-percolate-node", "port": {"name": "grpc"}}
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+
+
+# --- Dockerfiles ----------------------------------------------------------------
+
+DOCKERFILES = {"reading": ROOT / "docker" / "reading.Dockerfile", "node": ROOT / "docker" / "node.Dockerfile"}
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    instructions, pending = [], []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        pending.append(line.removesuffix("\\").strip())
+        if not line.endswith("\\"):
+            op, _, args = " ".join(pending).partition(" ")
+            instructions.append((op.upper(), args.strip()))
+            pending = []
+    return instructions
+
+
+def console_scripts() -> dict[str, str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_dockerfile_is_multi_stage_non_root_and_copies_what_exists(image):
+    path = DOCKERFILES[image]
+    instructions = dockerfile_instructions(path)
+    stages = [args.split()[-1] for op, args in instructions if op == "FROM" and args.upper().split()[-2:-1] == ["AS"]]
+    froms = [args for op, args in instructions if op == "FROM"]
+    assert len(froms) >= 2, "multi-stage"
+    final_stage = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM"):]
+    users = [args for op, args in final_stage if op == "USER"]
+    assert users and users[-1].split(":")[0].isdigit() and int(users[-1].split(":")[0]) != 0, "non-root by uid"
+    assert users[-1] == "10001:10001"
+    allowed = {line[1:].rstrip("/") for line in Path(f"{path}.dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    for op, args in instructions:
+        if op not in ("COPY", "ADD"):
+            continue
+        words = args.split()
+        flags = [w for w in words if w.startswith("--")]
+        sources = [w for w in words if not w.startswith("--")][:-1]
+        source_stage = next((f.split("=", 1)[1] for f in flags if f.startswith("--from=")), None)
+        if source_stage:
+            assert source_stage in stages, f"{args}: unknown stage"
+            continue
+        for source in sources:
+            assert (ROOT / source).exists(), f"{path.name}: COPY {source} does not exist"
+            assert source in allowed, f"{path.name}: {source} is excluded by {path.name}.dockerignore"
+    # the package's own include list is complete in the image
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = {args.split()[0] for op, args in instructions if op == "COPY" and not args.startswith("--")}
+    for pattern in packages:
+        top = pattern.split(".")[0].rstrip("*")
+        assert top in copied or not (ROOT / top).exists(), f"{top} is installed but not copied"
+
+
+def _entry_point(image: str) -> tuple[list[str], list[str]]:
+    instructions = dockerfile_instructions(DOCKERFILES[image])
+    entrypoint = json.loads(next(args for op, args in reversed(instructions) if op == "ENTRYPOINT"))
+    cmd = json.loads(next(args for op, args in reversed(instructions) if op == "CMD"))
+    return entrypoint, cmd
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_dockerfile_entry_point_is_a_console_script(image):
+    """The entry point runs (`<script> serve --help`) through pyproject's console script.
+
+    `percolate-node` is pending (the tenant node is being written): until pyproject.toml
+    declares it, this test reports XFAIL, and it runs for real as soon as it exists."""
+    entrypoint, cmd = _entry_point(image)
+    assert len(entrypoint) == 1 and cmd == ["serve"]
+    chart = render(*VALUE_SETS["reading-defaults" if image == "reading" else "node-tenant-a"])
+    assert container(chart, "frontend" if image == "reading" else "node")["args"] == cmd
+    scripts = console_scripts()
+    if entrypoint[0] not in scripts:
+        pytest.xfail(f"{entrypoint[0]} is not yet a console script in pyproject.toml (pending: the tenant node)")
+    module, function = scripts[entrypoint[0]].split(":")
+    code = f"import sys, {module} as m; sys.exit(m.{function}({cmd + ['--help']!r}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_reading_image_layout_matches_the_chart():
+    """What the chart expects inside the image is where the Dockerfile puts it."""
+    instructions = dockerfile_instructions(DOCKERFILES["reading"])
+    final_copies = [args.split() for op, args in instructions if op == "COPY" and args.startswith("--from=models")]
+    destinations = {words[-1] for words in final_copies}
+    init = pod_spec(render("reading"))["initContainers"][0]
+    assert init["command"][2].removesuffix("/.") in destinations
+    env = " ".join(args for op, args in instructions if op == "ENV")
+    assert "PERCOLATE_MODEL_ASSETS=/app/model_assets" in env and "/app/model_assets" in destinations
+    assert "PATH=/opt/venv/bin:$PATH" in env  # the probe runs `python` from the venv
+    assert (ROOT / "model_repository").is_dir()

@@ -1,0 +1,464 @@
+"""The encrypted store against real RocksDB in temporary directories."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from rocksdict import Options, Rdict
+
+from percolate_node.store import (Delete, EncryptedStore, Put, ShreddedError, StoreError, TamperedValueError,
+                                  WrongKeyError, generate_kek, load_kek, restore)
+from percolate_node.store.crypto import Sealer
+from percolate_node.store.layout import DATA_FAMILIES, DOCUMENTS, KEYS, RESOURCES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def kek() -> bytes:
+    return os.urandom(32)
+
+
+@pytest.fixture
+def store(tmp_path, kek):
+    with EncryptedStore.open(tmp_path / "db", "tenant-a", kek) as store:
+        yield store
+
+
+def fingerprint(root: Path) -> dict[str, tuple]:
+    """Every file and directory under ``root`` with size, mtime and content hash."""
+    found = {}
+    for path in sorted([root, *root.rglob("*")]):
+        info = path.stat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        found[str(path.relative_to(root))] = (info.st_size, info.st_mtime_ns, digest)
+    return found
+
+
+def files_containing(root: Path, needles: list[bytes]) -> list[str]:
+    return [f"{path.name}: {needle[:16]!r}" for path in root.rglob("*") if path.is_file()
+            for needle in needles if needle in path.read_bytes()]
+
+
+def raw_db(path: Path) -> Rdict:
+    """The database with plain rocksdict, bypassing the store (the attacker's view)."""
+    families = Rdict.list_cf(str(path), Options(raw_mode=True))
+    return Rdict(str(path), Options(raw_mode=True), column_families={cf: Options(raw_mode=True) for cf in families})
+
+
+def raw_edit(path: Path, edit) -> None:
+    db = raw_db(path)
+    views = {cf: db.get_column_family(cf) for cf in Rdict.list_cf(str(path), Options(raw_mode=True))}
+    edit(views)
+    for view in views.values():
+        view.close()
+    db.close()
+
+
+def raw_keys_records(path: Path) -> list[bytes]:
+    records = []
+    raw_edit(path, lambda views: records.extend(views[KEYS].values()))
+    return records
+
+
+# -- round trips and writes ------------------------------------------------------------------
+
+
+def test_round_trip_survives_reopen_and_values_are_sealed(tmp_path, kek):
+    path = tmp_path / "db"
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        store.write([Put(DOCUMENTS, b"doc-1", b"first value"), Put(DOCUMENTS, b"doc-2", b"second"),
+                     Put(RESOURCES, b"res-1", b"r" * 5000)])
+        store.write([Put(DOCUMENTS, b"doc-2", b"second, changed"), Delete(DOCUMENTS, b"doc-1")])
+        assert store.get(DOCUMENTS, b"doc-1") is None
+        assert store.get(DOCUMENTS, b"doc-2") == b"second, changed"
+        assert store.contains(RESOURCES, b"res-1") and not store.contains(RESOURCES, b"nope")
+    with EncryptedStore.open(path, "tenant-a", kek, create=False) as store:
+        assert store.get(DOCUMENTS, b"doc-2") == b"second, changed"
+        assert store.get(RESOURCES, b"res-1") == b"r" * 5000
+        assert store.stats()["values"][DOCUMENTS] == 1
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        store.write([Put(DOCUMENTS, b"same-%d" % i, b"same value") for i in range(100)])
+    sealed = dict(zip(raw_db_keys(path, DOCUMENTS), raw_db_values(path, DOCUMENTS)))
+    assert b"second" not in sealed[b"doc-2"] and len(sealed[b"doc-2"]) == len(b"second, changed") + 5 + 12 + 16
+    nonces = {value[5:17] for key, value in sealed.items() if key.startswith(b"same-")}
+    assert len(nonces) == 100, "every value gets its own random nonce"
+
+
+def test_items_prefix_and_range(store):
+    store.write([Put(DOCUMENTS, bytes([a, b]), bytes([a, b]) * 3) for a in (1, 2, 0xff) for b in (0, 1, 0xff)])
+    assert [k for k, _ in store.items(DOCUMENTS, prefix=b"\x02")] == [b"\x02\x00", b"\x02\x01", b"\x02\xff"]
+    assert [k for k, _ in store.items(DOCUMENTS, prefix=b"\xff")] == [b"\xff\x00", b"\xff\x01", b"\xff\xff"]
+    assert [k for k, _ in store.items(DOCUMENTS, start=b"\x01\x01", end=b"\x02\x01")] == [
+        b"\x01\x01", b"\x01\xff", b"\x02\x00"]
+    assert dict(store.items(DOCUMENTS, prefix=b"\x01"))[b"\x01\xff"] == b"\x01\xff" * 3
+    assert list(store.keys(DOCUMENTS, prefix=b"\x01", start=b"\x01\x01")) == [b"\x01\x01", b"\x01\xff"]
+
+
+def test_write_refuses_bad_operations_and_writes_none_of_the_batch(store):
+    cases = [[Put(DOCUMENTS, b"a", b"1"), Put("no-such-family", b"b", b"2")],
+             [Put(DOCUMENTS, b"a", b"1"), Put(KEYS, b"b", b"2")],
+             [Put(DOCUMENTS, b"a", b"1"), Put(DOCUMENTS, "b", b"2")],
+             [Put(DOCUMENTS, b"a", b"1"), Put(DOCUMENTS, b"b", "not bytes")]]
+    for ops in cases:
+        with pytest.raises(StoreError):
+            store.write(ops)
+        assert store.get(DOCUMENTS, b"a") is None
+
+
+def test_a_failed_commit_writes_nothing(store):
+    store.write([Put(DOCUMENTS, b"kept", b"1")])
+
+    class FailingDB:
+        def write(self, batch, options):
+            raise RuntimeError("disk full")
+
+    real, store._db = store._db, FailingDB()
+    try:
+        with pytest.raises(StoreError, match="disk full"):
+            store.write([Put(DOCUMENTS, b"a", b"1"), Put(DOCUMENTS, b"kept", b"2")])
+    finally:
+        store._db = real
+    assert store.get(DOCUMENTS, b"a") is None and store.get(DOCUMENTS, b"kept") == b"1"
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from percolate_node.store import EncryptedStore, Put
+    path, kek, first = Path(sys.argv[1]), bytes.fromhex(sys.argv[2]), int(sys.argv[3])
+    store = EncryptedStore.open(path, "tenant-a", kek)
+    for batch in range(first, first + 100000):
+        store.write([Put("documents", b"%08d-%03d" % (batch, i), b"v" * 300) for i in range(50)])
+        print(batch, flush=True)
+""")
+
+
+def test_batches_are_all_or_nothing_across_kill_9(tmp_path, kek):
+    path, first, acknowledged = tmp_path / "db", 0, -1
+    rng = random.Random(5)
+    for _ in range(5):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), kek.hex(), str(first)],
+                                 stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        wanted = rng.randint(3, 40)
+        for line in child.stdout:
+            acknowledged = int(line)
+            wanted -= 1
+            if wanted == 0:
+                break
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        with EncryptedStore.open(path, "tenant-a", kek) as store:
+            per_batch: dict[int, int] = {}
+            for key, value in store.items(DOCUMENTS):
+                assert value == b"v" * 300
+                batch = int(key[:8])
+                per_batch[batch] = per_batch.get(batch, 0) + 1
+        assert all(count == 50 for count in per_batch.values()), per_batch
+        assert all(batch in per_batch for batch in range(acknowledged + 1))
+        first = max(per_batch) + 1
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def test_wrong_kek_refuses_and_modifies_nothing(tmp_path, kek):
+    path = tmp_path / "db"
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        store.write([Put(DOCUMENTS, b"k", b"v")])
+    before = fingerprint(path)
+    with pytest.raises(WrongKeyError, match="does not open the keyring of tenant 'tenant-a'.*nothing was changed"):
+        EncryptedStore.open(path, "tenant-a", os.urandom(32))
+    assert fingerprint(path) == before
+    with pytest.raises(StoreError, match="no store at"):
+        EncryptedStore.open(tmp_path / "absent", "tenant-a", kek, create=False)
+    assert not (tmp_path / "absent").exists()
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        assert store.get(DOCUMENTS, b"k") == b"v"
+
+
+def test_another_tenants_database_refuses_this_tenants_key(tmp_path):
+    kek_a, kek_b = os.urandom(32), os.urandom(32)
+    EncryptedStore.open(tmp_path / "b", "tenant-b", kek_b).close()
+    before = fingerprint(tmp_path / "b")
+    with pytest.raises(WrongKeyError, match="belongs to tenant 'tenant-b', not 'tenant-a'"):
+        EncryptedStore.open(tmp_path / "b", "tenant-a", kek_a)
+    with pytest.raises(WrongKeyError, match="does not open the keyring"):
+        EncryptedStore.open(tmp_path / "b", "tenant-b", kek_a)
+    assert fingerprint(tmp_path / "b") == before
+
+
+def test_tampered_value_is_detected_and_names_the_key(tmp_path, kek):
+    path = tmp_path / "db"
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        store.write([Put(RESOURCES, b"\x01chunk", b"some text " * 20), Put(RESOURCES, b"\x02chunk", b"fine")])
+
+    def flip(views):
+        sealed = bytearray(views[RESOURCES][b"\x01chunk"])
+        sealed[40] ^= 0x01
+        views[RESOURCES][b"\x01chunk"] = bytes(sealed)
+
+    raw_edit(path, flip)
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        with pytest.raises(TamperedValueError, match=r"resources/016368756e6b failed authentication") as raised:
+            store.get(RESOURCES, b"\x01chunk")
+        assert raised.value.cf == RESOURCES and raised.value.key == b"\x01chunk"
+        assert store.get(RESOURCES, b"\x02chunk") == b"fine"
+        with pytest.raises(TamperedValueError):
+            list(store.items(RESOURCES))
+        with pytest.raises(TamperedValueError):
+            store.verify()
+
+
+def test_value_moved_to_another_key_or_family_fails_to_open(tmp_path, kek):
+    path = tmp_path / "db"
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        store.write([Put(DOCUMENTS, b"original", b"secret")])
+
+    def move(views):
+        sealed = views[DOCUMENTS][b"original"]
+        views[DOCUMENTS][b"moved"] = sealed
+        views[RESOURCES][b"original"] = sealed
+
+    raw_edit(path, move)
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        assert store.get(DOCUMENTS, b"original") == b"secret"
+        with pytest.raises(TamperedValueError, match="documents/6d6f766564"):
+            store.get(DOCUMENTS, b"moved")
+        with pytest.raises(TamperedValueError, match="resources/"):
+            store.get(RESOURCES, b"original")
+
+
+def test_sealed_values_are_bound_to_tenant_family_key_and_dek():
+    dek = os.urandom(32)
+    sealed = Sealer("tenant-a", {1: dek}).seal(DOCUMENTS, b"key", b"value", os.urandom(12))
+    assert Sealer("tenant-a", {1: dek}).open(DOCUMENTS, b"key", sealed) == b"value"
+    for sealer, cf, key in [(Sealer("tenant-b", {1: dek}), DOCUMENTS, b"key"),
+                            (Sealer("tenant-a", {1: dek}), RESOURCES, b"key"),
+                            (Sealer("tenant-a", {1: dek}), DOCUMENTS, b"key2")]:
+        with pytest.raises(TamperedValueError):
+            sealer.open(cf, key, sealed)
+    relabelled = sealed[:1] + (2).to_bytes(4, "big") + sealed[5:]  # claims another DEK (holding the same key)
+    with pytest.raises(TamperedValueError, match="tag mismatch"):
+        Sealer("tenant-a", {1: dek, 2: dek}).open(DOCUMENTS, b"key", relabelled)
+
+
+def test_dek_rotation_online(store):
+    values = {b"%05d" % i: b"old %d" % i for i in range(3000)}
+    store.write([Put(DOCUMENTS, k, v) for k, v in values.items()])
+    assert store.rotate_dek() == 2
+    store.write([Put(DOCUMENTS, b"new", b"sealed with DEK 2")])
+    with pytest.raises(StoreError, match=r"DEK\(s\) \[1\] still seal 3000 values"):
+        store.retire_old_deks()
+    reports, started = [], threading.Event()
+
+    def report(progress):
+        reports.append(progress)
+        started.set()
+        time.sleep(0.002)  # rocksdict holds the GIL through a synced write: let the reads below in
+
+    worker = threading.Thread(target=store.reseal, kwargs={"progress": report, "batch_size": 64})
+    worker.start()
+    started.wait(10)
+    reads = writes = 0
+    rng = random.Random(1)
+    while worker.is_alive():
+        key = b"%05d" % rng.randrange(3000)
+        assert store.get(DOCUMENTS, key) == values[key]
+        reads += 1
+        if reads % 10 == 0:
+            values[key] = b"rewritten during reseal %d" % reads
+            store.write([Put(DOCUMENTS, key, values[key])])
+            writes += 1
+    worker.join()
+    assert reads > 20 and writes > 2, "the reseal finished before the test could read alongside it"
+    assert reports[-1].done and reports[-1].scanned == 3001 and len(reports) > 10
+    assert store.retire_old_deks() == [1]
+    stats = store.stats()
+    assert stats["active_dek"] == 2 and stats["deks"] == [2]
+    assert dict(store.items(DOCUMENTS)) == {**values, b"new": b"sealed with DEK 2"}
+    assert store.verify() == 3001
+
+
+def test_reseal_resumes_after_being_stopped(store):
+    store.write([Put(RESOURCES, b"%04d" % i, b"x%d" % i) for i in range(1000)])
+    store.rotate_dek()
+    stop = threading.Event()
+    first = store.reseal(progress=lambda p: stop.set(), stop=stop, batch_size=100)
+    assert not first.done and first.resealed == 100
+    with pytest.raises(StoreError, match="still seal 900 values"):
+        store.retire_old_deks()
+    second = store.reseal()
+    assert second.done and second.resealed == 900 and second.scanned == 1000
+    assert store.retire_old_deks() == [1]
+    assert store.get(RESOURCES, b"0999") == b"x999"
+
+
+def test_kek_rotation_rewraps_keys_only(tmp_path, kek):
+    path, new_kek = tmp_path / "db", os.urandom(32)
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        store.write([Put(DOCUMENTS, b"k", b"v")])
+        key_before = store.name_key("alice")
+    old_records = raw_keys_records(path)
+    assert files_containing(path, old_records), "the scan below would prove nothing"
+    raw_sealed = raw_db_values(path, DOCUMENTS)
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        store.rotate_kek(new_kek)
+        assert store.get(DOCUMENTS, b"k") == b"v"
+    with pytest.raises(WrongKeyError):
+        EncryptedStore.open(path, "tenant-a", kek)
+    with EncryptedStore.open(path, "tenant-a", new_kek) as store:
+        assert store.get(DOCUMENTS, b"k") == b"v"
+        assert store.name_key("alice") == key_before
+    assert raw_db_values(path, DOCUMENTS) == raw_sealed, "KEK rotation must not re-encrypt values"
+    wrapped = [blob for blob in old_records if not blob.startswith(b"{")]
+    assert files_containing(path, wrapped) == [], "old wrapped keys are still on disk"
+
+
+def test_shred_makes_data_and_earlier_backups_unreadable(tmp_path, kek):
+    path = tmp_path / "db"
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        store.write([Put(DOCUMENTS, b"k%d" % i, b"v" * 100) for i in range(100)])
+        store.rotate_dek()
+        store.write([Put(DOCUMENTS, b"late", b"v")])
+        backup = store.backup(tmp_path / "backup")
+    wrapped = [blob for blob in raw_keys_records(path) if not blob.startswith(b"{")]
+    assert len(wrapped) == 3  # hmac key and two DEKs
+    assert files_containing(path, wrapped), "the scan below would prove nothing"
+    store = EncryptedStore.open(path, "tenant-a", kek)
+    store.shred()
+    with pytest.raises(StoreError, match="closed"):
+        store.get(DOCUMENTS, b"k1")
+    with pytest.raises(ShreddedError, match="shredded at"):
+        EncryptedStore.open(path, "tenant-a", kek)
+    assert files_containing(path, wrapped) == []
+    assert files_containing(backup, wrapped) == []
+    # The sealed data is still there, and nothing anywhere can open it any more.
+    assert len(raw_db_values(backup, DOCUMENTS)) == 101
+
+
+def raw_db_keys(path: Path, cf: str) -> list[bytes]:
+    keys = []
+    raw_edit(path, lambda views: keys.extend(views[cf].keys()))
+    return keys
+
+
+def raw_db_values(path: Path, cf: str) -> list[bytes]:
+    values = []
+    raw_edit(path, lambda views: values.extend(views[cf].values()))
+    return values
+
+
+def test_backup_has_no_keys_and_restores_with_exported_keyring(tmp_path, kek):
+    path = tmp_path / "db"
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        store.write([Put(DOCUMENTS, b"before", b"in the backup")])
+        key = store.name_key("alice")
+        backup = store.backup(tmp_path / "backup")
+        store.export_keyring(tmp_path / "keyring.json")
+        store.write([Put(DOCUMENTS, b"after", b"not in the backup")])
+        with pytest.raises(StoreError, match="already exists"):
+            store.backup(backup)
+    assert KEYS not in Rdict.list_cf(str(backup), Options(raw_mode=True))
+    assert (tmp_path / "keyring.json").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(StoreError, match="without a Percolate keyring"):
+        EncryptedStore.open(backup, "tenant-a", kek)
+    with pytest.raises(WrongKeyError):
+        restore(backup, tmp_path / "wrong", os.urandom(32), tmp_path / "keyring.json")
+    assert not (tmp_path / "wrong").exists()
+    restore(backup, tmp_path / "restored", kek, tmp_path / "keyring.json")
+    with EncryptedStore.open(tmp_path / "restored", "tenant-a", kek, create=False) as restored:
+        assert restored.get(DOCUMENTS, b"before") == b"in the backup"
+        assert restored.get(DOCUMENTS, b"after") is None
+        assert restored.name_key("alice") == key
+        restored.write([Put(DOCUMENTS, b"more", b"writable")])
+    with pytest.raises(StoreError, match="not empty"):
+        restore(backup, tmp_path / "restored", kek, tmp_path / "keyring.json")
+
+
+def test_restore_needs_the_deks_the_backup_was_sealed_with(tmp_path, kek):
+    with EncryptedStore.open(tmp_path / "db", "tenant-a", kek) as store:
+        store.write([Put(DOCUMENTS, b"k", b"v")])
+        backup = store.backup(tmp_path / "backup")
+        store.export_keyring(tmp_path / "keyring-at-backup.json")
+        store.rotate_dek()
+        store.reseal()
+        store.retire_old_deks()
+        store.export_keyring(tmp_path / "keyring-now.json")
+    with pytest.raises(StoreError, match=r"sealed with DEK\(s\) \[1\] that this keyring no longer holds"):
+        restore(backup, tmp_path / "restored", kek, tmp_path / "keyring-now.json")
+    assert not (tmp_path / "restored").exists()
+    restore(backup, tmp_path / "restored", kek, tmp_path / "keyring-at-backup.json")
+
+
+def test_keys_hold_no_user_content(tmp_path, kek):
+    marker = "MARKER-7f3a-confidential"
+    path = tmp_path / "db"
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        name_key = store.name_key(marker)
+        assert len(name_key) == 16 and name_key == store.name_key(marker) != store.name_key(marker + "x")
+        store.write([Put(DOCUMENTS, store.name_key(f"{marker}-{i}"), f"{marker} value {i} ".encode() * 50)
+                     for i in range(200)])
+        store.write([Put(RESOURCES, name_key, marker.encode())])
+    with EncryptedStore.open(tmp_path / "other", "tenant-a", kek) as other:
+        assert other.name_key(marker) != name_key  # each database has its own name key
+    assert files_containing(path, [marker.encode(), marker.encode("utf-16-le")]) == []
+
+
+def test_opening_something_that_is_not_a_store(tmp_path, kek):
+    raw = Rdict(str(tmp_path / "plain"), Options(raw_mode=True))
+    raw[b"k"] = b"v"
+    raw.close()
+    with pytest.raises(StoreError, match="without a Percolate keyring"):
+        EncryptedStore.open(tmp_path / "plain", "tenant-a", kek)
+    with pytest.raises(StoreError, match="tenant id"):
+        EncryptedStore.open(tmp_path / "x", "Tenant A", kek)
+    with pytest.raises(StoreError, match="exactly 32 bytes"):
+        EncryptedStore.open(tmp_path / "x", "tenant-a", b"short")
+
+
+def test_closed_store_refuses(tmp_path, kek):
+    store = EncryptedStore.open(tmp_path / "db", "tenant-a", kek)
+    store.close()
+    store.close()
+    for call in (lambda: store.get(DOCUMENTS, b"k"), lambda: store.write([Put(DOCUMENTS, b"k", b"v")]),
+                 store.rotate_dek):
+        with pytest.raises(StoreError, match="closed"):
+            call()
+
+
+def test_stats(store):
+    store.write([Put(cf, b"k%d" % i, b"v") for cf in DATA_FAMILIES[:3] for i in range(3)])
+    stats = store.stats()
+    assert stats["values"][DATA_FAMILIES[0]] == 3 and stats["values"][DATA_FAMILIES[5]] == 0
+    assert stats["bytes_on_disk"] > 0 and stats["tenant_id"] == "tenant-a"
+
+
+# -- the KEK file -----------------------------------------------------------------------------------
+
+
+def test_kek_files(tmp_path, caplog):
+    path = tmp_path / "kek"
+    kek = generate_kek(path)
+    assert path.stat().st_mode & 0o777 == 0o600 and load_kek(path) == kek
+    with pytest.raises(StoreError, match="already exists; refusing to overwrite"):
+        generate_kek(path)
+    with pytest.raises(StoreError, match="does not exist"):
+        load_kek(tmp_path / "missing")
+    (tmp_path / "short").write_bytes(b"x" * 31)
+    with pytest.raises(StoreError, match="holds 31 bytes"):
+        load_kek(tmp_path / "short")
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        assert load_kek(path) == kek
+    assert "readable or writable by every user" in caplog.text

