@@ -24,6 +24,7 @@ from .search import ResourceMeta, SearchFilters, SearchIndex
 from .store import EncryptedStore, load_kek
 
 KINDS = ("document", "resource", "entity", "moment")
+COMPACT_ABOVE_STALE = 0.25
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,8 @@ class NodeMemory:
         removed = self.repository.delete(kind, record_id)
         for resource_id_ in [record_id] if kind == "resource" else [r.id for r in chunks]:
             self.index.remove(resource_id_)
+        if self.index.stale_fraction > COMPACT_ABOVE_STALE:  # removals slowly degrade HNSW recall
+            self.index.compact()
         return removed
 
     def stats(self) -> dict:

@@ -185,8 +185,13 @@ class TritonServer:
             try:
                 self.process.wait(timeout=self.config.stop_timeout_s + 5)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.kill()
                 self.process.wait()
+        if self.process is not None:
+            try:  # Python-backend stubs outlive a Triton that was killed: end its whole group
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self._lock is not None:
             self._lock.close()
             self._lock = None

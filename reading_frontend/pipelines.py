@@ -68,6 +68,7 @@ class TranscribeResult:
 class _PreparedAudio:
     audio: speech.DecodedAudio
     features: np.ndarray
+    planner: speech.WindowPlanner
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ class ReadingPipelines:
     def _prepare_audio(self, audio: bytes) -> _PreparedAudio:
         decoded = speech.decode_audio(audio, self.config.max_audio_seconds)
         features = speech.log_mel(decoded.samples)
-        return _PreparedAudio(decoded, features)
+        return _PreparedAudio(decoded, features, speech.WindowPlanner(features, decoded.samples))
 
     async def transcribe(self, audio: bytes, *, language: str = "",
                          deadline: float | None = None) -> TranscribeResult:
@@ -174,7 +175,7 @@ class ReadingPipelines:
         except speech.UnreadableAudioError as err:
             raise InvalidInputError(str(err)) from None
         decoded = prepared.audio
-        planner = speech.WindowPlanner(prepared.features, decoded.samples)
+        planner = prepared.planner
         segments: list[speech.Segment] = []
         windows, seek = 0, 0
         while seek < planner.content:

@@ -142,8 +142,9 @@ def decode_audio(data: bytes, max_seconds: float) -> DecodedAudio:
 
 
 def _reason(err: BaseException) -> str:
-    text = str(getattr(err, "strerror", "") or err).splitlines()[0] if str(err) else type(err).__name__
-    return text[:200]
+    """FFmpeg's own words for what was wrong, on one line (no file names: there are none)."""
+    lines = str(getattr(err, "strerror", "") or err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:200]
 
 
 def _declared_seconds(container, stream) -> float:

@@ -124,16 +124,34 @@ def test_configured_maximum_refuses_before_decoding_it_all(triton, pki, paths):
             assert_jfk(transcribe(stub, jfk_flac()))
 
 
-def test_concurrent_requests_are_batched_and_all_correct(reading, pki):
+def whisper_counts(triton_client) -> tuple[int, int]:
+    (stats,) = triton_client.get_inference_statistics("whisper", as_json=True)["model_stats"]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def test_concurrent_requests_are_batched_and_all_correct(reading, pki, triton_client):
+    """Four clients at once: Triton's batcher decodes their windows together (fewer
+    executions of the loop than windows), and every transcript is right."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(_):
-        with tenant_channel(reading, pki) as channel:
-            return transcribe(reading_pb2_grpc.ReadingServiceStub(channel), jfk_flac())
+    channels = [tenant_channel(reading, pki) for _ in range(4)]
+    stubs = [reading_pb2_grpc.ReadingServiceStub(c) for c in channels]
+    for stub in stubs:  # connect (TLS handshakes) before the clients start together
+        stub.GetInfo(pb.GetInfoRequest())
+    inferences, executions = whisper_counts(triton_client)
     with ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(one, range(4)))
+        responses = list(pool.map(lambda stub: transcribe(stub, jfk_flac()), stubs))
+    for channel in channels:
+        channel.close()
     for response in responses:
         assert_jfk(response)
+    for _ in range(50):  # Triton records statistics after it has sent the responses
+        after_inferences, after_executions = whisper_counts(triton_client)
+        if after_inferences - inferences >= 4:
+            break
+        time.sleep(0.1)
+    assert after_inferences - inferences == 4
+    assert after_executions - executions < 4
 
 
 def test_parse_routes_audio_through_transcription(reading_stub):

@@ -115,3 +115,24 @@ def test_built_onnx_decodes_like_ctranslate2_in_a_batch(paths, reference):
     assert len(features) == 4
     got = greedy_decode(runner, features)
     assert [r.tokens for r in got] == reference(features, True)
+
+
+def test_int8_decoder_variant_keeps_the_words(paths):
+    """The ``int8`` variant (output projection quantised) transcribes the 66 s clip's
+    windows with the same words as fp32 (timestamps may move by a token)."""
+    import json
+
+    from reading_frontend.speech import WhisperTokenizer
+
+    key = json.loads(paths.manifest.read_text())["models"]["whisper_decoder"]["cache_key"]
+    entry = paths.cache / "models" / "whisper_decoder" / key
+    encoder = paths.model_repository / "whisper_encoder" / "1" / "model.onnx"
+    features = window_batch(jfk_times(6))
+    tokenizer = WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
+    texts = {}
+    for variant in ("fp32", "int8"):
+        runner = OrtRunner(encoder, entry / f"{variant}.onnx", threads=2)
+        texts[variant] = [speech.normalise_words(tokenizer.decode(r.tokens))
+                          for r in greedy_decode(runner, features)]
+    assert texts["int8"] == texts["fp32"]
+    assert (entry / "int8.onnx").stat().st_size < 0.75 * (entry / "fp32.onnx").stat().st_size
