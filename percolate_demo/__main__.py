@@ -4,7 +4,9 @@ Starts a real Triton on CPU with the built model repository, the reading fronten
 front of it with mutual TLS and development certificates, then calls Embed, Ocr,
 Parse and Transcribe (``jfk.flac``: ``PERCOLATE_DEMO_AUDIO``, default
 ``../shared/data/jfk.flac`` beside the checkout) as a tenant node would, and shows that
-another tenant's name is refused.
+another tenant's name is refused. Then a tenant node over an encrypted RocksDB ingests
+generated files (text PDF, scanned PDF, DOCX, XLSX, PNG, the audio) through the
+reading service and answers searches.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from reading_frontend.config import FrontendConfig
 from reading_frontend.embedded import EmbeddedReading
 
 from . import samples
+from .node_demo import demo_node
 
 TENANT = "demo-tenant"
 DOCUMENTS = [
@@ -163,9 +166,11 @@ def main() -> int:
                     demo_parse(stub)
                     demo_transcribe(stub)
                     demo_identity(stub)
+                demo_node(reading.address, pki, TENANT, paths.cache / "demo" / "node", demo_audio_path(),
+                          heading)
         heading("Done")
-        print("Frontend drained and Triton stopped. `make test` runs the suite; "
-              "`python bench/embed.py` benchmarks the full path.")
+        print(f"Node, frontend and Triton stopped after {time.perf_counter() - started:.0f} s. "
+              "`make test` runs the suite; `make bench` the benchmarks.")
     except PercolateError as err:
         print(f"percolate-demo: {err}", file=sys.stderr)
         return 2
