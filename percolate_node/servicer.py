@@ -173,6 +173,14 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             return moment_message(self.memory.get("moment", request.id))
         return await self._run("GetMoment", context, work)
 
+    async def FindEntities(self, request, context):
+        async def work():
+            if not request.name.strip():
+                raise InvalidRequestError("name is empty")
+            return pb.FindEntitiesResponse(
+                entities=[entity_message(e) for e in self.memory.repository.find_entities(request.name)])
+        return await self._run("FindEntities", context, work)
+
     async def PutEntity(self, request, context):
         async def work():
             entity = Entity(id=request.id, type=request.type, name=request.name,

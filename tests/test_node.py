@@ -97,6 +97,8 @@ def test_entities_links_traversal_moments_and_delete(node_env):
     resource_id = caller.GetDocument(pb.GetRequest(id=doc.document_id)).resource_ids[0]
     ada = caller.PutEntity(pb.PutEntityRequest(type="person", name="Ada Lovelace", aliases=["Ada"]))
     engine = caller.PutEntity(pb.PutEntityRequest(type="machine", name="Analytical Engine"))
+    found = caller.FindEntities(pb.FindEntitiesRequest(name="  ADA "))  # by alias, normalised
+    assert [e.id for e in found.entities] == [ada.id]
     caller.Link(pb.LinkRequest(from_id=ada.id, to_id=engine.id, relation="programmed"))
     caller.Link(pb.LinkRequest(from_id=ada.id, to_id=resource_id, relation="mentioned_in"))
     one = caller.Traverse(pb.TraverseRequest(start_id=engine.id, depth=1))
@@ -141,6 +143,13 @@ def test_callers_must_authenticate(node_env):
         assert_status(lambda: Caller(channel, "wrong-token-0123456789").Stats(pb.StatsRequest()),
                       grpc.StatusCode.UNAUTHENTICATED)
     assert caller.Stats(pb.StatsRequest()).tenant_id == TENANT
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(node.address) as channel:  # probes need no credentials
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        assert "percolate.node.v1.NodeService" in ProtoReflectionDescriptorDatabase(channel).get_services()
 
 
 def test_mutual_tls_callers(reading, pki, tmp_path):

@@ -44,6 +44,11 @@ class NodeServiceStub(object):
                 request_serializer=percolate_dot_node_dot_v1_dot_node__pb2.GetRequest.SerializeToString,
                 response_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.Moment.FromString,
                 )
+        self.FindEntities = channel.unary_unary(
+                '/percolate.node.v1.NodeService/FindEntities',
+                request_serializer=percolate_dot_node_dot_v1_dot_node__pb2.FindEntitiesRequest.SerializeToString,
+                response_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.FindEntitiesResponse.FromString,
+                )
         self.PutEntity = channel.unary_unary(
                 '/percolate.node.v1.NodeService/PutEntity',
                 request_serializer=percolate_dot_node_dot_v1_dot_node__pb2.PutEntityRequest.SerializeToString,
@@ -118,6 +123,13 @@ class NodeServiceServicer(object):
 
     def GetMoment(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindEntities(self, request, context):
+        """Live entities whose name or one of whose aliases matches (case and spacing ignored).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -197,6 +209,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.GetMoment,
                     request_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.GetRequest.FromString,
                     response_serializer=percolate_dot_node_dot_v1_dot_node__pb2.Moment.SerializeToString,
+            ),
+            'FindEntities': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindEntities,
+                    request_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.FindEntitiesRequest.FromString,
+                    response_serializer=percolate_dot_node_dot_v1_dot_node__pb2.FindEntitiesResponse.SerializeToString,
             ),
             'PutEntity': grpc.unary_unary_rpc_method_handler(
                     servicer.PutEntity,
@@ -342,6 +359,23 @@ class NodeService(object):
         return grpc.experimental.unary_unary(request, target, '/percolate.node.v1.NodeService/GetMoment',
             percolate_dot_node_dot_v1_dot_node__pb2.GetRequest.SerializeToString,
             percolate_dot_node_dot_v1_dot_node__pb2.Moment.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def FindEntities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/percolate.node.v1.NodeService/FindEntities',
+            percolate_dot_node_dot_v1_dot_node__pb2.FindEntitiesRequest.SerializeToString,
+            percolate_dot_node_dot_v1_dot_node__pb2.FindEntitiesResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
