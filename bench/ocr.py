@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import common  # noqa: E402  (puts the project root on sys.path)
 
+from percolate_common.edit_distance import edit_distance
 from percolate_triton import TritonConfig, TritonServer
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
@@ -43,16 +44,6 @@ def make_images(count: int, seed: int = 3) -> list[tuple[bytes, str]]:
         image.save(buffer, format="PNG")
         images.append((buffer.getvalue(), "".join("".join(lines).split())))
     return images
-
-
-def edit_distance(a: str, b: str) -> int:
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
 
 
 def accuracy(found: list[str], expected: str) -> float:

@@ -1,7 +1,8 @@
 """Prometheus metrics of a tenant node (names fixed by ARCHITECTURE.md), by tenant."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from percolate_common.metrics_http import MetricsEndpoint
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class NodeMetrics:
@@ -28,18 +29,15 @@ class NodeMetrics:
         self.agent_execution = Histogram("percolate_agent_execution_seconds",
                                          "Time of one agent execution", ["tenant_id"],
                                          registry=self.registry)
-        self._http = None
+        self._endpoint = MetricsEndpoint(self.registry)
 
     def observe(self, method: str, status: str, seconds: float) -> None:
         self.request_duration.labels(self.tenant_id, method).observe(seconds)
         self.requests.labels(self.tenant_id, method, status).inc()
 
     def serve(self, host: str, port: int) -> int:
-        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
-        return self._http.server_port
+        """Serve /metrics over HTTP; returns the bound port."""
+        return self._endpoint.serve(host, port)
 
     def stop(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
+        self._endpoint.stop()

@@ -175,7 +175,7 @@ class TritonServer:
         if not self.log_path or not self.log_path.exists():
             return "no log"
         lines = [l for l in self.log_path.read_text(errors="replace").splitlines()
-                 if l.startswith("E") or "error" in l.lower()]
+                 if l[:1] in ("E", "F") or "error" in l.lower()]  # glog: Error, Fatal
         return lines[-1].strip() if lines else "no error line in the log"
 
     def stop(self) -> None:

@@ -10,7 +10,8 @@ import time
 import urllib.request
 from collections import deque
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from percolate_common.metrics_http import MetricsEndpoint
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 THROUGHPUT_WINDOW_S = 10.0
@@ -50,7 +51,7 @@ class ReadingMetrics:
         throughput.set_function(self._throughput)
         self.gpu = _GpuUtilization()
         self.registry.register(self.gpu)
-        self._http = None
+        self._endpoint = MetricsEndpoint(self.registry)
 
     def observe(self, operation: str, tenant: str, status: str, seconds: float) -> None:
         self.duration.labels(operation).observe(seconds)
@@ -65,14 +66,10 @@ class ReadingMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP; returns the bound port."""
-        self._http, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return self._http.server_port
+        return self._endpoint.serve(host, port)
 
     def stop(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
+        self._endpoint.stop()
 
     def scrape_triton_gpu(self, triton_metrics_url: str) -> None:
         """Read Triton's metrics once (blocking; run it in a thread)."""

@@ -375,13 +375,9 @@ def normalise_words(text: str) -> list[str]:
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
+    from percolate_common.edit_distance import edit_distance
+
     ref, hyp = normalise_words(reference), normalise_words(hypothesis)
     if not ref:
         return float(bool(hyp))
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1] / len(ref)
+    return edit_distance(ref, hyp) / len(ref)

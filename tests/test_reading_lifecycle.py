@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from percolate.reading.v1 import reading_pb2 as pb
 from percolate.reading.v1 import reading_pb2_grpc
-from percolate_triton import TritonConfig, TritonServer
+from percolate_triton import TritonConfig, TritonServer, TritonStartError
 from reading_frontend.embedded import EmbeddedReading
 from tests.conftest import frontend_config, tenant_channel
 from tests.test_ocr_pipeline import CASES
@@ -172,16 +172,27 @@ def test_triton_killed_mid_load_then_restarted(paths, pki, tmp_path):
         assert set(errors) == {grpc.StatusCode.UNAVAILABLE}  # at once, not after the 10 s deadline
         wait_for(lambda: health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING,
                  what="NOT_SERVING")
-        restarted = TritonServer(replace(triton.config)).__enter__()  # same ports
+        stop.set()
+        worker.join()
+        restarted = restart(triton.config)
         try:
             wait_for(lambda: health_status(channel) == health_pb2.HealthCheckResponse.SERVING,
                      what="SERVING again")
-            stop.set()
-            worker.join()
             assert stub.Embed(pb.EmbedRequest(texts=["after"]), timeout=30).dimensions == 384
         finally:
-            stop.set()
             restarted.stop()
+
+
+def restart(config: TritonConfig) -> TritonServer:
+    """Triton again on the same ports. Its own gRPC core sometimes aborts while starting
+    right after a kill (``ev_epoll1_linux.cc: Check failed``, about 1 start in 5 here):
+    that is Triton's bug, not the frontend's, so one more start is allowed."""
+    try:
+        return TritonServer(replace(config)).__enter__()
+    except TritonStartError as err:
+        if "exited with code -6" not in str(err):
+            raise
+        return TritonServer(replace(config)).__enter__()
 
 
 def test_request_content_is_not_kept(reading, reading_stub, paths, triton, caplog):
