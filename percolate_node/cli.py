@@ -24,6 +24,7 @@ import grpc
 
 from .client import NodeClient, NodeTarget, bulk_ingest, files_under
 from .config import NodeConfig
+from .store.errors import StoreError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -123,7 +124,7 @@ def _admin(args: argparse.Namespace) -> int:
             print(f"purged: {MemoryRepository(store).purge()}")
         elif args.action == "rotate-dek":
             store.rotate_dek()
-            store.reseal(progress=lambda done, total: print(f"\rre-sealed {done}/{total}", end=""))
+            store.reseal(progress=lambda p: print(f"\rre-sealed {p.resealed} of {p.scanned} values", end=""))
             store.retire_old_deks()
             print("\nnew data key in use; old values re-sealed; old key retired")
         elif args.action == "rotate-kek":
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as err:
         print(f"percolate: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, StoreError) as err:
         print(f"percolate: {err}", file=sys.stderr)
         return 2
 
