@@ -4,7 +4,7 @@ sentence-transformers.
 The same sentences (2,048; 512 with --quick) go through
   (f) the full path: Embed over mutual TLS to the reading frontend (its own process),
       which tokenises, pads to length buckets and calls Triton; 32 texts per request,
-      1 and 4 concurrent clients (4 saturates these 2 cores);
+      1, 2 and 4 concurrent clients (the clients share these 2 cores with the servers);
   (a) Triton's ``text_embedding`` over gRPC, tokenised in the client, batch 32, with
       1 and 4 concurrent clients (the dynamic batcher merges their requests);
   (b) onnxruntime in this process on the same ``model.onnx`` Triton serves;
@@ -94,6 +94,7 @@ def main() -> None:
     }
     with TritonServer(TritonConfig.from_env()) as triton, common.FrontendProcess(triton.grpc_url) as frontend:
         systems["full path, 1 client (f)"] = frontend_embedder(frontend, 1)
+        systems["full path, 2 clients (f)"] = frontend_embedder(frontend, 2)
         systems["full path, 4 clients (f)"] = frontend_embedder(frontend, 4)
         systems["Triton, 1 client (a)"] = triton_embedder(triton.grpc_url, tokenizer, 1)
         systems["Triton, 4 clients (a)"] = triton_embedder(triton.grpc_url, tokenizer, 4)

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIB = 1 << 20
+DEFAULT_IN_FLIGHT = max(2, len(os.sched_getaffinity(0)))
+"""One request per core: the frontend's own work (tokenising, decoding, protobuf) is CPU
+bound, and more at once only makes requests fight for the cores (measured on 2 cores:
+4 in flight gave 0.78x the throughput of 2)."""
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,7 @@ class FrontendConfig:
     insecure: bool = False
     """Plaintext, tenant taken from the request: local experiments only."""
     max_message_bytes: int = 64 * MIB
-    max_in_flight: int = 4
+    max_in_flight: int = DEFAULT_IN_FLIGHT
     """Requests processed at once; the rest wait in the fair queue."""
     max_queue_depth: int = 256
     max_queue_per_tenant: int = 128
