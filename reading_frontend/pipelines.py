@@ -20,7 +20,7 @@ from percolate_models.paths import ProjectPaths
 from . import ocr as ocr_lib
 from . import speech
 from .config import FrontendConfig
-from .errors import BackendUnavailableError, InvalidInputError, NotFoundError, TooLargeError
+from .errors import InvalidInputError, NotFoundError, TooLargeError
 from .parsing import (Block, Chunk, Page, ParsedDocument, ParseLimits, chunk_document,
                       parse_document)
 from .text import TextTokenizer
@@ -252,10 +252,6 @@ class ReadingPipelines:
         return [{"name": spec.name, "description": spec.description,
                  "versions": [index[spec.name]["version"]] if spec.name in index else [],
                  "state": index.get(spec.name, {}).get("state", "MISSING")} for spec in MODELS]
-
-    async def ensure_ready(self) -> None:
-        if not await self.triton.ready():
-            raise BackendUnavailableError("the inference server is not ready; retry shortly")
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -60,7 +60,8 @@ def reading(triton, pki, paths):
     """The reading frontend with mutual TLS in front of the session's Triton."""
     from reading_frontend.embedded import EmbeddedReading
 
-    with EmbeddedReading(frontend_config(triton, pki), paths) as server:
+    # 4 in flight (not one per core): tests send concurrent requests that Triton must batch
+    with EmbeddedReading(frontend_config(triton, pki, max_in_flight=4), paths) as server:
         yield server
 
 

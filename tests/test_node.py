@@ -6,7 +6,7 @@ import secrets
 import urllib.request
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import grpc
 import pytest
