@@ -27,6 +27,7 @@ from percolate.node.v1 import node_pb2 as npb
 from percolate.reading.v1 import reading_pb2 as rpb
 from percolate.reading.v1 import reading_pb2_grpc
 from percolate_node.client import NodeClient, NodeTarget
+from percolate_node.config import NodeConfig
 from percolate_node.store import generate_kek
 from percolate_triton import TritonConfig, TritonServer
 
@@ -72,11 +73,10 @@ def start_node(frontend: common.FrontendProcess, root: Path) -> tuple[subprocess
     token.write_text(secrets.token_hex(16))
     generate_kek(root / "kek.bin")
     creds = frontend.pki.tenants["bench-a"]
-    env = {**os.environ, "PERCOLATE_NODE_TENANT_ID": "bench-a", "PERCOLATE_NODE_DATA_DIR": str(root / "data"),
-           "PERCOLATE_NODE_KEK_FILE": str(root / "kek.bin"), "PERCOLATE_NODE_READING_URL": frontend.address,
-           "PERCOLATE_NODE_READING_CA": str(creds.ca), "PERCOLATE_NODE_READING_CERT": str(creds.cert),
-           "PERCOLATE_NODE_READING_KEY": str(creds.key), "PERCOLATE_NODE_TOKEN_FILE": str(token),
-           "PERCOLATE_NODE_METRICS_PORT": "-1"}
+    config = NodeConfig(tenant_id="bench-a", data_dir=root / "data", kek_file=root / "kek.bin",
+                        reading_url=frontend.address, reading_ca=creds.ca, reading_cert=creds.cert,
+                        reading_key=creds.key, token_file=token, metrics_port=-1)
+    env = {**os.environ, **config.to_env()}
     process = subprocess.Popen([sys.executable, "-m", "percolate_node.cli", "serve"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=common.ROOT)
     address = process.stdout.readline().split(" on ")[1].split(",")[0]

@@ -33,6 +33,21 @@ class NodeConfig:
     reading_timeout_s: float = 300.0
     drain_grace_s: float = 20.0
 
+    def to_env(self) -> dict[str, str]:
+        """The ``PERCOLATE_NODE_*`` variables that ``from_env`` reads back as this config
+        (to start ``percolate serve`` as a separate process)."""
+        names = {"tenant_id": "TENANT_ID", "data_dir": "DATA_DIR", "kek_file": "KEK_FILE",
+                 "reading_url": "READING_URL", "reading_ca": "READING_CA", "reading_cert": "READING_CERT",
+                 "reading_key": "READING_KEY", "host": "HOST", "port": "PORT", "metrics_port": "METRICS_PORT",
+                 "tls_cert": "TLS_CERT", "tls_key": "TLS_KEY", "tls_client_ca": "TLS_CLIENT_CA",
+                 "token_file": "TOKEN_FILE", "reading_timeout_s": "READING_TIMEOUT_S",
+                 "drain_grace_s": "DRAIN_GRACE_S"}
+        env = {f"PERCOLATE_NODE_{name}": str(getattr(self, field)) for field, name in names.items()
+               if getattr(self, field) is not None}
+        if self.reading_service_config:
+            env["PERCOLATE_READING_SERVICE_CONFIG"] = self.reading_service_config
+        return env
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "NodeConfig":
         env = os.environ if env is None else env

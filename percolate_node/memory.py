@@ -70,21 +70,27 @@ class NodeMemory:
     def index_size(self) -> int:
         return len(self.index)
 
+    def _meta(self, resource: Resource, created: datetime | None = None,
+              entity_types: set[str] | None = None) -> ResourceMeta:
+        """Filter metadata of a chunk; ``created`` and ``entity_types`` are looked up when not given."""
+        if created is None:
+            document = self.repository.get_document(resource.document_id)
+            created = document.created if document else datetime.now(timezone.utc)
+        if entity_types is None:
+            entity_types = self.repository.linked_entity_types(resource.id)
+        return ResourceMeta(uri=resource.uri, document_id=resource.document_id, created=created,
+                            entity_types=frozenset(entity_types))
+
     def rebuild_index(self) -> float:
         """Fill the in-memory indexes from the store (at start; they are never on disk)."""
         started = time.perf_counter()
         created = {d.id: d.created for d in self.repository.iter_documents()}
-        self.index.rebuild((r.id, r.embedding, r.text, self._meta(r, created.get(r.document_id)))
+        types = self.repository.entity_types_by_record()
+        self.index.rebuild((r.id, r.embedding, r.text,
+                            self._meta(r, created.get(r.document_id), types.get(r.id, set())))
                            for r in self.repository.iter_resources())
         self.rebuild_seconds = time.perf_counter() - started
         return self.rebuild_seconds
-
-    def _meta(self, resource: Resource, created: datetime | None = None) -> ResourceMeta:
-        if created is None:
-            document = self.repository.get_document(resource.document_id)
-            created = document.created if document else datetime.now(timezone.utc)
-        return ResourceMeta(uri=resource.uri, document_id=resource.document_id, created=created,
-                            entity_types=frozenset(self.repository.linked_entity_types(resource.id)))
 
     async def ingest(self, content: bytes, filename: str, uri: str = "", ocr: int = 0,
                      chunk_tokens: int = 0) -> IngestOutcome:
@@ -119,7 +125,8 @@ class NodeMemory:
                     self.index.remove(resource_id(uri, stale))
                     stale += 1
                 for resource in resources:
-                    self.index.add(resource.id, resource.embedding, resource.text, self._meta(resource, now))
+                    # a chunk written just now has no links yet
+                    self.index.add(resource.id, resource.embedding, resource.text, self._meta(resource, now, set()))
         return IngestOutcome(doc_id, result.new, len(resources), len(parsed.pages), parsed.format,
                              tuple(parsed.warnings), moment.id if result.new else "")
 

@@ -23,6 +23,16 @@ CHANNEL_ARGS = [
 ]
 
 
+def infer_inputs(inputs: dict[str, np.ndarray]) -> list[InferInput]:
+    """Triton request tensors from numpy arrays (shared by the sync and async clients)."""
+    tensors = []
+    for name, array in inputs.items():
+        tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
 class AsyncTriton:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -32,14 +42,9 @@ class AsyncTriton:
                     timeout_s: float) -> dict[str, np.ndarray]:
         if timeout_s <= 0:
             raise DeadlineError("the deadline passed before the model was called")
-        tensors = []
-        for name, array in inputs.items():
-            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
         try:
             result = await self._client.infer(
-                model, tensors, outputs=[InferRequestedOutput(n) for n in outputs],
+                model, infer_inputs(inputs), outputs=[InferRequestedOutput(n) for n in outputs],
                 client_timeout=timeout_s)
         except InferenceServerException as err:
             raise _translate(err, model) from None

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import np_to_triton_dtype
 
 from percolate_models.catalog import model_by_name
+
+from .triton_client import infer_inputs
 
 
 class TritonModels:
@@ -19,13 +20,8 @@ class TritonModels:
         self._client = grpcclient.InferenceServerClient(url)
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        tensors = []
-        for name, array in inputs.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
         result = self._client.infer(
-            model, tensors, outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
+            model, infer_inputs(inputs), outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
             client_timeout=self.timeout_s)
         return {name: result.as_numpy(name) for name in outputs}
 

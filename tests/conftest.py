@@ -81,3 +81,20 @@ def reading_stub(reading, pki):
 
     with tenant_channel(reading, pki) as channel:
         yield reading_pb2_grpc.ReadingServiceStub(channel)
+
+
+@pytest.fixture
+def kek() -> bytes:
+    """A random tenant key-encryption key."""
+    import os
+
+    return os.urandom(32)
+
+
+@pytest.fixture
+def store(tmp_path, kek):
+    """A fresh encrypted store for tenant-a on disk."""
+    from percolate_node.store import EncryptedStore
+
+    with EncryptedStore.open(tmp_path / "db", "tenant-a", kek) as store:
+        yield store

@@ -51,3 +51,13 @@ def test_keys_and_admin_commands(tmp_path):
     assert run("admin", "shred", "--yes", env=env).returncode == 0
     with pytest.raises(StoreError):
         EncryptedStore.open(tmp_path / "data", "acme", load_kek(tmp_path / "kek2.bin"), create=False)
+
+
+def test_config_round_trips_through_the_environment(tmp_path):
+    from pathlib import Path
+
+    from percolate_node.config import NodeConfig
+
+    config = NodeConfig(tenant_id="acme", data_dir=tmp_path / "d", kek_file=tmp_path / "k", port=7443,
+                        reading_cert=Path("/c.pem"), token_file=tmp_path / "t", reading_service_config="{}")
+    assert NodeConfig.from_env(config.to_env()) == config

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import grpc
 
@@ -29,12 +30,7 @@ def documents(count: int) -> list[bytes]:
 
 class NodeProcess:
     def __init__(self, config) -> None:
-        env = {**os.environ, "PERCOLATE_NODE_TENANT_ID": config.tenant_id,
-               "PERCOLATE_NODE_DATA_DIR": str(config.data_dir), "PERCOLATE_NODE_KEK_FILE": str(config.kek_file),
-               "PERCOLATE_NODE_READING_URL": config.reading_url, "PERCOLATE_NODE_READING_CA": str(config.reading_ca),
-               "PERCOLATE_NODE_READING_CERT": str(config.reading_cert),
-               "PERCOLATE_NODE_READING_KEY": str(config.reading_key),
-               "PERCOLATE_NODE_TOKEN_FILE": str(config.token_file), "PERCOLATE_NODE_METRICS_PORT": "-1"}
+        env = {**os.environ, **replace(config, metrics_port=-1).to_env()}
         self.process = subprocess.Popen([sys.executable, "-m", "percolate_node.cli", "serve"], env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.process.stdout.readline()

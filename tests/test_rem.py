@@ -1,7 +1,6 @@
 """The REM model over the encrypted store, on real RocksDB in temporary directories."""
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -14,17 +13,6 @@ from percolate_node.store import EncryptedStore
 from percolate_node.store.layout import DOCUMENT_RESOURCES, EDGES, MOMENT_TIMES, NAMES, URIS
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def kek() -> bytes:
-    return os.urandom(32)
-
-
-@pytest.fixture
-def store(tmp_path, kek):
-    with EncryptedStore.open(tmp_path / "db", "tenant-a", kek) as store:
-        yield store
 
 
 @pytest.fixture

@@ -24,17 +24,6 @@ from percolate_node.store.layout import DATA_FAMILIES, DOCUMENTS, KEYS, RESOURCE
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def kek() -> bytes:
-    return os.urandom(32)
-
-
-@pytest.fixture
-def store(tmp_path, kek):
-    with EncryptedStore.open(tmp_path / "db", "tenant-a", kek) as store:
-        yield store
-
-
 def fingerprint(root: Path) -> dict[str, tuple]:
     """Every file and directory under ``root`` with size, mtime and content hash."""
     found = {}

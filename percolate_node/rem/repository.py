@@ -120,6 +120,19 @@ class MemoryRepository:
             if not document.deleted:
                 yield document
 
+    def entity_types_by_record(self) -> dict[str, set[str]]:
+        """For every record linked to a live entity, the types of those entities: one pass
+        over the entities (few) instead of an edge scan per chunk when indexes are rebuilt."""
+        types: dict[str, set[str]] = {}
+        for _, data in self._store.items(ENTITIES):
+            entity = decode(Entity, data)
+            if entity.deleted:
+                continue
+            for edge in self._edges_of(entity.id):
+                other = edge.to_id if edge.from_id == entity.id else edge.from_id
+                types.setdefault(other, set()).add(entity.type)
+        return types
+
     def linked_entity_types(self, record_id: str) -> set[str]:
         """Types of the live entities linked to ``record_id`` (search filters by them)."""
         types = set()
