@@ -9,9 +9,14 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # 1. The package and its pinned runtime dependencies in a virtual environment.
 FROM ${PYTHON_IMAGE} AS runtime-env
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+# A C compiler and OpenSSL's headers build the store's AES-GCM extension (setup.py);
+# they stay in this stage: the image needs only libssl3, which the base image has.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY percolate ./percolate
 COPY percolate_models ./percolate_models
 COPY percolate_triton ./percolate_triton

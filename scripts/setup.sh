@@ -7,9 +7,14 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
-# perf_analyzer's libb64; a font for test images; Node.js for the any-language client test
-APT_PACKAGES=(libb64-0d fonts-dejavu-core)
+# perf_analyzer's libb64; a font for test images; a C compiler and OpenSSL's headers for
+# the store's AES-GCM extension (setup.py); Node.js for the any-language client test
+APT_PACKAGES=(libb64-0d fonts-dejavu-core gcc libc6-dev libssl-dev)
 command -v node >/dev/null && command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
+# Python's own headers: a Debian python3.11 needs its -dev package (pyenv and python.org builds ship them)
+if command -v "$PYTHON" >/dev/null && [ ! -f "$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; then
+  APT_PACKAGES+=("${PYTHON##*/}-dev")
+fi
 STAMP_DIR=.cache/setup
 mkdir -p "$STAMP_DIR"
 step() { printf '\n==> %s\n' "$*"; }
@@ -33,7 +38,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
-deps_hash=$(sha256sum pyproject.toml | cut -c1-16)
+# pip reinstalls (and rebuilds the extension) when the dependencies or the C source change
+deps_hash=$(cat pyproject.toml setup.py percolate_node/store/_gcm.c | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMP_DIR/pip" 2>/dev/null)" != "$deps_hash" ]; then
   step "installing Python packages (runtime + export + dev extras; a few minutes the first time)"
   "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -666,17 +666,13 @@ def _entry_point(image: str) -> tuple[list[str], list[str]]:
 
 @pytest.mark.parametrize("image", DOCKERFILES)
 def test_dockerfile_entry_point_is_a_console_script(image):
-    """The entry point runs (`<script> serve --help`) through pyproject's console script.
-
-    `percolate-node` is pending (the tenant node is being written): until pyproject.toml
-    declares it, this test reports XFAIL, and it runs for real as soon as it exists."""
+    """The entry point runs (`<script> serve --help`) through pyproject's console script."""
     entrypoint, cmd = _entry_point(image)
     assert len(entrypoint) == 1 and cmd == ["serve"]
     chart = render(*VALUE_SETS["reading-defaults" if image == "reading" else "node-tenant-a"])
     assert container(chart, "frontend" if image == "reading" else "node")["args"] == cmd
     scripts = console_scripts()
-    if entrypoint[0] not in scripts:
-        pytest.xfail(f"{entrypoint[0]} is not yet a console script in pyproject.toml (pending: the tenant node)")
+    assert entrypoint[0] in scripts, f"{entrypoint[0]} is not a console script in pyproject.toml"
     module, function = scripts[entrypoint[0]].split(":")
     code = f"import sys, {module} as m; sys.exit(m.{function}({cmd + ['--help']!r}))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)

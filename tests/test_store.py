@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from rocksdict import Options, Rdict
 
 from percolate_node.store import (Delete, EncryptedStore, Put, ShreddedError, StoreError, TamperedValueError,
@@ -230,7 +231,7 @@ def test_value_moved_to_another_key_or_family_fails_to_open(tmp_path, kek):
 
 def test_sealed_values_are_bound_to_tenant_family_key_and_dek():
     dek = os.urandom(32)
-    sealed = Sealer("tenant-a", {1: dek}).seal(DOCUMENTS, b"key", b"value", os.urandom(12))
+    sealed = Sealer("tenant-a", {1: dek}).seal(DOCUMENTS, b"key", b"value")
     assert Sealer("tenant-a", {1: dek}).open(DOCUMENTS, b"key", sealed) == b"value"
     for sealer, cf, key in [(Sealer("tenant-b", {1: dek}), DOCUMENTS, b"key"),
                             (Sealer("tenant-a", {1: dek}), RESOURCES, b"key"),
@@ -240,6 +241,53 @@ def test_sealed_values_are_bound_to_tenant_family_key_and_dek():
     relabelled = sealed[:1] + (2).to_bytes(4, "big") + sealed[5:]  # claims another DEK (holding the same key)
     with pytest.raises(TamperedValueError, match="tag mismatch"):
         Sealer("tenant-a", {1: dek, 2: dek}).open(DOCUMENTS, b"key", relabelled)
+
+
+def _reference_seal(dek: bytes, dek_id: int, context: bytes, key: bytes, value: bytes) -> bytes:
+    """The sealed format built with ``cryptography``'s AESGCM, independently of ``_gcm``."""
+    header, nonce = bytes([1]) + dek_id.to_bytes(4, "big"), os.urandom(12)
+    return header + nonce + AESGCM(dek).encrypt(nonce, value, header + context + key)
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 64, 2048, 100_003])
+@pytest.mark.parametrize("key_size", [1, 16, 300])  # 300: associated data past the one-update buffer
+def test_native_sealing_matches_an_independent_aes_gcm(size, key_size):
+    deks = {1: os.urandom(32), 7: os.urandom(32)}
+    sealer, key, value = Sealer("tenant-a", deks), os.urandom(key_size), os.urandom(size)
+    context = b"tenant-a\0" + DOCUMENTS.encode() + b"\0"
+    sealed = sealer.seal(DOCUMENTS, key, value)
+    assert sealed[:5] == bytes([1, 0, 0, 0, 7]) and len(sealed) == 5 + 12 + size + 16, "active DEK = highest id"
+    assert AESGCM(deks[7]).decrypt(sealed[5:17], sealed[17:], sealed[:5] + context + key) == value
+    for dek_id in deks:
+        assert sealer.open(DOCUMENTS, key, _reference_seal(deks[dek_id], dek_id, context, key, value)) == value
+    flipped = bytearray(sealed)
+    flipped[-1 - size // 2] ^= 1  # a ciphertext (or, when empty, tag) bit
+    with pytest.raises(TamperedValueError, match="tag mismatch"):
+        sealer.open(DOCUMENTS, key, bytes(flipped))
+
+
+def test_native_sealing_refuses_malformed_values_and_keeps_nonces_unique_across_fork():
+    sealer = Sealer("tenant-a", {3: os.urandom(32)})
+    for sealed, reason in [(b"", "malformed header"), (b"\x02" + bytes(40), "malformed header"),
+                           (bytes([1, 0, 0, 0, 9]) + bytes(40), "DEK 9, which this keyring does not hold"),
+                           (bytes([1, 0, 0, 0, 3]) + bytes(20), "truncated")]:
+        with pytest.raises(TamperedValueError, match=reason):
+            sealer.open(DOCUMENTS, b"key", sealed)
+    with pytest.raises(TypeError):
+        sealer.seal(DOCUMENTS, b"key", "text")
+    sealer.seal(DOCUMENTS, b"key", b"fills the nonce pool")
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child's nonces must not repeat the parent's pool
+        os.write(write_end, b"".join(sealer.seal(DOCUMENTS, b"key", b"x")[5:17] for _ in range(8)))
+        os._exit(0)
+    os.waitpid(child, 0)
+    os.close(write_end)
+    theirs = os.read(read_end, 8 * 12)
+    ours = b"".join(sealer.seal(DOCUMENTS, b"key", b"x")[5:17] for _ in range(8))
+    os.close(read_end)
+    assert len(theirs) == 96
+    assert not {theirs[i:i + 12] for i in range(0, 96, 12)} & {ours[i:i + 12] for i in range(0, 96, 12)}
 
 
 def test_dek_rotation_online(store):

@@ -1,6 +1,7 @@
 """AES-256-GCM: sealing values with DEKs and wrapping keys with the KEK.
 
-A sealed value is ``version (1) | DEK id (4, big-endian) | nonce (12) | ciphertext | tag (16)``.
+A sealed value is ``version (1) | DEK id (4, big-endian) | nonce (12) | ciphertext | tag (16)``
+(written and read by the ``_gcm`` extension; the KEK wrapping below uses ``cryptography``).
 Its associated data is ``version | DEK id | tenant | 0 | column family | 0 | key``, so a
 value opens only at the exact tenant, column family and key it was written to, and
 its header cannot be edited to point at another DEK. Nonces are random (96 bits): keep
@@ -9,12 +10,12 @@ each DEK under 2**32 seals (rotate) to stay inside GCM's random-nonce bound.
 from __future__ import annotations
 
 import os
-import struct
-from typing import Iterator, Mapping
+from typing import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from percolate_node.store import _gcm
 from percolate_node.store.errors import TamperedValueError
 
 FORMAT_VERSION = 1
@@ -22,10 +23,8 @@ WRAP_VERSION = 1
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
-_HEADER = struct.Struct(">BI")
-HEADER_BYTES = _HEADER.size
-_BODY = HEADER_BYTES + NONCE_BYTES
-_MIN_SEALED = _BODY + TAG_BYTES
+HEADER_BYTES = 5  # version and DEK id
+_MIN_SEALED = HEADER_BYTES + NONCE_BYTES + TAG_BYTES
 
 
 def sealed_dek_id(sealed: bytes) -> int | None:
@@ -39,51 +38,42 @@ class Sealer:
     """Seals and opens one tenant's values; the highest DEK id seals new writes.
 
     Its keys never change: the store builds a new Sealer when the keyring changes, so
-    readers on other threads always see one consistent set. Ciphers and associated-data
-    prefixes are cached by (column family, 5-byte header): one dict hit and one AEAD call
-    per value.
+    readers on other threads always see one consistent set. The AEAD work is one call
+    into ``_gcm`` (OpenSSL contexts kept per DEK, nonces from OpenSSL's CSPRNG); this
+    class adds the per-column-family context and turns failures into
+    ``TamperedValueError`` naming the key.
     """
 
     def __init__(self, tenant_id: str, deks: Mapping[int, bytes]) -> None:
         self.active = max(deks)
-        self._tenant = tenant_id.encode()
-        self._ciphers = {_HEADER.pack(FORMAT_VERSION, dek_id): AESGCM(dek) for dek_id, dek in deks.items()}
-        self._active_header = _HEADER.pack(FORMAT_VERSION, self.active)
-        self._openers: dict[tuple[str, bytes], tuple[AESGCM, bytes]] = {}
+        self.tenant_id = tenant_id
+        self.keys = _gcm.Keys(dict(deks), self.active)  # .seal(context, key, value): the store's hot path
+        self._dek_ids = frozenset(deks)
+        self._contexts: dict[str, bytes] = {}
 
     def __contains__(self, dek_id: int) -> bool:
-        return _HEADER.pack(FORMAT_VERSION, dek_id) in self._ciphers
+        return dek_id in self._dek_ids
 
-    def seal(self, cf: str, key: bytes, value: bytes, nonce: bytes) -> bytes:
-        """Seal with the active DEK; ``nonce`` is 12 fresh bytes from ``nonces()``, never reused."""
-        header = self._active_header
-        cipher, context = self._openers.get((cf, header)) or self._opener(cf, key, header)
-        return b"".join((header, nonce, cipher.encrypt(nonce, value, context + key)))
+    def seal(self, cf: str, key: bytes, value: bytes) -> bytes:
+        """``value`` sealed with the active DEK and a fresh random nonce, bound to (tenant, cf, key)."""
+        return self.keys.seal(self._context(cf), key, value)
 
     def open(self, cf: str, key: bytes, sealed: bytes) -> bytes:
-        header = sealed[:HEADER_BYTES]
-        cipher, context = self._openers.get((cf, header)) or self._opener(cf, key, header)
         try:
-            return cipher.decrypt(sealed[HEADER_BYTES:_BODY], memoryview(sealed)[_BODY:], context + key)
-        except (InvalidTag, ValueError):  # ValueError: truncated below a nonce and a tag
-            raise TamperedValueError(cf, key, "authentication tag mismatch") from None
+            return self.keys.open(self._contexts.get(cf) or self._context(cf), key, sealed)
+        except ValueError as error:  # tag mismatch, malformed or truncated, unknown DEK
+            raise TamperedValueError(cf, key, str(error)) from None
 
-    def _opener(self, cf: str, key: bytes, header: bytes) -> tuple[AESGCM, bytes]:
-        """The cipher and associated-data prefix for values with this header in ``cf``."""
-        if len(header) < HEADER_BYTES or header[0] != FORMAT_VERSION:
-            raise TamperedValueError(cf, key, "malformed header")
-        cipher = self._ciphers.get(header)
-        if cipher is None:
-            dek_id = int.from_bytes(header[1:], "big")
-            raise TamperedValueError(cf, key, f"sealed with DEK {dek_id}, which this keyring does not hold")
-        opener = self._openers[(cf, header)] = (cipher, header + self._tenant + b"\0" + cf.encode() + b"\0")
-        return opener
+    def _context(self, cf: str) -> bytes:
+        context = self._contexts.get(cf)
+        if context is None:
+            context = self._contexts[cf] = sealing_context(self.tenant_id, cf)
+        return context
 
 
-def nonces(count: int) -> Iterator[bytes]:
-    """``count`` random 96-bit nonces from one read of the OS CSPRNG (a syscall per batch, not per value)."""
-    pool = os.urandom(NONCE_BYTES * count)
-    return (pool[i:i + NONCE_BYTES] for i in range(0, len(pool), NONCE_BYTES))
+def sealing_context(tenant_id: str, cf: str) -> bytes:
+    """The associated data between a sealed value's header and its key: ``tenant 0 cf 0``."""
+    return tenant_id.encode() + b"\0" + cf.encode() + b"\0"
 
 
 def wrap(kek: bytes, secret: bytes, context: bytes) -> bytes:

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 from rocksdict import BottommostLevelCompaction, CompactOptions, Rdict, WriteBatch, WriteOptions
 
 from percolate_node.store import rocks
-from percolate_node.store.crypto import KEY_BYTES, Sealer, nonces, sealed_dek_id
+from percolate_node.store.crypto import KEY_BYTES, Sealer, sealed_dek_id, sealing_context
 from percolate_node.store.errors import StoreError
 from percolate_node.store.keyring import (SHREDDED, Keyring, dek_record, shredded_marker,
                                           write_keyring_file)
@@ -65,7 +65,7 @@ class EncryptedStore:
         self._views = {cf: db.get_column_family(cf) for cf in COLUMN_FAMILIES}
         self._handles = {cf: db.get_column_family_handle(cf) for cf in COLUMN_FAMILIES}
         self._data_views = {cf: self._views[cf] for cf in DATA_FAMILIES}  # what callers may touch
-        self._data_handles = {cf: self._handles[cf] for cf in DATA_FAMILIES}
+        self._targets = {cf: (self._handles[cf], sealing_context(self.tenant_id, cf)) for cf in DATA_FAMILIES}
         self._sync = WriteOptions()
         self._sync.sync = True
         self._lock = threading.RLock()  # serialises writers with re-seal and key changes
@@ -109,22 +109,25 @@ class EncryptedStore:
         """Apply ``ops`` as one synced WriteBatch: all of them are on disk, or none is."""
         batch = WriteBatch(raw_mode=True)
         with self._lock:
-            sealer, handles, fresh = self._sealer, self._data_handles, nonces(len(ops))
+            # The hot loop of every ingest: one native seal per Put, type checks left to it.
+            seal, targets = self._sealer.keys.seal, self._targets
             for op in ops:
-                if type(op) is not Put and type(op) is not Delete:
-                    raise StoreError(f"write takes Put and Delete operations, not {type(op).__name__}")
-                handle = handles.get(op.cf)
-                if handle is None:
-                    raise self._unknown(op.cf)
-                key = op.key
-                if type(key) is not bytes or not key:
-                    raise StoreError(f"keys are non-empty bytes, got {type(key).__name__} for {op.cf}")
-                if type(op) is Delete:
-                    batch.delete(key, handle)
-                elif type(op.value) is bytes:
-                    batch.put(key, sealer.seal(op.cf, key, op.value, next(fresh)), handle)
+                kind = type(op)
+                if kind is Put:
+                    target = targets.get(op.cf)
+                    if target is None or not op.key:
+                        raise self._bad_operation(op)
+                    try:
+                        batch.put(op.key, seal(target[1], op.key, op.value), target[0])
+                    except TypeError:  # key or value not bytes
+                        raise self._bad_operation(op) from None
+                elif kind is Delete:
+                    target = targets.get(op.cf)
+                    if target is None or type(op.key) is not bytes or not op.key:
+                        raise self._bad_operation(op)
+                    batch.delete(op.key, target[0])
                 else:
-                    raise StoreError(f"values are bytes, got {type(op.value).__name__} for {op.cf}/{key.hex()}")
+                    raise StoreError(f"write takes Put and Delete operations, not {kind.__name__}")
             self._commit(batch)
 
     def get(self, cf: str, key: bytes) -> bytes | None:
@@ -320,7 +323,7 @@ class EncryptedStore:
                 return
             self._closed = True
             views = list(self._views.values())
-            for family in (self._views, self._handles, self._data_views, self._data_handles):
+            for family in (self._views, self._handles, self._data_views, self._targets):
                 family.clear()
             rocks.close(self._db, views)
 
@@ -335,6 +338,14 @@ class EncryptedStore:
         if view is None:
             raise self._unknown(cf)
         return view
+
+    def _bad_operation(self, op: Put | Delete) -> StoreError:
+        """What is wrong with an operation ``write`` refused."""
+        if op.cf not in self._targets:
+            return self._unknown(op.cf)
+        if type(op.key) is not bytes or not op.key:
+            return StoreError(f"keys are non-empty bytes, got {type(op.key).__name__} for {op.cf}")
+        return StoreError(f"values are bytes, got {type(op.value).__name__} for {op.cf}/{op.key.hex()}")
 
     def _unknown(self, cf: str) -> StoreError:
         return StoreError(f"the store at {self.path} is closed" if self._closed else f"unknown column family {cf!r}")
@@ -376,12 +387,12 @@ class EncryptedStore:
             self._check_open()
             sealer, view, handle = self._sealer, self._views[cf], self._handles[cf]
             batch = WriteBatch(raw_mode=True)
-            moved, fresh = 0, nonces(len(keys))
+            moved = 0
             for key in keys:
                 sealed = view.get(key)
                 if sealed is None or sealed_dek_id(sealed) == sealer.active:
                     continue
-                batch.put(key, sealer.seal(cf, key, sealer.open(cf, key, sealed), next(fresh)), handle)
+                batch.put(key, sealer.seal(cf, key, sealer.open(cf, key, sealed)), handle)
                 moved += 1
             if moved:
                 self._commit(batch)
