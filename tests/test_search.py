@@ -3,6 +3,8 @@ reciprocal rank fusion, rebuild against incremental adds, and determinism."""
 from __future__ import annotations
 
 import math
+import random
+import re
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -220,6 +222,16 @@ def test_tokenizer_lowercases_unicode_words_and_drops_stop_words():
     assert tokenize("  ... !!! ") == []
 
 
+def test_ascii_fast_path_splits_exactly_as_the_unicode_rule():
+    every_ascii = "".join(map(chr, range(128)))
+    rng = random.Random(3)
+    samples = [every_ascii, "a-b_c d\te\x1cf\x0bg,h.i'j\"k(l)m", "end_"] + [
+        "".join(rng.choice(every_ascii) for _ in range(200)) for _ in range(300)]
+    for text in samples:
+        assert text.isascii()
+        assert tokenize(text, stop_words=()) == re.findall(r"\w+", text.lower()), repr(text)
+
+
 def test_bm25_ranks_the_document_with_the_rare_term_first():
     index = KeywordIndex()
     for i in range(50):
@@ -254,6 +266,37 @@ def test_bm25_handles_unknown_terms_and_empty_queries():
     assert index.search("the and of", 5) == []  # stop words only
     assert ids(index.search("gamma alpha", 5)) == ["a"]
     assert KeywordIndex().search("alpha", 5) == []
+
+
+def test_bm25_bulk_build_equals_adding_one_by_one_and_stays_editable():
+    rng = random.Random(7)
+    words = [f"w{i}" for i in range(300)] + ["the", "and", "Café", "ZÜRICH", "東京", "x_y"]
+    docs = {f"d{i:04d}": " ".join(rng.choice(words) for _ in range(rng.randrange(0, 60))) + " !?"
+            for i in range(1500)}
+    docs["only-stop-words"], docs["empty"] = "the and of", ""
+    one_by_one, bulk = KeywordIndex(), KeywordIndex()
+    for id, text in docs.items():
+        one_by_one.add(id, text)
+    bulk.build(docs.items())
+    queries = [" ".join(rng.choice(words) for _ in range(rng.randrange(1, 4))) for _ in range(200)] + ["café zürich"]
+
+    def same_everywhere():
+        assert len(bulk) == len(one_by_one)
+        for query in queries:
+            assert bulk.search(query, 20) == one_by_one.search(query, 20), query
+
+    same_everywhere()
+    for id in rng.sample(sorted(docs), 300):  # removals and replacements after the build
+        assert bulk.remove(id) and one_by_one.remove(id)
+    for i in range(200):
+        text = " ".join(rng.choice(words) for _ in range(30))
+        bulk.add(f"d{i:04d}", text)
+        one_by_one.add(f"d{i:04d}", text)
+    same_everywhere()
+    with pytest.raises(ValueError, match="empty index"):
+        bulk.build([("new", "text")])
+    with pytest.raises(ValueError, match="each id once"):
+        KeywordIndex().build([("a", "one"), ("a", "two")])
 
 
 def test_bm25_removal_updates_document_frequencies():

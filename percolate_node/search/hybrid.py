@@ -171,6 +171,7 @@ class SearchIndex:
         started = time.perf_counter()
         vector, keyword, meta = self._empty_parts()
         rows: dict[str, int] = {}  # id -> its row of matrix
+        texts: dict[str, str] = {}  # id -> its last text, indexed in bulk after the loop
         used = 0
         matrix = np.zeros((0, self.dim), dtype=np.float32)
         done = 0
@@ -186,10 +187,12 @@ class SearchIndex:
                 matrix = grow(matrix, used)
                 matrix[row] = unit
             meta.add(resource_id, resource_meta)
-            keyword.add(resource_id, text)
+            texts[resource_id] = text
             done += 1
             if progress is not None and done % progress_every == 0:
                 progress(RebuildProgress("read", done, None))
+        keyword.build(texts.items())
+        del texts
         read_seconds = time.perf_counter() - started
         ids = sorted(rows, key=rows.__getitem__)
         vectors = matrix[:used] if len(ids) == used else matrix[[rows[id] for id in ids]]
