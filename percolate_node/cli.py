@@ -48,7 +48,8 @@ def _serve(args: argparse.Namespace) -> int:
         server = NodeServer(config)
         await server.start()
         print(f"node for tenant {config.tenant_id} on {server.address}, data {config.data_dir}, "
-              f"{server.memory.index_size} resources indexed in {server.memory.rebuild_seconds:.2f} s",
+              f"{server.memory.index_size} resources indexed in {server.memory.rebuild_seconds:.2f} s "
+              f"({server.memory.rebuild_graph})",
               flush=True)
         await stop.wait()
         await server.stop()
@@ -121,6 +122,9 @@ def _admin(args: argparse.Namespace) -> int:
         if args.action == "purge":
             from .rem import MemoryRepository
 
+            from . import graph_snapshot
+
+            graph_snapshot.drop(store)  # it may hold embeddings of the purged chunks; the next start rebuilds it
             print(f"purged: {MemoryRepository(store).purge()}")
         elif args.action == "rotate-dek":
             store.rotate_dek()

@@ -63,8 +63,8 @@ class NodeServer:
         if config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(config.host, config.metrics_port)
         self._refresh = asyncio.create_task(self._refresh_metrics())
-        log.info("node for tenant %s on %s; %d resources indexed in %.2f s", config.tenant_id,
-                 self.address, self.memory.index_size, self.memory.rebuild_seconds)
+        log.info("node for tenant %s on %s; %d resources indexed in %.2f s (%s)", config.tenant_id,
+                 self.address, self.memory.index_size, self.memory.rebuild_seconds, self.memory.rebuild_graph)
 
     def _bind(self, address: str) -> int:
         config = self.config

@@ -373,6 +373,49 @@ def test_rebuild_replaces_previous_content():
     assert len(index) == 10 and "res00050" not in index
 
 
+def test_a_saved_graph_is_reused_and_patched_to_what_the_store_holds():
+    resources = corpus(3_000, seed=13)
+    rng = np.random.default_rng(13)
+    running = SearchIndex()
+    running.rebuild(resources)
+    for resource in resources[:50]:  # the node's life before it saved its graph
+        running.remove(resource[0])
+    snapshot = running.graph_snapshot()
+    assert snapshot.slot_ids[:50] == [None] * 50 and len(snapshot.graph) > 3_000 * DIM * 2
+    # then, before a kill -9: 40 removed, 30 added (the first into freed slots), 20 re-embedded
+    store = {r[0]: r for r in resources[90:]}
+    for id, vector, text, meta in resources[90:110]:
+        store[id] = (id, vector + rng.normal(0, 0.5, DIM), text, meta)
+    for i, vector in enumerate(clustered(30, seed=14)):
+        store[f"new{i}"] = (f"new{i}", vector, f"new chunk {i}", resources[0][3])
+    current = list(store.values())
+    restored, reference = SearchIndex(), SearchIndex()
+    report = restored.rebuild(iter(current), saved=snapshot)
+    assert reference.rebuild(iter(current)).graph_patched is None
+    assert report.graph_patched == 50, "30 new vectors and 20 changed ones patched in; the rest reused"
+    assert len(restored) == len(current) == 2_940
+    units = {id: vector / np.linalg.norm(vector) for id, vector, _, _ in current}
+    found = 0
+    for id, vector, text, _ in current[::40]:
+        query = vector / np.linalg.norm(vector)
+        hits = restored.search(vector, None, "semantic", 10)
+        for hit in hits:  # every score comes from the vector the store holds now
+            assert hit.score == pytest.approx(float(units[hit.resource_id] @ query), abs=1e-5)
+        exact = ids(reference.exact_search(vector, 10))
+        assert ids(restored.exact_search(vector, 10)) == exact
+        found += len(set(ids(hits)) & set(exact))
+        assert restored.search(None, text, "keyword", 10) == reference.search(None, text, "keyword", 10)
+    assert found / (10 * len(current[::40])) >= 0.95
+    assert "res00000" not in restored and "res00095" in restored and "new3" in restored
+    # a graph that does not fit is not used: other settings, a damaged buffer, too much changed
+    for index, saved in [(SearchIndex(hnsw=HnswParams(connectivity=8)), snapshot),
+                         (SearchIndex(), type(snapshot)(snapshot.slot_ids, b"not a graph")),
+                         (SearchIndex(), snapshot)]:
+        store_now = current if saved.graph != snapshot.graph or index.hnsw.connectivity != 16 else current[:1_500]
+        assert index.rebuild(iter(store_now), saved=saved).graph_patched is None
+        assert ids(index.search(store_now[7][1], None, "semantic", 1)) == [store_now[7][0]]
+
+
 def test_searches_are_deterministic_and_ties_break_by_id():
     resources = corpus(2_000, seed=10)
     first, second = SearchIndex(), SearchIndex()

@@ -2,14 +2,16 @@
 with filters on uri, document, entity type and creation time.
 
 In memory only: they hold tenant content, so they are rebuilt from the encrypted store
-at start rather than written to disk. ``SearchIndex`` is the entry point.
+at start and never written to disk by this package (the node seals the one part worth
+keeping, the HNSW graph, into its store: ``GraphSnapshot``). ``SearchIndex`` is the entry point.
 """
 from .filters import MetadataTable, ResourceMeta, SearchFilters
-from .hybrid import RRF_K, Hit, Mode, RebuildProgress, RebuildReport, SearchIndex, reciprocal_rank_fusion
+from .hybrid import (RRF_K, GraphSnapshot, Hit, Mode, RebuildProgress, RebuildReport, SearchIndex,
+                     reciprocal_rank_fusion)
 from .keyword import STOP_WORDS, Bm25Params, KeywordIndex, tokenize
 from .slots import Selection, SlotMap
 from .vector import HnswParams, VectorIndex
 
-__all__ = ["Bm25Params", "Hit", "HnswParams", "KeywordIndex", "MetadataTable", "Mode", "RRF_K",
+__all__ = ["Bm25Params", "GraphSnapshot", "Hit", "HnswParams", "KeywordIndex", "MetadataTable", "Mode", "RRF_K",
            "RebuildProgress", "RebuildReport", "ResourceMeta", "SearchFilters", "SearchIndex", "Selection",
            "SlotMap", "STOP_WORDS", "VectorIndex", "reciprocal_rank_fusion", "tokenize"]

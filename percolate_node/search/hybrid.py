@@ -6,8 +6,10 @@ calibration between cosine and BM25, and a resource ranked well by both beats on
 ranked first by only one. Each ranking is taken ``fusion_depth`` deep so that
 resources found by only one side still get a fair fused rank.
 
-Everything stays in memory: the indexes hold tenant content, so they are never written
-to disk; ``rebuild`` reloads them from the encrypted store at start.
+Everything lives in memory and ``rebuild`` reloads it from the encrypted store at start.
+The indexes hold tenant content, so nothing here writes to disk: the one thing worth
+saving, the HNSW graph (the slow part of a rebuild), is handed out as a
+``GraphSnapshot`` for the node to seal into its store.
 """
 from __future__ import annotations
 
@@ -53,7 +55,17 @@ class RebuildReport:
     resources: int
     seconds: float
     read_seconds: float   # reading the store, tokenising, metadata
-    graph_seconds: float  # building the HNSW graph
+    graph_seconds: float  # building the HNSW graph (or checking and patching a saved one)
+    graph_patched: int | None = None  # vectors patched into a saved graph; None: built afresh
+
+
+@dataclass(frozen=True)
+class GraphSnapshot:
+    """The HNSW graph of a ``SearchIndex`` with the id in each slot (its keys are slots):
+    saved at shutdown, it spares the next start the graph build. Holds embeddings."""
+
+    slot_ids: list[str | None]
+    graph: bytes
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[str]], k: int = RRF_K) -> list[tuple[str, float]]:
@@ -156,11 +168,21 @@ class SearchIndex:
             return [Hit(id, score, rank, 0)
                     for rank, (id, score) in enumerate(self._vector.exact_search(unit, k, allowed), 1)]
 
+    def graph_snapshot(self) -> GraphSnapshot:
+        """The graph and slot table, for ``rebuild(saved=...)`` in a later process."""
+        with self._lock:
+            return GraphSnapshot(self._meta.slots.table(), self._vector.graph_bytes())
+
     def rebuild(self, resources: Iterable[tuple[str, ArrayLike | None, str, ResourceMeta]],
                 progress: Callable[[RebuildProgress], None] | None = None, threads: int = 0,
-                progress_every: int = 10_000) -> RebuildReport:
+                progress_every: int = 10_000, saved: GraphSnapshot | None = None) -> RebuildReport:
         """Replace the whole index with ``resources`` (id, vector, text, meta), as read
         from the store at start; a repeated id keeps its last entry.
+
+        With ``saved`` (an earlier ``graph_snapshot()``), resources keep their saved slots
+        and the saved graph is reused after checking it against ``resources``: vectors
+        added, removed or changed since are patched in; when more than a quarter differ,
+        or the graph does not fit, it is built afresh. Results are the same either way.
 
         Builds new indexes beside the current ones and swaps them in at the end, so
         searches keep answering (from the old content) meanwhile; a change made during
@@ -170,6 +192,8 @@ class SearchIndex:
         """
         started = time.perf_counter()
         vector, keyword, meta = self._empty_parts()
+        if saved is not None:
+            meta.slots.reserve(saved.slot_ids)
         rows: dict[str, int] = {}  # id -> its row of matrix
         texts: dict[str, str] = {}  # id -> its last text, indexed in bulk after the loop
         used = 0
@@ -191,6 +215,10 @@ class SearchIndex:
             done += 1
             if progress is not None and done % progress_every == 0:
                 progress(RebuildProgress("read", done, None))
+        if saved is not None:  # saved ids gone from the store free their slots
+            for id in saved.slot_ids:
+                if id is not None and id not in texts:
+                    meta.slots.release(id)
         keyword.build(texts.items())
         del texts
         read_seconds = time.perf_counter() - started
@@ -204,11 +232,12 @@ class SearchIndex:
                 reported = built
                 progress(RebuildProgress("graph", built, total))
 
-        vector.build(ids, vectors, threads=threads, progress=None if progress is None else graph_progress)
+        patched = vector.build(ids, vectors, threads=threads, progress=None if progress is None else graph_progress,
+                               saved_graph=None if saved is None else saved.graph)
         with self._lock:
             self._vector, self._keyword, self._meta = vector, keyword, meta
         seconds = time.perf_counter() - started
-        return RebuildReport(len(meta), seconds, read_seconds, seconds - read_seconds)
+        return RebuildReport(len(meta), seconds, read_seconds, seconds - read_seconds, patched)
 
     @property
     def stale_fraction(self) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -78,6 +78,24 @@ class SlotMap:
         self._slot[id] = slot
         self._live[slot] = True
         return slot
+
+    def table(self) -> list[str | None]:
+        """The id in each slot (None: free), over ``high_water`` slots: what ``reserve`` takes."""
+        return list(self._ids)
+
+    def reserve(self, table: Sequence[str | None]) -> None:
+        """Give each id of ``table`` the slot it had there (None: a free slot), on an empty map.
+
+        This is how a saved HNSW graph, whose keys are slots, is reused after a restart.
+        """
+        if self._ids:
+            raise ValueError("reserve fills an empty SlotMap")
+        self._ids = list(table)
+        self._slot = {id: slot for slot, id in enumerate(table) if id is not None}
+        if len(self._slot) != sum(id is not None for id in table):
+            raise ValueError("an id appears in two slots")
+        self._free = [slot for slot in range(len(table) - 1, -1, -1) if table[slot] is None]
+        self._live = np.array([id is not None for id in table], dtype=bool)
 
     def release(self, id: str) -> int | None:
         """Free the slot of ``id`` (None when unknown) and return it."""

@@ -18,7 +18,8 @@ EDGES = "edges"                            # node key + direction + node key + r
 MOMENTS = "moments"
 MOMENT_TIMES = "moment_times"              # big-endian start + moment key -> id, type
 DELETED = "deleted"                        # kind code + record key -> id, for purge
+INDEXES = "indexes"                        # the search graph saved at shutdown (graph_snapshot.py)
 
 DATA_FAMILIES = (DOCUMENTS, RESOURCES, DOCUMENT_RESOURCES, URIS, ENTITIES, NAMES, EDGES,
-                 MOMENTS, MOMENT_TIMES, DELETED)
+                 MOMENTS, MOMENT_TIMES, DELETED, INDEXES)
 COLUMN_FAMILIES = (KEYS, *DATA_FAMILIES)

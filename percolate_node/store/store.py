@@ -183,6 +183,10 @@ class EncryptedStore:
                              "keyring no longer holds (retired after the backup was taken?)")
         return checked
 
+    def flush(self, cf: str) -> None:
+        """Write ``cf``'s memtable to an SST file now (frees its memory after a large write)."""
+        self._data_view(cf).flush()
+
     def compact(self) -> None:
         """Flush and fully compact every family, so deleted and overwritten values leave the disk."""
         self._compact(COLUMN_FAMILIES)
