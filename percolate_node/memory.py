@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ from .store import EncryptedStore, load_kek
 
 KINDS = ("document", "resource", "entity", "moment")
 COMPACT_ABOVE_STALE = 0.25
+COMPACTION_WAIT_S = 60.0  # at close, for a running graph compaction to finish before the graph is saved
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class NodeMemory:
     rebuild_seconds: float = 0.0
     rebuild_graph: str = ""  # how the start got its search graph: built, or saved and patched
     _graph_changed: bool = False  # the index changed since its graph was last saved
+    _compaction: threading.Thread | None = None
     _write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
@@ -216,8 +219,20 @@ class NodeMemory:
             self.index.remove(resource_id_)
             self._graph_changed = True
         if self.index.stale_fraction > COMPACT_ABOVE_STALE:  # removals slowly degrade HNSW recall
-            self.index.compact()
+            self._compact_in_background()
         return removed
+
+    def _compact_in_background(self) -> None:
+        """Rebuild the search graph on a thread (seconds at 100k chunks); searches go on meanwhile."""
+        if self._compaction is not None and self._compaction.is_alive():
+            return
+
+        def compact() -> None:
+            if self.index.compact():
+                self._graph_changed = True
+
+        self._compaction = threading.Thread(target=compact, name="search-graph-compaction", daemon=True)
+        self._compaction.start()
 
     def stats(self) -> dict:
         repository = self.repository.stats()
@@ -232,6 +247,8 @@ class NodeMemory:
     def close(self) -> None:
         """Save the search graph (a clean stop makes the next start fast), then close the store."""
         try:
+            if self._compaction is not None:
+                self._compaction.join(COMPACTION_WAIT_S)
             self.save_graph()
         finally:
             self.store.close()

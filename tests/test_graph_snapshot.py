@@ -87,3 +87,20 @@ def test_purge_drops_the_saved_graph(config, monkeypatch):
     assert cli.main(["admin", "purge"]) == 0
     with EncryptedStore.open(config.data_dir, config.tenant_id, load_kek(config.kek_file)) as store:
         assert graph_snapshot.load(store) is None and not list(store.keys(INDEXES))
+
+
+def test_deleting_a_third_compacts_the_graph_in_the_background_and_the_compacted_graph_is_saved(config):
+    write_documents(config, 0, 30)
+    memory = NodeMemory.open(config, None)
+    for d in range(10):  # 200 of 600 chunks: past a quarter, the graph is rebuilt on a thread
+        assert memory.delete("document", document_id(f"file://notes/{d}.txt".encode()))
+    assert memory._compaction is not None
+    memory._compaction.join(60)
+    # started at the 7th document (140 of 460 removed); removals during its build count on
+    assert memory.index.stale_fraction <= 60 / 400 and memory.index_size == 400
+    memory.close()
+    reopened = NodeMemory.open(config, None)
+    assert reopened.rebuild_graph == "saved graph reused with 0 vectors patched in"
+    kept = reopened.repository.list_resources(document_id(b"file://notes/20.txt"))[0]
+    assert reopened.index.search(kept.embedding, None, "semantic", 1)[0].resource_id == kept.id
+    reopened.close()

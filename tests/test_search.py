@@ -102,6 +102,49 @@ def test_compaction_after_churn_keeps_results():
     assert overlap >= 0.95
 
 
+def test_changes_during_a_compaction_are_kept_and_searches_go_on():
+    resources = corpus(3_000, seed=21)
+    fresh = corpus(200, seed=22)
+    index = filled(resources)
+    for resource in resources[:1_000]:
+        index.remove(resource[0])
+    vector_index = index._vector
+    job = vector_index.start_compaction()  # what SearchIndex.compact does, step by step
+    with pytest.raises(RuntimeError, match="already running"):
+        vector_index.start_compaction()
+    assert not index.compact(), "a second compaction is refused, not queued"
+    # while the new graph is built (no lock held): removals, additions into freed slots, replacements
+    for resource in resources[1_000:1_100]:
+        index.remove(resource[0])
+    for i, (_, vector, text, meta) in enumerate(fresh):
+        index.add(f"fresh{i:03d}", vector, text, meta)
+    for id, vector, text, meta in resources[1_100:1_150]:
+        index.add(id, -vector, text, meta)
+    assert ids(index.search(fresh[5][1], None, "semantic", 1)) == ["fresh005"]  # answered from the old graph
+    assert vector_index.finish_compaction(job, job.build())
+    assert index.stale_fraction == pytest.approx(150 / 2_100)  # removals made during the build
+    final = {f"fresh{i:03d}": vector for i, (_, vector, _, _) in enumerate(fresh)}
+    final.update({id: vector for id, vector, _, _ in resources[1_150:]})
+    final.update({id: -vector for id, vector, _, _ in resources[1_100:1_150]})
+    assert len(index) == len(final) == 2_100
+    found = 0
+    for id, vector in list(final.items())[::30]:
+        hits = index.search(vector, None, "semantic", 10)
+        unit = vector / np.linalg.norm(vector)
+        for hit in hits:
+            assert hit.resource_id in final
+            assert hit.score == pytest.approx(float(final[hit.resource_id] @ unit / np.linalg.norm(final[hit.resource_id])), abs=1e-5)
+        found += len(set(ids(hits)) & set(ids(index.exact_search(vector, 10))))
+    assert found / (10 * len(list(final)[::30])) >= 0.95
+    standalone = VectorIndex(DIM)  # a build during a compaction: the compaction is dropped
+    standalone.build(["a", "b"], np.stack([resources[0][1], resources[1][1]]))
+    job = standalone.start_compaction()
+    standalone.build(["c"], resources[2][1][None, :])
+    assert not standalone.finish_compaction(job, job.build())
+    assert ids(standalone.search(resources[0][1], 3)) == ["c"]
+    assert index.compact() and index.stale_fraction == 0.0
+
+
 def test_resource_without_embedding_is_found_by_keyword_only():
     index = filled(corpus(100))
     index.add("plain", None, "zebra crossing", ResourceMeta("file:///z", "z", T0))

@@ -244,11 +244,23 @@ class SearchIndex:
         """See ``VectorIndex.stale_fraction``: when above about 0.25, call ``compact``."""
         return self._vector.stale_fraction
 
-    def compact(self, threads: int = 0) -> None:
-        """Rebuild the HNSW graph from the live vectors (blocks searches meanwhile:
-        about as long as the graph part of ``rebuild``)."""
+    def compact(self, threads: int = 0) -> bool:
+        """Rebuild the HNSW graph from the live vectors, dropping what removals left behind.
+
+        The build (about as long as the graph part of ``rebuild``) runs without the lock:
+        searches and changes go on meanwhile, against the old graph, and the changes are
+        replayed onto the new one before it is swapped in. False when it was not swapped
+        in: another compaction was running, or a ``rebuild`` replaced the contents.
+        """
         with self._lock:
-            self._vector.compact(threads)
+            vector = self._vector
+            try:
+                job = vector.start_compaction()
+            except RuntimeError:
+                return False
+        graph = job.build(threads)
+        with self._lock:
+            return vector is self._vector and vector.finish_compaction(job, graph)
 
     def memory_bytes(self) -> int:
         """Estimated bytes held: arrays exactly, Python objects approximately."""

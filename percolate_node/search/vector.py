@@ -56,6 +56,8 @@ class VectorIndex:
         self._count = 0
         self._graph = self._new_graph()
         self._removed_since_build = 0
+        self._touched: set[int] | None = None  # slots changed while a compaction runs
+        self._removed_during = 0
 
     def __len__(self) -> int:
         return self._count
@@ -82,6 +84,8 @@ class VectorIndex:
         self._has[slot] = True
         self._count += 1
         self._graph.add(slot, unit, threads=1)
+        if self._touched is not None:
+            self._touched.add(slot)
 
     def remove(self, id: str) -> bool:
         """Drop ``id``; False when it held no vector."""
@@ -92,6 +96,9 @@ class VectorIndex:
         self._count -= 1
         self._graph.remove(slot)
         self._removed_since_build += 1
+        if self._touched is not None:
+            self._touched.add(slot)
+            self._removed_during += 1
         return True
 
     def build(self, ids: Sequence[str], vectors: np.ndarray, threads: int = 0,
@@ -127,6 +134,7 @@ class VectorIndex:
         self._has[slots] = True
         self._count = len(ids)
         self._removed_since_build = 0
+        self._touched = None  # a compaction running on the old contents will not be swapped in
         if saved_graph is not None:
             reused = self._reuse(saved_graph, slots, units, threads)
             if reused is not None:
@@ -189,12 +197,35 @@ class VectorIndex:
 
     def compact(self, threads: int = 0) -> None:
         """Rebuild the graph from the live vectors, dropping what removals left behind."""
+        job = self.start_compaction()
+        self.finish_compaction(job, job.build(threads))
+
+    def start_compaction(self) -> Compaction:
+        """Begin a compaction whose slow part, ``Compaction.build``, needs no lock: it works
+        on a copy of the live vectors, and this index records the slots that change
+        meanwhile so that ``finish_compaction`` can replay them onto the new graph."""
+        if self._touched is not None:
+            raise RuntimeError("a compaction of this index is already running")
         live = self._live_slots()
-        graph = self._new_graph()
-        if len(live):
-            graph.add(live.astype(np.uint64), self._vectors[live], threads=threads)
+        self._touched = set()
+        self._removed_during = 0
+        return Compaction(self, live, self._vectors[live].copy())
+
+    def finish_compaction(self, job: Compaction, graph: Index) -> bool:
+        """Swap in ``graph`` (from ``job.build``) after replaying the changes made since
+        ``start_compaction``; False (and nothing changed) when a ``build`` replaced this
+        index's contents in between."""
+        if job.index is not self or self._touched is None or job.token is not self._touched:
+            return False
+        for slot in sorted(self._touched):
+            if graph.contains(slot):
+                graph.remove(slot)
+            if slot < len(self._has) and self._has[slot]:
+                graph.add(slot, self._vectors[slot], threads=1)
         self._graph = graph
-        self._removed_since_build = 0
+        self._removed_since_build = self._removed_during
+        self._touched = None
+        return True
 
     def search(self, query: ArrayLike, k: int, allowed: Collection[str] | None = None) -> Ranked:
         """The ``k`` nearest ids by cosine similarity, best first, ties by id.
@@ -257,6 +288,26 @@ class VectorIndex:
         return Index(ndim=self.dim, metric="ip", dtype="f16", connectivity=self.params.connectivity,
                      expansion_add=self.params.expansion_add,
                      expansion_search=self.params.expansion_search)
+
+
+@dataclass
+class Compaction:
+    """A graph rebuild in progress (``VectorIndex.start_compaction``): the live slots and
+    a copy of their vectors, so ``build`` can run while the index keeps changing."""
+
+    index: VectorIndex
+    slots: np.ndarray
+    vectors: np.ndarray
+    token: object = None
+
+    def __post_init__(self) -> None:
+        self.token = self.index._touched  # which compaction of the index this is
+
+    def build(self, threads: int = 0) -> Index:
+        graph = self.index._new_graph()
+        if len(self.slots):
+            graph.add(self.slots.astype(np.uint64), self.vectors, threads=threads)
+        return graph
 
 
 _HALF_PRECISION_TOLERANCE = 1e-3
