@@ -275,6 +275,13 @@ def test_native_sealing_refuses_malformed_values_and_keeps_nonces_unique_across_
             sealer.open(DOCUMENTS, b"key", sealed)
     with pytest.raises(TypeError):
         sealer.seal(DOCUMENTS, b"key", "text")
+    from percolate_node.store._gcm import Keys
+
+    with pytest.raises(ValueError, match="not initialised"):
+        Keys.__new__(Keys).seal(b"", b"key", b"value")
+    for deks, active in [({}, 1), ({1: b"short"}, 1), ({1: bytes(32)}, 2), ({2**32: bytes(32)}, 2**32)]:
+        with pytest.raises(ValueError):
+            Keys(deks, active)
     sealer.seal(DOCUMENTS, b"key", b"fills the nonce pool")
     read_end, write_end = os.pipe()
     child = os.fork()

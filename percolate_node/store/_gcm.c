@@ -159,8 +159,12 @@ next_nonce(Keys *self)
 }
 
 static int
-check_bytes(PyObject *const *args, Py_ssize_t nargs, const char *name)
+check_bytes(Keys *self, PyObject *const *args, Py_ssize_t nargs, const char *name)
 {
+    if (self->active == NULL) { /* made by __new__ without __init__ */
+        PyErr_SetString(PyExc_ValueError, "Keys object was not initialised");
+        return -1;
+    }
     if (nargs != 3) {
         PyErr_Format(PyExc_TypeError, "%s(context, key, value) takes 3 arguments", name);
         return -1;
@@ -207,7 +211,7 @@ PyDoc_STRVAR(seal_doc, "seal(context, key, value) -> sealed bytes, with the acti
 static PyObject *
 Keys_seal(Keys *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_bytes(args, nargs, "seal") < 0)
+    if (check_bytes(self, args, nargs, "seal") < 0)
         return NULL;
     PyObject *value = args[2];
     int length = (int)PyBytes_GET_SIZE(value);
@@ -242,7 +246,7 @@ PyDoc_STRVAR(open_doc,
 static PyObject *
 Keys_open(Keys *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_bytes(args, nargs, "open") < 0)
+    if (check_bytes(self, args, nargs, "open") < 0)
         return NULL;
     PyObject *sealed_obj = args[2];
     const unsigned char *sealed = (const unsigned char *)PyBytes_AS_STRING(sealed_obj);
