@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from percolate.node.v1 import node_pb2, node_pb2_grpc
 from percolate_certs.ca import CertPaths
 from percolate_certs.tls import server_credentials
+from percolate_common.health import HealthServicer
 
 from .auth import NodeAuthenticator
 from .config import NodeConfig
@@ -52,7 +53,7 @@ class NodeServer:
             ("grpc.max_receive_message_length", 80 << 20), ("grpc.max_send_message_length", 80 << 20)])
         node_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(self.memory, authenticator, self.metrics), self._server)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (NODE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)

@@ -10,6 +10,7 @@ are refused (UNAVAILABLE) and queued ones are let through to finish.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
@@ -30,6 +31,7 @@ class FairAdmission:
         self._waiting: "OrderedDict[str, deque[asyncio.Future]]" = OrderedDict()
         self._depth = 0
         self._draining = False
+        self.last_refused_at = 0.0  # time.monotonic() of the last request refused while draining
 
     @property
     def depth(self) -> int:
@@ -53,6 +55,7 @@ class FairAdmission:
 
     async def _acquire(self, tenant: str) -> None:
         if self._draining:
+            self.last_refused_at = time.monotonic()
             raise BackendUnavailableError("the reading service is shutting down; retry on another replica")
         if self._in_flight < self.max_in_flight and not self._depth:
             self._in_flight += 1

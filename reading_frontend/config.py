@@ -40,6 +40,10 @@ class FrontendConfig:
     default_chunk_tokens: int = 200
     drain_grace_s: float = 20.0
     """On SIGTERM: stop admitting, report NOT_SERVING, finish in-flight work within this."""
+    drain_quiet_s: float = 0.5
+    """While draining, the port stays open until no new request has come for this long
+    (within ``drain_grace_s``): a client that has not yet seen NOT_SERVING gets a
+    retryable UNAVAILABLE, where a closing server would answer CANCELLED."""
     triton_timeout_s: float = 120.0
     """Upper bound for one Triton call when the caller set no deadline."""
     worker_threads: int = 4
@@ -74,6 +78,7 @@ class FrontendConfig:
             max_pages=get("MAX_PAGES", cls.max_pages, int),
             max_audio_seconds=get("MAX_AUDIO_SECONDS", cls.max_audio_seconds, float),
             drain_grace_s=get("DRAIN_GRACE_S", cls.drain_grace_s, float),
+            drain_quiet_s=get("DRAIN_QUIET_S", cls.drain_quiet_s, float),
             triton_timeout_s=get("TRITON_TIMEOUT_S", cls.triton_timeout_s, float),
             worker_threads=get("WORKER_THREADS", cls.worker_threads, int),
         )

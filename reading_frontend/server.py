@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from percolate.reading.v1 import reading_pb2, reading_pb2_grpc
 from percolate_certs.ca import CertPaths
 from percolate_certs.tls import server_credentials
+from percolate_common.health import HealthServicer
 from percolate_models.paths import ProjectPaths
 
 from .admission import FairAdmission
@@ -80,7 +81,7 @@ class ReadingServer:
             ReadingServicer(self.pipelines, gate, config), self._server)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             KServeFacade(self.pipelines, gate, lambda: self.draining), self._server)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (READING_SERVICE, KSERVE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
@@ -132,7 +133,8 @@ class ReadingServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: report NOT_SERVING and refuse new work at once, let admitted and queued
-        work finish within the grace period, then close the port.
+        work finish within the grace period, wait until no request has come for
+        ``drain_quiet_s``, then close the port.
 
         Health keeps answering (NOT_SERVING) while the work finishes, so load balancers
         and Kubernetes see the pod leave before its connections close.
@@ -145,8 +147,16 @@ class ReadingServer:
         if self._watch is not None:
             self._watch.cancel()
         grace = self.config.drain_grace_s if grace_s is None else grace_s
-        deadline = time.monotonic() + grace
-        while (self.admission.in_flight or self.admission.depth) and time.monotonic() < deadline:
+        started = time.monotonic()
+        deadline = started + grace
+        quiet = min(self.config.drain_quiet_s, grace)
+        # Closing the port while clients still send (they have not seen NOT_SERVING yet)
+        # turns their calls into CANCELLED, which they do not retry: first wait for the
+        # work to finish and for the refusals (retryable UNAVAILABLE) to stop.
+        while time.monotonic() < deadline:
+            last_arrival = max(started, self.admission.last_refused_at)
+            if not (self.admission.in_flight or self.admission.depth) and time.monotonic() - last_arrival >= quiet:
+                break
             await asyncio.sleep(0.05)
         await self._server.stop(max(0.0, deadline - time.monotonic()))
         self._server = None

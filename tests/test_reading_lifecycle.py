@@ -127,7 +127,7 @@ def test_flooding_tenant_does_not_starve_another(triton, pki, paths):
 
 
 def test_drain_finishes_admitted_work_and_refuses_new(triton, pki, paths):
-    config = frontend_config(triton, pki, max_in_flight=1, metrics_port=-1, drain_grace_s=60)
+    config = frontend_config(triton, pki, max_in_flight=1, metrics_port=-1, drain_grace_s=60, drain_quiet_s=3)
     texts = [f"draining sentence {i}" for i in range(300)]
     server = EmbeddedReading(config, paths).__enter__()
     with tenant_channel(server, pki) as channel:
@@ -142,6 +142,14 @@ def test_drain_finishes_admitted_work_and_refuses_new(triton, pki, paths):
                 stub.Embed(pb.EmbedRequest(texts=["too late"]), timeout=10)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             assert all(len(f.result().embeddings) == 300 for f in admitted)
+            # the work is done, but a client still sending keeps the port open (quiet period):
+            # each late call gets a retryable UNAVAILABLE, never the CANCELLED of a closing server
+            for _ in range(3):
+                time.sleep(1)
+                with pytest.raises(grpc.RpcError) as late:
+                    stub.Embed(pb.EmbedRequest(texts=["still too late"]), timeout=10)
+                assert late.value.code() == grpc.StatusCode.UNAVAILABLE, late.value
+                assert not stopping.done(), "the port closed less than drain_quiet_s after a refusal"
             stopping.result(timeout=90)
 
 
