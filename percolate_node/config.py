@@ -32,6 +32,9 @@ class NodeConfig:
     retries on UNAVAILABLE, so a reading pod that drains is skipped (the Helm chart sets it)."""
     reading_timeout_s: float = 300.0
     drain_grace_s: float = 20.0
+    graph_save_interval_s: float = 300.0
+    """How often a changed search graph is saved while serving (it is also saved at a
+    clean stop): after a crash, the next start patches in only what came since."""
 
     def to_env(self) -> dict[str, str]:
         """The ``PERCOLATE_NODE_*`` variables that ``from_env`` reads back as this config
@@ -41,7 +44,7 @@ class NodeConfig:
                  "reading_key": "READING_KEY", "host": "HOST", "port": "PORT", "metrics_port": "METRICS_PORT",
                  "tls_cert": "TLS_CERT", "tls_key": "TLS_KEY", "tls_client_ca": "TLS_CLIENT_CA",
                  "token_file": "TOKEN_FILE", "reading_timeout_s": "READING_TIMEOUT_S",
-                 "drain_grace_s": "DRAIN_GRACE_S"}
+                 "drain_grace_s": "DRAIN_GRACE_S", "graph_save_interval_s": "GRAPH_SAVE_INTERVAL_S"}
         env = {f"PERCOLATE_NODE_{name}": str(getattr(self, field)) for field, name in names.items()
                if getattr(self, field) is not None}
         if self.reading_service_config:
@@ -72,4 +75,5 @@ class NodeConfig:
             reading_service_config=env.get("PERCOLATE_READING_SERVICE_CONFIG", ""),
             reading_timeout_s=get("READING_TIMEOUT_S", cls.reading_timeout_s, float),
             drain_grace_s=get("DRAIN_GRACE_S", cls.drain_grace_s, float),
+            graph_save_interval_s=get("GRAPH_SAVE_INTERVAL_S", cls.graph_save_interval_s, float),
         )

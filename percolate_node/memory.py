@@ -60,7 +60,9 @@ class NodeMemory:
     reading: ReadingClient | None
     rebuild_seconds: float = 0.0
     rebuild_graph: str = ""  # how the start got its search graph: built, or saved and patched
-    _graph_changed: bool = False  # the index changed since its graph was last saved
+    _graph_version: int = 0  # counts changes to the search graph
+    _saved_version: int = 0  # the version last saved (or loaded unchanged)
+    _save_lock: threading.Lock = field(default_factory=threading.Lock)
     _compaction: threading.Thread | None = None
     _write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -101,19 +103,35 @@ class NodeMemory:
                                      for r in self.repository.iter_resources()), saved=saved)
         if report.graph_patched is None:
             self.rebuild_graph = "built" + ("" if saved is None else " (the saved graph did not fit)")
-            self._graph_changed = True
+            self._graph_version += 1
             self.save_graph()  # so that even a crash later restarts from a graph
         else:
-            self.rebuild_graph = f"saved graph reused with {report.graph_patched} vectors patched in"
-            self._graph_changed = report.graph_patched > 0
+            # (no ", " in it: `percolate serve` prints it at the end of a comma-separated line)
+            self.rebuild_graph = (f"saved graph reused: {report.graph_patched} vectors added "
+                                  f"and {report.graph_dropped} dropped since")
+            self._graph_version += 1 if report.graph_patched or report.graph_dropped else 0
         self.rebuild_seconds = time.perf_counter() - started
         return self.rebuild_seconds
 
-    def save_graph(self) -> None:
-        """Seal the search graph into the store when it changed since it was saved or loaded."""
-        if self._graph_changed and len(self.index):
-            graph_snapshot.save(self.store, self.index.graph_snapshot())
-        self._graph_changed = False
+    @property
+    def graph_unsaved(self) -> bool:
+        """The search graph changed since it was last saved (or loaded)."""
+        return self._graph_version != self._saved_version
+
+    def save_graph(self) -> bool:
+        """Seal the search graph into the store if it changed since it was saved or loaded.
+
+        Safe beside ingests and searches (from any thread): the snapshot is taken under
+        the index's lock, and a change made after it leaves the graph marked unsaved.
+        """
+        with self._save_lock:
+            version = self._graph_version
+            if version == self._saved_version:
+                return False
+            if len(self.index):
+                graph_snapshot.save(self.store, self.index.graph_snapshot())
+            self._saved_version = version
+            return True
 
     async def ingest(self, content: bytes, filename: str, uri: str = "", ocr: int = 0,
                      chunk_tokens: int = 0) -> IngestOutcome:
@@ -150,7 +168,7 @@ class NodeMemory:
                 for resource in resources:
                     # a chunk written just now has no links yet
                     self.index.add(resource.id, resource.embedding, resource.text, self._meta(resource, now, set()))
-                self._graph_changed = True
+                self._graph_version += 1
         return IngestOutcome(doc_id, result.new, len(resources), len(parsed.pages), parsed.format,
                              tuple(parsed.warnings), moment.id if result.new else "")
 
@@ -217,7 +235,7 @@ class NodeMemory:
         removed = self.repository.delete(kind, record_id)
         for resource_id_ in [record_id] if kind == "resource" else [r.id for r in chunks]:
             self.index.remove(resource_id_)
-            self._graph_changed = True
+            self._graph_version += 1
         if self.index.stale_fraction > COMPACT_ABOVE_STALE:  # removals slowly degrade HNSW recall
             self._compact_in_background()
         return removed
@@ -229,7 +247,7 @@ class NodeMemory:
 
         def compact() -> None:
             if self.index.compact():
-                self._graph_changed = True
+                self._graph_version += 1
 
         self._compaction = threading.Thread(target=compact, name="search-graph-compaction", daemon=True)
         self._compaction.start()

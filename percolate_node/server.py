@@ -38,6 +38,7 @@ class NodeServer:
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._refresh: asyncio.Task | None = None
+        self._graph_saver: asyncio.Task | None = None
 
     @property
     def address(self) -> str:
@@ -64,6 +65,7 @@ class NodeServer:
         if config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(config.host, config.metrics_port)
         self._refresh = asyncio.create_task(self._refresh_metrics())
+        self._graph_saver = asyncio.create_task(self._save_graph_periodically())
         log.info("node for tenant %s on %s; %d resources indexed in %.2f s (%s)", config.tenant_id,
                  self.address, self.memory.index_size, self.memory.rebuild_seconds, self.memory.rebuild_graph)
 
@@ -91,12 +93,24 @@ class NodeServer:
                 self.metrics.records.labels(tenant, kind).set(stats[kind])
             await asyncio.sleep(METRICS_REFRESH_S)
 
+    async def _save_graph_periodically(self) -> None:
+        """Save a changed search graph every ``graph_save_interval_s`` (on a thread: about
+        a second at 100k chunks, searches and ingests going on)."""
+        while True:
+            await asyncio.sleep(self.config.graph_save_interval_s)
+            if self.memory.graph_unsaved:
+                try:
+                    await asyncio.to_thread(self.memory.save_graph)
+                except Exception:  # the next round or the stop tries again
+                    log.exception("saving the search graph failed")
+
     async def stop(self, grace_s: float | None = None) -> None:
         if self._server is None:
             return
         await self.health.enter_graceful_shutdown()
-        if self._refresh is not None:
-            self._refresh.cancel()
+        for task in (self._refresh, self._graph_saver):
+            if task is not None:
+                task.cancel()
         await self._server.stop(self.config.drain_grace_s if grace_s is None else grace_s)
         self._server = None
         await self.reading.close()

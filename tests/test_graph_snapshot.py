@@ -54,7 +54,7 @@ def test_a_clean_stop_saves_the_graph_and_the_next_start_reuses_it(config):
         assert sorted(id for id in saved.slot_ids if id) == sorted(r.id for r in MemoryRepository(store).iter_resources())
         assert all(len(value) < graph_snapshot.PART_BYTES + 64 for _, value in store.items(INDEXES))
     reopened = NodeMemory.open(config, None)
-    assert reopened.rebuild_graph == "saved graph reused with 0 vectors patched in"
+    assert reopened.rebuild_graph == "saved graph reused: 0 vectors added and 0 dropped since"
     assert semantic_top(reopened, queries) == expected
     reopened.close()
 
@@ -64,7 +64,7 @@ def test_a_stale_graph_is_patched_and_a_damaged_one_rebuilt(config):
     NodeMemory.open(config, None).close()  # saves the graph of 600 chunks
     write_documents(config, 30, 2)  # 40 chunks the saved graph does not know (a crash before the save)
     memory = NodeMemory.open(config, None)
-    assert memory.rebuild_graph == "saved graph reused with 40 vectors patched in"
+    assert memory.rebuild_graph == "saved graph reused: 40 vectors added and 0 dropped since"
     assert memory.index_size == 640
     new_chunk = memory.repository.list_resources(document_id(b"file://notes/31.txt"))[3]
     assert memory.index.search(new_chunk.embedding, None, "semantic", 1)[0].resource_id == new_chunk.id
@@ -100,7 +100,22 @@ def test_deleting_a_third_compacts_the_graph_in_the_background_and_the_compacted
     assert memory.index.stale_fraction <= 60 / 400 and memory.index_size == 400
     memory.close()
     reopened = NodeMemory.open(config, None)
-    assert reopened.rebuild_graph == "saved graph reused with 0 vectors patched in"
+    assert reopened.rebuild_graph == "saved graph reused: 0 vectors added and 0 dropped since"
     kept = reopened.repository.list_resources(document_id(b"file://notes/20.txt"))[0]
     assert reopened.index.search(kept.embedding, None, "semantic", 1)[0].resource_id == kept.id
+    reopened.close()
+
+
+def test_after_a_crash_only_what_came_since_the_last_save_is_patched(config):
+    write_documents(config, 0, 30)
+    memory = NodeMemory.open(config, None)  # built, and saved at once
+    assert not memory.graph_unsaved and not memory.save_graph()
+    for d in (0, 1):
+        memory.delete("document", document_id(f"file://notes/{d}.txt".encode()))
+    assert memory.graph_unsaved and memory.save_graph() and not memory.graph_unsaved  # the periodic save
+    memory.delete("document", document_id(b"file://notes/2.txt"))
+    memory.store.close()  # a crash: the last change never reaches the saved graph
+    reopened = NodeMemory.open(config, None)
+    assert reopened.rebuild_graph == "saved graph reused: 0 vectors added and 20 dropped since"
+    assert reopened.index_size == 540 and reopened.graph_unsaved
     reopened.close()

@@ -206,3 +206,23 @@ def test_metrics_and_no_plaintext_on_disk(node_env):
     for needle in (marker.encode(), marker.lower().encode()):
         for file in files:
             assert needle not in file.read_bytes(), f"{needle!r} found in {file}"
+
+
+def test_a_serving_node_saves_its_changed_search_graph_periodically(reading, pki, tmp_path):
+    from percolate_node import graph_snapshot
+
+    config = node_config(tmp_path, reading, pki, graph_save_interval_s=0.2, metrics_port=-1)
+    with BackgroundServer(NodeServer(config)) as node:
+        memory = node.server.memory
+        assert not memory.graph_unsaved  # an empty store: nothing to save
+        with grpc.insecure_channel(node.address) as channel:
+            caller = Caller(channel, config.token_file.read_text())
+            created = ingest(caller, sample_docx(), "report.docx")
+            chunk_ids = set(caller.GetDocument(pb.GetRequest(id=created.document_id)).resource_ids)
+            deadline = datetime.now(timezone.utc).timestamp() + 30
+            while memory.graph_unsaved and datetime.now(timezone.utc).timestamp() < deadline:
+                caller.Stats(pb.StatsRequest())  # the node keeps serving meanwhile
+            assert not memory.graph_unsaved, "the changed graph was not saved while serving"
+            saved = graph_snapshot.load(memory.store)
+            assert saved is not None and chunk_ids <= set(saved.slot_ids)
+            assert not memory.save_graph(), "nothing changed since: nothing to write"

@@ -56,7 +56,8 @@ class RebuildReport:
     seconds: float
     read_seconds: float   # reading the store, tokenising, metadata
     graph_seconds: float  # building the HNSW graph (or checking and patching a saved one)
-    graph_patched: int | None = None  # vectors patched into a saved graph; None: built afresh
+    graph_patched: int | None = None  # vectors inserted into a saved graph; None: built afresh
+    graph_dropped: int = 0  # vectors removed from the saved graph (gone or changed since)
 
 
 @dataclass(frozen=True)
@@ -234,10 +235,11 @@ class SearchIndex:
 
         patched = vector.build(ids, vectors, threads=threads, progress=None if progress is None else graph_progress,
                                saved_graph=None if saved is None else saved.graph)
+        inserted, dropped = (None, 0) if patched is None else patched
         with self._lock:
             self._vector, self._keyword, self._meta = vector, keyword, meta
         seconds = time.perf_counter() - started
-        return RebuildReport(len(meta), seconds, read_seconds, seconds - read_seconds, patched)
+        return RebuildReport(len(meta), seconds, read_seconds, seconds - read_seconds, inserted, dropped)
 
     @property
     def stale_fraction(self) -> float:

@@ -102,7 +102,8 @@ class VectorIndex:
         return True
 
     def build(self, ids: Sequence[str], vectors: np.ndarray, threads: int = 0,
-              progress: Callable[[int, int], None] | None = None, saved_graph: bytes | None = None) -> int | None:
+              progress: Callable[[int, int], None] | None = None,
+              saved_graph: bytes | None = None) -> tuple[int, int] | None:
         """Replace the whole index with ``ids``/``vectors`` (one row each, ids unique),
         inserting into the graph on ``threads`` threads (0: all cores).
 
@@ -113,7 +114,8 @@ class VectorIndex:
         ``saved_graph`` (``graph_bytes()`` of an earlier index whose slots this index's
         ``SlotMap`` reproduces) is reused instead when it fits: its vectors are checked
         against ``vectors`` and only what differs is removed and re-inserted. Returns how
-        many vectors were patched into the saved graph, or None when it was built afresh.
+        many vectors were (inserted into, removed from) the saved graph, or None when it
+        was built afresh.
         """
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(ids), self.dim):
@@ -138,8 +140,8 @@ class VectorIndex:
         if saved_graph is not None:
             reused = self._reuse(saved_graph, slots, units, threads)
             if reused is not None:
-                self._graph, patched, self._removed_since_build = reused
-                return patched
+                self._graph, inserted, self._removed_since_build = reused
+                return inserted, self._removed_since_build
         self._graph = self._new_graph()
         if len(ids):
             self._graph.add(slots.astype(np.uint64), units, threads=threads, progress=_graph_progress(progress))
