@@ -34,7 +34,8 @@ class NodeConfig:
     drain_grace_s: float = 20.0
     graph_save_interval_s: float = 300.0
     """How often a changed search graph is saved while serving (it is also saved at a
-    clean stop): after a crash, the next start patches in only what came since."""
+    clean stop): after a crash, the next start patches in only what came since. 0 or
+    less: only at a clean stop."""
 
     def to_env(self) -> dict[str, str]:
         """The ``PERCOLATE_NODE_*`` variables that ``from_env`` reads back as this config

@@ -8,6 +8,7 @@ the store at start, so a crash between the two can never leave them disagreeing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ctypes
 import threading
 import time
@@ -26,9 +27,11 @@ from .rem import (Document, Edge, Entity, MemoryRepository, Moment, Resource, Tr
 from .search import ResourceMeta, SearchFilters, SearchIndex
 from .store import EncryptedStore, load_kek
 
+log = logging.getLogger(__name__)
+
 KINDS = ("document", "resource", "entity", "moment")
 COMPACT_ABOVE_STALE = 0.25
-COMPACTION_WAIT_S = 60.0  # at close, for a running graph compaction to finish before the graph is saved
+COMPACTION_WAIT_S = 5.0  # at close, for a running graph compaction (else the current graph is saved)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,8 @@ class NodeMemory:
                 return False
             if len(self.index):
                 graph_snapshot.save(self.store, self.index.graph_snapshot())
+            else:  # nothing left to search: no embeddings of deleted chunks stay behind
+                graph_snapshot.drop(self.store)
             self._saved_version = version
             return True
 
@@ -246,8 +251,11 @@ class NodeMemory:
             return
 
         def compact() -> None:
-            if self.index.compact():
-                self._graph_version += 1
+            try:
+                if self.index.compact():
+                    self._graph_version += 1
+            except Exception:  # the old graph keeps serving; the next delete past the mark tries again
+                log.exception("compacting the search graph failed")
 
         self._compaction = threading.Thread(target=compact, name="search-graph-compaction", daemon=True)
         self._compaction.start()

@@ -65,7 +65,8 @@ class NodeServer:
         if config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(config.host, config.metrics_port)
         self._refresh = asyncio.create_task(self._refresh_metrics())
-        self._graph_saver = asyncio.create_task(self._save_graph_periodically())
+        if config.graph_save_interval_s > 0:  # 0 or less: saved only at a clean stop
+            self._graph_saver = asyncio.create_task(self._save_graph_periodically())
         log.info("node for tenant %s on %s; %d resources indexed in %.2f s (%s)", config.tenant_id,
                  self.address, self.memory.index_size, self.memory.rebuild_seconds, self.memory.rebuild_graph)
 
@@ -95,7 +96,7 @@ class NodeServer:
 
     async def _save_graph_periodically(self) -> None:
         """Save a changed search graph every ``graph_save_interval_s`` (on a thread: about
-        a second at 100k chunks, searches and ingests going on)."""
+        0.5 s at 100k chunks, searches and ingests going on)."""
         while True:
             await asyncio.sleep(self.config.graph_save_interval_s)
             if self.memory.graph_unsaved:

@@ -10,8 +10,10 @@ from percolate_node import graph_snapshot
 from percolate_node.config import NodeConfig
 from percolate_node.memory import NodeMemory
 from percolate_node.rem import Document, MemoryRepository, Resource, document_id
+from percolate_node.search import SearchIndex
 from percolate_node.store import EncryptedStore, Put, generate_kek, load_kek
 from percolate_node.store.layout import INDEXES
+from tests.test_store import raw_edit
 
 DIM = 384
 
@@ -69,11 +71,34 @@ def test_a_stale_graph_is_patched_and_a_damaged_one_rebuilt(config):
     new_chunk = memory.repository.list_resources(document_id(b"file://notes/31.txt"))[3]
     assert memory.index.search(new_chunk.embedding, None, "semantic", 1)[0].resource_id == new_chunk.id
     memory.close()
+
+    def first_part(store) -> bytes:
+        return next(key for key in store.keys(INDEXES) if b"/part/" in key)
+
     # a different graph under the checksum's nose: refused (and rebuilt), never used
     with EncryptedStore.open(config.data_dir, config.tenant_id, load_kek(config.kek_file)) as store:
-        store.write([Put(INDEXES, b"graph/part/000000", b"damaged")])
+        store.write([Put(INDEXES, first_part(store), b"damaged")])
     memory = NodeMemory.open(config, None)
     assert memory.rebuild_graph == "built" and memory.index_size == 640
+    memory.close()  # the fresh build was saved
+    # a part that fails authentication on disk (bit rot, tampering): rebuilt, and the node starts
+    with EncryptedStore.open(config.data_dir, config.tenant_id, load_kek(config.kek_file)) as store:
+        part = first_part(store)
+
+    def flip_a_bit(views):
+        sealed = bytearray(views[INDEXES][part])
+        sealed[-1] ^= 1
+        views[INDEXES][part] = bytes(sealed)
+
+    raw_edit(config.data_dir, flip_a_bit)
+    memory = NodeMemory.open(config, None)
+    assert memory.rebuild_graph == "built" and memory.index_size == 640
+    memory.close()
+    # a saved graph whose chunks have no vectors at all (keyword-only resources) is fine too
+    with EncryptedStore.open(config.data_dir, config.tenant_id, load_kek(config.kek_file)) as store:
+        graph_snapshot.save(store, SearchIndex().graph_snapshot())
+    memory = NodeMemory.open(config, None)
+    assert memory.index_size == 640 and memory.rebuild_graph == "built (the saved graph did not fit)"
     memory.close()
 
 

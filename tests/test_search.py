@@ -145,6 +145,24 @@ def test_changes_during_a_compaction_are_kept_and_searches_go_on():
     assert index.compact() and index.stale_fraction == 0.0
 
 
+def test_a_failed_compaction_does_not_block_the_next(monkeypatch):
+    from percolate_node.search.vector import Compaction
+
+    index = filled(corpus(300))
+    for resource in corpus(300)[:100]:
+        index.remove(resource[0])
+    real_build = Compaction.build
+
+    def out_of_memory(self, threads=0):
+        raise MemoryError("no room for a new graph")
+
+    monkeypatch.setattr(Compaction, "build", out_of_memory)
+    with pytest.raises(MemoryError):
+        index.compact()
+    monkeypatch.setattr(Compaction, "build", real_build)
+    assert index.compact() and index.stale_fraction == 0.0
+
+
 def test_resource_without_embedding_is_found_by_keyword_only():
     index = filled(corpus(100))
     index.add("plain", None, "zebra crossing", ResourceMeta("file:///z", "z", T0))
@@ -436,6 +454,8 @@ def test_a_saved_graph_is_reused_and_patched_to_what_the_store_holds():
     report = restored.rebuild(iter(current), saved=snapshot)
     assert reference.rebuild(iter(current)).graph_patched is None
     assert report.graph_patched == 50, "30 new vectors and 20 changed ones patched in; the rest reused"
+    assert report.graph_dropped == 60, "40 removed and 20 changed since the snapshot"
+    assert restored.stale_fraction >= 60 / 2_940, "removed nodes stay in the graph until a compaction"
     assert len(restored) == len(current) == 2_940
     units = {id: vector / np.linalg.norm(vector) for id, vector, _, _ in current}
     found = 0

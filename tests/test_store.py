@@ -279,9 +279,13 @@ def test_native_sealing_refuses_malformed_values_and_keeps_nonces_unique_across_
 
     with pytest.raises(ValueError, match="not initialised"):
         Keys.__new__(Keys).seal(b"", b"key", b"value")
-    for deks, active in [({}, 1), ({1: b"short"}, 1), ({1: bytes(32)}, 2), ({2**32: bytes(32)}, 2**32)]:
+    for deks, active in [({}, 1), ({1: b"short"}, 1), ({1: bytes(32)}, 2), ({2**32: bytes(32)}, 2**32),
+                         ({1: bytes(32)}, 2**64 + 1), ({1: bytes(32), 2: b"short"}, 1)]:
+        half_made = Keys.__new__(Keys)
         with pytest.raises(ValueError):
-            Keys(deks, active)
+            half_made.__init__(deks, active)
+        with pytest.raises(ValueError, match="not initialised"):  # a failed __init__ leaves it unusable
+            half_made.open(b"", b"key", bytes([1, 0, 0, 0, 1]) + bytes(40))
     sealer.seal(DOCUMENTS, b"key", b"fills the nonce pool")
     read_end, write_end = os.pipe()
     child = os.fork()

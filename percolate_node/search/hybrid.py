@@ -260,7 +260,12 @@ class SearchIndex:
                 job = vector.start_compaction()
             except RuntimeError:
                 return False
-        graph = job.build(threads)
+        try:
+            graph = job.build(threads)
+        except BaseException:
+            with self._lock:
+                vector.abandon_compaction(job)
+            raise
         with self._lock:
             return vector is self._vector and vector.finish_compaction(job, graph)
 

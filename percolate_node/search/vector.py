@@ -10,6 +10,7 @@ many removals, which slowly degrade an HNSW graph's recall).
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from usearch.index import Index
 
 from .ranking import Ranked, top_k
 from .slots import SlotMap, grow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,10 @@ class VectorIndex:
         if saved_graph is not None:
             reused = self._reuse(saved_graph, slots, units, threads)
             if reused is not None:
-                self._graph, inserted, self._removed_since_build = reused
-                return inserted, self._removed_since_build
+                self._graph, inserted, dropped = reused
+                # removed nodes stay in a usearch graph, across save and restore too, until a compaction
+                self._removed_since_build = int(self._graph.stats.nodes) - len(self._graph)
+                return inserted, dropped
         self._graph = self._new_graph()
         if len(ids):
             self._graph.add(slots.astype(np.uint64), units, threads=threads, progress=_graph_progress(progress))
@@ -158,9 +163,13 @@ class VectorIndex:
         ``units`` at ``slots``; None when it does not fit these settings or differs in more
         than a quarter of the vectors (a fresh build is then as fast, and a better graph)."""
         try:
-            graph = Index.restore(saved)
-        except Exception:  # a damaged or foreign buffer: build afresh
+            return self._patch(Index.restore(saved), slots, units, threads)
+        except Exception as error:  # a damaged or foreign buffer: build afresh
+            log.warning("saved search graph unusable (%s: %s): building it afresh", type(error).__name__, error)
             return None
+
+    def _patch(self, graph: Index | None, slots: np.ndarray, units: np.ndarray,
+               threads: int) -> tuple[Index, int, int] | None:
         expected = self._new_graph()
         if (graph is None or graph.ndim != self.dim or graph.connectivity != self.params.connectivity
                 or graph.dtype != expected.dtype or graph.metric != expected.metric):
@@ -172,7 +181,8 @@ class VectorIndex:
         row_of_slot[slots] = np.arange(len(slots))
         rows = row_of_slot[keys]
         same = rows >= 0
-        saved_vectors = graph.vectors  # half precision, in the order of ``keys``
+        # half precision, in the order of ``keys`` (usearch cannot stack zero rows)
+        saved_vectors = graph.vectors if len(keys) else np.zeros((0, self.dim), dtype=np.float16)
         for first in range(0, len(keys), 8192):  # changed embeddings, a block at a time
             block = slice(first, first + 8192)
             kept = same[block]
@@ -212,6 +222,11 @@ class VectorIndex:
         self._touched = set()
         self._removed_during = 0
         return Compaction(self, live, self._vectors[live].copy())
+
+    def abandon_compaction(self, job: Compaction) -> None:
+        """Forget ``job`` (its build failed), so that a later compaction can start."""
+        if job.token is self._touched:
+            self._touched = None
 
     def finish_compaction(self, job: Compaction, graph: Index) -> bool:
         """Swap in ``graph`` (from ``job.build``) after replaying the changes made since

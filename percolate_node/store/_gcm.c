@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
@@ -69,6 +70,7 @@ put_header(unsigned char *out, unsigned long dek_id)
 static PyObject *
 openssl_error(const char *what)
 {
+    ERR_clear_error(); /* leave nothing queued for the next OpenSSL user in this thread */
     PyErr_Format(PyExc_RuntimeError, "OpenSSL failed to %s", what);
     return NULL;
 }
@@ -89,10 +91,15 @@ static int
 Keys_init(Keys *self, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"deks", "active", NULL};
-    PyObject *deks;
-    unsigned long active;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!k", names, &PyDict_Type, &deks, &active))
+    PyObject *deks, *active_obj;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!", names, &PyDict_Type, &deks, &PyLong_Type, &active_obj))
         return -1;
+    unsigned long active = PyLong_AsUnsignedLong(active_obj);
+    if ((active == (unsigned long)-1 && PyErr_Occurred()) || active > 0xFFFFFFFFUL) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "DEK ids are integers in [0, 2**32)");
+        return -1;
+    }
     if (self->deks != NULL) {
         PyErr_SetString(PyExc_TypeError, "Keys objects are immutable: build a new one");
         return -1;
@@ -109,6 +116,7 @@ Keys_init(Keys *self, PyObject *args, PyObject *kwargs)
     }
     PyObject *id_obj, *key_obj;
     Py_ssize_t pos = 0;
+    Dek *active_dek = NULL;
     while (PyDict_Next(deks, &pos, &id_obj, &key_obj)) {
         unsigned long dek_id = PyLong_AsUnsignedLong(id_obj);
         if (PyErr_Occurred() || dek_id > 0xFFFFFFFFUL) {
@@ -132,13 +140,14 @@ Keys_init(Keys *self, PyObject *args, PyObject *kwargs)
             return -1;
         }
         if (dek_id == active)
-            self->active = dek;
+            active_dek = dek;
     }
-    if (self->active == NULL) {
+    if (active_dek == NULL) {
         PyErr_Format(PyExc_ValueError, "the active DEK %lu is not among the DEKs", active);
         return -1;
     }
     self->pool_used = NONCE_POOL; /* empty: filled on the first seal */
+    self->active = active_dek;     /* last: only a fully initialised object seals and opens */
     return 0;
 }
 
@@ -283,10 +292,12 @@ Keys_open(Keys *self, PyObject *const *args, Py_ssize_t nargs)
         || !feed_associated_data(ctx, dek->header, args[0], args[1], 0)
         || EVP_DecryptUpdate(ctx, out, &written, sealed + BODY_BYTES, length) != 1
         || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_BYTES, (void *)(sealed + BODY_BYTES + length)) != 1) {
+        OPENSSL_cleanse(out, (size_t)length);
         Py_DECREF(value);
         return openssl_error("open a value");
     }
     if (EVP_DecryptFinal_ex(ctx, out + written, &final) != 1 || written + final != length) {
+        ERR_clear_error();
         OPENSSL_cleanse(out, (size_t)length); /* unauthenticated plaintext never leaves here */
         Py_DECREF(value);
         PyErr_SetString(PyExc_ValueError, "authentication tag mismatch");

@@ -121,6 +121,8 @@ class EncryptedStore:
                         batch.put(op.key, seal(target[1], op.key, op.value), target[0])
                     except TypeError:  # key or value not bytes
                         raise self._bad_operation(op) from None
+                    except (OverflowError, RuntimeError) as error:  # over 1 GiB; OpenSSL failed
+                        raise StoreError(f"cannot seal {op.cf}/{op.key.hex()}: {error}") from None
                 elif kind is Delete:
                     target = targets.get(op.cf)
                     if target is None or type(op.key) is not bytes or not op.key:
