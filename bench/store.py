@@ -1,7 +1,8 @@
 """Encrypted store vs plaintext rocksdict: put, get and scan throughput in the same run.
 
 Both sides get the same data (random 16-byte keys, like ``name_key`` ids; values the
-size of a chunk record with its embedding, 2 KB, and of an index entry, 64 B), the same
+size of a chunk record with its embedding, 2 KB, of an index entry, 64 B, and the two
+alternating, 2 KB + 48 B, as an ingest writes a chunk and its document entry), the same
 RocksDB options and column families (``rocks.open_rw``), and the same synced
 WriteBatches. The plaintext side writes the values as they are with rocksdict; the
 encrypted side is ``EncryptedStore``, sealing each value with AES-256-GCM (random nonce,
@@ -34,7 +35,9 @@ from percolate_node.store.layout import COLUMN_FAMILIES, RESOURCES
 
 FLOOR = 0.7
 FLOORED = ("put", "get")  # the issue's floor; scan is shown for the index rebuild at start
-VALUE_SIZES = (2048, 64)
+# 2048: a chunk record with its embedding; 64: an index entry; (2048, 48): what an ingest
+# writes, a chunk record and its document -> chunk entry, alternating in one batch
+VALUE_SIZES = (2048, 64, (2048, 48))
 BATCHES = (1000, 50)
 
 
@@ -84,10 +87,12 @@ class Sealed:
         self.store.close()
 
 
-def measure(count: int, size: int, batch: int, rounds: int, reads: bool) -> dict[str, dict[str, float]]:
+def measure(count: int, size: int | tuple[int, ...], batch: int, rounds: int,
+            reads: bool) -> dict[str, dict[str, float]]:
     """Median rates per side and operation, plus the median of the per-round ratios."""
-    rng = random.Random(size * 7 + batch)
-    items = [(rng.randbytes(16), rng.randbytes(size)) for _ in range(count)]
+    sizes = size if isinstance(size, tuple) else (size,)
+    rng = random.Random(sum(sizes) * 7 + batch)
+    items = [(rng.randbytes(16), rng.randbytes(sizes[i % len(sizes)])) for i in range(count)]
     lookups = [key for key, _ in items]
     rng.shuffle(lookups)
     kek = os.urandom(32)
@@ -147,7 +152,8 @@ def main() -> None:
                     continue
                 ratio = result["ratio"][op]
                 floor = FLOOR if op in FLOORED else None
-                rows.append([op, size, batch if op == "put" else "-", round(result["plain"][op]),
+                label = "+".join(map(str, size)) if isinstance(size, tuple) else size
+                rows.append([op, label, batch if op == "put" else "-", round(result["plain"][op]),
                              round(result["sealed"][op]), f"{ratio:.2f}x", f"{floor}x" if floor else "-",
                              ("yes" if ratio >= floor else "NO") if floor else "-"])
     common.print_table(f"Encrypted store vs plaintext rocksdict ({count:,} values, median of {rounds} rounds, "
