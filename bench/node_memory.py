@@ -45,7 +45,6 @@ started = time.perf_counter()
 if mode == "node":
     memory = NodeMemory.open(NodeConfig(tenant_id="bench", data_dir=root / "data", kek_file=root / "kek.bin"), None)
     count = memory.index_size
-    print(memory.rebuild_graph, file=sys.stderr)
 else:
     store = EncryptedStore.open(root / "data", "bench", load_kek(root / "kek.bin"), create=False)
     count = sum(1 for _ in MemoryRepository(store).iter_resources())

@@ -8,8 +8,8 @@ the store at start, so a crash between the two can never leave them disagreeing.
 from __future__ import annotations
 
 import asyncio
-import logging
 import ctypes
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -238,8 +238,8 @@ class NodeMemory:
             raise InvalidRequestError(f"unknown kind {kind!r}")
         chunks = self.repository.list_resources(record_id) if kind == "document" else []
         removed = self.repository.delete(kind, record_id)
-        for resource_id_ in [record_id] if kind == "resource" else [r.id for r in chunks]:
-            self.index.remove(resource_id_)
+        unindexed = [self.index.remove(id) for id in ([record_id] if kind == "resource" else [r.id for r in chunks])]
+        if any(unindexed):
             self._graph_version += 1
         if self.index.stale_fraction > COMPACT_ABOVE_STALE:  # removals slowly degrade HNSW recall
             self._compact_in_background()

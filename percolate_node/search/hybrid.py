@@ -66,7 +66,7 @@ class GraphSnapshot:
     saved at shutdown, it spares the next start the graph build. Holds embeddings."""
 
     slot_ids: list[str | None]
-    graph: bytes
+    graph: bytes | bytearray
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[str]], k: int = RRF_K) -> list[tuple[str, float]]:

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from usearch.index import Index
+from usearch.index import Index, MetricKind, ScalarKind
 
 from .ranking import Ranked, top_k
 from .slots import SlotMap, grow
 
 log = logging.getLogger(__name__)
+
+_GRAPH_METRIC, _GRAPH_DTYPE = MetricKind.IP, ScalarKind.F16  # inner product of unit vectors, half precision
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class VectorIndex:
 
     def build(self, ids: Sequence[str], vectors: np.ndarray, threads: int = 0,
               progress: Callable[[int, int], None] | None = None,
-              saved_graph: bytes | None = None) -> tuple[int, int] | None:
+              saved_graph: bytes | bytearray | None = None) -> tuple[int, int] | None:
         """Replace the whole index with ``ids``/``vectors`` (one row each, ids unique),
         inserting into the graph on ``threads`` threads (0: all cores).
 
@@ -152,12 +154,12 @@ class VectorIndex:
             self._graph.add(slots.astype(np.uint64), units, threads=threads, progress=_graph_progress(progress))
         return None
 
-    def graph_bytes(self) -> bytes:
+    def graph_bytes(self) -> bytearray:
         """The HNSW graph serialised (keys are slots, vectors half precision): what
         ``build(saved_graph=...)`` reuses. It holds the tenant's embeddings: seal it."""
-        return bytes(self._graph.save())
+        return self._graph.save()
 
-    def _reuse(self, saved: bytes, slots: np.ndarray, units: np.ndarray,
+    def _reuse(self, saved: bytes | bytearray, slots: np.ndarray, units: np.ndarray,
                threads: int) -> tuple[Index, int, int] | None:
         """(graph, vectors inserted, vectors removed) from ``saved`` patched to hold exactly
         ``units`` at ``slots``; None when it does not fit these settings or differs in more
@@ -170,9 +172,8 @@ class VectorIndex:
 
     def _patch(self, graph: Index | None, slots: np.ndarray, units: np.ndarray,
                threads: int) -> tuple[Index, int, int] | None:
-        expected = self._new_graph()
         if (graph is None or graph.ndim != self.dim or graph.connectivity != self.params.connectivity
-                or graph.dtype != expected.dtype or graph.metric != expected.metric):
+                or graph.dtype != _GRAPH_DTYPE or graph.metric != _GRAPH_METRIC):
             return None
         graph.expansion_add, graph.expansion_search = self.params.expansion_add, self.params.expansion_search
         keys = np.array(graph.keys, dtype=np.int64)
@@ -207,11 +208,6 @@ class VectorIndex:
         past about 0.25 recall starts to slip and ``compact`` is worth its cost."""
         return self._removed_since_build / max(1, len(self))
 
-    def compact(self, threads: int = 0) -> None:
-        """Rebuild the graph from the live vectors, dropping what removals left behind."""
-        job = self.start_compaction()
-        self.finish_compaction(job, job.build(threads))
-
     def start_compaction(self) -> Compaction:
         """Begin a compaction whose slow part, ``Compaction.build``, needs no lock: it works
         on a copy of the live vectors, and this index records the slots that change
@@ -221,7 +217,7 @@ class VectorIndex:
         live = self._live_slots()
         self._touched = set()
         self._removed_during = 0
-        return Compaction(self, live, self._vectors[live].copy())
+        return Compaction(self, live, self._vectors[live].copy(), self._touched)
 
     def abandon_compaction(self, job: Compaction) -> None:
         """Forget ``job`` (its build failed), so that a later compaction can start."""
@@ -302,7 +298,7 @@ class VectorIndex:
         return top_k(slots, scores, k, self._slots.id_of)
 
     def _new_graph(self) -> Index:
-        return Index(ndim=self.dim, metric="ip", dtype="f16", connectivity=self.params.connectivity,
+        return Index(ndim=self.dim, metric=_GRAPH_METRIC, dtype=_GRAPH_DTYPE, connectivity=self.params.connectivity,
                      expansion_add=self.params.expansion_add,
                      expansion_search=self.params.expansion_search)
 
@@ -315,10 +311,7 @@ class Compaction:
     index: VectorIndex
     slots: np.ndarray
     vectors: np.ndarray
-    token: object = None
-
-    def __post_init__(self) -> None:
-        self.token = self.index._touched  # which compaction of the index this is
+    token: set[int]  # the index's record of changed slots for this compaction: which one it is
 
     def build(self, threads: int = 0) -> Index:
         graph = self.index._new_graph()
