@@ -3,7 +3,7 @@
 Starts a real Triton on CPU with the built model repository, the reading frontend in
 front of it with mutual TLS and development certificates, then calls Embed, Ocr,
 Parse and Transcribe (``jfk.flac``: ``PERCOLATE_DEMO_AUDIO``, default
-``../shared/data/jfk.flac`` beside the checkout) as a tenant node would, and shows that
+``data/jfk.flac`` in the repository) as a tenant node would, and shows that
 another tenant's name is refused. Then a tenant node over an encrypted RocksDB ingests
 generated files (text PDF, scanned PDF, DOCX, XLSX, PNG, the audio) through the
 reading service and answers searches.
@@ -107,7 +107,7 @@ def demo_parse(stub) -> None:
 
 
 def demo_audio_path() -> Path:
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "jfk.flac"
+    default = Path(__file__).resolve().parents[1] / "data" / "jfk.flac"
     return Path(os.environ.get("PERCOLATE_DEMO_AUDIO") or default)
 
 

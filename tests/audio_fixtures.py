@@ -15,8 +15,8 @@ JFK_TEXT = ("And so my fellow Americans, ask not what your country can do for yo
 
 
 def jfk_path() -> Path:
-    """``PERCOLATE_JFK_FLAC``, default ``../shared/data/jfk.flac`` beside the checkout."""
-    return Path(os.environ.get("PERCOLATE_JFK_FLAC") or ROOT.parent / "shared" / "data" / "jfk.flac")
+    """``PERCOLATE_JFK_FLAC``, default ``data/jfk.flac`` carried in the repository."""
+    return Path(os.environ.get("PERCOLATE_JFK_FLAC") or ROOT / "data" / "jfk.flac")
 
 
 @lru_cache(maxsize=None)
