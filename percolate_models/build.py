@@ -281,6 +281,18 @@ def _install_asset(asset: AssetSpec, paths: ProjectPaths, report: BuildReport) -
             "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
+def stale_repository_files(paths: ProjectPaths) -> list[str]:
+    """Committed repository files (configs, ``model.py``) that differ from what the catalog
+    renders, without writing anything: CI runs this before the build, which would rewrite them."""
+    stale = []
+    for spec in MODELS:
+        for relative, text in configs.repository_files(spec).items():
+            path = paths.model_repository / relative
+            if not path.is_file() or path.read_text() != text:
+                stale.append(relative)
+    return stale
+
+
 def verify(paths: ProjectPaths) -> list[str]:
     """Problems with the built repository (missing or altered files); empty when sound."""
     manifest = _read_json(paths.manifest)

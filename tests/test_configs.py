@@ -73,3 +73,29 @@ def test_committed_repository_files_are_not_stale(spec):
 def test_invalid_config_text_is_rejected():
     with pytest.raises(text_format.ParseError):
         configs.parse('name: "x"\nmax_batch_size: "many"\n')
+
+
+def test_check_reports_a_stale_committed_file_without_writing(tmp_path, monkeypatch):
+    """`percolate-models check` (run by setup before the build) sees a stale file and leaves it."""
+    import dataclasses
+    import shutil
+
+    from percolate_models.build import stale_repository_files
+    from percolate_models.cli import main
+
+    real = ProjectPaths.from_env()
+    copy = tmp_path / "model_repository"
+    for spec in MODELS:
+        for relative in configs.repository_files(spec):
+            (copy / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(real.model_repository / relative, copy / relative)
+    paths = dataclasses.replace(real, model_repository=copy)
+    assert stale_repository_files(paths) == []
+    target = copy / f"{MODELS[0].name}/config.pbtxt"
+    edited = target.read_text() + "# hand edit\n"
+    target.write_text(edited)
+    (copy / f"{MODELS[-1].name}/1/model.py").unlink()
+    assert stale_repository_files(paths) == [f"{MODELS[0].name}/config.pbtxt", f"{MODELS[-1].name}/1/model.py"]
+    assert target.read_text() == edited  # checked, not rewritten
+    monkeypatch.setenv("PERCOLATE_MODEL_REPOSITORY", str(copy))
+    assert main(["check"]) == 1
