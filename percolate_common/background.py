@@ -38,6 +38,11 @@ class BackgroundServer(Generic[S]):
         """Run ``coroutine`` on the server's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
+    def call_soon(self, callback, *args) -> None:
+        """Schedule ``callback(*args)`` on the server's loop without waiting (safe from
+        any thread, and after the server has stopped)."""
+        self._loop.call_soon_threadsafe(callback, *args)
+
     def __enter__(self) -> "BackgroundServer[S]":
         self._thread.start()
         try:

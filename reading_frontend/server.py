@@ -133,8 +133,8 @@ class ReadingServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: report NOT_SERVING and refuse new work at once, let admitted and queued
-        work finish within the grace period, wait until no request has come for
-        ``drain_quiet_s``, then close the port.
+        work finish within the grace period, wait until ``drain_quiet_s`` has passed with
+        no work running and no request refused, then close the port.
 
         Health keeps answering (NOT_SERVING) while the work finishes, so load balancers
         and Kubernetes see the pod leave before its connections close.
@@ -152,10 +152,16 @@ class ReadingServer:
         quiet = min(self.config.drain_quiet_s, grace)
         # Closing the port while clients still send (they have not seen NOT_SERVING yet)
         # turns their calls into CANCELLED, which they do not retry: first wait for the
-        # work to finish and for the refusals (retryable UNAVAILABLE) to stop.
-        while time.monotonic() < deadline:
-            last_arrival = max(started, self.admission.last_refused_at)
-            if not (self.admission.in_flight or self.admission.depth) and time.monotonic() - last_arrival >= quiet:
+        # work to finish, then for ``quiet`` seconds with neither work nor refusals
+        # (retryable UNAVAILABLE). The quiet period starts when the work has finished too:
+        # a client that last called while the work ran may be about to call again.
+        idle_since: float | None = started
+        while (now := time.monotonic()) < deadline:
+            if self.admission.in_flight or self.admission.depth:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = now
+            elif now - max(idle_since, self.admission.last_refused_at) >= quiet:
                 break
             await asyncio.sleep(0.05)
         await self._server.stop(max(0.0, deadline - time.monotonic()))

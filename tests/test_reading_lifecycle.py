@@ -10,6 +10,7 @@ import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
@@ -126,31 +127,74 @@ def test_flooding_tenant_does_not_starve_another(triton, pki, paths):
     assert last_b < 10, finished  # FIFO would put tenant-b after all 20 of tenant-a
 
 
+def hold_a_slot(server):
+    """Admit work that runs until the returned function is called, so a test decides
+    when the admitted work ends instead of guessing how long it takes."""
+    import asyncio
+
+    async def hold() -> asyncio.Event:
+        admitted, release = asyncio.Event(), asyncio.Event()
+
+        async def run() -> None:
+            async with server.server.admission.slot("test-holder"):
+                admitted.set()
+                await release.wait()
+
+        asyncio.get_running_loop().create_task(run())
+        await admitted.wait()
+        return release
+
+    release = server.call(hold())
+    return lambda: server.call_soon(release.set)
+
+
 def test_drain_finishes_admitted_work_and_refuses_new(triton, pki, paths):
-    config = frontend_config(triton, pki, max_in_flight=1, metrics_port=-1, drain_grace_s=60, drain_quiet_s=3)
-    texts = [f"draining sentence {i}" for i in range(300)]
-    server = EmbeddedReading(config, paths).__enter__()
-    with tenant_channel(server, pki) as channel:
+    """Admitted and queued work finishes; new calls get a retryable UNAVAILABLE; the port
+    stays open drain_quiet_s after the last refusal and after the work has finished."""
+    quiet = 8.0
+    config = frontend_config(triton, pki, max_in_flight=1, metrics_port=-1, drain_grace_s=300,
+                             drain_quiet_s=quiet)
+    texts = [f"draining sentence {i}" for i in range(32)]
+    with EmbeddedReading(config, paths) as server, tenant_channel(server, pki) as channel, \
+            ThreadPoolExecutor(4) as pool, ExitStack() as stack:
         stub = reading_pb2_grpc.ReadingServiceStub(channel)
-        with ThreadPoolExecutor(4) as pool:
-            admitted = [pool.submit(stub.Embed, pb.EmbedRequest(texts=texts), timeout=120) for _ in range(4)]
-            wait_for(lambda: server.server.admission.depth >= 3, what="queued work")
-            stopping = pool.submit(server.stop)
-            wait_for(lambda: server.server.draining, what="draining")
-            assert health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
-            with pytest.raises(grpc.RpcError) as refused:
-                stub.Embed(pb.EmbedRequest(texts=["too late"]), timeout=10)
-            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert all(len(f.result().embeddings) == 300 for f in admitted)
-            # the work is done, but a client still sending keeps the port open (quiet period):
-            # each late call gets a retryable UNAVAILABLE, never the CANCELLED of a closing server
-            for _ in range(3):
-                time.sleep(1)
-                with pytest.raises(grpc.RpcError) as late:
-                    stub.Embed(pb.EmbedRequest(texts=["still too late"]), timeout=10)
-                assert late.value.code() == grpc.StatusCode.UNAVAILABLE, late.value
-                assert not stopping.done(), "the port closed less than drain_quiet_s after a refusal"
-            stopping.result(timeout=90)
+        release = hold_a_slot(server)  # the one slot is taken: every call below queues
+        stack.callback(release)  # a failing assertion must not leave the drain waiting on it
+        admitted = [pool.submit(stub.Embed, pb.EmbedRequest(texts=texts), timeout=300) for _ in range(3)]
+        wait_for(lambda: server.server.admission.depth >= 3, what="queued work")
+
+        def stop() -> float:
+            server.stop()
+            return time.monotonic()
+
+        stopping = pool.submit(stop)
+        wait_for(lambda: server.server.draining, what="draining")
+        assert health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Embed(pb.EmbedRequest(texts=["too late"]), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        # the work outlasts the quiet period after that refusal: the port must stay open
+        refused_at = server.server.admission.last_refused_at
+        wait_for(lambda: time.monotonic() - refused_at > quiet + 1, what="a quiet period after the refusal")
+        assert not stopping.done(), "the port closed while admitted work was still running"
+        released_at = time.monotonic()
+        release()
+        assert all(len(f.result(timeout=300).embeddings) == 32 for f in admitted)
+        finished_at = time.monotonic()
+        # the work is done, but a client that was refused calls again a moment later (its
+        # retry backoff): the port is still open and the call gets a retryable UNAVAILABLE,
+        # not a refused connection or the CANCELLED of a closing server
+        wait_for(lambda: time.monotonic() - finished_at > 1, what="the client's backoff")
+        late_sent_at = time.monotonic()
+        with pytest.raises(grpc.RpcError) as late:
+            stub.Embed(pb.EmbedRequest(texts=["still too late"]), timeout=30)
+        assert late.value.code() == grpc.StatusCode.UNAVAILABLE, late.value
+        assert "retry on another replica" in late.value.details(), \
+            f"the port closed the moment the work ended: {late.value.details()}"
+        closed_at = stopping.result(timeout=300)
+    # both lower bounds hold however slow the machine is: the server counts from later moments
+    assert closed_at >= released_at + quiet
+    assert closed_at >= late_sent_at + quiet
 
 
 def test_triton_killed_mid_load_then_restarted(paths, pki, tmp_path):
