@@ -6,19 +6,35 @@
  * 0.5 us of overhead per value, which costs more than RocksDB itself for small values.
  * Here each DEK keeps an initialised OpenSSL context per direction, so a call only sets
  * the nonce; the associated data is fed in pieces, and the sealed value is built in
- * one allocation. Nonces come from OpenSSL's CSPRNG through a per-object pool that is
- * thrown away in a forked child.
+ * one allocation. Nonces come from OpenSSL's CSPRNG through a per-object pool that no
+ * clone of the process can reuse: the pool lives in a page marked MADV_WIPEONFORK, which
+ * the kernel hands to any child (fork(), a raw fork/clone syscall that skips
+ * pthread_atfork) zeroed, so the child finds it empty and draws its own. Where the kernel
+ * lacks MADV_WIPEONFORK (before Linux 4.14) the pid is compared on every seal instead
+ * (getpid() is a ~150 ns syscall here, as much as the seal itself, hence not the default).
+ * Neither covers a checkpoint/restore or VM-snapshot clone of the same pid.
+ *
+ * Each object also carries a seal budget (``budget``): the store reserves seals in blocks
+ * in its keyring and sets it, and seal refuses once it is spent, so no DEK seals more
+ * values than the keyring recorded (GCM's random-nonce bound).
  *
  * The format is crypto.py's (version 1):
  *   sealed = version (1) | DEK id (4, big-endian) | nonce (12) | ciphertext | tag (16)
  *   associated data = version | DEK id | context | key, where context = tenant 0 cf 0.
- * Every call runs holding the GIL, which serialises use of the shared contexts.
+ * Every call runs holding the GIL, which serialises use of the shared contexts, the pool
+ * and the budget: this module relies on it (it declares no free-threading support, so a
+ * free-threaded interpreter re-enables the GIL to import it); add a lock per object before
+ * ever declaring Py_MOD_GIL_NOT_USED.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <limits.h>
-#include <pthread.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "structmember.h"
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -32,14 +48,18 @@
 #define KEY_BYTES 32
 #define BODY_BYTES (HEADER_BYTES + NONCE_BYTES)
 #define NONCE_POOL 256 /* nonces drawn from the CSPRNG at a time */
+/* The longest sealed value open() accepts, so every length fits OpenSSL's int; seal()
+ * refuses values whose sealed form would be longer, so whatever seals also opens. */
+#define MAX_SEALED_BYTES (INT_MAX / 2)
+#define MAX_VALUE_BYTES (MAX_SEALED_BYTES - BODY_BYTES - TAG_BYTES)
 
-static volatile unsigned long fork_generation = 0;
+static int force_pid_check = 0; /* tests: use the fallback even where WIPEONFORK works */
 
-static void
-after_fork_in_child(void)
-{
-    fork_generation++; /* a child must never hand out its parent's pooled nonces */
-}
+typedef struct {
+    unsigned int available; /* nonces left; 0 in a clone's copy, since the page is wiped */
+    pid_t pid;              /* owner of the pool, checked only without WIPEONFORK */
+    unsigned char nonces[NONCE_BYTES * NONCE_POOL];
+} NoncePool;
 
 typedef struct {
     unsigned char header[HEADER_BYTES];
@@ -52,9 +72,11 @@ typedef struct {
     Py_ssize_t count;
     Dek *deks;
     Dek *active;
-    unsigned char pool[NONCE_BYTES * NONCE_POOL];
-    int pool_used; /* nonces already handed out of pool */
-    unsigned long pool_generation;
+    NoncePool *pool;   /* its own mapping: a whole page, so it can be wiped on fork */
+    size_t pool_size;
+    int check_pid;     /* 1 where the page could not be marked MADV_WIPEONFORK */
+    long long budget;  /* seals left before the store must reserve more; < 0: no limit */
+    int destroyed;
 } Keys;
 
 static void
@@ -75,24 +97,69 @@ openssl_error(const char *what)
     return NULL;
 }
 
+/* Frees every context (cleansing the key schedules) and the nonce pool. */
 static void
-Keys_dealloc(Keys *self)
+forget_keys(Keys *self)
 {
+    self->active = NULL; /* first: nothing seals or opens from here on */
     for (Py_ssize_t i = 0; i < self->count; i++) {
         EVP_CIPHER_CTX_free(self->deks[i].encrypt); /* frees and cleanses the key schedule */
         EVP_CIPHER_CTX_free(self->deks[i].decrypt);
     }
+    self->count = 0;
     PyMem_Free(self->deks);
-    OPENSSL_cleanse(self->pool, sizeof(self->pool));
+    self->deks = NULL;
+    if (self->pool != NULL) {
+        OPENSSL_cleanse(self->pool, self->pool_size);
+        munmap(self->pool, self->pool_size);
+        self->pool = NULL;
+    }
+}
+
+static void
+Keys_dealloc(Keys *self)
+{
+    forget_keys(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A page of its own for the nonce pool, wiped in any child the kernel forks. */
+static int
+map_pool(Keys *self)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    size_t size = sizeof(NoncePool);
+    if (page > 0)
+        size = (size + (size_t)page - 1) / (size_t)page * (size_t)page;
+    void *pool = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (pool == MAP_FAILED) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->pool = pool; /* zero-filled: empty */
+    self->pool_size = size;
+    self->check_pid = force_pid_check;
+#ifdef MADV_WIPEONFORK
+    if (madvise(pool, size, MADV_WIPEONFORK) != 0)
+        self->check_pid = 1;
+#else
+    self->check_pid = 1;
+#endif
+#ifdef MADV_DONTDUMP
+    (void)madvise(pool, size, MADV_DONTDUMP); /* nonces are no secret, but keep cores small */
+#endif
+    self->pool->pid = getpid();
+    return 0;
 }
 
 static int
 Keys_init(Keys *self, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"deks", "active", NULL};
+    static char *names[] = {"deks", "active", "budget", NULL};
     PyObject *deks, *active_obj;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!", names, &PyDict_Type, &deks, &PyLong_Type, &active_obj))
+    long long budget = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!|L", names, &PyDict_Type, &deks, &PyLong_Type, &active_obj,
+                                     &budget))
         return -1;
     unsigned long active = PyLong_AsUnsignedLong(active_obj);
     if ((active == (unsigned long)-1 && PyErr_Occurred()) || active > 0xFFFFFFFFUL) {
@@ -100,7 +167,7 @@ Keys_init(Keys *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "DEK ids are integers in [0, 2**32)");
         return -1;
     }
-    if (self->deks != NULL) {
+    if (self->deks != NULL || self->destroyed) {
         PyErr_SetString(PyExc_TypeError, "Keys objects are immutable: build a new one");
         return -1;
     }
@@ -146,8 +213,10 @@ Keys_init(Keys *self, PyObject *args, PyObject *kwargs)
         PyErr_Format(PyExc_ValueError, "the active DEK %lu is not among the DEKs", active);
         return -1;
     }
-    self->pool_used = NONCE_POOL; /* empty: filled on the first seal */
-    self->active = active_dek;     /* last: only a fully initialised object seals and opens */
+    if (map_pool(self) < 0)
+        return -1;
+    self->budget = budget;
+    self->active = active_dek; /* last: only a fully initialised object seals and opens */
     return 0;
 }
 
@@ -155,23 +224,30 @@ Keys_init(Keys *self, PyObject *args, PyObject *kwargs)
 static const unsigned char *
 next_nonce(Keys *self)
 {
-    if (self->pool_used == NONCE_POOL || self->pool_generation != fork_generation) {
-        if (RAND_bytes(self->pool, sizeof(self->pool)) != 1) {
+    NoncePool *pool = self->pool;
+    if (self->check_pid) {
+        pid_t pid = getpid();
+        if (pool->pid != pid) { /* a clone: never hand out the parent's pool */
+            pool->available = 0;
+            pool->pid = pid;
+        }
+    }
+    if (pool->available == 0) { /* OpenSSL's DRBG reseeds itself in a new pid */
+        if (RAND_bytes(pool->nonces, sizeof(pool->nonces)) != 1) {
             openssl_error("draw random nonces");
             return NULL;
         }
-        self->pool_used = 0;
-        self->pool_generation = fork_generation;
+        pool->available = NONCE_POOL;
     }
-    const unsigned char *nonce = self->pool + NONCE_BYTES * self->pool_used++;
-    return nonce;
+    return pool->nonces + NONCE_BYTES * (NONCE_POOL - pool->available--);
 }
 
 static int
 check_bytes(Keys *self, PyObject *const *args, Py_ssize_t nargs, const char *name)
 {
-    if (self->active == NULL) { /* made by __new__ without __init__ */
-        PyErr_SetString(PyExc_ValueError, "Keys object was not initialised");
+    if (self->active == NULL) { /* made by __new__ without __init__, or destroyed */
+        PyErr_SetString(PyExc_RuntimeError, self->destroyed ? "these keys were destroyed (store closed or shredded)"
+                                                            : "Keys object was not initialised");
         return -1;
     }
     if (nargs != 3) {
@@ -183,8 +259,8 @@ check_bytes(Keys *self, PyObject *const *args, Py_ssize_t nargs, const char *nam
             PyErr_Format(PyExc_TypeError, "%s takes bytes, got %.100s", name, Py_TYPE(args[i])->tp_name);
             return -1;
         }
-        if (PyBytes_GET_SIZE(args[i]) > INT_MAX / 2) {
-            PyErr_Format(PyExc_OverflowError, "%s: value too large", name);
+        if (i < 2 && PyBytes_GET_SIZE(args[i]) > INT_MAX / 2) {
+            PyErr_Format(PyExc_OverflowError, "%s: %s too large", name, i == 0 ? "context" : "key");
             return -1;
         }
     }
@@ -223,10 +299,21 @@ Keys_seal(Keys *self, PyObject *const *args, Py_ssize_t nargs)
     if (check_bytes(self, args, nargs, "seal") < 0)
         return NULL;
     PyObject *value = args[2];
+    if (PyBytes_GET_SIZE(value) > MAX_VALUE_BYTES) {
+        PyErr_Format(PyExc_OverflowError, "a value of %zd bytes is over the %d a sealed value can hold",
+                     PyBytes_GET_SIZE(value), MAX_VALUE_BYTES);
+        return NULL;
+    }
+    if (self->budget == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "seal budget spent: the store reserves seals before sealing");
+        return NULL;
+    }
     int length = (int)PyBytes_GET_SIZE(value);
     const unsigned char *nonce = next_nonce(self);
     if (nonce == NULL)
         return NULL;
+    if (self->budget > 0)
+        self->budget--; /* counted once the nonce is drawn, whatever happens next */
     PyObject *sealed = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)BODY_BYTES + length + TAG_BYTES);
     if (sealed == NULL)
         return NULL;
@@ -260,6 +347,10 @@ Keys_open(Keys *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *sealed_obj = args[2];
     const unsigned char *sealed = (const unsigned char *)PyBytes_AS_STRING(sealed_obj);
     Py_ssize_t size = PyBytes_GET_SIZE(sealed_obj);
+    if (size > MAX_SEALED_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "longer than any sealed value");
+        return NULL;
+    }
     if (size < HEADER_BYTES || sealed[0] != FORMAT_VERSION) {
         PyErr_SetString(PyExc_ValueError, "malformed header");
         return NULL;
@@ -306,13 +397,58 @@ Keys_open(Keys *self, PyObject *const *args, Py_ssize_t nargs)
     return value;
 }
 
+PyDoc_STRVAR(destroy_doc, "destroy(): free and cleanse every key schedule now; seal and open refuse afterwards.");
+
+static PyObject *
+Keys_destroy(Keys *self, PyObject *Py_UNUSED(ignored))
+{
+    self->destroyed = 1;
+    forget_keys(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Keys_get_fork_guard(Keys *self, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(self->check_pid ? "pid check" : "wipe-on-fork");
+}
+
 static PyMethodDef Keys_methods[] = {
     {"seal", (PyCFunction)(void (*)(void))Keys_seal, METH_FASTCALL, seal_doc},
     {"open", (PyCFunction)(void (*)(void))Keys_open, METH_FASTCALL, open_doc},
+    {"destroy", (PyCFunction)Keys_destroy, METH_NOARGS, destroy_doc},
     {NULL, NULL, 0, NULL},
 };
 
-PyDoc_STRVAR(Keys_doc, "Keys(deks: dict[int, bytes], active: int): AES-256-GCM contexts for one keyring's DEKs.");
+static PyMemberDef Keys_members[] = {
+    {"budget", T_LONGLONG, offsetof(Keys, budget), 0, "seals left before more must be reserved (< 0: no limit)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef Keys_getset[] = {
+    {"fork_guard", (getter)Keys_get_fork_guard, NULL, "how a cloned process is kept from reusing pooled nonces",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyDoc_STRVAR(use_pid_check_doc, "_use_pid_check(on): new Keys check the pid on every seal (tests the fallback).");
+
+static PyObject *
+use_pid_check(PyObject *Py_UNUSED(module), PyObject *on)
+{
+    force_pid_check = PyObject_IsTrue(on);
+    if (force_pid_check < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"_use_pid_check", use_pid_check, METH_O, use_pid_check_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(Keys_doc, "Keys(deks: dict[int, bytes], active: int, budget: int = -1): AES-256-GCM contexts for one "
+                       "keyring's DEKs.");
 
 static PyTypeObject KeysType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -322,12 +458,14 @@ static PyTypeObject KeysType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = Keys_doc,
     .tp_methods = Keys_methods,
+    .tp_members = Keys_members,
+    .tp_getset = Keys_getset,
     .tp_init = (initproc)Keys_init,
     .tp_new = PyType_GenericNew,
 };
 
 static struct PyModuleDef gcm_module = {
-    PyModuleDef_HEAD_INIT, "_gcm", "AES-256-GCM sealing of store values with reused OpenSSL contexts.", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_gcm", "AES-256-GCM sealing of store values with reused OpenSSL contexts.", -1, module_methods,
 };
 
 PyMODINIT_FUNC
@@ -335,17 +473,13 @@ PyInit__gcm(void)
 {
     if (PyType_Ready(&KeysType) < 0)
         return NULL;
-    static int atfork_registered = 0;
-    if (!atfork_registered) {
-        if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
-            PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
-            return NULL;
-        }
-        atfork_registered = 1;
-    }
     PyObject *module = PyModule_Create(&gcm_module);
     if (module == NULL)
         return NULL;
+    if (PyModule_AddIntConstant(module, "MAX_VALUE_BYTES", MAX_VALUE_BYTES) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
     Py_INCREF(&KeysType);
     if (PyModule_AddObject(module, "Keys", (PyObject *)&KeysType) < 0) {
         Py_DECREF(&KeysType);

@@ -2,51 +2,69 @@
 
 Design:
 - ``EncryptedStore.backup(dest)`` takes a RocksDB checkpoint (consistent across column
-  families, hard links where possible), then drops the ``keys`` family from the copy and
-  writes ``percolate-backup.json`` (tenant id, time; no secret). A backup on its own
-  cannot be read by anyone, including us: shredding the live keyring kills it too.
+  families, hard links where possible) under a temporary name beside ``dest``, drops the
+  ``keys`` family from the copy, writes ``percolate-backup.json`` (tenant id, time; no
+  secret), and only then renames it to ``dest``: a crash before the drop leaves the
+  keyring in a ``.<dest>.partial-*`` folder (which the next backup to ``dest`` removes),
+  never in a folder that looks like a finished backup. A backup on its own cannot be
+  read by anyone, including us: shredding the live keyring kills it too.
 - ``EncryptedStore.export_keyring(path)`` writes the wrapped keyring (safe without the
   KEK, but keep it apart from backups, e.g. in the secret store next to the KEK).
   Re-export after ``rotate_dek``/``retire_old_deks``/``rotate_kek``.
 - ``restore(backup_dir, data_dir, kek, keyring)`` checks the keyring against the KEK
   and the backup's tenant before writing anything, copies the backup, installs the
-  keyring, and opens every value. A backup taken before a DEK was retired needs a
-  keyring exported before the retirement; ``restore`` says so when that is the case.
+  keyring, opens every value, and rotates to a fresh DEK (the exported seal counts may be
+  older than the original's, and the copy must never add to the original DEK's count).
+  A backup taken before a DEK was retired needs a keyring exported before the
+  retirement; ``restore`` says so when that is the case.
 - Crypto-shredding is complete once the live keyring and every exported keyring are
   gone, or once the KEK is gone (which makes every copy of the keyring useless).
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from rocksdict import Checkpoint, Rdict
 
 from percolate_node.store import rocks
 from percolate_node.store.errors import StoreError, WrongKeyError
-from percolate_node.store.keyring import Keyring, read_keyring_file
+from percolate_node.store.keyring import Keyring, read_keyring_file, sync_folder
 from percolate_node.store.layout import COLUMN_FAMILIES, KEYS
 
 MANIFEST = "percolate-backup.json"
 BACKUP_FORMAT = 1
 
+_after_checkpoint: Callable[[Path], None] | None = None
+"""Tests: called with the temporary folder between the checkpoint and dropping ``keys``."""
+
 
 def create_backup(db: Rdict, tenant_id: str, dest: Path) -> Path:
-    """Checkpoint ``db`` into ``dest`` (which must not exist) and strip the keyring from the copy."""
-    if dest.exists():
+    """Checkpoint ``db`` beside ``dest`` (which must not exist), strip the keyring, then rename it to ``dest``."""
+    if dest.exists() or dest.is_symlink():
         raise StoreError(f"backup destination {dest} already exists")
+    for stale in dest.parent.glob(f".{dest.name}.partial-*"):  # left by a crash: may hold the keyring
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}-{time.monotonic_ns()}")
     try:
-        Checkpoint(db).create_checkpoint(str(dest))
-        copy = rocks.open_rw(dest, COLUMN_FAMILIES)
+        Checkpoint(db).create_checkpoint(str(partial))
+        if _after_checkpoint is not None:
+            _after_checkpoint(partial)
+        copy = rocks.open_rw(partial, COLUMN_FAMILIES)
         copy.drop_column_family(KEYS)
         rocks.close(copy)
-        (dest / MANIFEST).write_text(json.dumps({
+        (partial / MANIFEST).write_text(json.dumps({
             "format": BACKUP_FORMAT, "tenant_id": tenant_id,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+        sync_folder(partial)
+        os.rename(partial, dest)
+        sync_folder(dest.parent)
     except BaseException as error:
-        shutil.rmtree(dest, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
         if isinstance(error, StoreError) or not isinstance(error, Exception):
             raise
         raise StoreError(f"backup to {dest} failed: {error}") from None
@@ -85,6 +103,7 @@ def restore(backup_dir: Path, data_dir: Path, kek: bytes, keyring: Path) -> None
         rocks.close(db, [keys])
         with EncryptedStore.open(data_dir, tenant_id, kek, create=False) as store:
             store.verify()
+            store.rotate_dek()
     except BaseException:
         shutil.rmtree(data_dir, ignore_errors=True)
         raise

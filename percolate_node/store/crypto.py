@@ -4,8 +4,9 @@ A sealed value is ``version (1) | DEK id (4, big-endian) | nonce (12) | cipherte
 (written and read by the ``_gcm`` extension; the KEK wrapping below uses ``cryptography``).
 Its associated data is ``version | DEK id | tenant | 0 | column family | 0 | key``, so a
 value opens only at the exact tenant, column family and key it was written to, and
-its header cannot be edited to point at another DEK. Nonces are random (96 bits): keep
-each DEK under 2**32 seals (rotate) to stay inside GCM's random-nonce bound.
+its header cannot be edited to point at another DEK. Nonces are random (96 bits): each
+DEK must stay under 2**32 seals (NIST SP 800-38D); the store counts seals per DEK in its
+keyring and rotates well before that (``EncryptedStore``, ``seal_limit``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from percolate_node.store import _gcm
-from percolate_node.store.errors import TamperedValueError
+from percolate_node.store.errors import StoreError, TamperedValueError
 
 FORMAT_VERSION = 1
 WRAP_VERSION = 1
@@ -25,6 +26,7 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 HEADER_BYTES = 5  # version and DEK id
 _MIN_SEALED = HEADER_BYTES + NONCE_BYTES + TAG_BYTES
+MAX_VALUE_BYTES = _gcm.MAX_VALUE_BYTES  # about 1 GiB: the most a value may hold so that it also opens
 
 
 def sealed_dek_id(sealed: bytes) -> int | None:
@@ -41,13 +43,14 @@ class Sealer:
     readers on other threads always see one consistent set. The AEAD work is one call
     into ``_gcm`` (OpenSSL contexts kept per DEK, nonces from OpenSSL's CSPRNG); this
     class adds the per-column-family context and turns failures into
-    ``TamperedValueError`` naming the key.
+    ``TamperedValueError`` naming the key, and any other failure into ``StoreError``.
+    ``budget`` limits how many values it may seal (see ``_gcm``); -1: no limit.
     """
 
-    def __init__(self, tenant_id: str, deks: Mapping[int, bytes]) -> None:
+    def __init__(self, tenant_id: str, deks: Mapping[int, bytes], budget: int = -1) -> None:
         self.active = max(deks)
         self.tenant_id = tenant_id
-        self.keys = _gcm.Keys(dict(deks), self.active)  # .seal(context, key, value): the store's hot path
+        self.keys = _gcm.Keys(dict(deks), self.active, budget)  # .seal(context, key, value): the store's hot path
         self._dek_ids = frozenset(deks)
         self._contexts: dict[str, bytes] = {}
 
@@ -56,19 +59,37 @@ class Sealer:
 
     def seal(self, cf: str, key: bytes, value: bytes) -> bytes:
         """``value`` sealed with the active DEK and a fresh random nonce, bound to (tenant, cf, key)."""
-        return self.keys.seal(self._context(cf), key, value)
+        try:
+            return self.keys.seal(self._context(cf), key, value)
+        except (TypeError, OverflowError, RuntimeError, MemoryError) as error:
+            raise seal_error(cf, key, error) from None
 
     def open(self, cf: str, key: bytes, sealed: bytes) -> bytes:
         try:
             return self.keys.open(self._contexts.get(cf) or self._context(cf), key, sealed)
-        except ValueError as error:  # tag mismatch, malformed or truncated, unknown DEK
+        except ValueError as error:  # tag mismatch, malformed, truncated or oversized, unknown DEK
             raise TamperedValueError(cf, key, str(error)) from None
+        except (TypeError, OverflowError, RuntimeError, MemoryError) as error:  # not bytes; destroyed; OpenSSL
+            raise StoreError(f"cannot open {cf}/{_hex(key)}: {error}") from None
+
+    def destroy(self) -> None:
+        """Cleanse every key schedule now: this sealer (and whoever still holds it) seals and opens nothing more."""
+        self.keys.destroy()
 
     def _context(self, cf: str) -> bytes:
         context = self._contexts.get(cf)
         if context is None:
             context = self._contexts[cf] = sealing_context(self.tenant_id, cf)
         return context
+
+
+def seal_error(cf: str, key: object, error: BaseException) -> StoreError:
+    """The store's error for a value the extension refused to seal."""
+    return StoreError(f"cannot seal {cf}/{_hex(key)}: {error}")
+
+
+def _hex(key: object) -> str:
+    return key.hex() if isinstance(key, bytes) else repr(key)
 
 
 def sealing_context(tenant_id: str, cf: str) -> bytes:

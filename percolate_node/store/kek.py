@@ -1,33 +1,80 @@
-"""The tenant key-encryption key (KEK): 32 random bytes in a file outside the database."""
+"""The tenant key-encryption key (KEK): 32 random bytes in a file outside the database.
+
+Key files (the KEK, the node's bearer token) are read through ``read_secret_file``,
+which refuses a file another user owns or one with any group or other access: a
+key that others could read or replace is not a key. ``allow_group_read`` (the
+``PERCOLATE_NODE_KEY_FILES_GROUP_READABLE`` setting) lets group read through, for
+mounts that can only be shared with a group (a Kubernetes Secret with ``fsGroup``:
+root-owned, mode 0440); other access is refused all the same.
+"""
 from __future__ import annotations
 
-import logging
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from percolate_node.store.errors import StoreError
 
 KEK_BYTES = 32
-log = logging.getLogger(__name__)
+GROUP_READABLE_SETTING = "PERCOLATE_NODE_KEY_FILES_GROUP_READABLE"
 
 
-def load_kek(path: Path | str) -> bytes:
-    """Read a KEK file, failing with a message that says what is wrong with it."""
+def read_secret_file(path: Path | str, what: str, allow_group_read: bool = False, max_bytes: int = 4096) -> bytes:
+    """The bytes of a key file, after checking who owns it and who else may use it.
+
+    The checks are made on the open file (fstat), so a file swapped in between cannot
+    pass them; symlinks are followed (Kubernetes mounts secrets through them).
+    """
     path = Path(path)
     try:
-        mode = path.stat().st_mode
-        kek = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise StoreError(f"KEK file {path} does not exist") from None
+        raise StoreError(f"{what} {path} does not exist") from None
     except OSError as error:
-        raise StoreError(f"cannot read KEK file {path}: {error.strerror}") from None
+        raise StoreError(f"cannot read {what} {path}: {error.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreError(f"{what} {path} is not a regular file")
+        if info.st_uid not in (os.geteuid(), 0):
+            raise StoreError(f"{what} {path} belongs to uid {info.st_uid}, not to this user "
+                             f"({os.geteuid()}) or root: another user could replace the key")
+        mode = stat.S_IMODE(info.st_mode)
+        shared = mode & (0o037 if allow_group_read else 0o077)
+        if shared:
+            allowed = "group read is allowed, nothing else" if allow_group_read else (
+                f"chmod 600 it, or set {GROUP_READABLE_SETTING}=1 where only a group-readable mount is possible")
+            raise StoreError(f"{what} {path} is open to other users (mode {mode:04o}): {allowed}")
+        with os.fdopen(os.dup(fd), "rb") as file:
+            data = file.read(max_bytes + 1)
+    except OSError as error:
+        raise StoreError(f"cannot read {what} {path}: {error.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise StoreError(f"{what} {path} is over {max_bytes} bytes: not a key file")
+    return data
+
+
+def load_kek(path: Path | str, allow_group_read: bool = False) -> bytes:
+    """Read a KEK file, failing with a message that says what is wrong with it."""
+    kek = read_secret_file(path, "KEK file", allow_group_read)
     if len(kek) != KEK_BYTES:
         raise StoreError(f"KEK file {path} holds {len(kek)} bytes; a KEK is exactly {KEK_BYTES} random bytes")
-    if mode & (stat.S_IROTH | stat.S_IWOTH):
-        log.warning("KEK file %s is readable or writable by every user (mode %03o); chmod 600 it",
-                    path, stat.S_IMODE(mode))
     return kek
+
+
+@dataclass(frozen=True)
+class KekFile:
+    """Where the KEK is: the store reads it only when it needs it (open, DEK rotation,
+    KEK rotation), so the key is not held in memory between those moments."""
+
+    path: Path
+    allow_group_read: bool = False
+
+    def read(self) -> bytes:
+        return load_kek(self.path, self.allow_group_read)
 
 
 def generate_kek(path: Path | str) -> bytes:
@@ -35,7 +82,7 @@ def generate_kek(path: Path | str) -> bytes:
     path = Path(path)
     kek = os.urandom(KEK_BYTES)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
         raise StoreError(f"KEK file {path} already exists; refusing to overwrite a key") from None
     except OSError as error:
@@ -45,3 +92,26 @@ def generate_kek(path: Path | str) -> bytes:
         file.flush()
         os.fsync(file.fileno())
     return kek
+
+
+def destroy_kek_file(path: Path | str) -> None:
+    """Overwrite the KEK file with zeros, fsync, and delete it (``percolate admin shred --destroy-kek``).
+
+    On copy-on-write or flash storage the old blocks may survive the overwrite, and any
+    copy elsewhere (a secret store, a backup of this folder) is untouched: the caller says so.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        raise StoreError(f"cannot destroy KEK file {path}: {error.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        os.write(fd, bytes(max(size, KEK_BYTES)))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    path.unlink()
+    from percolate_node.store.keyring import sync_folder
+
+    sync_folder(path.parent)

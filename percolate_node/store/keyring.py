@@ -5,6 +5,10 @@ Records in ``keys``:
   gets a clear message before any decryption is tried;
 - ``hmac``: the key that turns user-supplied names into RocksDB keys, wrapped;
 - ``dek/<id, 4 bytes>``: one data key each, wrapped; the highest id seals new writes;
+- ``seals/<id, 4 bytes>``: plain JSON ``{"reserved": n}``: the DEK has sealed at most n
+  values. The store raises it a block at a time before sealing, so a restart never
+  counts from below what was used, and rotates before ``seal_limit`` (no secret, and
+  like every record open to rollback by whoever can write the disk);
 - ``shredded``: left alone after ``shred()``, so the store refuses to reopen.
 Each wrapped record is bound to its tenant and record name, so wrapped keys cannot be
 swapped between slots or tenants.
@@ -13,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from percolate_node.store.crypto import KEY_BYTES, unwrap, wrap
@@ -25,6 +30,7 @@ KEYRING_FORMAT = 1
 HEADER = b"header"
 HMAC = b"hmac"
 DEK_PREFIX = b"dek/"
+SEALS_PREFIX = b"seals/"
 SHREDDED = b"shredded"
 EXPORT_KIND = "percolate-keyring"
 
@@ -33,21 +39,34 @@ def dek_record(dek_id: int) -> bytes:
     return DEK_PREFIX + dek_id.to_bytes(4, "big")
 
 
+def seals_record(dek_id: int, reserved: int) -> tuple[bytes, bytes]:
+    return SEALS_PREFIX + dek_id.to_bytes(4, "big"), json.dumps({"reserved": reserved}).encode()
+
+
 def shredded_marker() -> bytes:
     return json.dumps({"shredded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
 
 
-@dataclass
+@dataclass(repr=False)
 class Keyring:
-    """A tenant's secret keys in memory; on disk each is wrapped with the KEK."""
+    """A tenant's secret keys in memory; on disk each is wrapped with the KEK.
+
+    ``reserved`` holds each DEK's seal reservation (see ``seals/`` above); its repr names
+    the DEK ids and never a key.
+    """
 
     tenant_id: str
     hmac_key: bytes
     deks: dict[int, bytes]
+    reserved: dict[int, int] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"Keyring(tenant_id={self.tenant_id!r}, deks={sorted(self.deks)}, "
+                f"reserved={self.reserved}, keys hidden)")
 
     @classmethod
     def new(cls, tenant_id: str) -> Keyring:
-        return cls(tenant_id, os.urandom(KEY_BYTES), {1: os.urandom(KEY_BYTES)})
+        return cls(tenant_id, os.urandom(KEY_BYTES), {1: os.urandom(KEY_BYTES)}, {1: 0})
 
     @property
     def active(self) -> int:
@@ -56,6 +75,7 @@ class Keyring:
     def add_dek(self) -> int:
         dek_id = self.active + 1
         self.deks[dek_id] = os.urandom(KEY_BYTES)
+        self.reserved[dek_id] = 0
         return dek_id
 
     def wrapped_dek(self, kek: bytes, dek_id: int) -> tuple[bytes, bytes]:
@@ -67,6 +87,7 @@ class Keyring:
         records = {HEADER: json.dumps({"format": KEYRING_FORMAT, "tenant_id": self.tenant_id}).encode(),
                    HMAC: wrap(kek, self.hmac_key, self._context(HMAC))}
         records.update(self.wrapped_dek(kek, dek_id) for dek_id in self.deks)
+        records.update(seals_record(dek_id, self.reserved[dek_id]) for dek_id in self.deks if dek_id in self.reserved)
         return records
 
     @classmethod
@@ -94,6 +115,12 @@ class Keyring:
                 if dek is None:
                     raise TamperedValueError(KEYS, name, "wrapped DEK does not open with the KEK that opens the rest")
                 keyring.deks[int.from_bytes(name[len(DEK_PREFIX):], "big")] = dek
+            elif name.startswith(SEALS_PREFIX):
+                try:
+                    reserved = json.loads(blob)["reserved"]
+                except (ValueError, KeyError, TypeError):
+                    raise StoreError(f"the keyring's seal count {name!r} is unreadable") from None
+                keyring.reserved[int.from_bytes(name[len(SEALS_PREFIX):], "big")] = int(reserved)
         if not keyring.deks:
             raise StoreError("the keyring holds no data key")
         return keyring
@@ -103,18 +130,41 @@ class Keyring:
 
 
 def write_keyring_file(path: Path, tenant_id: str, records: dict[bytes, bytes]) -> None:
-    """Export wrapped keyring records (useless without the KEK) to ``path``, mode 0600, atomically."""
+    """Export wrapped keyring records (useless without the KEK) to ``path``, mode 0600, atomically.
+
+    The body goes to a new file that ``mkstemp`` creates (O_EXCL, mode 0600: never an
+    existing file or the target of a planted symlink), is fsynced, then renamed over
+    ``path`` (a rename replaces a symlink at ``path``, never follows it) and the folder synced.
+    """
     path = Path(path)
     body = json.dumps({"kind": EXPORT_KIND, "format": KEYRING_FORMAT, "tenant_id": tenant_id,
                        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "records": {name.hex(): blob.hex() for name, blob in records.items()}}, indent=1)
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(body)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
+    try:
+        fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as error:
+        raise StoreError(f"cannot write keyring file {path}: {error.strerror}") from None
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(body)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException as error:
+        Path(partial).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise StoreError(f"cannot write keyring file {path}: {error.strerror}") from None
+        raise
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so a rename or unlink in it survives a crash."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_keyring_file(path: Path) -> tuple[str, dict[bytes, bytes]]:

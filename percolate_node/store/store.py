@@ -5,6 +5,13 @@ name-hashing key, which live in the ``keys`` column family; DEKs seal every valu
 (AES-256-GCM, see ``crypto``). RocksDB keys are chosen by callers and must not hold
 user content: use ids that are hashes, and ``name_key()`` for anything a user typed.
 One process owns a data directory; inside it the store is thread-safe.
+
+Key lifetime: the KEK is read from its file only when it is needed (open, DEK rotation,
+KEK rotation) and not kept; ``close()`` and ``shred()`` cleanse the DEKs' key schedules
+and drop the keyring. Each DEK seals at most ``seal_limit`` values (2**31 by default,
+half of GCM's random-nonce bound): seals are reserved in the keyring a block at a time
+before they happen, and the store rotates to a new DEK when the next block would pass
+the limit.
 """
 from __future__ import annotations
 
@@ -19,14 +26,20 @@ from typing import Callable, Iterator, Sequence
 from rocksdict import BottommostLevelCompaction, CompactOptions, Rdict, WriteBatch, WriteOptions
 
 from percolate_node.store import rocks
-from percolate_node.store.crypto import KEY_BYTES, Sealer, sealed_dek_id, sealing_context
+from percolate_node.store.crypto import KEY_BYTES, Sealer, seal_error, sealed_dek_id, sealing_context, unwrap
 from percolate_node.store.errors import StoreError
-from percolate_node.store.keyring import (SHREDDED, Keyring, dek_record, shredded_marker,
+from percolate_node.store.kek import KekFile
+from percolate_node.store.keyring import (HMAC, SHREDDED, Keyring, dek_record, seals_record, shredded_marker,
                                           write_keyring_file)
 from percolate_node.store.layout import COLUMN_FAMILIES, DATA_FAMILIES, KEYS
 
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 NAME_KEY_BYTES = 16
+DEFAULT_SEAL_LIMIT = 2**31
+"""Seals per DEK before the store rotates: half of the 2**32 random-nonce bound (NIST SP 800-38D)."""
+SEAL_BLOCK = 2**20
+"""Seals reserved in the keyring at a time: one synced keyring write per block."""
+KekSource = bytes | Path | str | KekFile
 
 
 @dataclass(slots=True)
@@ -55,13 +68,18 @@ class ResealProgress:
 class EncryptedStore:
     """A tenant database whose values are all sealed; open it with ``EncryptedStore.open``."""
 
-    def __init__(self, path: Path, db: Rdict, keyring: Keyring, kek: bytes) -> None:
+    def __init__(self, path: Path, db: Rdict, keyring: Keyring, kek: KekSource,
+                 seal_limit: int = DEFAULT_SEAL_LIMIT, seal_block: int = SEAL_BLOCK) -> None:
+        if not 0 < seal_limit <= DEFAULT_SEAL_LIMIT * 2 or seal_block < 1:
+            raise StoreError(f"seal_limit is in (0, 2**32] and seal_block positive, got {seal_limit}, {seal_block}")
         self.path = path
         self.tenant_id = keyring.tenant_id
+        self.seal_limit = seal_limit
+        self._seal_block = min(seal_block, seal_limit)
         self._db = db
-        self._keyring = keyring
-        self._kek = kek
-        self._sealer = Sealer(keyring.tenant_id, keyring.deks)
+        self._keyring: Keyring | None = keyring
+        self._kek: bytes | KekFile | None = KekFile(Path(kek)) if isinstance(kek, (str, Path)) else kek
+        self._sealer = Sealer(keyring.tenant_id, keyring.deks, budget=0)  # reserve before sealing
         self._views = {cf: db.get_column_family(cf) for cf in COLUMN_FAMILIES}
         self._handles = {cf: db.get_column_family_handle(cf) for cf in COLUMN_FAMILIES}
         self._data_views = {cf: self._views[cf] for cf in DATA_FAMILIES}  # what callers may touch
@@ -72,15 +90,20 @@ class EncryptedStore:
         self._closed = False
 
     @classmethod
-    def open(cls, data_dir: Path, tenant_id: str, kek: bytes, create: bool = True) -> EncryptedStore:
+    def open(cls, data_dir: Path, tenant_id: str, kek: KekSource, create: bool = True,
+             seal_limit: int = DEFAULT_SEAL_LIMIT, seal_block: int = SEAL_BLOCK) -> EncryptedStore:
         """Open the tenant's database, creating it (and its keyring) if ``create`` and absent.
 
-        An existing database is verified read-only first: a wrong KEK or tenant raises
-        ``WrongKeyError`` with nothing under ``data_dir`` written.
+        ``kek`` is the KEK file (a path or ``KekFile``: read now and again only when a DEK
+        rotates) or the key itself (then held until ``close``). An existing database is
+        verified read-only first: a wrong KEK or tenant raises ``WrongKeyError`` with
+        nothing under ``data_dir`` written.
         """
         data_dir = Path(data_dir)
         if not TENANT_ID.fullmatch(tenant_id):
             raise StoreError(f"tenant id {tenant_id!r} does not match {TENANT_ID.pattern}")
+        source = KekFile(Path(kek)) if isinstance(kek, (str, Path)) else kek
+        kek = source.read() if isinstance(source, KekFile) else source
         _check_kek(kek)
         keyring = None
         if (data_dir / "CURRENT").exists():
@@ -92,9 +115,16 @@ class EncryptedStore:
                                  "refusing to open it")
         elif not create:
             raise StoreError(f"no store at {data_dir}")
-        store = cls(data_dir, rocks.open_rw(data_dir, COLUMN_FAMILIES), keyring or Keyring.new(tenant_id), kek)
-        if keyring is None:
-            store._put_keys(store._keyring.records(kek))
+        store = cls(data_dir, rocks.open_rw(data_dir, COLUMN_FAMILIES), keyring or Keyring.new(tenant_id), source,
+                    seal_limit, seal_block)
+        try:
+            if keyring is None:
+                store._put_keys(store._keyring.records(kek))
+            elif keyring.active not in keyring.reserved:  # written before seals were counted: start afresh
+                store._rotate_dek(kek)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def __enter__(self) -> EncryptedStore:
@@ -109,6 +139,9 @@ class EncryptedStore:
         """Apply ``ops`` as one synced WriteBatch: all of them are on disk, or none is."""
         batch = WriteBatch(raw_mode=True)
         with self._lock:
+            self._check_open()
+            if self._sealer.keys.budget < len(ops):
+                self._reserve(len(ops))
             # The hot loop of every ingest: one native seal per Put, type checks left to it.
             seal, targets = self._sealer.keys.seal, self._targets
             for op in ops:
@@ -121,8 +154,8 @@ class EncryptedStore:
                         batch.put(op.key, seal(target[1], op.key, op.value), target[0])
                     except TypeError:  # key or value not bytes
                         raise self._bad_operation(op) from None
-                    except (OverflowError, RuntimeError) as error:  # over 1 GiB; OpenSSL failed
-                        raise StoreError(f"cannot seal {op.cf}/{op.key.hex()}: {error}") from None
+                    except (OverflowError, RuntimeError, MemoryError) as error:  # over ~1 GiB; OpenSSL failed
+                        raise seal_error(op.cf, op.key, error) from None
                 elif kind is Delete:
                     target = targets.get(op.cf)
                     if target is None or type(op.key) is not bytes or not op.key:
@@ -196,17 +229,19 @@ class EncryptedStore:
     # -- keys -------------------------------------------------------------------------
 
     def rotate_dek(self) -> int:
-        """Seal new writes with a fresh DEK from now on; returns its id. Old values stay readable."""
+        """Seal new writes with a fresh DEK from now on; returns its id. Old values stay readable.
+
+        The store also does this on its own when the active DEK nears ``seal_limit``.
+        """
         with self._lock:
             self._check_open()
-            dek_id = self._keyring.add_dek()
-            try:
-                self._put_keys(dict([self._keyring.wrapped_dek(self._kek, dek_id)]))
-            except BaseException:
-                del self._keyring.deks[dek_id]
-                raise
-            self._sealer = Sealer(self.tenant_id, self._keyring.deks)
-            return dek_id
+            return self._rotate_dek()
+
+    def seal_count(self) -> int:
+        """How many values the active DEK may have sealed (reserved and not handed back)."""
+        with self._lock:
+            self._check_open()
+            return self._keyring.reserved[self._sealer.active] - max(self._sealer.keys.budget, 0)
 
     def reseal(self, progress: Callable[[ResealProgress], None] | None = None,
                stop: threading.Event | None = None, batch_size: int = 256) -> ResealProgress:
@@ -257,31 +292,36 @@ class EncryptedStore:
             raise StoreError(f"DEK(s) {sorted(still)} still seal {sum(still.values())} values; "
                              "run reseal() to completion first")
         with self._lock:
-            self._delete_keys([dek_record(dek_id) for dek_id in old])
+            self._delete_keys([name for dek_id in old for name in (dek_record(dek_id), seals_record(dek_id, 0)[0])])
             for dek_id in old:
                 del self._keyring.deks[dek_id]
-            self._sealer = Sealer(self.tenant_id, self._keyring.deks)
+                self._keyring.reserved.pop(dek_id, None)
+            self._sealer = Sealer(self.tenant_id, self._keyring.deks, budget=self._sealer.keys.budget)
             self._compact([KEYS])
         return old
 
-    def rotate_kek(self, new_kek: bytes) -> None:
-        """Re-wrap the keyring with ``new_kek``; no value is re-encrypted.
+    def rotate_kek(self, new_kek: KekSource) -> None:
+        """Re-wrap the keyring with ``new_kek`` (its file, or the key); no value is re-encrypted.
 
         Put the new KEK in place (its own file) before calling, and keep the old one
         until this returns: a crash in between leaves the store openable with one of them.
+        Given a file, the store reads the KEK from it from now on.
         """
-        _check_kek(new_kek)
+        source = KekFile(Path(new_kek)) if isinstance(new_kek, (str, Path)) else new_kek
+        kek = source.read() if isinstance(source, KekFile) else source
+        _check_kek(kek)
         with self._lock:
             self._check_open()
-            self._put_keys(self._keyring.records(new_kek))
-            self._kek = new_kek
+            self._put_keys(self._keyring.records(kek))
+            self._kek = source
             self._compact([KEYS])
 
     def shred(self) -> None:
         """Destroy the tenant's wrapped keys: this data and every backup of it become unreadable.
 
         The keys family is emptied, flushed and compacted so no wrapped key stays on
-        disk, and the store closes. Exported keyring files are copies of the keys:
+        disk, and the store closes, cleansing the keys in memory (a sealer still held
+        elsewhere opens nothing more). Exported keyring files are copies of the keys:
         destroy them too, or destroy the KEK, which makes every copy useless.
         """
         with self._lock:
@@ -293,17 +333,17 @@ class EncryptedStore:
             batch.put(SHREDDED, shredded_marker(), handle)
             self._commit(batch)
             self._compact([KEYS])
-            self._keyring = Keyring(self.tenant_id, b"", {})
             self.close()
 
     def export_keyring(self, path: Path) -> None:
         """Write the wrapped keyring (not the KEK) to ``path``: what ``restore`` needs besides a backup.
 
-        Keep it apart from the backups; it is as sensitive as the ``keys`` family.
+        Keep it apart from the backups; it is as sensitive as the ``keys`` family. The
+        records are copied as stored (wrapped), so the KEK is not needed.
         """
         with self._lock:
             self._check_open()
-            write_keyring_file(path, self.tenant_id, self._keyring.records(self._kek))
+            write_keyring_file(path, self.tenant_id, dict(self._views[KEYS].items()))
 
     def backup(self, dest: Path) -> Path:
         """A consistent copy of the sealed data at ``dest``, without the keyring (see ``backup``)."""
@@ -321,13 +361,17 @@ class EncryptedStore:
                 "values": {cf: self._count(cf) for cf in DATA_FAMILIES},
                 "bytes_on_disk": sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file()),
                 "active_dek": self._sealer.active,
-                "deks": sorted(self._keyring.deks)}
+                "deks": sorted(self._keyring.deks),
+                "seals": self.seal_count(),
+                "seal_limit": self.seal_limit}
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._sealer.destroy()  # whoever still holds it (an iterator, a thread) opens nothing more
+            self._keyring = self._kek = None
             views = list(self._views.values())
             for family in (self._views, self._handles, self._data_views, self._targets):
                 family.clear()
@@ -379,6 +423,40 @@ class EncryptedStore:
             batch.put(name, blob, self._handles[KEYS])
         self._commit(batch)
 
+    def _kek_now(self) -> bytes:
+        """The KEK, read from its file if that is where it is, checked against the keyring."""
+        kek = self._kek.read() if isinstance(self._kek, KekFile) else self._kek
+        if unwrap(kek, self._views[KEYS].get(HMAC) or b"", self._keyring._context(HMAC)) is None:
+            raise WrongKeyError(f"the KEK ({self._kek.path if isinstance(self._kek, KekFile) else 'given'}) "
+                                "no longer opens this keyring; nothing was changed")
+        return kek
+
+    def _rotate_dek(self, kek: bytes | None = None) -> int:
+        """Add a DEK (its seal count at 0) and seal with it from now on; under the lock."""
+        kek = kek or self._kek_now()
+        dek_id = self._keyring.add_dek()
+        try:
+            self._put_keys(dict([self._keyring.wrapped_dek(kek, dek_id), seals_record(dek_id, 0)]))
+        except BaseException:
+            del self._keyring.deks[dek_id], self._keyring.reserved[dek_id]
+            raise
+        self._sealer = Sealer(self.tenant_id, self._keyring.deks, budget=0)
+        return dek_id
+
+    def _reserve(self, seals: int) -> None:
+        """Record in the keyring (synced) that the active DEK may seal ``seals`` more values,
+        rotating first when that would take it past ``seal_limit``; under the lock."""
+        if seals > self.seal_limit:
+            raise StoreError(f"a batch of {seals} values is over the {self.seal_limit} one data key may seal")
+        active = self._sealer.active
+        used = self._keyring.reserved[active] - max(self._sealer.keys.budget, 0)
+        if used + seals > self.seal_limit:
+            active, used = self._rotate_dek(), 0
+        end = min(used + max(seals, self._seal_block), self.seal_limit)
+        self._put_keys(dict([seals_record(active, end)]))
+        self._keyring.reserved[active] = end
+        self._sealer.keys.budget = end - used
+
     def _delete_keys(self, names: list[bytes]) -> None:
         batch = WriteBatch(raw_mode=True)
         for name in names:
@@ -391,6 +469,8 @@ class EncryptedStore:
             return 0
         with self._lock:
             self._check_open()
+            if self._sealer.keys.budget < len(keys):
+                self._reserve(len(keys))
             sealer, view, handle = self._sealer, self._views[cf], self._handles[cf]
             batch = WriteBatch(raw_mode=True)
             moved = 0
