@@ -4,9 +4,12 @@
 # Triton container serves it on the GPU). From the repository root, with BuildKit (which
 # reads docker/reading.Dockerfile.dockerignore):
 #   docker build -f docker/reading.Dockerfile -t ghcr.io/percolate/percolate-reading:0.1.0 .
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# tests/test_images.py installs exactly what this file installs into a clean venv and starts it.
+# The base image is pinned by digest (see docker/node.Dockerfile for how to move it).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
-# 1. The package and its pinned runtime dependencies in a virtual environment.
+# 1. The frontend's pinned dependencies (requirements/reading.lock: every transitive package
+# with its hashes; no torch, Triton or RocksDB) and the package in a virtual environment.
 FROM ${PYTHON_IMAGE} AS runtime-env
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 # A C compiler and OpenSSL's headers build the store's AES-GCM extension (setup.py);
@@ -16,6 +19,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 WORKDIR /src
+COPY requirements ./requirements
+RUN pip install --require-hashes --no-deps -r requirements/reading.lock
 COPY pyproject.toml setup.py README.md ./
 COPY percolate ./percolate
 COPY percolate_models ./percolate_models
@@ -25,15 +30,18 @@ COPY percolate_common ./percolate_common
 COPY percolate_node ./percolate_node
 COPY percolate_demo ./percolate_demo
 COPY reading_frontend ./reading_frontend
-RUN pip install --no-compile .
+RUN pip install --no-deps --no-build-isolation --no-compile .
 
 # 2. The model build (`percolate-models build`: packaged weights -> ONNX, offline). The
-# export tools (torch, CPU build; optimum) stay in this stage, never in the image.
+# export tools (torch, CPU build; optimum) stay in this stage, never in the image. Only
+# torch's CPU build comes from download.pytorch.org (a find-links page that lists torch
+# alone, so no other package can be taken from there); everything is hash-checked.
 FROM runtime-env AS models
-ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu HF_HUB_OFFLINE=1 \
+ENV HF_HUB_OFFLINE=1 \
     PERCOLATE_MODEL_REPOSITORY=/src/model_repository PERCOLATE_MODEL_ASSETS=/src/model_assets \
     PERCOLATE_CACHE_DIR=/tmp/percolate-build
-RUN pip install ".[export]"
+RUN pip install --require-hashes --no-deps --find-links https://download.pytorch.org/whl/torch/ \
+      -r requirements/export.lock
 COPY model_repository ./model_repository
 RUN percolate-models build && percolate-models verify
 

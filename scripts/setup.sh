@@ -38,16 +38,19 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
-# pip reinstalls (and rebuilds the extension) when the dependencies or the C source change
-deps_hash=$(cat pyproject.toml setup.py percolate_node/store/_gcm.c | sha256sum | cut -c1-16)
+# Python packages come from requirements/dev.lock: every transitive dependency at an exact
+# version with its hashes (scripts/lock.sh regenerates it). pip reinstalls (and rebuilds the
+# C extension) when the lock, the package metadata or the C source change.
+deps_hash=$(cat requirements/dev.lock pyproject.toml setup.py percolate_node/store/_gcm.c | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMP_DIR/pip" 2>/dev/null)" != "$deps_hash" ]; then
-  step "installing Python packages (runtime + export + dev extras; a few minutes the first time)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e '.[export,dev]'
+  step "installing Python packages from requirements/dev.lock (hash-checked; a few minutes the first time)"
+  "$VENV/bin/python" -m pip install -q --require-hashes --no-deps -r requirements/dev.lock
+  # the project itself: editable, built with the hashed setuptools from the lock
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
   "$VENV/bin/python" -m pip check
   echo "$deps_hash" > "$STAMP_DIR/pip"
 else
-  step "Python packages up to date ($VENV)"
+  step "Python packages up to date ($VENV, from requirements/dev.lock)"
 fi
 
 lock_hash=$(sha256sum tests/node/package-lock.json | cut -c1-16)
