@@ -604,3 +604,74 @@ def test_limit_holds_with_the_embedding_tokenizer():
     doc = parse_document(text_pdf())
     chunks = chunk_document(doc, count, chunk_tokens=40, overlap_tokens=10)
     assert all(c.token_count == count(c.text) <= 40 for c in chunks)
+
+
+# --------------------------------------------------------------------------- bombs and work
+
+
+def test_many_member_zip_bomb_is_refused_by_its_unpacked_total():
+    """Hundreds of members, each just under the per-member ratio grace: only the sum of the
+    declared unpacked sizes (file_size) catches it; the packed sizes add up to little."""
+    member = bytes(ZIP_RATIO_GRACE_BYTES - 1)
+    members = 600  # 600 MiB unpacked, above the default 512 MiB
+    bomb = zip_bytes({"[Content_Types].xml": b'<?xml version="1.0"?><Types/>',
+                      "word/document.xml": b"<w:document/>",
+                      **{f"word/media/part{i}.bin": member for i in range(members)}})
+    infos = zipfile.ZipFile(io.BytesIO(bomb)).infolist()
+    assert sum(i.compress_size for i in infos) < 2_000_000 < ParseLimits().max_uncompressed_bytes
+    assert all(i.file_size <= ZIP_RATIO_GRACE_BYTES for i in infos)
+    with pytest.raises(DocumentTooLargeError, match="max_uncompressed_bytes"):
+        parse_document(bomb)
+
+
+@pytest.mark.parametrize("sample", [sample_docx, sample_xlsx])
+def test_zip_limit_counts_unpacked_not_packed_bytes(sample):
+    """A limit between the packed and the unpacked totals refuses the package; one just
+    above the unpacked total lets it through."""
+    data = sample()
+    infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    packed, unpacked = sum(i.compress_size for i in infos), sum(i.file_size for i in infos)
+    assert packed * 2 < unpacked
+    with pytest.raises(DocumentTooLargeError, match="max_uncompressed_bytes"):
+        parse_document(data, limits=ParseLimits(max_uncompressed_bytes=(packed + unpacked) // 2))
+    assert parse_document(data, limits=ParseLimits(max_uncompressed_bytes=unpacked)).pages
+
+
+def test_xlsx_cell_far_away_is_refused_before_the_grid_is_built():
+    """Two cells, A1 and XFD1048576: 5 KB that would lay out 17 billion cells."""
+    workbook = openpyxl.Workbook()
+    workbook.active["A1"] = "a"
+    workbook.active["XFD1048576"] = "b"
+    out = io.BytesIO()
+    workbook.save(out)
+    with pytest.raises(DocumentTooLargeError, match="max_sheet_cells"):
+        parse_document(out.getvalue())
+    assert parse_document(sample_xlsx(), limits=ParseLimits(max_sheet_cells=200)).pages
+
+
+class _CountingWork:
+    """A token counter that counts the characters it was given, and gives up (so an old
+    quadratic chunker fails fast instead of running for minutes) past a bound."""
+
+    def __init__(self, bound: int) -> None:
+        self.characters, self.bound = 0, bound
+
+    def __call__(self, text: str) -> int:
+        self.characters += len(text)
+        if self.characters > self.bound:
+            raise AssertionError(f"chunking counted over {self.bound:,} characters")
+        return len(text.split()) + text.count(".")
+
+
+@pytest.mark.parametrize("shape", ["text one_long_word", "markdown unclosed_links",
+                                   "markdown nested_list", "html many_rows"])
+def test_chunking_work_is_linear_in_the_text(shape):
+    """Characters handed to the tokenizer per character of text stay under a constant
+    (the old chunker re-counted the growing chunk and the rest of a long word)."""
+    from tests.pathological_docs import SHAPES
+
+    for size in (50_000, 200_000):
+        doc = parse_document(SHAPES[shape](size))
+        counter = _CountingWork(40 * len(doc.text))
+        chunks = chunk_document(doc, counter, chunk_tokens=200)
+        assert chunks and all(c.token_count <= 200 for c in chunks)

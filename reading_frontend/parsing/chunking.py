@@ -1,5 +1,10 @@
 """Structure-aware chunking: sections never share a chunk, blocks stay whole when they fit,
-and every size is measured with the caller's tokenizer so chunks fit the embedding model."""
+and every size is measured with the caller's tokenizer so chunks fit the embedding model.
+
+The work is linear in the document: a growing chunk is never re-counted whole (pieces are
+joined at whitespace, where a tokenizer that splits on whitespace first, as WordPiece
+does, makes counts add up), and a word too long for a chunk is cut with a search whose
+window grows from the chunk size, not from the word's length."""
 from __future__ import annotations
 
 import re
@@ -84,11 +89,11 @@ class _ChunkBuilder:
         if not self._pieces:
             self._start([], piece)
             return
-        candidate = self._text + _separator(self._pieces[-1], piece) + piece.text
-        tokens = self._count(candidate)
+        separator = _separator(self._pieces[-1], piece)
+        tokens = self._tokens + self._count(separator + piece.text)
         if tokens <= self._limit:
             self._pieces.append(piece)
-            self._text, self._tokens = candidate, tokens
+            self._text, self._tokens = self._text + separator + piece.text, tokens
             self._headings_only &= piece.kind == "heading"
             return
         if self._headings_only and self._fill_under_heading(piece):
@@ -185,18 +190,23 @@ class _ChunkBuilder:
         return pieces
 
     def _split_chars(self, word: str) -> list[str]:
-        """Longest prefixes that fit (binary search); at least one character each."""
-        parts = []
-        while word:
-            low, high = 1, len(word)
+        """Longest prefixes that fit, at least one character each: the window doubles
+        from the chunk size until it no longer fits, then a binary search inside it, so
+        each part costs about its own length, not the rest of the word's."""
+        parts, start, size = [], 0, len(word)
+        while start < size:
+            high = min(size, start + 4 * self._limit)
+            while high < size and self._count(word[start:high]) <= self._limit:
+                high = min(size, start + 2 * (high - start))
+            low = start + 1
             while low < high:
                 middle = (low + high + 1) // 2
-                if self._count(word[:middle]) <= self._limit:
+                if self._count(word[start:middle]) <= self._limit:
                     low = middle
                 else:
                     high = middle - 1
-            parts.append(word[:low])
-            word = word[low:]
+            parts.append(word[start:low])
+            start = low
         return parts
 
     def _split_table(self, block: Block) -> list[str]:
@@ -206,14 +216,18 @@ class _ChunkBuilder:
             return [block.text]
         lines = [_row_text(row) for row in block.table.rows]
         header, pieces, rows = lines[0], [], []
+        tokens = 0
         for line in lines[1:]:
-            if rows and self._count("\n".join([header, *rows, line])) <= self._limit:
+            added = self._count("\n" + line) if rows else 0
+            if rows and len(rows) < self._limit and tokens + added <= self._limit:
                 rows.append(line)
+                tokens += added
                 continue
             if rows:
                 pieces.append("\n".join([header, *rows]))
                 rows = []
-            if self._count(f"{header}\n{line}") <= self._limit:
+            tokens = self._count(f"{header}\n{line}")
+            if tokens <= self._limit:
                 rows = [line]
             else:
                 pieces.extend(self._split_text(line))

@@ -56,9 +56,11 @@ _HTML_START = re.compile(
 _HTML_PREAMBLE = re.compile(r"\s*(<\?xml[^>]*>|<!--.*?-->|<!doctype\s+(?!html)[^>]*>)",
                             re.IGNORECASE | re.DOTALL)
 _BINARY_NOISE = re.compile(r"[\x01-\x08\x0e-\x1a\x1c-\x1f]")
-_MD_STRONG = re.compile(
-    r"^(#{1,6}[ \t]+\S|```|~~~|[ \t]*\|?[ \t]*:?-+:?[ \t]*(\|[ \t]*:?-+:?[ \t]*)+\|?[ \t]*$)", re.MULTILINE)
-_MD_WEAK = re.compile(r"^([ \t]*([-*+]|\d{1,3}[.)])[ \t]+\S|>[ \t]|(=+|-+)[ \t]*$)|\[[^\]\n]+\]\([^)\s]+\)|"
+_MD_STRONG = re.compile(  # possessive runs: these scan untrusted text (see markup.py)
+    r"^(#{1,6}[ \t]+\S|```|~~~|[ \t]*+\|?+[ \t]*+:?+-++:?+[ \t]*+(?:\|[ \t]*+:?+-++:?+[ \t]*+)++\|?+[ \t]*+$)",
+    re.MULTILINE)
+_MD_WEAK = re.compile(r"^([ \t]*+([-*+]|\d{1,3}[.)])[ \t]++\S|>[ \t]|(=++|-++)[ \t]*+$)|"
+                      r"\[[^\[\]\n]++\]\([^()\s]++\)|"
                       r"\*\*\S[^*\n]*\*\*", re.MULTILINE)
 
 

@@ -85,6 +85,9 @@ class ParseLimits:
     max_zip_ratio: float = 200
     max_image_pixels: int = 40_000_000
     max_ocr_pages: int = 200
+    max_sheet_cells: int = 10_000_000
+    """Cells an XLSX may lay out, empty ones included: a few bytes naming cell XFD1048576
+    would otherwise make 17 billion."""
 
 
 @dataclass(frozen=True)

@@ -210,7 +210,9 @@ def parse_xlsx(data: bytes, limits: ParseLimits) -> Extraction:
         if len(sheets) > limits.max_pages:
             raise DocumentTooLargeError(f"the XLSX has {len(sheets)} sheets, above the limit of "
                                         f"{limits.max_pages} pages")
-        pages = tuple(_sheet_page(number, sheet) for number, sheet in enumerate(sheets, start=1))
+        budget = _CellBudget(limits.max_sheet_cells)
+        pages = tuple(_sheet_page(number, sheet, budget)
+                      for number, sheet in enumerate(sheets, start=1))
         properties = workbook.properties
         metadata = clean_metadata({"title": properties.title, "author": properties.creator})
     finally:
@@ -218,16 +220,38 @@ def parse_xlsx(data: bytes, limits: ParseLimits) -> Extraction:
     return Extraction(pages, metadata)
 
 
-def _sheet_page(number: int, sheet) -> Page:
+class _CellBudget:
+    """Counts the cells the workbook lays out (empty ones too) against max_sheet_cells,
+    as they stream from openpyxl and again for the padded grid of each sheet."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.limit = limit
+
+    def rows(self, sheet) -> Iterator[tuple]:
+        for row in sheet.iter_rows(values_only=True):
+            self.take(max(len(row), 1))
+            yield row
+
+    def take(self, cells: int) -> None:
+        self.left -= cells
+        if self.left < 0:
+            raise DocumentTooLargeError(
+                f"the XLSX lays out more than {self.limit:,} cells (max_sheet_cells)")
+
+
+def _sheet_page(number: int, sheet, budget: _CellBudget) -> Page:
     sheet.reset_dimensions()  # declared dimensions are often wrong; read what is there
-    rows = trim_rows(tuple(cell_text(value) for value in row)
-                     for row in sheet.iter_rows(values_only=True))
+    rows = trim_rows((tuple(cell_text(value) for value in row) for row in budget.rows(sheet)),
+                     budget)
     table = Table(sheet.title, rows)
     return Page(number, (table_block(table),) if rows else ())
 
 
-def trim_rows(rows: Iterable[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
-    """Drop empty rows and columns around the data and pad rows to one width."""
+def trim_rows(rows: Iterable[tuple[str, ...]],
+              budget: _CellBudget | None = None) -> tuple[tuple[str, ...], ...]:
+    """Drop empty rows and columns around the data and pad rows to one width (the padded
+    grid is charged to ``budget`` before it is built)."""
     kept: list[tuple[str, ...]] = []
     pending_empty = 0
     for row in rows:
@@ -243,6 +267,8 @@ def trim_rows(rows: Iterable[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
     first = min(next(i for i, cell in enumerate(row) if cell) for row in filled)
     last = max(max(i for i, cell in enumerate(row) if cell) for row in filled)
     width = last + 1 - first
+    if budget is not None and len(kept) * width > budget.limit:
+        budget.take(budget.limit + 1)  # the padded grid alone is over the limit
     return tuple(tuple(row[first:last + 1]) + ("",) * (width - len(row[first:last + 1]))
                  for row in kept)
 
