@@ -6,6 +6,7 @@
     percolate search "what was agreed"   hybrid search; --mode semantic|keyword
     percolate stats                      counts and sizes
     percolate admin purge|rotate-dek|rotate-kek NEW|shred   offline, on a stopped node
+    percolate admin verify               read every value; list damage (exit 1 if any)
 
 Client commands reach the node at PERCOLATE_NODE_URL with the bearer token in
 PERCOLATE_NODE_TOKEN_FILE, or a client certificate (PERCOLATE_NODE_CA/CERT/KEY).
@@ -119,6 +120,8 @@ def _admin(args: argparse.Namespace) -> int:
         return 2
     store = EncryptedStore.open(config.data_dir, config.tenant_id, load_kek(config.kek_file), create=False)
     try:
+        if args.action == "verify":
+            return _verify(store)
         if args.action == "purge":
             from .rem import MemoryRepository
 
@@ -142,6 +145,22 @@ def _admin(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _verify(store) -> int:
+    """Read and open every value of the store; list what is damaged, named as records where possible."""
+    from .rem import MemoryRepository
+    from .rem.integrity import REPAIR, DamageReport, verify
+
+    report = DamageReport()
+    intact = verify(MemoryRepository(store), store, report)
+    if not report:
+        print(f"{intact} values read and authenticated: no damage")
+        return 0
+    for record in report.records():
+        print(f"damaged: {record.describe()}")
+    print(f"\n{report.summary()}; {intact} values intact. The node serves what is intact; {REPAIR}.")
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     search.set_defaults(run=_search)
     sub.add_parser("stats", help="counts and sizes").set_defaults(run=_stats)
     admin = sub.add_parser("admin", help="offline maintenance on a stopped node's data directory")
-    admin.add_argument("action", choices=("purge", "rotate-dek", "rotate-kek", "shred"))
+    admin.add_argument("action", choices=("purge", "rotate-dek", "rotate-kek", "shred", "verify"))
     admin.add_argument("new_kek", nargs="?", type=Path, help="rotate-kek: the new KEK file")
     admin.add_argument("--yes", action="store_true", help="shred: confirm")
     admin.set_defaults(run=_admin)

@@ -35,7 +35,8 @@ class ReadingServiceError(NodeError):
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     from .rem import InvalidRecordError
     from .rem import NotFoundError as RecordNotFound
-    from .store.errors import StoreError, TamperedValueError
+    from .rem.errors import DamagedRecordError
+    from .store.errors import DataLossError, StoreError
 
     if isinstance(error, NodeError):
         return error.code, str(error)
@@ -43,7 +44,7 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, RecordNotFound):
         return grpc.StatusCode.NOT_FOUND, str(error)
-    if isinstance(error, TamperedValueError):
+    if isinstance(error, (DataLossError, DamagedRecordError)):  # damaged on disk; names the record or key
         return grpc.StatusCode.DATA_LOSS, str(error)
     if isinstance(error, StoreError):
         return grpc.StatusCode.FAILED_PRECONDITION, str(error)

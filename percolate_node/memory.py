@@ -24,6 +24,8 @@ from .errors import InvalidRequestError, NotFoundError
 from .reading_client import ReadingClient
 from .rem import (Document, Edge, Entity, MemoryRepository, Moment, Resource, Traversal, document_id,
                   resource_id)
+from .rem.errors import DamagedRecordError
+from .rem.integrity import DamageReport, name_damage
 from .search import ResourceMeta, SearchFilters, SearchIndex
 from .store import EncryptedStore, load_kek
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 KINDS = ("document", "resource", "entity", "moment")
 COMPACT_ABOVE_STALE = 0.25
 COMPACTION_WAIT_S = 5.0  # at close, for a running graph compaction (else the current graph is saved)
+UNKNOWN_CREATED = datetime(1970, 1, 1, tzinfo=timezone.utc)  # a chunk whose document is damaged
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class NodeMemory:
     reading: ReadingClient | None
     rebuild_seconds: float = 0.0
     rebuild_graph: str = ""  # how the start got its search graph: built, or saved and patched
+    damage: DamageReport = field(default_factory=DamageReport)  # found at start and while serving
     _graph_version: int = 0  # counts changes to the search graph
     _saved_version: int = 0  # the version last saved (or loaded unchanged)
     _save_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -99,11 +103,20 @@ class NodeMemory:
         saved at the last stop when there is one (``graph_snapshot``)."""
         started = time.perf_counter()
         saved = graph_snapshot.load(self.store)
-        created = {d.id: d.created for d in self.repository.iter_documents()}
-        types = self.repository.entity_types_by_record()
+        # Damaged records (a bad block, a failed seal) are skipped and counted, never a reason
+        # not to start: the node serves what is intact and says it is degraded.
+        note = self.damage.add
+        created = {d.id: d.created for d in self.repository.iter_documents(note)}
+        types = self.repository.entity_types_by_record(note)
         report = self.index.rebuild(((r.id, r.embedding, r.text,
-                                      self._meta(r, created.get(r.document_id), types.get(r.id, set())))
-                                     for r in self.repository.iter_resources()), saved=saved)
+                                      self._meta(r, created.get(r.document_id, UNKNOWN_CREATED),
+                                                 types.get(r.id, set())))
+                                     for r in self.repository.iter_resources(note)), saved=saved)
+        if self.damage:
+            name_damage(self.repository, self.damage)
+            log.warning("the store is damaged: %s; serving what is intact. Damaged: %s. Run `percolate admin "
+                        "verify` on the stopped node for the whole store", self.damage.summary(),
+                        "; ".join(r.describe() for r in self.damage.records()[:20]))
         if report.graph_patched is None:
             self.rebuild_graph = "built" + ("" if saved is None else " (the saved graph did not fit)")
             self._graph_version += 1
@@ -190,10 +203,21 @@ class NodeMemory:
                                  mode=mode, k=limit, filters=filters)
         results = []
         for hit in hits:
-            resource = self.repository.get_resource(hit.resource_id)
+            try:
+                resource = self.repository.get_resource(hit.resource_id)
+            except DamagedRecordError as error:  # damaged since the start: out of the index, counted
+                log.warning("search hit %s is damaged on disk, dropped from the index: %s", hit.resource_id, error)
+                self.note_damage(error)
+                if self.index.remove(hit.resource_id):
+                    self._graph_version += 1
+                continue
             if resource is not None:
                 results.append(SearchResult(resource, hit.score, hit.semantic_rank, hit.keyword_rank))
         return results
+
+    def note_damage(self, error: Exception) -> None:
+        """Count a DATA_LOSS met while serving (the metric and the health detail follow)."""
+        self.damage.add_error(error)
 
     def get(self, kind: str, record_id: str):
         getter = {"document": self.repository.get_document, "resource": self.repository.get_resource,

@@ -18,6 +18,10 @@ class NodeMetrics:
                              ["tenant_id"], registry=self.registry)
         self.index_entries = Gauge("percolate_index_entries", "Resources in the search indexes",
                                    ["tenant_id"], registry=self.registry)
+        self.corrupt_records = Gauge("percolate_corrupt_records",
+                                     "Records found damaged on disk (at start and while serving); "
+                                     "above 0 the node is degraded: run `percolate admin verify`",
+                                     ["tenant_id"], registry=self.registry)
         self.request_duration = Histogram(
             "percolate_request_duration_seconds", "Time to serve one request",
             ["tenant_id", "method"], registry=self.registry,

@@ -28,6 +28,9 @@ from .servicer import NodeServicer
 
 log = logging.getLogger("percolate.node")
 NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+# Health detail: NOT_SERVING while the store is known to hold damaged records (the node
+# still serves what is intact, so "" and NodeService stay SERVING for the probes).
+INTEGRITY_SERVICE = "percolate.node.v1.Integrity"
 METRICS_REFRESH_S = 5.0
 
 
@@ -62,6 +65,9 @@ class NodeServer:
         await self._server.start()
         for service in ("", NODE_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._report_integrity()
+        damage = self.memory.damage
+        self.metrics.corrupt_records.labels(config.tenant_id).set_function(lambda: damage.count)
         if config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(config.host, config.metrics_port)
         self._refresh = asyncio.create_task(self._refresh_metrics())
@@ -85,14 +91,23 @@ class NodeServer:
 
     async def _refresh_metrics(self) -> None:
         while True:
-            stats = await asyncio.get_running_loop().run_in_executor(None, self.memory.stats)
-            tenant = self.config.tenant_id
-            self.metrics.memory_size.labels(tenant).set(stats["storage_bytes"])
-            self.metrics.storage.labels(tenant).set(stats["data_dir_bytes"])
-            self.metrics.index_entries.labels(tenant).set(stats["index_entries"])
-            for kind in ("documents", "resources", "entities", "moments"):
-                self.metrics.records.labels(tenant, kind).set(stats[kind])
+            try:
+                stats = await asyncio.get_running_loop().run_in_executor(None, self.memory.stats)
+                tenant = self.config.tenant_id
+                self.metrics.memory_size.labels(tenant).set(stats["storage_bytes"])
+                self.metrics.storage.labels(tenant).set(stats["data_dir_bytes"])
+                self.metrics.index_entries.labels(tenant).set(stats["index_entries"])
+                for kind in ("documents", "resources", "entities", "moments"):
+                    self.metrics.records.labels(tenant, kind).set(stats[kind])
+                await self._report_integrity()
+            except Exception:  # the next round tries again; the node goes on serving
+                log.exception("refreshing the node's metrics failed")
             await asyncio.sleep(METRICS_REFRESH_S)
+
+    async def _report_integrity(self) -> None:
+        damaged = bool(self.memory.damage)
+        await self.health.set(INTEGRITY_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING if damaged
+                              else health_pb2.HealthCheckResponse.SERVING)
 
     async def _save_graph_periodically(self) -> None:
         """Save a changed search graph every ``graph_save_interval_s`` (on a thread: about

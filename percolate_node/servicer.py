@@ -119,6 +119,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         except Exception as error:  # every failure becomes a status; none escapes as a trace
             code, message = status_for(error)
             status = code.name
+            if code == grpc.StatusCode.DATA_LOSS:
+                self.memory.note_damage(error)
             if code == grpc.StatusCode.INTERNAL:
                 log.error("%s failed: %s", method, type(error).__name__, exc_info=error)
         finally:

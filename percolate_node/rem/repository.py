@@ -22,11 +22,12 @@ from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 from percolate_node.rem.codec import decode, encode
-from percolate_node.rem.errors import InvalidRecordError, NotFoundError
+from percolate_node.rem.errors import DamagedRecordError, InvalidRecordError, NotFoundError
 from percolate_node.rem.model import (KINDS, RECORD_TYPES, Document, Edge, Entity, IngestResult, Kind, Moment,
                                       Record, Resource, Traversal, normalise_name, resource_id)
 from percolate_node.store import Delete, EncryptedStore, Put
-from percolate_node.store.store import NAME_KEY_BYTES
+from percolate_node.store.errors import DataLossError
+from percolate_node.store.store import NAME_KEY_BYTES, OnDamage
 from percolate_node.store.layout import (DELETED, DOCUMENT_RESOURCES, DOCUMENTS, EDGES, ENTITIES, MOMENT_TIMES,
                                          MOMENTS, NAMES, RESOURCES, URIS)
 
@@ -106,29 +107,32 @@ class MemoryRepository:
             return []
         return [r for r in self._document_resources(document_id) if not r.deleted]
 
-    def iter_resources(self) -> Iterator[Resource]:
-        """Every live chunk with its embedding, for rebuilding in-memory search indexes at start."""
-        for _, data in self._store.items(RESOURCES):
+    def iter_resources(self, on_damage: OnDamage | None = None) -> Iterator[Resource]:
+        """Every live chunk with its embedding, for rebuilding in-memory search indexes at start.
+
+        Damage raises ``DataLossError``, or with ``on_damage`` is reported there and skipped.
+        """
+        for _, data in self._store.items(RESOURCES, on_damage=on_damage):
             resource = decode(Resource, data)
             if not resource.deleted:
                 yield resource
 
-    def iter_documents(self) -> Iterator[Document]:
-        """Every live document (consistency checks, listings)."""
-        for _, data in self._store.items(FAMILY["document"]):
+    def iter_documents(self, on_damage: OnDamage | None = None) -> Iterator[Document]:
+        """Every live document (consistency checks, listings); damage as in ``iter_resources``."""
+        for _, data in self._store.items(FAMILY["document"], on_damage=on_damage):
             document = decode(Document, data)
             if not document.deleted:
                 yield document
 
-    def entity_types_by_record(self) -> dict[str, set[str]]:
+    def entity_types_by_record(self, on_damage: OnDamage | None = None) -> dict[str, set[str]]:
         """For every record linked to a live entity, the types of those entities: one pass
         over the entities (few) instead of an edge scan per chunk when indexes are rebuilt."""
         types: dict[str, set[str]] = {}
-        for _, data in self._store.items(ENTITIES):
+        for _, data in self._store.items(ENTITIES, on_damage=on_damage):
             entity = decode(Entity, data)
             if entity.deleted:
                 continue
-            for edge in self._edges_of(entity.id):
+            for edge in self._edges_of(entity.id, on_damage):
                 other = edge.to_id if edge.from_id == entity.id else edge.from_id
                 types.setdefault(other, set()).add(entity.type)
         return types
@@ -261,13 +265,33 @@ class MemoryRepository:
         """Live and soft-deleted records per kind, edges, and the store's own figures."""
         store = self._store.stats()
         deleted = dict.fromkeys(KINDS, 0)
-        for tombstone in self._store.keys(DELETED):
+        for tombstone in self._store.keys(DELETED, on_damage=_counted_elsewhere):
             deleted[_KIND_OF_CODE[tombstone[:1]]] += 1
         return {"live": {kind: store["values"][FAMILY[kind]] - deleted[kind] for kind in KINDS},
                 "deleted": deleted,
                 "edges": store["values"][EDGES] // 2,
                 "bytes_on_disk": store["bytes_on_disk"],
                 "store": store}
+
+    # -- damage --------------------------------------------------------------------------------------
+
+    def load_record(self, kind: Kind, record_id: str) -> Record | None:
+        """A record whether soft-deleted or not (None: no such record); damage raises ``DamagedRecordError``."""
+        return self._load(kind, record_id)
+
+    def record_key(self, kind: Kind, record_id: str) -> tuple[str, bytes]:
+        """The column family and key a record is stored under."""
+        return FAMILY[kind], self._key(kind, record_id)
+
+    def referenced_ids(self, kind: Kind, on_damage: OnDamage | None = None) -> Iterator[str]:
+        """Ids of ``kind`` the index families point at, so that a record whose own bytes are
+        unreadable can still be named: chunk lists (resources), uris (documents), names
+        (entities), the time index (moments), and soft-delete tombstones. May repeat ids."""
+        family = {"resource": DOCUMENT_RESOURCES, "document": URIS, "entity": NAMES, "moment": MOMENT_TIMES}[kind]
+        for _, value in self._store.items(family, on_damage=on_damage):
+            yield json.loads(value)["id"] if kind == "moment" else value.decode()
+        for _, value in self._store.items(DELETED, prefix=_CODE[kind], on_damage=on_damage):
+            yield value.decode()
 
     # -- operations ---------------------------------------------------------------------------------
 
@@ -348,8 +372,11 @@ class MemoryRepository:
     # -- lookups ---------------------------------------------------------------------------------------
 
     def _load(self, kind: Kind, record_id: str) -> Record | None:
-        """A record, soft-deleted or not."""
-        data = self._store.get(FAMILY[kind], self._key(kind, record_id))
+        """A record, soft-deleted or not; ``DamagedRecordError`` (DATA_LOSS) names it if unreadable."""
+        try:
+            data = self._store.get(FAMILY[kind], self._key(kind, record_id))
+        except DataLossError as error:
+            raise DamagedRecordError(kind, record_id, error) from None
         return None if data is None else decode(RECORD_TYPES[kind], data)
 
     def _live(self, kind: Kind, record_id: str) -> Record | None:
@@ -369,8 +396,9 @@ class MemoryRepository:
         to_kind = known.get(edge.to_id) or self._find_node(edge.to_id)[0]
         return dataclasses.replace(edge, from_kind=from_kind, to_kind=to_kind)
 
-    def _edges_of(self, node_id: str) -> list[Edge]:
-        return [decode(Edge, value) for _, value in list(self._store.items(EDGES, prefix=self._node_key(node_id)))]
+    def _edges_of(self, node_id: str, on_damage: OnDamage | None = None) -> list[Edge]:
+        entries = list(self._store.items(EDGES, prefix=self._node_key(node_id), on_damage=on_damage))
+        return [decode(Edge, value) for _, value in entries]
 
     def _document_resources(self, document_id: str) -> list[Resource]:
         """A document's chunks in ordinal order, soft-deleted ones included."""
@@ -414,6 +442,10 @@ def _time_key(moment: datetime) -> bytes:
     delta = moment - _EPOCH
     micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     return (micros + (1 << 63)).to_bytes(8, "big")
+
+
+def _counted_elsewhere(damage) -> None:
+    """Statistics count what is readable; damage is reported by ``percolate admin verify`` and the node."""
 
 
 def _check_kind(kind: str) -> None:

@@ -27,7 +27,7 @@ from rocksdict import BottommostLevelCompaction, CompactOptions, Rdict, WriteBat
 
 from percolate_node.store import rocks
 from percolate_node.store.crypto import KEY_BYTES, Sealer, seal_error, sealed_dek_id, sealing_context, unwrap
-from percolate_node.store.errors import StoreError
+from percolate_node.store.errors import CorruptBlockError, StoreError, TamperedValueError
 from percolate_node.store.kek import KekFile
 from percolate_node.store.keyring import (HMAC, SHREDDED, Keyring, dek_record, seals_record, shredded_marker,
                                           write_keyring_file)
@@ -53,6 +53,26 @@ class Put:
 class Delete:
     cf: str
     key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """What a scan given ``on_damage`` could not read, and skipped.
+
+    One value (``block`` False: its seal failed at ``key``), or a run of RocksDB blocks
+    (``block`` True) after ``key`` (the last key read; ``b""``: from the start of the
+    range) up to ``resume``, the next key read (None: to the end). How many values such
+    a run held is unknown: RocksDB cannot read them, nor their keys.
+    """
+
+    cf: str
+    key: bytes
+    reason: str
+    block: bool = False
+    resume: bytes | None = None
+
+
+OnDamage = Callable[[Damage], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,27 +189,36 @@ class EncryptedStore:
         view = self._data_views.get(cf)
         if view is None:
             raise self._unknown(cf)
-        sealed = view.get(key)
+        sealed = self._read(cf, view, key)
         return None if sealed is None else self._sealer.open(cf, key, sealed)
 
     def contains(self, cf: str, key: bytes) -> bool:
         """Whether ``key`` holds a value, without opening it."""
-        return self._data_view(cf).get(key) is not None
+        return self._read(cf, self._data_view(cf), key) is not None
 
     def items(self, cf: str, prefix: bytes = b"", start: bytes | None = None,
-              end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Opened values in key order, with ``prefix`` and within ``[start, end)``."""
+              end: bytes | None = None, on_damage: OnDamage | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Opened values in key order, with ``prefix`` and within ``[start, end)``.
+
+        Damage raises ``DataLossError`` (a value failing its seal, a block RocksDB cannot
+        read); given ``on_damage``, it is reported there and skipped, and the scan goes on.
+        """
         sealer = self._sealer
-        for key, sealed in self._raw_items(cf, prefix, start, end):
-            yield key, sealer.open(cf, key, sealed)
+        for key, sealed in self._iterate(cf, prefix, start, end, on_damage, values=True):
+            if on_damage is None:
+                yield key, sealer.open(cf, key, sealed)
+                continue
+            try:
+                value = sealer.open(cf, key, sealed)
+            except TamperedValueError as error:
+                on_damage(Damage(cf, key, str(error)))
+                continue
+            yield key, value
 
     def keys(self, cf: str, prefix: bytes = b"", start: bytes | None = None,
-             end: bytes | None = None) -> Iterator[bytes]:
-        """Keys only, without opening values (cheap scans for indexes and counts)."""
-        lower, upper = _range(prefix, start, end)
-        for key in self._data_view(cf).keys(from_key=lower):
-            if upper is not None and key >= upper:
-                return
+             end: bytes | None = None, on_damage: OnDamage | None = None) -> Iterator[bytes]:
+        """Keys only, without opening values (cheap scans for indexes and counts); damage as in ``items``."""
+        for key, _ in self._iterate(cf, prefix, start, end, on_damage, values=False):
             yield key
 
     def name_key(self, name: str) -> bytes:
@@ -402,14 +431,58 @@ class EncryptedStore:
 
     def _raw_items(self, cf: str, prefix: bytes = b"", start: bytes | None = None,
                    end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        return self._iterate(cf, prefix, start, end, None, values=True)
+
+    def _read(self, cf: str, view: Rdict, key: bytes) -> bytes | None:
+        """One raw value; a block RocksDB cannot read is ``CorruptBlockError`` naming the key."""
+        try:
+            return view.get(key)
+        except TypeError:
+            raise
+        except Exception as error:  # rocksdict raises bare Exception
+            if _is_corruption(error):
+                raise CorruptBlockError(cf, key, _reason(error)) from None
+            raise StoreError(f"cannot read {cf}/{key.hex()}: {error}") from None
+
+    def _iterate(self, cf: str, prefix: bytes, start: bytes | None, end: bytes | None,
+                 on_damage: OnDamage | None, values: bool) -> Iterator[tuple[bytes, bytes | None]]:
+        """Raw (key, sealed) pairs in key order within the range, past damaged blocks if ``on_damage``.
+
+        rocksdict 0.3.29's ``items()`` and ``keys()`` end quietly at a block RocksDB cannot
+        read (a checksum mismatch), as if the family ended there. So where one ends, a raw
+        iterator is asked why: a clean end, or an error. An error is ``CorruptBlockError``,
+        or, with ``on_damage``, reported and skipped: the scan resumes at the next key
+        RocksDB can read (``_readable_after``). The fast path stays rocksdict's own loop.
+        """
         lower, upper = _range(prefix, start, end)
-        for key, sealed in self._data_view(cf).items(from_key=lower):
-            if upper is not None and key >= upper:
+        view = self._data_view(cf)
+        position, last = lower, None
+        while True:
+            if values:
+                pairs = view.items(from_key=position)
+            else:
+                pairs = ((key, None) for key in view.keys(from_key=position))
+            for key, sealed in pairs:
+                if upper is not None and key >= upper:
+                    return
+                last = key
+                yield key, sealed
+            after = last if last is not None else (position or b"")
+            reason = _stopped_by(cf, view, after, last is not None)
+            if reason is None:
                 return
-            yield key, sealed
+            if on_damage is None:
+                raise CorruptBlockError(cf, after, reason, scan=True)
+            resume = _readable_after(cf, view, after)
+            on_damage(Damage(cf, after, f"cannot read {cf} after key {after.hex() or '(start)'}: "
+                                        f"RocksDB reports {reason}", block=True, resume=resume))
+            if resume is None:
+                return
+            position, last = resume, None
 
     def _count(self, cf: str) -> int:
-        return sum(1 for _ in self.keys(cf))
+        """Readable keys of ``cf`` (damaged blocks are not counted: ``percolate admin verify`` lists them)."""
+        return sum(1 for _ in self.keys(cf, on_damage=lambda damage: None))
 
     def _commit(self, batch: WriteBatch) -> None:
         try:
@@ -492,6 +565,87 @@ class EncryptedStore:
             view.flush()
         for cf in families:
             self._views[cf].compact_range(None, None, options)
+
+
+_SEEK_WIDTH = 64  # bytes; longer than every key the REM layer writes (at most 49)
+
+
+def _is_corruption(error: Exception) -> bool:
+    return str(error).startswith("Corruption")
+
+
+def _reason(error: Exception) -> str:
+    """RocksDB's message, with the data directory left out of file names (callers see it)."""
+    return re.sub(r"\S*/(?=[^/\s]+\.sst\b)", "", str(error).strip())
+
+
+def _stopped_by(cf: str, view: Rdict, after: bytes, inclusive: bool) -> str | None:
+    """Why a scan that read up to ``after`` ended: None for a clean end, else RocksDB's error.
+
+    ``inclusive``: ``after`` is a key that was read (look past it); else a seek position.
+    """
+    iterator = view.iter()
+    if inclusive:
+        iterator.seek(after)
+        if iterator.valid():
+            iterator.next()
+    elif after:
+        iterator.seek(after)
+    else:
+        iterator.seek_to_first()
+    if iterator.valid():  # a key written since the scan ended; the scan was not cut short
+        return None
+    try:
+        iterator.status()
+    except Exception as error:
+        if _is_corruption(error):
+            return _reason(error)
+        raise StoreError(f"cannot read {cf}: {error}") from None
+    return None
+
+
+def _readable_after(cf: str, view: Rdict, after: bytes) -> bytes | None:
+    """The first key RocksDB can read past the unreadable block(s) following ``after`` (None: none).
+
+    RocksDB does not say where a bad block ends and a seek into it fails, so seek targets
+    (keys read as big-endian integers of a fixed width) are probed: doubling steps until a
+    seek succeeds, then bisection down to the first target that does. A few hundred
+    seeks, each failing fast on the bad block. Limit: two bad blocks close together can
+    hide a readable block between them (counted as one damaged run).
+    """
+    width = max(_SEEK_WIDTH, len(after) + 1)
+    top = (1 << (8 * width)) - 1
+    iterator = view.iter()
+
+    def seek(target: int) -> tuple[bool, bytes | None]:
+        iterator.seek(target.to_bytes(width, "big"))
+        if iterator.valid():
+            return True, iterator.key()
+        try:
+            iterator.status()
+        except Exception as error:
+            if _is_corruption(error):
+                return False, None
+            raise StoreError(f"cannot read {cf}: {error}") from None
+        return True, None  # past the last key
+
+    bad, step = int.from_bytes(after.ljust(width, b"\0"), "big"), 1
+    while True:
+        good = min(bad + step, top)
+        readable, key = seek(good)
+        if readable:
+            break
+        if good == top:
+            return None
+        bad, step = good, step * 2
+    while good - bad > 1:
+        middle = (bad + good) // 2
+        readable, found = seek(middle)
+        if readable:
+            good, key = middle, found
+        else:
+            bad = middle
+    return key
 
 
 def _check_kek(kek: bytes) -> None:
