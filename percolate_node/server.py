@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from percolate.node.v1 import node_pb2, node_pb2_grpc
 from percolate_certs.ca import CertPaths
 from percolate_certs.tls import server_credentials
+from percolate_common.decoding import RejectUndecodableRequests
 from percolate_common.health import HealthServicer
 
 from .auth import NodeAuthenticator
@@ -52,8 +53,8 @@ class NodeServer:
         self.metrics = NodeMetrics(config.tenant_id)
         self.reading = ReadingClient(config)
         self.memory = NodeMemory.open(config, self.reading)
-        authenticator = NodeAuthenticator(config.tenant_id, config.token_file)
-        self._server = grpc.aio.server(options=[
+        authenticator = NodeAuthenticator(config.tenant_id, config.token_file, config.key_files_group_readable)
+        self._server = grpc.aio.server(interceptors=[RejectUndecodableRequests()], options=[
             ("grpc.max_receive_message_length", 80 << 20), ("grpc.max_send_message_length", 80 << 20)])
         node_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(self.memory, authenticator, self.metrics), self._server)
@@ -97,6 +98,8 @@ class NodeServer:
                 self.metrics.memory_size.labels(tenant).set(stats["storage_bytes"])
                 self.metrics.storage.labels(tenant).set(stats["data_dir_bytes"])
                 self.metrics.index_entries.labels(tenant).set(stats["index_entries"])
+                self.metrics.dek_seals.labels(tenant).set(stats["dek_seals"])
+                self.metrics.dek_seal_limit.labels(tenant).set(stats["dek_seal_limit"])
                 for kind in ("documents", "resources", "entities", "moments"):
                     self.metrics.records.labels(tenant, kind).set(stats[kind])
                 await self._report_integrity()

@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from percolate.reading.v1 import reading_pb2, reading_pb2_grpc
 from percolate_certs.ca import CertPaths
 from percolate_certs.tls import server_credentials
+from percolate_common.decoding import RejectUndecodableRequests
 from percolate_common.health import HealthServicer
 from percolate_models.paths import ProjectPaths
 
@@ -71,7 +72,7 @@ class ReadingServer:
         self.pipelines = ReadingPipelines(config, self.triton, self.paths)
         gate = RequestGate(self.admission, self.metrics, config.insecure)
         limit = config.max_message_bytes + MESSAGE_SLACK
-        self._server = grpc.aio.server(options=[
+        self._server = grpc.aio.server(interceptors=[RejectUndecodableRequests()], options=[
             ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
             # bounded connection life: rotated or revoked client certificates take effect,
             # and clients spread over new replicas after a rolling upgrade
