@@ -71,6 +71,7 @@ def documents(count: int) -> list[tuple[str, bytes, int]]:
 def start_node(frontend: common.FrontendProcess, root: Path) -> tuple[subprocess.Popen, NodeTarget]:
     token = root / "token"
     token.write_text(secrets.token_hex(16))
+    token.chmod(0o600)  # a key file: the node refuses one others may read
     generate_kek(root / "kek.bin")
     creds = frontend.pki.tenants["bench-a"]
     config = NodeConfig(tenant_id="bench-a", data_dir=root / "data", kek_file=root / "kek.bin",

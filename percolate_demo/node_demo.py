@@ -44,6 +44,7 @@ def demo_node(reading_address: str, pki, tenant: str, root: Path, audio: Path, h
         generate_kek(root / "kek.bin")
     token = root / "token"
     token.write_text(secrets.token_hex(16))
+    token.chmod(0o600)  # a key file: the node refuses one others may read
     creds = pki.tenants[tenant]
     config = NodeConfig(tenant_id=tenant, data_dir=root / "data", kek_file=root / "kek.bin",
                         reading_url=reading_address, reading_ca=creds.ca, reading_cert=creds.cert,

@@ -2,10 +2,11 @@
 
     percolate serve                      run the node (PERCOLATE_NODE_* configure it)
     percolate keys generate FILE         make a tenant key-encryption key (0600)
+    percolate keys token FILE            make a bearer-token file for local clients (0600)
     percolate ingest PATH...             ingest files and folders, with progress
     percolate search "what was agreed"   hybrid search; --mode semantic|keyword
     percolate stats                      counts and sizes
-    percolate admin purge|rotate-dek|rotate-kek NEW|shred   offline, on a stopped node
+    percolate admin purge|rotate-dek|rotate-kek NEW|shred [--destroy-kek]   offline, on a stopped node
     percolate admin verify               read every value; list damage (exit 1 if any)
 
 Client commands reach the node at PERCOLATE_NODE_URL with the bearer token in
@@ -67,6 +68,44 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    from .auth import generate_token_file
+
+    try:
+        generate_token_file(args.file)
+    except FileExistsError:
+        print(f"percolate: {args.file} already exists; refusing to overwrite it", file=sys.stderr)
+        return 2
+    print(f"wrote a new bearer token to {args.file} (mode 0600); point PERCOLATE_NODE_TOKEN_FILE at it "
+          "for the node and its local clients")
+    return 0
+
+
+SHRED_WARNING = (
+    "percolate: shred destroys this tenant's live keyring: the data directory can never be read "
+    "again. Backups stay readable with an exported keyring and the KEK until those are destroyed "
+    "too (--destroy-kek also deletes the KEK file). Repeat with --yes")
+
+
+def _shred(config: NodeConfig, store, destroy_kek: bool) -> None:
+    """Shred the live keyring (``store`` None: already shredded), then the KEK file if asked; says exactly what went."""
+    from .store.kek import destroy_kek_file
+
+    if store is not None:
+        store.shred()
+    done = (f"tenant {config.tenant_id}: the live keyring in {config.data_dir} is destroyed: "
+            "that data can never be read again.")
+    if not destroy_kek:
+        print(f"{done} NOT destroyed: the KEK file {config.kek_file} and any exported keyring file; backups "
+              "stay readable with them. Delete every exported keyring, or rerun with --destroy-kek to delete "
+              "the KEK as well.")
+        return
+    destroy_kek_file(config.kek_file)
+    print(f"{done} The KEK file {config.kek_file} was overwritten and deleted: every backup and exported "
+          "keyring of this tenant is unreadable too, unless a copy of that KEK exists elsewhere "
+          "(a secret store, a backup of its folder): destroy those copies yourself.")
+
+
 def _ingest(args: argparse.Namespace) -> int:
     files = files_under(args.paths)
     if not files:
@@ -111,14 +150,23 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _admin(args: argparse.Namespace) -> int:
-    from .store import EncryptedStore, load_kek
+    from .store import EncryptedStore, KekFile, ShreddedError
 
     config = NodeConfig.from_env()
     if args.action == "shred" and not args.yes:
-        print("percolate: shredding destroys every key of this tenant, and with them all its data "
-              "and backups; repeat with --yes", file=sys.stderr)
+        print(SHRED_WARNING, file=sys.stderr)
         return 2
-    store = EncryptedStore.open(config.data_dir, config.tenant_id, load_kek(config.kek_file), create=False)
+    if args.destroy_kek and args.action != "shred":
+        print("percolate: --destroy-kek goes with shred only", file=sys.stderr)
+        return 2
+    kek = KekFile(config.kek_file, config.key_files_group_readable)
+    try:
+        store = EncryptedStore.open(config.data_dir, config.tenant_id, kek, create=False)
+    except ShreddedError:
+        if args.action != "shred" or not args.destroy_kek:
+            raise
+        _shred(config, None, destroy_kek=True)  # the keyring went in an earlier shred; now the KEK
+        return 0
     try:
         if args.action == "verify":
             return _verify(store)
@@ -135,13 +183,10 @@ def _admin(args: argparse.Namespace) -> int:
             store.retire_old_deks()
             print("\nnew data key in use; old values re-sealed; old key retired")
         elif args.action == "rotate-kek":
-            from .store import load_kek as read
-
-            store.rotate_kek(read(args.new_kek))
+            store.rotate_kek(KekFile(args.new_kek, config.key_files_group_readable))
             print(f"data keys re-wrapped with {args.new_kek}; point PERCOLATE_NODE_KEK_FILE at it")
         elif args.action == "shred":
-            store.shred()
-            print(f"tenant {config.tenant_id}: keys destroyed; its data and backups are unreadable")
+            _shred(config, store, args.destroy_kek)
     finally:
         store.close()
     return 0
@@ -180,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     generate = keys_sub.add_parser("generate", help="make a new KEK file")
     generate.add_argument("file", type=Path)
     generate.set_defaults(run=_keys)
+    token = keys_sub.add_parser("token", help="make a new bearer-token file (0600)")
+    token.add_argument("file", type=Path)
+    token.set_defaults(run=_token)
     ingest = sub.add_parser("ingest", help="ingest files and folders")
     ingest.add_argument("paths", nargs="+", type=Path)
     ingest.set_defaults(run=_ingest)
@@ -193,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_argument("action", choices=("purge", "rotate-dek", "rotate-kek", "shred", "verify"))
     admin.add_argument("new_kek", nargs="?", type=Path, help="rotate-kek: the new KEK file")
     admin.add_argument("--yes", action="store_true", help="shred: confirm")
+    admin.add_argument("--destroy-kek", action="store_true",
+                       help="shred: also overwrite and delete the KEK file, so backups and exported keyrings die too")
     admin.set_defaults(run=_admin)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -26,7 +26,14 @@ class NodeConfig:
     tls_client_ca: Path | None = None
     """Callers present certificates from this CA (the tenant's)."""
     token_file: Path | None = None
-    """Bearer token for local use (plaintext on loopback, or beside TLS)."""
+    """Bearer token for local use (plaintext on loopback, or beside TLS); mode 0600, 16+ characters
+    (``percolate keys token FILE`` makes one)."""
+    key_files_group_readable: bool = False
+    """Accept a KEK or token file that its group may read (a Kubernetes Secret mounted with
+    ``fsGroup``, root-owned 0440); otherwise any group or other access is refused."""
+    dek_seal_limit: int = 2**31
+    """Values one data key seals before the store rotates to a new one (GCM's random-nonce
+    bound is 2**32); small values are for tests."""
     reading_service_config: str = ""
     """gRPC service config (JSON) for the reading channel: round robin, health checks,
     retries on UNAVAILABLE, so a reading pod that drains is skipped (the Helm chart sets it)."""
@@ -45,7 +52,8 @@ class NodeConfig:
                  "reading_key": "READING_KEY", "host": "HOST", "port": "PORT", "metrics_port": "METRICS_PORT",
                  "tls_cert": "TLS_CERT", "tls_key": "TLS_KEY", "tls_client_ca": "TLS_CLIENT_CA",
                  "token_file": "TOKEN_FILE", "reading_timeout_s": "READING_TIMEOUT_S",
-                 "drain_grace_s": "DRAIN_GRACE_S", "graph_save_interval_s": "GRAPH_SAVE_INTERVAL_S"}
+                 "drain_grace_s": "DRAIN_GRACE_S", "graph_save_interval_s": "GRAPH_SAVE_INTERVAL_S",
+                 "key_files_group_readable": "KEY_FILES_GROUP_READABLE", "dek_seal_limit": "DEK_SEAL_LIMIT"}
         env = {f"PERCOLATE_NODE_{name}": str(getattr(self, field)) for field, name in names.items()
                if getattr(self, field) is not None}
         if self.reading_service_config:
@@ -77,4 +85,10 @@ class NodeConfig:
             reading_timeout_s=get("READING_TIMEOUT_S", cls.reading_timeout_s, float),
             drain_grace_s=get("DRAIN_GRACE_S", cls.drain_grace_s, float),
             graph_save_interval_s=get("GRAPH_SAVE_INTERVAL_S", cls.graph_save_interval_s, float),
+            key_files_group_readable=get("KEY_FILES_GROUP_READABLE", False, _flag),
+            dek_seal_limit=get("DEK_SEAL_LIMIT", cls.dek_seal_limit, int),
         )
+
+
+def _flag(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")

@@ -27,7 +27,7 @@ from .rem import (Document, Edge, Entity, MemoryRepository, Moment, Resource, Tr
 from .rem.errors import DamagedRecordError
 from .rem.integrity import DamageReport, name_damage
 from .search import ResourceMeta, SearchFilters, SearchIndex
-from .store import EncryptedStore, load_kek
+from .store import EncryptedStore, KekFile
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,9 @@ class NodeMemory:
     @classmethod
     def open(cls, config: NodeConfig, reading: ReadingClient | None) -> "NodeMemory":
         """Open the store (a wrong key refuses before any write) and rebuild the indexes."""
-        store = EncryptedStore.open(config.data_dir, config.tenant_id, load_kek(config.kek_file))
+        store = EncryptedStore.open(config.data_dir, config.tenant_id,
+                                   KekFile(config.kek_file, config.key_files_group_readable),
+                                   seal_limit=config.dek_seal_limit)
         repository = MemoryRepository(store)
         memory = cls(config.tenant_id, config.data_dir, store, repository, SearchIndex(), reading)
         memory.rebuild_index()
@@ -292,6 +294,7 @@ class NodeMemory:
         stats["data_dir_bytes"] = sum(p.stat().st_size for p in self.data_dir.rglob("*") if p.is_file())
         stats["index_entries"] = len(self.index)
         stats["index_rebuild_seconds"] = self.rebuild_seconds
+        stats["dek_seals"], stats["dek_seal_limit"] = repository["store"]["seals"], repository["store"]["seal_limit"]
         return stats
 
     def close(self) -> None:

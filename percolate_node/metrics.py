@@ -16,6 +16,11 @@ class NodeMetrics:
                              ["tenant_id", "kind"], registry=self.registry)
         self.storage = Gauge("percolate_storage_usage_bytes", "Disk used under the data directory",
                              ["tenant_id"], registry=self.registry)
+        self.dek_seals = Gauge("percolate_dek_seals", "Values the active data key may have sealed "
+                               "(reserved in the keyring); the store rotates at percolate_dek_seal_limit",
+                               ["tenant_id"], registry=self.registry)
+        self.dek_seal_limit = Gauge("percolate_dek_seal_limit", "Values one data key seals before rotation",
+                                    ["tenant_id"], registry=self.registry)
         self.index_entries = Gauge("percolate_index_entries", "Resources in the search indexes",
                                    ["tenant_id"], registry=self.registry)
         self.corrupt_records = Gauge("percolate_corrupt_records",

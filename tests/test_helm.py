@@ -502,6 +502,7 @@ def test_node_environment_kek_and_region():
     kek = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "kek")["secret"]
     assert kek["secretName"] == "tenant-c-kek" and kek["items"] == [{"key": "kek", "path": "kek"}]
     assert env["PERCOLATE_NODE_KEK_FILE"] == "/etc/percolate/kek/kek"
+    assert env["PERCOLATE_NODE_KEY_FILES_GROUP_READABLE"] == "1" and kek["defaultMode"] == 0o440
     assert pod_spec(docs)["nodeSelector"] == {"topology.kubernetes.io/region": "us-east-1"}
     assert workload(docs)["spec"]["template"]["metadata"]["labels"]["percolate.dev/tenant"] == "tenant-c"
 

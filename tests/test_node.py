@@ -32,6 +32,7 @@ def node_config(tmp_path, reading, pki, **overrides) -> NodeConfig:
     token_file = tmp_path / "token"
     if not token_file.exists():
         token_file.write_text(secrets.token_hex(16))
+        token_file.chmod(0o600)  # a key file: the node refuses one others may read
         generate_kek(tmp_path / "kek.bin")
     creds = pki.tenants[TENANT]
     config = NodeConfig(tenant_id=TENANT, data_dir=tmp_path / "data", kek_file=tmp_path / "kek.bin",

@@ -27,7 +27,7 @@ from rocksdict import BottommostLevelCompaction, CompactOptions, Rdict, WriteBat
 
 from percolate_node.store import rocks
 from percolate_node.store.crypto import KEY_BYTES, Sealer, seal_error, sealed_dek_id, sealing_context, unwrap
-from percolate_node.store.errors import CorruptBlockError, StoreError, TamperedValueError
+from percolate_node.store.errors import CorruptBlockError, StoreError, TamperedValueError, WrongKeyError
 from percolate_node.store.kek import KekFile
 from percolate_node.store.keyring import (HMAC, SHREDDED, Keyring, dek_record, seals_record, shredded_marker,
                                           write_keyring_file)
