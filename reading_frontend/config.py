@@ -47,7 +47,19 @@ class FrontendConfig:
     triton_timeout_s: float = 120.0
     """Upper bound for one Triton call when the caller set no deadline."""
     worker_threads: int = 4
-    """Threads for CPU-bound preprocessing (parsing, image decoding)."""
+    """Threads for CPU-bound preprocessing in the frontend process (image decoding, audio)."""
+    parse_workers: int = DEFAULT_IN_FLIGHT
+    """Worker processes that parse and chunk documents (``parse_pool.py``); one request
+    uses at most one, and they are shared round robin across tenants."""
+    parse_cpu_budget_s: float = 30.0
+    """CPU seconds one Parse may use in its worker before it is stopped
+    (RESOURCE_EXHAUSTED); whole seconds, at least 1."""
+    parse_worker_nice: int = 10
+    """Scheduling niceness of the parse workers: long parses yield the cores to the
+    frontend's own loop and to Triton, so small requests stay quick."""
+    max_request_bytes: int = 512 * MIB
+    """Request bytes held at once (queued, running, parked), all tenants together."""
+    max_request_bytes_per_tenant: int = 256 * MIB
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "FrontendConfig":
@@ -81,4 +93,10 @@ class FrontendConfig:
             drain_quiet_s=get("DRAIN_QUIET_S", cls.drain_quiet_s, float),
             triton_timeout_s=get("TRITON_TIMEOUT_S", cls.triton_timeout_s, float),
             worker_threads=get("WORKER_THREADS", cls.worker_threads, int),
+            parse_workers=get("PARSE_WORKERS", cls.parse_workers, int),
+            parse_cpu_budget_s=get("PARSE_CPU_BUDGET_S", cls.parse_cpu_budget_s, float),
+            parse_worker_nice=get("PARSE_WORKER_NICE", cls.parse_worker_nice, int),
+            max_request_bytes=get("MAX_REQUEST_BYTES", cls.max_request_bytes, int),
+            max_request_bytes_per_tenant=get("MAX_REQUEST_BYTES_PER_TENANT",
+                                             cls.max_request_bytes_per_tenant, int),
         )

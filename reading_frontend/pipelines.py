@@ -1,9 +1,11 @@
 """The reading service's data plane: Embed, Ocr, Parse and Transcribe as plain async functions.
 
 Both the ReadingService servicer and the KServe v2 facade call these, so every path
-shares the same preprocessing. CPU-bound work (decoding, parsing, OCR geometry) runs
-in a thread pool; model calls go to Triton through the one async channel, each under
-the caller's deadline. Nothing a request carries is stored or logged.
+shares the same preprocessing. Parsing and chunking run in worker processes
+(``parse_pool.py``: stopped at the deadline, on cancel or past the CPU budget); the rest
+of the CPU-bound work (image and audio decoding, OCR geometry), bounded by the size
+limits, runs in a thread pool; model calls go to Triton through the one async channel,
+each under the caller's deadline. Nothing a request carries is stored or logged.
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ from percolate_models.paths import ProjectPaths
 
 from . import ocr as ocr_lib
 from . import speech
+from .admission import current_tenant, parked
 from .config import FrontendConfig
 from .errors import InvalidInputError, NotFoundError, TooLargeError
-from .parsing import (Block, Chunk, Page, ParsedDocument, ParseLimits, chunk_document,
-                      parse_document)
+from .parse_pool import ParseJob, ParsePool
+from .parsing import Block, Chunk, Page, ParsedDocument, ParseLimits, chunk_document
 from .text import TextTokenizer
 from .triton_client import AsyncTriton
 
@@ -89,6 +92,10 @@ class ReadingPipelines:
         self.parse_limits = ParseLimits(max_pages=config.max_pages,
                                         max_image_pixels=config.max_image_pixels)
         self.executor = ThreadPoolExecutor(config.worker_threads, thread_name_prefix="reading")
+        self.parse_pool = ParsePool(
+            config.parse_workers, paths.assets / "text_embedding" / "tokenizer.json",
+            self.parse_limits, config.parse_cpu_budget_s, config.parse_worker_nice,
+            config.max_queue_depth, config.max_queue_per_tenant)
 
     def _timeout(self, deadline: float | None) -> float:
         """Seconds left for a model call: the caller's deadline, capped by config."""
@@ -226,19 +233,16 @@ class ReadingPipelines:
         def ocr_page(png: bytes) -> list[ocr_lib.OcrLine]:
             return self._ocr_sync(png, infer).lines
 
-        def work() -> tuple[ParsedDocument, list[Chunk]]:
-            document = parse_document(content, filename=filename, mime_type=mime_type, ocr=ocr_page,
-                                      ocr_mode=ocr_mode, limits=self.parse_limits)
-            return document, chunk_document(document, self.tokenizer.count_tokens,
-                                             chunk_tokens, overlap_tokens)
-
         audio_format = speech.sniff_audio(content)
         if audio_format:  # audio goes through the same path as Transcribe
             document = await self._parse_audio(content, audio_format, deadline)
             chunks = await loop.run_in_executor(self.executor, lambda: chunk_document(
                 document, self.tokenizer.count_tokens, chunk_tokens, overlap_tokens))
-        else:
-            document, chunks = await loop.run_in_executor(self.executor, work)
+        else:  # in a worker process; the admission slot goes to others meanwhile
+            job = ParseJob(content, filename, mime_type, ocr_mode, chunk_tokens, overlap_tokens)
+            async with parked():
+                document, chunks = await self.parse_pool.run(current_tenant(), job, deadline,
+                                                             ocr_page)
         embeddings = None
         if embed and chunks:
             embedded = await self.embed([c.text for c in chunks], normalize=normalize,
@@ -254,5 +258,6 @@ class ReadingPipelines:
                  "state": index.get(spec.name, {}).get("state", "MISSING")} for spec in MODELS]
 
     def close(self) -> None:
+        self.parse_pool.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 

@@ -1,0 +1,269 @@
+"""Parsing in worker processes that can be stopped: bounded, fair CPU for documents.
+
+Why processes: a parser is pure Python and C libraries (bs4/lxml, pypdf, openpyxl,
+python-docx, the tokenizer) that cannot be interrupted from outside. In a thread it holds
+the GIL, starves the event loop (every other tenant's Embed waits), and runs on after its
+caller has gone. A worker process can be killed the moment the caller's deadline passes
+or it cancels, the kernel enforces its CPU budget (``RLIMIT_CPU``: SIGXCPU when the job has
+used ``parse_cpu_budget_s``, no polling), and it runs at a lower priority (nice) so the
+frontend's loop and Triton keep the cores they need. A killed worker is replaced at once.
+
+Fairness: ``parse_workers`` processes, one job each; a request holds at most one, and
+waiting jobs are served round robin across tenants (the same ``FairAdmission``). While a
+Parse waits for or runs in the pool it parks its admission slot, so a tenant with slow
+documents does not hold the slots other tenants' small requests need.
+
+OCR of scanned pages stays with the frontend (it calls Triton): the worker sends the
+page's PNG back over its pipe and waits for the lines.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import multiprocessing
+import os
+import pickle
+import resource
+import signal
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .admission import FairAdmission
+from .errors import CpuBudgetError, DeadlineError
+from .parsing import Chunk, CorruptDocumentError, ParsedDocument, ParseLimits
+
+log = logging.getLogger("percolate.reading")
+BUDGET_SETTING = "PERCOLATE_READING_PARSE_CPU_BUDGET_S"
+
+
+@dataclass(frozen=True)
+class ParseJob:
+    content: bytes
+    filename: str
+    mime_type: str
+    ocr_mode: str
+    chunk_tokens: int
+    overlap_tokens: int
+
+
+OcrHandler = Callable[[bytes], list]
+"""PNG bytes -> OCR lines; runs in a frontend thread while the worker waits."""
+
+
+class _Worker:
+    def __init__(self, context, tokenizer: Path, limits: ParseLimits, budget_s: float,
+                 nice: int) -> None:
+        self.conn, child = context.Pipe(duplex=True)
+        self.process = context.Process(target=_worker_main, name="percolate-parse",
+                                       args=(child, str(tokenizer), limits, budget_s, nice),
+                                       daemon=True)
+        self.process.start()
+        child.close()
+        self.ready = False
+        self.stopped_because = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def kill(self, because: str) -> None:
+        if not self.stopped_because:
+            self.stopped_because = because
+        try:
+            self.process.kill()
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        self.kill("closed")
+        self.conn.close()
+
+
+class ParsePool:
+    def __init__(self, workers: int, tokenizer: Path, limits: ParseLimits, cpu_budget_s: float,
+                 nice: int = 10, max_queue: int = 256, max_queue_per_tenant: int = 128) -> None:
+        if workers < 1:
+            raise ValueError("parse_workers must be at least 1")
+        self._context = multiprocessing.get_context("spawn")  # never fork a gRPC process
+        self._args = (tokenizer, limits, max(1.0, cpu_budget_s), nice)
+        self.cpu_budget_s = max(1.0, cpu_budget_s)
+        self._slots = FairAdmission(workers, max_queue, max_queue_per_tenant)
+        self._idle: deque[_Worker] = deque(self._spawn() for _ in range(workers))
+        self._busy: set[_Worker] = set()
+        self._threads = ThreadPoolExecutor(2 * workers, thread_name_prefix="parse-pool")
+        self.replaced = 0
+        self._closed = False
+
+    @property
+    def busy(self) -> int:
+        """Workers running a job now (0 when the pool is idle)."""
+        return len(self._busy)
+
+    @property
+    def waiting(self) -> int:
+        return self._slots.depth
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in (*self._idle, *self._busy) if w.pid is not None]
+
+    def _spawn(self) -> _Worker:
+        return _Worker(self._context, *self._args)
+
+    async def run(self, tenant: str, job: ParseJob, deadline: float | None,
+                  ocr: OcrHandler) -> tuple[ParsedDocument, list[Chunk]]:
+        """Parse and chunk ``job`` in a worker, within the caller's deadline and the CPU
+        budget; cancelling the caller stops the worker."""
+        async with self._slots.slot(tenant):
+            worker = self._idle.popleft()
+            self._busy.add(worker)
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._threads, _drive, worker, job, deadline, ocr,
+                                          self.cpu_budget_s)
+            try:
+                return await future
+            except asyncio.CancelledError:
+                worker.kill("cancelled")
+                raise
+            finally:
+                self._busy.discard(worker)
+                if worker.stopped_because:
+                    self.replaced += 1
+                    worker.conn.close()
+                    if not self._closed:
+                        self._idle.append(self._spawn())
+                    self._threads.submit(worker.process.join)  # reap it off the loop
+                else:
+                    self._idle.append(worker)
+
+    def close(self) -> None:
+        self._closed = True
+        for worker in (*self._idle, *self._busy):
+            worker.close()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _drive(worker: _Worker, job: ParseJob, deadline: float | None, ocr: OcrHandler,
+           budget_s: float) -> tuple[ParsedDocument, list[Chunk]]:
+    """The frontend's side of one job (a pool thread): send it, answer OCR requests, wait
+    for the result within the deadline, and say why the worker died if it did."""
+    conn = worker.conn
+    try:
+        if not worker.ready:
+            _receive(worker, deadline)  # ("ready", pid): imports take a moment after a respawn
+            worker.ready = True
+        conn.send(("parse", job))
+        while True:
+            kind, payload = _receive(worker, deadline)
+            if kind == "done":
+                return payload
+            if kind == "error":
+                raise payload
+            try:
+                conn.send(("ocr_lines", ocr(payload)))
+            except Exception as error:  # Triton down, a bad page image: the worker decides
+                conn.send(("ocr_error", _portable(error)))
+    except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as error:
+        raise _death(worker, budget_s) from error
+
+
+def _receive(worker: _Worker, deadline: float | None):
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            worker.kill("deadline")
+            raise DeadlineError("the deadline passed while the document was being parsed; "
+                                "its parser was stopped")
+        if worker.conn.poll(left):
+            return worker.conn.recv()
+
+
+def _death(worker: _Worker, budget_s: float) -> Exception:
+    """Why a worker's pipe closed, as the error the caller should see."""
+    worker.process.join(5)
+    code = worker.process.exitcode
+    because = worker.stopped_because
+    worker.stopped_because = because or f"exit {code}"
+    if because == "deadline":
+        return DeadlineError("the deadline passed while the document was being parsed; "
+                             "its parser was stopped")
+    if because in ("cancelled", "closed"):
+        return CorruptDocumentError("the parse was cancelled")
+    if code == -signal.SIGXCPU and not because:  # the kernel, at the soft RLIMIT_CPU
+        return CpuBudgetError(
+            f"the document used its CPU budget of {budget_s:g} s and its parser was stopped "
+            f"({BUDGET_SETTING}); send a smaller document or split it")
+    if code == -signal.SIGKILL:
+        return CorruptDocumentError("the parser was killed on this document (out of memory?)")
+    return CorruptDocumentError(f"the parser stopped on this document (exit code {code})")
+
+
+def _portable(error: BaseException) -> BaseException:
+    """The error itself if it survives pickling, else a plain one with its message."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _worker_main(conn, tokenizer: str, limits: ParseLimits, budget_s: float, nice: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the frontend decides when we stop
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a budget kill writes no core file
+    try:
+        os.nice(nice)
+    except OSError:
+        pass
+    from .parsing import chunk_document, parse_document
+    from .text import TextTokenizer
+
+    counter = TextTokenizer(Path(tokenizer))
+    conn.send(("ready", os.getpid()))
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    while True:
+        try:
+            kind, job = conn.recv()
+        except (EOFError, OSError):
+            return  # the frontend has gone
+        if kind != "parse":
+            continue
+
+        def ocr(png: bytes) -> list:
+            conn.send(("ocr", png))
+            answer, payload = conn.recv()
+            if answer == "ocr_error":
+                raise payload
+            return payload
+
+        _limit_cpu(budget_s, hard)
+        try:
+            document = parse_document(job.content, filename=job.filename, mime_type=job.mime_type,
+                                      ocr=ocr, ocr_mode=job.ocr_mode, limits=limits)
+            reply = ("done", (document, chunk_document(document, counter.count_tokens,
+                                                       job.chunk_tokens, job.overlap_tokens)))
+        except Exception as error:
+            reply = ("error", _portable(error))
+        _limit_cpu(None, hard)
+        del job
+        conn.send(reply)
+        del reply
+
+
+def _limit_cpu(budget_s: float | None, hard: int) -> None:
+    """Soft CPU limit at what this process has used plus ``budget_s`` (None lifts it): the
+    kernel sends SIGXCPU there, whose default action ends the process."""
+    if budget_s is None:
+        resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = math.ceil(usage.ru_utime + usage.ru_stime + budget_s)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
