@@ -47,6 +47,12 @@ class NotFoundError(ReadingError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class CpuBudgetError(ReadingError):
+    """A request used up its CPU budget (the message names the setting)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message for any error a handler may meet."""
     from percolate_certs.identity import (InvalidIdentityError, MissingIdentityError,

@@ -47,15 +47,16 @@ class RequestGate:
         return tenant
 
     async def run(self, operation: str, context: grpc.aio.ServicerContext, declared_tenant: str,
-                  work: Callable[[str, float | None], Awaitable[T]]) -> T:
-        """Authenticate, admit fairly, run ``work(tenant, deadline)``, record, map errors."""
+                  work: Callable[[str, float | None], Awaitable[T]], size: int = 0) -> T:
+        """Authenticate, admit fairly, run ``work(tenant, deadline)``, record, map errors.
+        ``size``: the request's bytes, for the admission's byte budgets."""
         started = time.perf_counter()
         tenant, status = "", "OK"
         try:
             tenant = self.tenant(context, declared_tenant)
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
-            async with self.admission.slot(tenant):
+            async with self.admission.slot(tenant, size):
                 self.metrics.in_flight.set(self.admission.in_flight)
                 return await work(tenant, deadline)
         except asyncio.CancelledError:

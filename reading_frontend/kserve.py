@@ -161,7 +161,8 @@ class KServeFacade(service_pb2_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter_ns()
         stats = self._stats[model.name]
         try:
-            response = await self.gate.run(f"kserve_{model.name}", context, declared, work)
+            response = await self.gate.run(f"kserve_{model.name}", context, declared, work,
+                                          request.ByteSize())
         except BaseException:
             stats[2] += 1
             stats[3] += time.perf_counter_ns() - started

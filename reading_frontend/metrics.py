@@ -53,6 +53,17 @@ class ReadingMetrics:
         self.registry.register(self.gpu)
         self._endpoint = MetricsEndpoint(self.registry)
 
+    def watch_parse_pool(self, pool) -> None:
+        """Gauges read from the parse worker pool at each scrape."""
+        Gauge("percolate_reading_parse_workers_busy", "Parse worker processes running a job",
+              registry=self.registry).set_function(lambda: pool.busy)
+        Gauge("percolate_reading_parse_queue_depth", "Parses waiting for a worker process",
+              registry=self.registry).set_function(lambda: pool.waiting)
+        replaced = Gauge("percolate_reading_parse_workers_replaced",
+                         "Parse workers stopped (deadline, cancel, CPU budget, crash) and replaced",
+                         registry=self.registry)
+        replaced.set_function(lambda: pool.replaced)
+
     def observe(self, operation: str, tenant: str, status: str, seconds: float) -> None:
         self.duration.labels(operation).observe(seconds)
         self.requests.labels(operation, status, tenant or "unknown").inc()

@@ -67,9 +67,12 @@ class ReadingServer:
         config = self.config
         self.metrics = ReadingMetrics()
         self.admission = FairAdmission(config.max_in_flight, config.max_queue_depth,
-                                       config.max_queue_per_tenant, self.metrics.queue_depth.set)
+                                       config.max_queue_per_tenant, self.metrics.queue_depth.set,
+                                       max_bytes=config.max_request_bytes,
+                                       max_bytes_per_tenant=config.max_request_bytes_per_tenant)
         self.triton = AsyncTriton(config.triton_url)
         self.pipelines = ReadingPipelines(config, self.triton, self.paths)
+        self.metrics.watch_parse_pool(self.pipelines.parse_pool)
         gate = RequestGate(self.admission, self.metrics, config.insecure)
         limit = config.max_message_bytes + MESSAGE_SLACK
         self._server = grpc.aio.server(interceptors=[RejectUndecodableRequests()], options=[

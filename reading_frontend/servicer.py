@@ -43,14 +43,16 @@ class ReadingServicer(reading_pb2_grpc.ReadingServiceServicer):
                                       + pb.Embedding(token_count=c, truncated=t).SerializeToString())
                 for vector, c, t in zip(result.vectors, result.token_counts, result.truncated)))
             return response
-        return await self.gate.run("embed", context, request.tenant_id, work)
+        return await self.gate.run("embed", context, request.tenant_id, work,
+                                   request.ByteSize())
 
     async def Ocr(self, request: pb.OcrRequest, context) -> pb.OcrResponse:
         async def work(tenant: str, deadline: float | None) -> pb.OcrResponse:
             result = await self.pipelines.ocr(request.image, deadline=deadline)
             return pb.OcrResponse(lines=[_ocr_line(line) for line in result.lines],
                                   width=result.width, height=result.height)
-        return await self.gate.run("ocr", context, request.tenant_id, work)
+        return await self.gate.run("ocr", context, request.tenant_id, work,
+                                   request.ByteSize())
 
     async def Parse(self, request: pb.ParseRequest, context) -> pb.ParseResponse:
         options = request.options
@@ -71,7 +73,8 @@ class ReadingServicer(reading_pb2_grpc.ReadingServiceServicer):
                 response.embedding_model = EMBEDDING_MODEL
                 response.embedding_dimensions = result.embeddings.shape[1]
             return response
-        return await self.gate.run("parse", context, request.tenant_id, work)
+        return await self.gate.run("parse", context, request.tenant_id, work,
+                                   request.ByteSize())
 
     async def Transcribe(self, request: pb.TranscribeRequest, context) -> pb.TranscribeResponse:
         async def work(tenant: str, deadline: float | None) -> pb.TranscribeResponse:
@@ -83,7 +86,8 @@ class ReadingServicer(reading_pb2_grpc.ReadingServiceServicer):
                 source_sample_rate=result.source_rate, source_channels=result.source_channels,
                 segments=[pb.Segment(start=s.start, end=s.end, text=s.text, window=s.window)
                           for s in result.segments])
-        return await self.gate.run("transcribe", context, request.tenant_id, work)
+        return await self.gate.run("transcribe", context, request.tenant_id, work,
+                                   request.ByteSize())
 
     async def GetInfo(self, request: pb.GetInfoRequest, context) -> pb.GetInfoResponse:
         async def work(tenant: str, deadline: float | None) -> pb.GetInfoResponse:
