@@ -17,7 +17,7 @@ from percolate_certs.identity import (check_declared_tenant, tenant_from_auth_co
                                       validate_tenant_id)
 
 from .admission import FairAdmission
-from .errors import UnauthenticatedError, status_for
+from .errors import PermissionDeniedError, UnauthenticatedError, status_for
 from .metrics import ReadingMetrics
 
 T = TypeVar("T")
@@ -32,18 +32,24 @@ class RequestGate:
         self.insecure = insecure
 
     def tenant(self, context: grpc.aio.ServicerContext, declared: str = "") -> str:
-        """The caller's tenant: from its certificate, checked against any it declared."""
-        declared = declared or dict(context.invocation_metadata() or ()).get(TENANT_HEADER, "")
+        """The caller's tenant: from its certificate, checked against every tenant the
+        call declares (the request's ``tenant_id`` and each ``x-tenant-id`` header): one
+        that differs is PERMISSION_DENIED, never ignored."""
+        headers = [value for key, value in (context.invocation_metadata() or ()) if key == TENANT_HEADER]
+        claims = [claim for claim in (declared, *headers) if claim]
         if self.insecure:
-            if not declared:
+            if not claims:
                 raise UnauthenticatedError(
                     "insecure mode: name the tenant in the request or the x-tenant-id header")
+            if len(set(claims)) > 1:
+                raise PermissionDeniedError("the request and its x-tenant-id header name different tenants")
             try:
-                return validate_tenant_id(declared)
+                return validate_tenant_id(claims[0])
             except ValueError as err:
                 raise UnauthenticatedError(str(err)) from None
         tenant = tenant_from_auth_context(context.auth_context())
-        check_declared_tenant(tenant, declared)
+        for claim in claims:
+            check_declared_tenant(tenant, claim)
         return tenant
 
     async def run(self, operation: str, context: grpc.aio.ServicerContext, declared_tenant: str,

@@ -12,6 +12,12 @@ admission, preprocessing, Triton) through two pipeline models:
   in seconds), ``DURATION`` FP32 [1].
 
 Batching is left to the caller (max_batch_size 0): the shape is the request.
+
+Every RPC of this service, ServerLive included, needs a tenant identity (the client
+certificate, as for ReadingService): one rule, and a certificate the CA signed for
+something else (a server, a probe) learns nothing here. Liveness and readiness probes
+use ``grpc.health.v1``, which, with reflection, is the only thing open to any TLS peer.
+``ModelStatistics`` reports the calling tenant's own requests only.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, status_for
 from .gate import RequestGate
 from .pipelines import ReadingPipelines
 from .servicer import SERVICE_VERSION
@@ -85,25 +91,37 @@ class KServeFacade(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.pipelines = pipelines
         self.gate = gate
         self._draining = draining
-        self._stats: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-        """model -> [successes, their ns, failures, their ns], for ModelStatistics."""
+        self._stats: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        """(tenant, model) -> [successes, their ns, failures, their ns], for ModelStatistics."""
+
+    async def _tenant(self, context, declared: str = "") -> str:
+        """The caller's tenant, or the call ends UNAUTHENTICATED / PERMISSION_DENIED."""
+        try:
+            return self.gate.tenant(context, declared)
+        except Exception as error:
+            await context.abort(*status_for(error))
 
     async def ServerLive(self, request, context):
+        await self._tenant(context)
         return kpb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
+        await self._tenant(context)
         ready = not self._draining() and await self.pipelines.triton.ready()
         return kpb.ServerReadyResponse(ready=ready)
 
     async def ModelReady(self, request, context):
+        await self._tenant(context)
         ready = request.name in MODELS and not self._draining() and await self.pipelines.triton.ready()
         return kpb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request, context):
+        await self._tenant(context)
         return kpb.ServerMetadataResponse(name="percolate-reading", version=SERVICE_VERSION,
                                           extensions=[])
 
     async def ModelMetadata(self, request, context):
+        await self._tenant(context)
         model = await self._model(request.name, request.version, context)
         return kpb.ModelMetadataResponse(
             name=model.name, versions=["1"], platform="percolate_pipeline",
@@ -113,6 +131,7 @@ class KServeFacade(service_pb2_grpc.GRPCInferenceServiceServicer):
                                                               shape=t.shape) for t in model.outputs])
 
     async def ModelConfig(self, request, context):
+        await self._tenant(context)
         model = await self._model(request.name, request.version, context)
         config = mc.ModelConfig(name=model.name, platform="percolate_pipeline", max_batch_size=0)
         for tensor in model.inputs:
@@ -159,7 +178,11 @@ class KServeFacade(service_pb2_grpc.GRPCInferenceServiceServicer):
                             np.array([line.box for line in lines], np.float32).reshape(-1, 4, 2).tobytes())
             return response
         started = time.perf_counter_ns()
-        stats = self._stats[model.name]
+        try:  # the statistics are the caller's own; gate.run refuses an unknown caller
+            tenant = self.gate.tenant(context, declared)
+        except Exception:
+            tenant = ""
+        stats = self._stats[tenant, model.name]
         try:
             response = await self.gate.run(f"kserve_{model.name}", context, declared, work,
                                           request.ByteSize())
@@ -172,13 +195,14 @@ class KServeFacade(service_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelStatistics(self, request, context):
-        """Request counts and times, so perf_analyzer can report server-side figures."""
+        """The caller's request counts and times, so perf_analyzer can report server-side figures."""
+        tenant = await self._tenant(context)
         names = [request.name] if request.name else list(MODELS)
         for name in names:
             await self._model(name, request.version, context)
         response = kpb.ModelStatisticsResponse()
         for name in names:
-            ok, ok_ns, failed, failed_ns = self._stats[name]
+            ok, ok_ns, failed, failed_ns = self._stats.get((tenant, name), (0, 0, 0, 0))
             entry = response.model_stats.add(name=name, version="1", inference_count=ok,
                                              execution_count=ok)
             entry.inference_stats.success.count, entry.inference_stats.success.ns = ok, ok_ns

@@ -104,8 +104,10 @@ def decode_image(
         with Image.open(io.BytesIO(image_bytes)) as pil_image:
             _check_pixel_count(pil_image.height, pil_image.width, max_pixels)
             array = np.array(_to_supported_mode(pil_image))
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"image rejected by Pillow's decompression-bomb guard: {exc}") from exc
+    except Image.DecompressionBombError as exc:  # Image.open refuses > 2x MAX_IMAGE_PIXELS itself
+        raise ImageTooLargeError(
+            f"image of more than {2 * Image.MAX_IMAGE_PIXELS} pixels (Pillow's decompression-bomb "
+            f"guard) exceeds the limit of {max_pixels} pixels") from exc
     except (OSError, SyntaxError, EOFError) as exc:
         raise UnreadableImageError(f"cannot decode image bytes: {exc}") from exc
     return _array_to_bgr(array)

@@ -318,6 +318,9 @@ def test_insecure_mode_is_explicit_and_loud(triton, paths, caplog):
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
             info = stub.GetInfo(pb.GetInfoRequest(), metadata=[("x-tenant-id", "local-dev")])
             assert info.tenant_id == "local-dev"
+            with pytest.raises(grpc.RpcError) as mismatch:  # every tenant the call names must agree
+                stub.Embed(pb.EmbedRequest(tenant_id="local-dev", texts=["x"]), metadata=[("x-tenant-id", "other")])
+            assert mismatch.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "INSECURE MODE" in caplog.text
 
 

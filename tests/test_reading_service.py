@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from rapidocr_onnxruntime import RapidOCR
+from tritonclient.grpc import service_pb2 as kpb
 
 from percolate.reading.v1 import reading_pb2 as pb
 from percolate.reading.v1 import reading_pb2_grpc
-from percolate_certs.ca import create_ca, issue_tenant_cert
+from percolate_certs.ca import create_ca, issue_cert, issue_tenant_cert
 from percolate_certs.tls import channel_credentials
 from percolate_models.accuracy import cosine_rows, sample_sentences
 from reading_frontend.text import TextTokenizer, embed_texts
@@ -118,8 +119,9 @@ def test_bad_images(reading_stub):
     assert_status(lambda: reading_stub.Ocr(pb.OcrRequest()), grpc.StatusCode.INVALID_ARGUMENT, "empty")
     assert_status(lambda: reading_stub.Ocr(pb.OcrRequest(image=b"not an image at all")),
                   grpc.StatusCode.INVALID_ARGUMENT, "cannot decode")
-    assert_status(lambda: reading_stub.Ocr(pb.OcrRequest(image=_png_bomb(8000, 8000))),
-                  grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds the limit")
+    for width, height in [(8000, 8000), (45_000_000, 1), (20_000, 10_000)]:  # the last trips Pillow's own guard
+        assert_status(lambda: reading_stub.Ocr(pb.OcrRequest(image=_png_bomb(width, height))),
+                      grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds the limit of 40000000 pixels")
     buffer = io.BytesIO()
     Image.new("RGB", (50, 50), "white").save(buffer, "PNG")
     assert_status(lambda: reading_stub.Ocr(pb.OcrRequest(image=buffer.getvalue()[:40])),
@@ -142,6 +144,83 @@ def test_tenant_mismatch_is_permission_denied(reading_stub):
     assert_status(lambda: reading_stub.GetInfo(pb.GetInfoRequest(), metadata=[("x-tenant-id", "tenant-b")]),
                   grpc.StatusCode.PERMISSION_DENIED)
     assert reading_stub.Embed(pb.EmbedRequest(tenant_id="tenant-a", texts=["x"])).dimensions == 384
+
+
+def test_every_declared_tenant_must_match_the_certificate(reading_stub):
+    """The body's tenant does not hide a header that names another (nor the reverse)."""
+    for body, headers in [("tenant-a", ["tenant-b"]), ("", ["tenant-a", "tenant-b"]),
+                          ("tenant-b", ["tenant-a"])]:
+        metadata = [("x-tenant-id", h) for h in headers]
+        assert_status(lambda: reading_stub.Embed(pb.EmbedRequest(tenant_id=body, texts=["x"]), metadata=metadata),
+                      grpc.StatusCode.PERMISSION_DENIED, "tenant-b")
+    served = reading_stub.Embed(pb.EmbedRequest(tenant_id="tenant-a", texts=["x"]),
+                                metadata=[("x-tenant-id", "tenant-a")])
+    assert served.dimensions == 384
+
+
+KSERVE_CALLS = {
+    "ServerLive": lambda: kpb.ServerLiveRequest(),
+    "ServerReady": lambda: kpb.ServerReadyRequest(),
+    "ModelReady": lambda: kpb.ModelReadyRequest(name="embed_text"),
+    "ServerMetadata": lambda: kpb.ServerMetadataRequest(),
+    "ModelMetadata": lambda: kpb.ModelMetadataRequest(name="embed_text"),
+    "ModelConfig": lambda: kpb.ModelConfigRequest(name="embed_text"),
+    "ModelStatistics": lambda: kpb.ModelStatisticsRequest(),
+    "ModelInfer": lambda: embed_infer_request(["x"]),
+}
+
+
+def embed_infer_request(texts: list[str]) -> "kpb.ModelInferRequest":
+    from reading_frontend.kserve import serialize_bytes
+
+    request = kpb.ModelInferRequest(model_name="embed_text")
+    request.inputs.add(name="TEXT", datatype="BYTES", shape=[len(texts)])
+    request.raw_input_contents.append(serialize_bytes([t.encode() for t in texts]))
+    return request
+
+
+def test_kserve_facade_needs_a_tenant_identity_for_every_rpc(reading, pki, tmp_path):
+    """A client certificate the CA signed without a tenant identity (a probe's, an
+    operator's) is refused by every KServe RPC; grpc.health.v1 stays open for probes."""
+    from cryptography import x509
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    probe = issue_cert(pki.root, tmp_path, "probe", common_name="probe", usage="client",
+                       sans=[x509.DNSName("probe.percolate.example")])
+    no_tenant = channel_credentials(pki.ca.cert, probe.cert, probe.key)
+    with grpc.secure_channel(reading.address, no_tenant) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for name, request in KSERVE_CALLS.items():
+            message = assert_status(lambda: getattr(stub, name)(request(), timeout=30),
+                                    grpc.StatusCode.UNAUTHENTICATED)
+            assert "tenant" in message, (name, message)
+        assert_status(lambda: reading_pb2_grpc.ReadingServiceStub(channel).GetInfo(pb.GetInfoRequest(), timeout=30),
+                      grpc.StatusCode.UNAUTHENTICATED)
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    with tenant_channel(reading, pki, "tenant-a") as channel:  # a tenant is served
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerLive(kpb.ServerLiveRequest(), timeout=30).live
+        assert stub.ServerMetadata(kpb.ServerMetadataRequest(), timeout=30).name == "percolate-reading"
+
+
+def test_kserve_statistics_are_the_callers_own(reading, pki):
+    from tritonclient.grpc import service_pb2_grpc
+
+    def infer_count(tenant: str) -> int:
+        with tenant_channel(reading, pki, tenant) as channel:
+            stats = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+                kpb.ModelStatisticsRequest(name="embed_text"), timeout=30)
+        return stats.model_stats[0].inference_count
+
+    before_a, before_b = infer_count("tenant-a"), infer_count("tenant-b")
+    with tenant_channel(reading, pki, "tenant-b") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(3):
+            stub.ModelInfer(embed_infer_request(["counted for tenant-b"]), timeout=60)
+    assert infer_count("tenant-b") == before_b + 3
+    assert infer_count("tenant-a") == before_a
 
 
 def test_each_tenant_is_seen_as_itself(reading, pki):
