@@ -20,6 +20,12 @@ MOMENT_TIMES = "moment_times"              # big-endian start + moment key -> id
 DELETED = "deleted"                        # kind code + record key -> id, for purge
 INDEXES = "indexes"                        # the search graph saved at shutdown (graph_snapshot.py)
 
+LOG = "log"
+"""The change log (``durability/changelog.py``): big-endian LSN -> sealed record of one batch."""
+
 DATA_FAMILIES = (DOCUMENTS, RESOURCES, DOCUMENT_RESOURCES, URIS, ENTITIES, NAMES, EDGES,
                  MOMENTS, MOMENT_TIMES, DELETED, INDEXES)
-COLUMN_FAMILIES = (KEYS, *DATA_FAMILIES)
+COLUMN_FAMILIES = (KEYS, *DATA_FAMILIES, LOG)
+UNLOGGED_FAMILIES = frozenset({INDEXES})
+"""Families left out of change-log records: the saved search graph is derived data that a
+restored or standby node rebuilds (and patches) from the resources, and it is large."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,12 @@ from rocksdict import BottommostLevelCompaction, CompactOptions, Rdict, WriteBat
 
 from percolate_node.store import rocks
 from percolate_node.store.crypto import KEY_BYTES, Sealer, seal_error, sealed_dek_id, sealing_context, unwrap
-from percolate_node.store.errors import CorruptBlockError, StoreError, TamperedValueError, WrongKeyError
+from percolate_node.store.errors import (CorruptBlockError, DataLossError, StoreError, TamperedValueError,
+                                        WrongKeyError)
 from percolate_node.store.kek import KekFile
 from percolate_node.store.keyring import (HMAC, SHREDDED, Keyring, dek_record, seals_record, shredded_marker,
                                           write_keyring_file)
-from percolate_node.store.layout import COLUMN_FAMILIES, DATA_FAMILIES, KEYS
+from percolate_node.store.layout import COLUMN_FAMILIES, DATA_FAMILIES, KEYS, LOG, UNLOGGED_FAMILIES
 
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 NAME_KEY_BYTES = 16
@@ -108,6 +110,14 @@ class EncryptedStore:
         self._sync.sync = True
         self._lock = threading.RLock()  # serialises writers with re-seal and key changes
         self._closed = False
+        # The change log (durability/changelog.py): every committed batch also writes one sealed
+        # record, in the same WriteBatch, under the next LSN; ``epoch`` fences it (the lease's
+        # generation; 0 on a node without a lease).
+        self.epoch = 0
+        self._log_context = sealing_context(self.tenant_id, LOG)
+        last = next(iter(self._views[LOG].keys(backwards=True)), None)
+        self._next_lsn = (int.from_bytes(last, "big") + 1) if last else 1
+        self._log_listeners: list[Callable[[int], None]] = []
 
     @classmethod
     def open(cls, data_dir: Path, tenant_id: str, kek: KekSource, create: bool = True,
@@ -138,10 +148,10 @@ class EncryptedStore:
         store = cls(data_dir, rocks.open_rw(data_dir, COLUMN_FAMILIES), keyring or Keyring.new(tenant_id), source,
                     seal_limit, seal_block)
         try:
-            if keyring is None:
-                store._put_keys(store._keyring.records(kek))
+            if keyring is None:  # a new store: its first snapshot carries the keyring, not the log
+                store._put_keys(store._keyring.records(kek), logged=False)
             elif keyring.active not in keyring.reserved:  # written before seals were counted: start afresh
-                store._rotate_dek(kek)
+                store._rotate_dek(kek, logged=False)
         except BaseException:
             store.close()
             raise
@@ -158,10 +168,11 @@ class EncryptedStore:
     def write(self, ops: Sequence[Put | Delete]) -> None:
         """Apply ``ops`` as one synced WriteBatch: all of them are on disk, or none is."""
         batch = WriteBatch(raw_mode=True)
+        logged: list[tuple[str, bytes, bytes | None]] = []
         with self._lock:
             self._check_open()
-            if self._sealer.keys.budget < len(ops):
-                self._reserve(len(ops))
+            if self._sealer.keys.budget < len(ops) + 2:  # the values, the log record, one spare
+                self._reserve(len(ops) + 1)
             # The hot loop of every ingest: one native seal per Put, type checks left to it.
             seal, targets = self._sealer.keys.seal, self._targets
             for op in ops:
@@ -171,7 +182,9 @@ class EncryptedStore:
                     if target is None or not op.key:
                         raise self._bad_operation(op)
                     try:
-                        batch.put(op.key, seal(target[1], op.key, op.value), target[0])
+                        sealed = seal(target[1], op.key, op.value)
+                        batch.put(op.key, sealed, target[0])
+                        logged.append((op.cf, op.key, sealed))
                     except TypeError:  # key or value not bytes
                         raise self._bad_operation(op) from None
                     except (OverflowError, RuntimeError, MemoryError) as error:  # over ~1 GiB; OpenSSL failed
@@ -181,9 +194,10 @@ class EncryptedStore:
                     if target is None or type(op.key) is not bytes or not op.key:
                         raise self._bad_operation(op)
                     batch.delete(op.key, target[0])
+                    logged.append((op.cf, op.key, None))
                 else:
                     raise StoreError(f"write takes Put and Delete operations, not {kind.__name__}")
-            self._commit(batch)
+            self._commit(batch, logged)
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         view = self._data_views.get(cf)
@@ -382,6 +396,118 @@ class EncryptedStore:
             self._check_open()
             return create_backup(self._db, self.tenant_id, Path(dest))
 
+    # -- change log (durability/) ----------------------------------------------------------
+
+    @property
+    def last_lsn(self) -> int:
+        """The LSN of the newest committed batch (0 before the first)."""
+        return self._next_lsn - 1
+
+    def add_log_listener(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(lsn)`` after each logged batch is on disk (under the store lock: be quick)."""
+        self._log_listeners.append(listener)
+
+    def log_records(self, after: int, limit: int = 10_000) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` sealed records with LSN > ``after``, in order, exactly as stored."""
+        from percolate_node.durability.changelog import key_lsn, lsn_key
+
+        self._check_open()
+        out = []
+        for key, sealed in self._views[LOG].items(from_key=lsn_key(after + 1)):
+            out.append((key_lsn(key), sealed))
+            if len(out) >= limit:
+                break
+        return out
+
+    def first_lsn(self) -> int:
+        """The oldest LSN still in the local log (0 when empty)."""
+        from percolate_node.durability.changelog import key_lsn
+
+        first = next(iter(self._views[LOG].keys()), None)
+        return key_lsn(first) if first else 0
+
+    def open_log_record(self, lsn: int, sealed: bytes):
+        """A sealed record opened and parsed (``TamperedValueError`` when it was altered)."""
+        from percolate_node.durability import changelog
+
+        self._check_open()
+        record = changelog.decode(self._sealer.open(LOG, changelog.lsn_key(lsn), sealed), f"log record {lsn}")
+        if record.lsn != lsn:
+            raise DataLossError(f"log record stored at {lsn} says it is {record.lsn}")
+        return record
+
+    def apply_log_record(self, lsn: int, sealed: bytes, kek: KekSource | None = None):
+        """Replay one record from another copy of this tenant's log (restore, standby): its
+        operations as stored plus the record itself, in one synced batch.
+
+        Records apply in order (``lsn`` must be the next one) and never from an epoch older
+        than one already applied. A record that changes the keyring (a new DEK) reloads it,
+        which needs the KEK. Returns the parsed record.
+        """
+        from percolate_node.durability import changelog
+
+        with self._lock:
+            self._check_open()
+            if lsn != self._next_lsn:
+                raise StoreError(f"log record {lsn} out of order: this store expects {self._next_lsn}")
+            record = self.open_log_record(lsn, sealed)
+            if record.epoch < self.epoch:
+                from percolate_node.durability.errors import FencedError
+
+                raise FencedError(f"log record {lsn} is from epoch {record.epoch}, older than {self.epoch}")
+            batch = WriteBatch(raw_mode=True)
+            keys_changed = False
+            for cf, key, value in record.ops:
+                if value is None:
+                    batch.delete(key, self._handles[cf])
+                else:
+                    batch.put(key, value, self._handles[cf])
+                keys_changed |= cf == KEYS
+            batch.put(changelog.lsn_key(lsn), sealed, self._handles[LOG])
+            self._commit(batch)
+            self._next_lsn = lsn + 1
+            self.epoch = max(self.epoch, record.epoch)
+            if keys_changed:
+                self._reload_keyring(kek)
+            return record
+
+    def checkpoint(self, dest: Path) -> int:
+        """A consistent RocksDB checkpoint of everything (keyring wrapped, values sealed) at
+        ``dest``; returns the LSN it covers. Writers wait only while the checkpoint is cut."""
+        from rocksdict import Checkpoint
+
+        with self._lock:
+            self._check_open()
+            Checkpoint(self._db).create_checkpoint(str(dest))
+            return self._next_lsn - 1
+
+    def trim_log(self, through: int) -> int:
+        """Delete local log records with LSN <= ``through`` (the newest always stays, so the
+        LSN survives a restart); returns how many went."""
+        from percolate_node.durability.changelog import lsn_key
+
+        with self._lock:
+            self._check_open()
+            through = min(through, self._next_lsn - 2)
+            first = self.first_lsn()
+            if not first or through < first:
+                return 0
+            batch = WriteBatch(raw_mode=True)
+            batch.delete_range(lsn_key(first), lsn_key(through + 1), self._handles[LOG])
+            self._commit(batch)
+            return through - first + 1
+
+    def _reload_keyring(self, kek: KekSource | None) -> None:
+        """After a replayed keyring change: rebuild the keyring and sealer from the keys family."""
+        source = kek if kek is not None else self._kek
+        key = source.read() if isinstance(source, KekFile) else source
+        if isinstance(key, (str, Path)):
+            key = KekFile(Path(key)).read()
+        records = dict(self._views[KEYS].items())
+        self._keyring = Keyring.from_records(self.tenant_id, key, records)
+        self._sealer.destroy()
+        self._sealer = Sealer(self.tenant_id, self._keyring.deks, budget=0)
+
     # -- housekeeping -------------------------------------------------------------------
 
     def stats(self) -> dict:
@@ -484,17 +610,40 @@ class EncryptedStore:
         """Readable keys of ``cf`` (damaged blocks are not counted: ``percolate admin verify`` lists them)."""
         return sum(1 for _ in self.keys(cf, on_damage=lambda damage: None))
 
-    def _commit(self, batch: WriteBatch) -> None:
+    def _commit(self, batch: WriteBatch, logged: Sequence[tuple[str, bytes, bytes | None]] | None = None) -> None:
+        """Write ``batch`` synced, with the change-log record of ``logged`` in it (None: unlogged).
+
+        Under the lock. The record takes one seal from the active DEK's budget, which
+        writers keep at least one above what they seal themselves.
+        """
+        lsn = 0
+        logged = [op for op in logged or () if op[0] not in UNLOGGED_FAMILIES]
+        if logged:
+            from percolate_node.durability import changelog
+
+            if self._sealer.keys.budget == 0:  # a key change right after open: reserve (its own record first)
+                self._reserve(0)
+            lsn = self._next_lsn
+            record = changelog.encode(lsn, self.epoch, time.time_ns(), logged)
+            key = changelog.lsn_key(lsn)
+            try:
+                batch.put(key, self._sealer.keys.seal(self._log_context, key, record), self._handles[LOG])
+            except (OverflowError, RuntimeError, MemoryError) as error:
+                raise seal_error(LOG, key, error) from None
         try:
             self._db.write(batch, self._sync)
         except Exception as error:
             raise StoreError(f"RocksDB write failed at {self.path}: {error}") from None
+        if lsn:
+            self._next_lsn = lsn + 1
+            for listener in self._log_listeners:
+                listener(lsn)
 
-    def _put_keys(self, records: dict[bytes, bytes]) -> None:
+    def _put_keys(self, records: dict[bytes, bytes], logged: bool = True) -> None:
         batch = WriteBatch(raw_mode=True)
         for name, blob in records.items():
             batch.put(name, blob, self._handles[KEYS])
-        self._commit(batch)
+        self._commit(batch, [(KEYS, name, blob) for name, blob in records.items()] if logged else None)
 
     def _kek_now(self) -> bytes:
         """The KEK, read from its file if that is where it is, checked against the keyring."""
@@ -504,12 +653,18 @@ class EncryptedStore:
                                 "no longer opens this keyring; nothing was changed")
         return kek
 
-    def _rotate_dek(self, kek: bytes | None = None) -> int:
-        """Add a DEK (its seal count at 0) and seal with it from now on; under the lock."""
+    def _rotate_dek(self, kek: bytes | None = None, logged: bool = True) -> int:
+        """Add a DEK (its seal count at 0) and seal with it from now on; under the lock.
+
+        The rotation's log record is sealed with the old DEK (a restore must open it to
+        learn the new one): writers keep one seal of the old budget spare for it.
+        """
         kek = kek or self._kek_now()
         dek_id = self._keyring.add_dek()
+        if logged and self._sealer.keys.budget == 0:
+            self._sealer.keys.budget = 1  # only after an open with nothing reserved: one seal past the count
         try:
-            self._put_keys(dict([self._keyring.wrapped_dek(kek, dek_id), seals_record(dek_id, 0)]))
+            self._put_keys(dict([self._keyring.wrapped_dek(kek, dek_id), seals_record(dek_id, 0)]), logged)
         except BaseException:
             del self._keyring.deks[dek_id], self._keyring.reserved[dek_id]
             raise
@@ -519,22 +674,27 @@ class EncryptedStore:
     def _reserve(self, seals: int) -> None:
         """Record in the keyring (synced) that the active DEK may seal ``seals`` more values,
         rotating first when that would take it past ``seal_limit``; under the lock."""
-        if seals > self.seal_limit:
-            raise StoreError(f"a batch of {seals} values is over the {self.seal_limit} one data key may seal")
+        if seals + 2 > self.seal_limit:
+            raise StoreError(f"a batch of {seals} seals is over the {self.seal_limit} one data key may seal")
         active = self._sealer.active
         used = self._keyring.reserved[active] - max(self._sealer.keys.budget, 0)
-        if used + seals > self.seal_limit:
+        if used + seals + 2 > self.seal_limit:  # + this reservation's log record + the rotation's
             active, used = self._rotate_dek(), 0
-        end = min(used + max(seals, self._seal_block), self.seal_limit)
-        self._put_keys(dict([seals_record(active, end)]))
-        self._keyring.reserved[active] = end
-        self._sealer.keys.budget = end - used
+        end = min(used + max(seals + 2, self._seal_block), self.seal_limit)  # keeps one spare
+        before = self._keyring.reserved[active], self._sealer.keys.budget
+        # counted before the write: the reservation's own log record is sealed from it
+        self._keyring.reserved[active], self._sealer.keys.budget = end, end - used
+        try:
+            self._put_keys(dict([seals_record(active, end)]))
+        except BaseException:
+            self._keyring.reserved[active], self._sealer.keys.budget = before
+            raise
 
     def _delete_keys(self, names: list[bytes]) -> None:
         batch = WriteBatch(raw_mode=True)
         for name in names:
             batch.delete(name, self._handles[KEYS])
-        self._commit(batch)
+        self._commit(batch, [(KEYS, name, None) for name in names])
 
     def _reseal_keys(self, cf: str, keys: list[bytes]) -> int:
         """Re-seal ``keys`` under the lock, re-reading each so a concurrent write is never undone."""
@@ -542,19 +702,21 @@ class EncryptedStore:
             return 0
         with self._lock:
             self._check_open()
-            if self._sealer.keys.budget < len(keys):
-                self._reserve(len(keys))
+            if self._sealer.keys.budget < len(keys) + 2:
+                self._reserve(len(keys) + 1)
             sealer, view, handle = self._sealer, self._views[cf], self._handles[cf]
             batch = WriteBatch(raw_mode=True)
-            moved = 0
+            logged = []
             for key in keys:
                 sealed = view.get(key)
                 if sealed is None or sealed_dek_id(sealed) == sealer.active:
                     continue
-                batch.put(key, sealer.seal(cf, key, sealer.open(cf, key, sealed)), handle)
-                moved += 1
+                resealed = sealer.seal(cf, key, sealer.open(cf, key, sealed))
+                batch.put(key, resealed, handle)
+                logged.append((cf, key, resealed))
+            moved = len(logged)
             if moved:
-                self._commit(batch)
+                self._commit(batch, logged)
             return moved
 
     def _compact(self, families: Sequence[str]) -> None:
@@ -615,9 +777,9 @@ def _readable_after(cf: str, view: Rdict, after: bytes) -> bytes | None:
     """
     width = max(_SEEK_WIDTH, len(after) + 1)
     top = (1 << (8 * width)) - 1
-    iterator = view.iter()
 
     def seek(target: int) -> tuple[bool, bytes | None]:
+        iterator = view.iter()  # a fresh one each time: after a failed seek, later seeks may fail too
         iterator.seek(target.to_bytes(width, "big"))
         if iterator.valid():
             return True, iterator.key()
