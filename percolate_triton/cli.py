@@ -12,6 +12,9 @@ from percolate_models.errors import PercolateError
 from .server import TritonConfig, TritonServer
 
 
+EXIT_TRITON_DIED = 3
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="percolate-triton", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"metrics {triton.metrics_url}", flush=True)
             print(f"repository {config.model_repository}; log {triton.log_path}; Ctrl-C stops it",
                   flush=True)
-            signal.pause()
+            code = triton.process.wait()  # SIGTERM and Ctrl-C interrupt this and unwind
+            # Triton died under us (killed, crashed): leaving the context stops its backend
+            # stubs, and a non-zero exit lets the orchestrator restart the whole thing
+            print(f"percolate-triton: tritonserver exited unexpectedly with code {code}; "
+                  f"see {triton.log_path}", file=sys.stderr)
+            return EXIT_TRITON_DIED
     except PercolateError as err:
         print(f"percolate-triton: {err}", file=sys.stderr)
         return 2

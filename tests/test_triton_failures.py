@@ -2,10 +2,16 @@
 corrupt or missing model file (with the model's own error), missing repository."""
 from __future__ import annotations
 
+import os
+import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +80,64 @@ def test_command_line_reports_busy_port_in_one_line(paths, tmp_path):
 def test_missing_repository_says_to_build(tmp_path):
     with pytest.raises(RepositoryError, match="does not exist.*percolate-models build"):
         TritonServer(TritonConfig(model_repository=tmp_path / "nowhere")).start()
+
+
+def _process_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return children
+
+
+def _wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached within {timeout_s} s")
+
+
+def test_launcher_exits_non_zero_when_its_triton_dies(paths, tmp_path):
+    """kill -9 of tritonserver: the launcher exits non-zero (its orchestrator restarts it)
+    and takes the backend stub processes with it."""
+    repo = one_model_repository(paths, tmp_path, "text_embedding")
+    launcher = subprocess.Popen([sys.executable, "-m", "percolate_triton.cli", "serve", "--model-repository",
+                                 str(repo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in launcher.stdout], daemon=True).start()
+    try:
+        try:
+            ready = lines.get(timeout=300)
+        except queue.Empty:
+            raise AssertionError("the launcher printed nothing in 300 s") from None
+        assert ready.startswith("Triton ready"), ready + launcher.stderr.read()
+        (triton_pid,) = _children(launcher.pid)
+        stubs = _wait_for(lambda: [p for p in _process_group(triton_pid) if p != triton_pid], 60,
+                          "a backend stub process")
+        os.kill(triton_pid, signal.SIGKILL)
+        code = launcher.wait(timeout=120)
+        assert code != 0, launcher.stderr.read()
+        assert "tritonserver exited unexpectedly" in launcher.stderr.read()
+        _wait_for(lambda: not _process_group(triton_pid), 60, f"the stubs {stubs} gone")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
