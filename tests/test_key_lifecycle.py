@@ -263,6 +263,9 @@ def test_bearer_token_file_is_checked_like_a_key(tmp_path):
     assert made.stat().st_mode & 0o777 == 0o600 and len(NodeAuthenticator("tenant-a", made)._token) >= 32
     with pytest.raises(FileExistsError):
         generate_token_file(made)
+    done = run_cli("keys", "token", str(tmp_path / "by-cli"), env={})
+    assert done.returncode == 0 and (tmp_path / "by-cli").stat().st_mode & 0o777 == 0o600, done.stderr
+    assert run_cli("keys", "token", str(tmp_path / "by-cli"), env={}).returncode == 2  # never over a file
 
 
 # 6. what seals also opens; every extension error is a store error ---------------------------------------------------
