@@ -8,6 +8,10 @@
     percolate stats                      counts and sizes
     percolate admin purge|rotate-dek|rotate-kek NEW|shred [--destroy-kek]   offline, on a stopped node
     percolate admin verify               read every value; list damage (exit 1 if any)
+    percolate admin snapshot             snapshot the running node to object storage now
+    percolate backups list|verify        snapshots and shipped log in object storage; check every object
+    percolate restore --to latest|LSN|2026-11-27T10:02:00Z --into DIR
+                                         rebuild a data directory for that moment (all or nothing)
 
 Client commands reach the node at PERCOLATE_NODE_URL with the bearer token in
 PERCOLATE_NODE_TOKEN_FILE, or a client certificate (PERCOLATE_NODE_CA/CERT/KEY).
@@ -149,9 +153,79 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _snapshot_now() -> int:
+    """``admin snapshot``: ask the running node (its RPC), which keeps serving meanwhile."""
+    from percolate.node.v1 import node_pb2 as pb
+
+    with NodeClient(NodeTarget.from_env()) as client:
+        done = client.call("CreateSnapshot", pb.CreateSnapshotRequest(), timeout=3600)
+    print(f"snapshot {done.snapshot_id}: LSN {done.lsn}, {done.files} files ({done.uploaded_files} uploaded, "
+          f"{done.uploaded_bytes / 1e6:.1f} MB) in {done.seconds:.1f} s at {done.location}")
+    return 0
+
+
+def _backups(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from .durability.logchain import chain
+    from .durability.snapshots import list_snapshots, verify_snapshot
+    from .durability.segments import unpack
+    from .durability.wiring import object_stores
+
+    config = NodeConfig.from_env()
+    objects, _ = object_stores(config)
+    snapshots = list_snapshots(objects, config.tenant_id)
+    log = chain(objects, config.tenant_id)
+    print(f"tenant {config.tenant_id} in {objects.url}: {len(snapshots)} snapshot(s), "
+          f"{len(log.segments)} log segment(s) up to LSN {log.last_lsn}")
+    problems = 0
+    for info in snapshots:
+        when = datetime.fromtimestamp(info.commit_time_ns / 1e9).astimezone().isoformat(timespec="seconds")
+        line = f"  snapshot {info.id}  LSN {info.lsn}  epoch {info.epoch}  as of {when}  " \
+               f"{len(info.files)} files {info.bytes / 1e6:.1f} MB"
+        if args.action == "verify":
+            found = verify_snapshot(objects, info)
+            problems += len(found)
+            line += "  OK" if not found else "  DAMAGED: " + "; ".join(found)
+        print(line)
+    if args.action == "verify":
+        expected = None
+        for name in log.segments:
+            try:
+                unpack(objects.get(name.key), name.key, config.tenant_id)
+            except StoreError as error:
+                problems += 1
+                print(f"  segment {name.key}: {error}")
+            if expected is not None and name.first > expected:
+                problems += 1
+                print(f"  log records {expected}-{name.first - 1} are missing")
+            expected = max(expected or 0, name.last + 1)
+        print("every object matches its checksum" if not problems else f"{problems} problem(s) found")
+    return 1 if problems else 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from .durability.restore import Target, restore
+    from .durability.wiring import object_stores
+    from .store import KekFile
+
+    config = NodeConfig.from_env()
+    objects, replicas = object_stores(config)
+    source = objects if not args.from_replica else (replicas or (None,))[0]
+    if source is None:
+        print("percolate: --from-replica needs PERCOLATE_NODE_BACKUP_REPLICA_URL", file=sys.stderr)
+        return 2
+    kek = KekFile(config.kek_file, config.key_files_group_readable)
+    report = restore(source, config.tenant_id, kek, args.into, Target.parse(args.to), say=print)
+    print(f"start the node with PERCOLATE_NODE_DATA_DIR={report.into} (the same KEK file) to serve that state")
+    return 0
+
+
 def _admin(args: argparse.Namespace) -> int:
     from .store import EncryptedStore, KekFile, ShreddedError
 
+    if args.action == "snapshot":
+        return _snapshot_now()
     config = NodeConfig.from_env()
     if args.action == "shred" and not args.yes:
         print(SHRED_WARNING, file=sys.stderr)
@@ -238,12 +312,21 @@ def main(argv: list[str] | None = None) -> int:
     search.set_defaults(run=_search)
     sub.add_parser("stats", help="counts and sizes").set_defaults(run=_stats)
     admin = sub.add_parser("admin", help="offline maintenance on a stopped node's data directory")
-    admin.add_argument("action", choices=("purge", "rotate-dek", "rotate-kek", "shred", "verify"))
+    admin.add_argument("action", choices=("purge", "rotate-dek", "rotate-kek", "shred", "verify", "snapshot"),
+                       help="snapshot runs on the live node (through its API); the others on a stopped one")
     admin.add_argument("new_kek", nargs="?", type=Path, help="rotate-kek: the new KEK file")
     admin.add_argument("--yes", action="store_true", help="shred: confirm")
     admin.add_argument("--destroy-kek", action="store_true",
                        help="shred: also overwrite and delete the KEK file, so backups and exported keyrings die too")
     admin.set_defaults(run=_admin)
+    backups = sub.add_parser("backups", help="what object storage holds for this tenant")
+    backups.add_argument("action", choices=("list", "verify"))
+    backups.set_defaults(run=_backups)
+    restore = sub.add_parser("restore", help="rebuild a data directory from object storage for a moment")
+    restore.add_argument("--to", required=True, help="latest, a log sequence number, or an RFC 3339 time")
+    restore.add_argument("--into", required=True, type=Path, help="a new (or empty) folder")
+    restore.add_argument("--from-replica", action="store_true", help="read the redundancy copy instead")
+    restore.set_defaults(run=_restore)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

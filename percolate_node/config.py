@@ -39,6 +39,25 @@ class NodeConfig:
     retries on UNAVAILABLE, so a reading pod that drains is skipped (the Helm chart sets it)."""
     reading_timeout_s: float = 300.0
     drain_grace_s: float = 20.0
+    backup_url: str = ""
+    """Where snapshots and the change log go: a folder (``/var/backups/percolate`` or
+    ``file:///...``) or ``s3://bucket/prefix`` (``gs://``, ``az://``) in the tenant's home
+    region. Credentials and endpoint come from the usual ``AWS_*`` (or GCS/Azure) variables,
+    or from files in ``backup_credentials_dir`` (a mounted Secret). Empty: no backups."""
+    backup_region: str = ""
+    """The home region of the tenant (the bucket's region for S3)."""
+    backup_replica_url: str = ""
+    """Optional redundancy copy in another region: the same ciphertext, object by object; it
+    is only ever restored with the home region's KEK."""
+    backup_replica_region: str = ""
+    backup_credentials_dir: Path | None = None
+    """Files ``access_key_id``, ``secret_access_key`` (and optionally ``session_token``,
+    ``endpoint``) for the object store, e.g. a Kubernetes Secret mounted read-only."""
+    backup_snapshot_interval_s: float = 6 * 3600.0
+    backup_ship_interval_s: float = 1.0
+    """How long a burst of writes is gathered before its log segment is uploaded: the recovery point."""
+    backup_keep_snapshots: int = 7
+    backup_log_retention_s: float = 7 * 86400.0
     graph_save_interval_s: float = 300.0
     """How often a changed search graph is saved while serving (it is also saved at a
     clean stop): after a crash, the next start patches in only what came since. 0 or
@@ -53,9 +72,10 @@ class NodeConfig:
                  "tls_cert": "TLS_CERT", "tls_key": "TLS_KEY", "tls_client_ca": "TLS_CLIENT_CA",
                  "token_file": "TOKEN_FILE", "reading_timeout_s": "READING_TIMEOUT_S",
                  "drain_grace_s": "DRAIN_GRACE_S", "graph_save_interval_s": "GRAPH_SAVE_INTERVAL_S",
-                 "key_files_group_readable": "KEY_FILES_GROUP_READABLE", "dek_seal_limit": "DEK_SEAL_LIMIT"}
+                 "key_files_group_readable": "KEY_FILES_GROUP_READABLE", "dek_seal_limit": "DEK_SEAL_LIMIT",
+                 **{name: name.upper() for name in BACKUP_FIELDS}}
         env = {f"PERCOLATE_NODE_{name}": str(getattr(self, field)) for field, name in names.items()
-               if getattr(self, field) is not None}
+               if getattr(self, field) not in (None, "")}
         if self.reading_service_config:
             env["PERCOLATE_READING_SERVICE_CONFIG"] = self.reading_service_config
         return env
@@ -87,7 +107,20 @@ class NodeConfig:
             graph_save_interval_s=get("GRAPH_SAVE_INTERVAL_S", cls.graph_save_interval_s, float),
             key_files_group_readable=get("KEY_FILES_GROUP_READABLE", False, _flag),
             dek_seal_limit=get("DEK_SEAL_LIMIT", cls.dek_seal_limit, int),
+            backup_url=get("BACKUP_URL", ""), backup_region=get("BACKUP_REGION", ""),
+            backup_replica_url=get("BACKUP_REPLICA_URL", ""),
+            backup_replica_region=get("BACKUP_REPLICA_REGION", ""),
+            backup_credentials_dir=get("BACKUP_CREDENTIALS_DIR", None, Path),
+            backup_snapshot_interval_s=get("BACKUP_SNAPSHOT_INTERVAL_S", cls.backup_snapshot_interval_s, float),
+            backup_ship_interval_s=get("BACKUP_SHIP_INTERVAL_S", cls.backup_ship_interval_s, float),
+            backup_keep_snapshots=get("BACKUP_KEEP_SNAPSHOTS", cls.backup_keep_snapshots, int),
+            backup_log_retention_s=get("BACKUP_LOG_RETENTION_S", cls.backup_log_retention_s, float),
         )
+
+
+BACKUP_FIELDS = ("backup_url", "backup_region", "backup_replica_url", "backup_replica_region",
+                 "backup_credentials_dir", "backup_snapshot_interval_s", "backup_ship_interval_s",
+                 "backup_keep_snapshots", "backup_log_retention_s")
 
 
 def _flag(raw: str) -> bool:

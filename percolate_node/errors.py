@@ -32,6 +32,13 @@ class ReadingServiceError(NodeError):
         self.code = code
 
 
+class BackupsNotConfiguredError(NodeError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self) -> None:
+        super().__init__("backups are not configured on this node: set PERCOLATE_NODE_BACKUP_URL")
+
+
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     from .rem import InvalidRecordError
     from .rem import NotFoundError as RecordNotFound
@@ -46,6 +53,10 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(error)
     if isinstance(error, (DataLossError, DamagedRecordError)):  # damaged on disk; names the record or key
         return grpc.StatusCode.DATA_LOSS, str(error)
+    from .durability.errors import ObjectStoreUnavailableError
+
+    if isinstance(error, ObjectStoreUnavailableError):
+        return grpc.StatusCode.UNAVAILABLE, str(error)
     if isinstance(error, StoreError):
         return grpc.StatusCode.FAILED_PRECONDITION, str(error)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__}); it has been logged"

@@ -22,6 +22,8 @@ from percolate_common.health import HealthServicer
 
 from .auth import NodeAuthenticator
 from .config import NodeConfig
+from .durability.epoch import read_epoch
+from .durability.wiring import backup_agent
 from .memory import NodeMemory
 from .metrics import NodeMetrics
 from .reading_client import ReadingClient
@@ -53,11 +55,15 @@ class NodeServer:
         self.metrics = NodeMetrics(config.tenant_id)
         self.reading = ReadingClient(config)
         self.memory = NodeMemory.open(config, self.reading)
+        # durability: the epoch fences what this node writes to object storage; the agent ships
+        # the change log and snapshots in the background (never blocking writes)
+        self.memory.store.epoch = read_epoch(config.data_dir)
+        self.backup = backup_agent(config, self.memory.store, self.metrics.registry)
         authenticator = NodeAuthenticator(config.tenant_id, config.token_file, config.key_files_group_readable)
         self._server = grpc.aio.server(interceptors=[RejectUndecodableRequests()], options=[
             ("grpc.max_receive_message_length", 80 << 20), ("grpc.max_send_message_length", 80 << 20)])
         node_pb2_grpc.add_NodeServiceServicer_to_server(
-            NodeServicer(self.memory, authenticator, self.metrics), self._server)
+            NodeServicer(self.memory, authenticator, self.metrics, lambda: self.backup), self._server)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
@@ -133,6 +139,8 @@ class NodeServer:
         await self._server.stop(self.config.drain_grace_s if grace_s is None else grace_s)
         self._server = None
         await self.reading.close()
+        if self.backup is not None:  # ships what is pending first (bounded), then stops
+            await asyncio.to_thread(self.backup.stop)
         self.memory.close()
         self.metrics.stop()
         log.info("node stopped")

@@ -5,6 +5,7 @@ memory, converts back, records metrics, and maps errors to a status in one place
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import datetime, timezone
@@ -17,7 +18,7 @@ from percolate.node.v1 import node_pb2 as pb
 from percolate.node.v1 import node_pb2_grpc
 
 from .auth import NodeAuthenticator
-from .errors import InvalidRequestError, status_for
+from .errors import BackupsNotConfiguredError, InvalidRequestError, status_for
 from .memory import NodeMemory
 from .metrics import NodeMetrics
 from .rem import Document, Edge, Entity, Moment, Resource, Traversal
@@ -105,10 +106,12 @@ def moment_message(m: Moment) -> pb.Moment:
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
-    def __init__(self, memory: NodeMemory, authenticator: NodeAuthenticator, metrics: NodeMetrics) -> None:
+    def __init__(self, memory: NodeMemory, authenticator: NodeAuthenticator, metrics: NodeMetrics,
+                 backup: Callable[[], object] = lambda: None) -> None:
         self.memory = memory
         self.authenticator = authenticator
         self.metrics = metrics
+        self._backup = backup  # the node's BackupAgent, or None without backups
 
     async def _run(self, method: str, context, work: Callable[[], Awaitable]):
         started = time.perf_counter()
@@ -233,5 +236,20 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             return pb.StatsResponse(
                 tenant_id=self.memory.tenant_id, documents=s["documents"], resources=s["resources"],
                 entities=s["entities"], moments=s["moments"], storage_bytes=s["storage_bytes"],
-                index_entries=s["index_entries"], index_rebuild_seconds=s["index_rebuild_seconds"])
+                index_entries=s["index_entries"], index_rebuild_seconds=s["index_rebuild_seconds"],
+                last_lsn=self.memory.store.last_lsn,
+                shipped_lsn=agent.shipped_lsn if (agent := self._backup()) is not None else 0)
         return await self._run("Stats", context, work)
+
+    async def CreateSnapshot(self, request, context):
+        async def work():
+            agent = self._backup()
+            if agent is None:
+                raise BackupsNotConfiguredError()
+            report = await asyncio.to_thread(agent.request_snapshot)
+            info = report.info
+            return pb.CreateSnapshotResponse(
+                snapshot_id=info.id, lsn=info.lsn, files=len(info.files), uploaded_files=report.uploaded_files,
+                uploaded_bytes=report.uploaded_bytes, seconds=report.seconds,
+                location=f"{agent.objects.url}/{info.files[0]['object'].rsplit('/', 1)[0]}/" if info.files else "")
+        return await self._run("CreateSnapshot", context, work)

@@ -111,9 +111,11 @@ class RemoteObjectStore:
         self.url = url.rstrip("/")
         options = dict(options or {})
         client_options = {}
-        if options.pop("allow_http", "") in ("1", "true", "True") or self.url.startswith("s3://") and \
-                str(options.get("endpoint", "")).startswith("http://"):
-            client_options["allow_http"] = "true"
+        endpoint = str(options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL")
+                       or os.environ.get("AWS_ENDPOINT") or "")
+        allow = options.pop("allow_http", "") or os.environ.get("AWS_ALLOW_HTTP", "")
+        if allow.lower() in ("1", "true") or endpoint.startswith("http://"):
+            client_options["allow_http"] = "true"  # a plain-HTTP endpoint (a local S3 server) was asked for
         client_options["timeout"] = options.pop("timeout", "30s")
         retry = {"max_retries": 3, "retry_timeout": timedelta(seconds=20)}
         try:

@@ -385,7 +385,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("tenant_id", "documents", "resources", "entities", "moments", "storage_bytes", "index_entries", "index_rebuild_seconds")
+    __slots__ = ("tenant_id", "documents", "resources", "entities", "moments", "storage_bytes", "index_entries", "index_rebuild_seconds", "last_lsn", "shipped_lsn")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -394,6 +394,8 @@ class StatsResponse(_message.Message):
     STORAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     INDEX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     INDEX_REBUILD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_LSN_FIELD_NUMBER: _ClassVar[int]
+    SHIPPED_LSN_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     documents: int
     resources: int
@@ -402,4 +404,28 @@ class StatsResponse(_message.Message):
     storage_bytes: int
     index_entries: int
     index_rebuild_seconds: float
-    def __init__(self, tenant_id: _Optional[str] = ..., documents: _Optional[int] = ..., resources: _Optional[int] = ..., entities: _Optional[int] = ..., moments: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., index_entries: _Optional[int] = ..., index_rebuild_seconds: _Optional[float] = ...) -> None: ...
+    last_lsn: int
+    shipped_lsn: int
+    def __init__(self, tenant_id: _Optional[str] = ..., documents: _Optional[int] = ..., resources: _Optional[int] = ..., entities: _Optional[int] = ..., moments: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., index_entries: _Optional[int] = ..., index_rebuild_seconds: _Optional[float] = ..., last_lsn: _Optional[int] = ..., shipped_lsn: _Optional[int] = ...) -> None: ...
+
+class CreateSnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CreateSnapshotResponse(_message.Message):
+    __slots__ = ("snapshot_id", "lsn", "files", "uploaded_files", "uploaded_bytes", "seconds", "location")
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    UPLOADED_FILES_FIELD_NUMBER: _ClassVar[int]
+    UPLOADED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    lsn: int
+    files: int
+    uploaded_files: int
+    uploaded_bytes: int
+    seconds: float
+    location: str
+    def __init__(self, snapshot_id: _Optional[str] = ..., lsn: _Optional[int] = ..., files: _Optional[int] = ..., uploaded_files: _Optional[int] = ..., uploaded_bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., location: _Optional[str] = ...) -> None: ...

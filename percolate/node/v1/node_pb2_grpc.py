@@ -84,6 +84,11 @@ class NodeServiceStub(object):
                 request_serializer=percolate_dot_node_dot_v1_dot_node__pb2.StatsRequest.SerializeToString,
                 response_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.StatsResponse.FromString,
                 )
+        self.CreateSnapshot = channel.unary_unary(
+                '/percolate.node.v1.NodeService/CreateSnapshot',
+                request_serializer=percolate_dot_node_dot_v1_dot_node__pb2.CreateSnapshotRequest.SerializeToString,
+                response_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.CreateSnapshotResponse.FromString,
+                )
 
 
 class NodeServiceServicer(object):
@@ -177,6 +182,14 @@ class NodeServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSnapshot(self, request, context):
+        """Take a snapshot now and upload it to the tenant's object storage (durability); the
+        node keeps serving meanwhile. FAILED_PRECONDITION when backups are not configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +262,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.StatsRequest.FromString,
                     response_serializer=percolate_dot_node_dot_v1_dot_node__pb2.StatsResponse.SerializeToString,
+            ),
+            'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSnapshot,
+                    request_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.CreateSnapshotRequest.FromString,
+                    response_serializer=percolate_dot_node_dot_v1_dot_node__pb2.CreateSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -495,5 +513,22 @@ class NodeService(object):
         return grpc.experimental.unary_unary(request, target, '/percolate.node.v1.NodeService/Stats',
             percolate_dot_node_dot_v1_dot_node__pb2.StatsRequest.SerializeToString,
             percolate_dot_node_dot_v1_dot_node__pb2.StatsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def CreateSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/percolate.node.v1.NodeService/CreateSnapshot',
+            percolate_dot_node_dot_v1_dot_node__pb2.CreateSnapshotRequest.SerializeToString,
+            percolate_dot_node_dot_v1_dot_node__pb2.CreateSnapshotResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
