@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as kclient
+from tritonclient.utils import InferenceServerException
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from percolate.reading.v1 import reading_pb2 as pb
@@ -97,14 +98,16 @@ def test_kserve_facade_drives_the_same_pipelines(reading, pki, reading_stub):
     lines = [t.decode() for t in result.as_numpy("TEXT")]
     assert ["".join(l.split()) for l in lines] == ["".join(e.split()) for e in expected]
     assert result.as_numpy("BOX").shape == (len(lines), 4, 2)
-    with pytest.raises(Exception, match="no pipeline model 'nope'"):
+    with pytest.raises(InferenceServerException, match="no pipeline model 'nope'"):
         client.get_model_metadata("nope")
     client.close()
 
 
 def test_flooding_tenant_does_not_starve_another(triton, pki, paths):
+    """Ten of tenant-a's requests queue, then two of tenant-b's; the slot is held until
+    all are queued, so the order they run in is the admission's choice alone."""
     config = frontend_config(triton, pki, max_in_flight=1, metrics_port=-1)
-    texts = [f"sentence number {i} about fairness" for i in range(200)]
+    texts = [f"sentence number {i} about fairness" for i in range(50)]
     finished: list[str] = []
     lock = threading.Lock()
     with EmbeddedReading(config, paths) as server, \
@@ -117,14 +120,19 @@ def test_flooding_tenant_does_not_starve_another(triton, pki, paths):
             with lock:
                 finished.append(tenant)
 
-        with ThreadPoolExecutor(24) as pool:
-            flood = [pool.submit(call, "tenant-a") for _ in range(20)]
+        with ThreadPoolExecutor(12) as pool, ExitStack() as stack:
+            stack.callback(hold_a_slot(server))  # released when every request has queued
+            flood = [pool.submit(call, "tenant-a") for _ in range(10)]
             wait_for(lambda: server.server.admission.depth >= 10, what="tenant-a's queue")
             late = [pool.submit(call, "tenant-b") for _ in range(2)]
+            wait_for(lambda: server.server.admission.depth >= 12, what="tenant-b's queue")
+            stack.close()
             for future in flood + late:
                 future.result()
     last_b = max(i for i, tenant in enumerate(finished) if tenant == "tenant-b")
-    assert last_b < 10, finished  # FIFO would put tenant-b after all 20 of tenant-a
+    # round robin runs a, b, a, b, a...: tenant-b's second request is the fourth to run
+    # (a slack of six for replies that reach their threads out of order); FIFO puts it 12th
+    assert last_b < 10, finished
 
 
 def hold_a_slot(server):
@@ -200,24 +208,29 @@ def test_drain_finishes_admitted_work_and_refuses_new(triton, pki, paths):
 def test_triton_killed_mid_load_then_restarted(paths, pki, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(paths.model_repository / "text_embedding", repo / "text_embedding")
-    triton = TritonServer(TritonConfig(model_repository=repo)).__enter__()
-    config = frontend_config(triton, pki, metrics_port=-1)
     errors: list[grpc.StatusCode] = []
-    with EmbeddedReading(config, paths) as server, tenant_channel(server, pki) as channel:
+    served: list[int] = []
+    with ExitStack() as stack:
+        triton = stack.enter_context(TritonServer(TritonConfig(model_repository=repo)))
+        config = frontend_config(triton, pki, metrics_port=-1)
+        server = stack.enter_context(EmbeddedReading(config, paths))
+        channel = stack.enter_context(tenant_channel(server, pki))
         stub = reading_pb2_grpc.ReadingServiceStub(channel)
         assert stub.Embed(pb.EmbedRequest(texts=["before"]), timeout=30).dimensions == 384
         stop = threading.Event()
+        stack.callback(stop.set)
 
         def load() -> None:
             while not stop.is_set():
                 try:
                     stub.Embed(pb.EmbedRequest(texts=["under load"] * 16), timeout=10)
+                    served.append(1)
                 except grpc.RpcError as err:
                     errors.append(err.code())
 
         worker = threading.Thread(target=load)
         worker.start()
-        time.sleep(0.5)
+        wait_for(lambda: len(served) >= 2, what="steady load")
         triton.process.kill()  # mid-load, no goodbye
         triton.stop()
         wait_for(lambda: len(errors) >= 3, what="failed requests")
@@ -282,7 +295,7 @@ def test_sigterm_drains_the_serving_process(triton, pki):
     import sys
 
     command = [sys.executable, "-m", "reading_frontend.cli", "serve", "--port", "0",
-               "--metrics-port", "-1", "--triton-url", triton.grpc_url, "--max-in-flight", "1",
+               "--metrics-port", "0", "--triton-url", triton.grpc_url, "--max-in-flight", "1",
                "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
                "--tls-client-ca", str(pki.ca.cert)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -290,13 +303,20 @@ def test_sigterm_drains_the_serving_process(triton, pki):
         line = process.stdout.readline()
         assert line.startswith("reading service on "), line + process.stderr.read()
         address = line.split()[3]
+        metrics_url = line.split("metrics ")[1].split(",")[0]
         server = type("Address", (), {"address": address})
+
+        def admitted() -> float:  # requests running or queued, from the process's own metrics
+            text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+            return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                       if l.startswith(("percolate_reading_in_flight ", "percolate_reading_queue_depth ")))
+
         texts = [f"sentence {i} sent before SIGTERM" for i in range(300)]
         with tenant_channel(server, pki) as channel, ThreadPoolExecutor(3) as pool:
             stub = reading_pb2_grpc.ReadingServiceStub(channel)
             stub.Embed(pb.EmbedRequest(texts=["warm"]), timeout=30)
             calls = [pool.submit(stub.Embed, pb.EmbedRequest(texts=texts), timeout=120) for _ in range(3)]
-            time.sleep(0.3)  # one running, two queued
+            wait_for(lambda: admitted() >= 3, what="one running, two queued")
             process.send_signal(signal.SIGTERM)
             assert all(len(call.result().embeddings) == 300 for call in calls)
         assert process.wait(timeout=60) == 0
@@ -328,4 +348,5 @@ def test_mutual_tls_is_the_default(triton, paths):
     from reading_frontend.config import FrontendConfig
 
     with pytest.raises(ValueError, match="mutual TLS needs tls_cert.*--insecure"):
-        EmbeddedReading(FrontendConfig(triton_url=triton.grpc_url, metrics_port=-1), paths).__enter__()
+        with EmbeddedReading(FrontendConfig(triton_url=triton.grpc_url, metrics_port=-1), paths):
+            pass

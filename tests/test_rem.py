@@ -9,6 +9,7 @@ import pytest
 from percolate_node.rem import (EMBEDDING_DIM, Document, Edge, Entity, InvalidRecordError, MemoryRepository, Moment,
                                 NotFoundError, Resource, document_id, entity_id)
 from percolate_node.rem.codec import decode, encode
+from percolate_node.rem.errors import RemError
 from percolate_node.store import EncryptedStore
 from percolate_node.store.layout import DOCUMENT_RESOURCES, EDGES, MOMENT_TIMES, NAMES, URIS
 
@@ -231,5 +232,5 @@ def test_codec_is_versioned():
     doc = document(b"v")
     data = encode(doc)
     assert decode(Document, data) == doc
-    with pytest.raises(Exception, match="record format 2 is not supported"):
+    with pytest.raises(RemError, match="record format 2 is not supported"):
         decode(Document, b"\x02" + data[1:])
