@@ -17,7 +17,9 @@ const credentials = grpc.credentials.createSsl(
   fs.readFileSync(ca), fs.readFileSync(key), fs.readFileSync(cert));
 const client = new ReadingService(address, credentials);
 const deadline = new Date(Date.now() + 60000);
-client.Embed({ texts, normalize: false }, { deadline }, (error, response) => {
+// EMBED_TENANT_ID, when set, names a tenant in the request (the server must check it)
+const request = { texts, normalize: false, tenant_id: process.env.EMBED_TENANT_ID || "" };
+client.Embed(request, { deadline }, (error, response) => {
   if (error) {
     console.log(JSON.stringify({ code: error.code, details: error.details }));
     process.exit(3);
