@@ -27,6 +27,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         self._status: dict[str, ServingStatus] = {"": SERVING}
         self._changed = asyncio.Condition()  # notified on every change; never replaced
         self._shutting_down = False
+        self.watching = 0
+        """Watch streams open now (tests wait on it instead of sleeping)."""
 
     async def Check(self, request: health_pb2.HealthCheckRequest, context) -> health_pb2.HealthCheckResponse:
         status = self._status.get(request.service)
@@ -37,12 +39,16 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     async def Watch(self, request: health_pb2.HealthCheckRequest, context) -> None:
         """The service's status now, then each change, until the caller goes away."""
         sent = None
-        while True:
-            async with self._changed:
-                while (status := self._status.get(request.service, SERVICE_UNKNOWN)) == sent:
-                    await self._changed.wait()
-            await context.write(health_pb2.HealthCheckResponse(status=status))
-            sent = status
+        self.watching += 1
+        try:
+            while True:
+                async with self._changed:
+                    while (status := self._status.get(request.service, SERVICE_UNKNOWN)) == sent:
+                        await self._changed.wait()
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                sent = status
+        finally:
+            self.watching -= 1
 
     async def set(self, service: str, status: ServingStatus) -> None:
         """Set a service's status; ignored once ``enter_graceful_shutdown`` was called."""

@@ -22,6 +22,13 @@ async def serve(servicer) -> tuple[grpc.aio.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
+async def wait_until(predicate, what: str, timeout_s: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: not within {timeout_s} s"
+        await asyncio.sleep(0.01)
+
+
 async def watchers_after_one_leaves(servicer) -> list[int]:
     """Statuses a remaining watcher reads after another watcher's channel closed and the status changed."""
     server, address = await serve(servicer)
@@ -31,7 +38,7 @@ async def watchers_after_one_leaves(servicer) -> list[int]:
         second = health_pb2_grpc.HealthStub(staying).Watch(REQUEST(service=""))
         assert (await first.read()).status == SERVING and (await second.read()).status == SERVING
         await leaving.close()
-        await asyncio.sleep(0.2)  # the server sees that stream end
+        await wait_until(lambda: servicer.watching == 1, "the server sees that stream end")
         await servicer.set("", NOT_SERVING)
         seen = [(await asyncio.wait_for(second.read(), timeout=5)).status]
         await servicer.enter_graceful_shutdown()
