@@ -83,7 +83,10 @@ class Frontend:
         with self.log.open("w") as log:
             self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=ROOT)
         line = self.process.stdout.readline()
-        assert line.startswith("reading service on "), f"{name} did not start: {self.log.read_text()}"
+        if not line.startswith("reading service on "):
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"{name} did not start: {self.log.read_text()}")
         self.address = line.split()[3]
         self.metrics_url = line.split("metrics ")[1].split(",")[0]
         self.stopped_at: float | None = None
@@ -132,6 +135,13 @@ class Frontend:
             time.sleep(0.05)
         assert self.process.returncode == 0, self.log.read_text()
         return time.monotonic() - self.stopped_at
+
+
+def wait_until(predicate, what: str, timeout_s: float = MAX_LOAD_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.05)
 
 
 @dataclass
@@ -224,9 +234,23 @@ def test_rolling_upgrade_drops_no_request(triton, pki, tmp_path):
     chart = Chart.render()
     assert chart.drain_grace_s + chart.pre_stop_s <= chart.termination_grace_s
     client = Client(pki, chart.service_config)
+    load = Load(client)
+    workers: list[threading.Thread] = []
     started = time.monotonic()
     processes: list[Frontend] = []
     report: dict = {"drains": []}
+
+    def answered(frontend: Frontend) -> int:
+        frontend.scrape()
+        return int(frontend.statuses.get("OK", 0))
+
+    def more_load(count: int = 20) -> None:
+        """Wait until ``count`` more calls have succeeded (the load is flowing)."""
+        target = load.ok + count
+        wait_until(lambda: load.ok >= target or load.failures or load_ended(), f"{count} more answered calls")
+
+    def load_ended() -> bool:  # bounded load (MAX_LOAD_S): the final assertions judge it
+        return bool(workers) and not any(worker.is_alive() for worker in workers)
 
     def start(name: str) -> Frontend:
         frontend = Frontend(name, chart, triton, pki, tmp_path)
@@ -238,18 +262,17 @@ def test_rolling_upgrade_drops_no_request(triton, pki, tmp_path):
         for frontend in serving:
             frontend.wait_ready(chart, pki)
         client.resolve([f.address for f in serving])
-        load = Load(client)
-        workers = [threading.Thread(target=load.run, args=(n,), daemon=True) for n in range(WORKERS)]
+        workers += [threading.Thread(target=load.run, args=(n,), daemon=True) for n in range(WORKERS)]
         for worker in workers:
             worker.start()
-        time.sleep(1.0)
+        more_load()
 
         for n, old in enumerate(list(serving)):
             new = start(f"v2-{'ab'[n]}")
             new.wait_ready(chart, pki)             # maxSurge 1: the new pod is ready first
             serving.append(new)
             client.resolve([f.address for f in serving])
-            time.sleep(0.5)
+            wait_until(lambda: answered(new) > 0 or load.failures or load_ended(), f"{new.name} taking load")
             old.scrape()
             in_flight = client.in_flight
             old.terminate()                        # the old pod gets SIGTERM and drains
@@ -259,9 +282,9 @@ def test_rolling_upgrade_drops_no_request(triton, pki, tmp_path):
             report["drains"].append({"process": old.name, "seconds": round(drain_s, 3),
                                      "client_calls_in_flight_at_sigterm": in_flight,
                                      "answered": {k: int(v) for k, v in old.statuses.items()}})
-            time.sleep(0.5)
+            more_load()
 
-        time.sleep(1.0)
+        more_load(max(20, 100 - load.ok))  # enough calls to prove something, however slow the machine
         load.stop.set()
         for worker in workers:
             worker.join(timeout=CALL_TIMEOUT_S + 5)
@@ -269,6 +292,9 @@ def test_rolling_upgrade_drops_no_request(triton, pki, tmp_path):
             frontend.scrape()
         report["new_versions_answered"] = {f.name: {k: int(v) for k, v in f.statuses.items()} for f in serving}
     finally:
+        load.stop.set()
+        for worker in workers:
+            worker.join(timeout=CALL_TIMEOUT_S + 5)
         client.close()
         for frontend in processes:
             if frontend.process.poll() is None:
