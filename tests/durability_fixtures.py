@@ -103,6 +103,8 @@ class FlakyProxy:
                     self.end_headers()
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                # urllib would label a body as a form, which the server then parses away
+                headers.setdefault("Content-Type", "application/octet-stream")
                 request = Request(outer.upstream + self.path, data=body, headers=headers, method=self.command)
                 try:
                     response = urlopen(request, timeout=30)

@@ -101,6 +101,8 @@ class BackupAgent:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> "BackupAgent":
+        if self._thread is not None:
+            return self  # already running
         self.store.add_log_listener(self._on_commit)
         self._thread = threading.Thread(target=self._run, name=f"backup-{self.tenant}", daemon=True)
         self._thread.start()

@@ -113,6 +113,7 @@ class RemoteObjectStore:
         client_options = {}
         endpoint = str(options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL")
                        or os.environ.get("AWS_ENDPOINT") or "")
+        self.endpoint = endpoint
         allow = options.pop("allow_http", "") or os.environ.get("AWS_ALLOW_HTTP", "")
         if allow.lower() in ("1", "true") or endpoint.startswith("http://"):
             client_options["allow_http"] = "true"  # a plain-HTTP endpoint (a local S3 server) was asked for

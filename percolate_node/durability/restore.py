@@ -79,14 +79,21 @@ def restore(objects: ObjectStore, tenant_id: str, kek, into: Path, target: Targe
     snapshots = list_snapshots(objects, tenant_id)
     top_epoch = max([s.epoch for s in snapshots] + [s.epoch for s in log.segments] + [1])
     snapshot = _choose(snapshots, log, target)
-    say(f"restoring tenant {tenant_id} to {target.describe()} from snapshot {snapshot.id} "
-        f"(LSN {snapshot.lsn}, {len(snapshot.files)} files, {snapshot.bytes / 1e6:.1f} MB) in {objects.url}")
+    if snapshot is None:
+        say(f"restoring tenant {tenant_id} to {target.describe()}: before the first snapshot, so from an empty "
+            f"database with the oldest snapshot's keyring and the log from LSN 1 ({objects.url})")
+    else:
+        say(f"restoring tenant {tenant_id} to {target.describe()} from snapshot {snapshot.id} "
+            f"(LSN {snapshot.lsn}, {len(snapshot.files)} files, {snapshot.bytes / 1e6:.1f} MB) in {objects.url}")
     into.parent.mkdir(parents=True, exist_ok=True)
     for stale in into.parent.glob(f".{into.name}.restore-*"):
         shutil.rmtree(stale, ignore_errors=True)  # an interrupted earlier restore
     partial = into.parent / f".{into.name}.restore-{os.getpid()}-{time.monotonic_ns()}"
     try:
-        download_snapshot(objects, snapshot, partial)
+        if snapshot is None:
+            snapshot = _empty_base(objects, snapshots[0], partial)
+        else:
+            download_snapshot(objects, snapshot, partial)
         applied, last_ns = 0, snapshot.commit_time_ns
         with EncryptedStore.open(partial, tenant_id, kek, create=False) as store:
             store.epoch = snapshot.epoch
@@ -120,8 +127,9 @@ def restore(objects: ObjectStore, tenant_id: str, kek, into: Path, target: Targe
     return report
 
 
-def _choose(snapshots: list[SnapshotInfo], log, target: Target) -> SnapshotInfo:
-    """The newest snapshot at or before the target that no newer epoch fenced off."""
+def _choose(snapshots: list[SnapshotInfo], log, target: Target) -> SnapshotInfo | None:
+    """The newest snapshot at or before the target that no newer epoch fenced off; None when the
+    target is before every snapshot but the shipped log reaches back to the first record."""
     starts: dict[int, int] = {}
     for name in log.segments:
         starts[name.epoch] = min(starts.get(name.epoch, name.first), name.first)
@@ -134,10 +142,31 @@ def _choose(snapshots: list[SnapshotInfo], log, target: Target) -> SnapshotInfo:
         eligible = [s for s in eligible if s.lsn <= target.value]
     elif target.kind == "time":
         eligible = [s for s in eligible if s.commit_time_ns <= target.value]
+    if not eligible and snapshots and log.segments and log.segments[0].first == 1:
+        return None
     if not eligible:
         raise BackupError(f"no snapshot at or before {target.describe()} "
                           f"({len(snapshots)} snapshot(s) in the object store); nothing was written")
     return max(eligible, key=lambda s: (s.lsn, s.id))
+
+
+def _empty_base(objects: ObjectStore, oldest: SnapshotInfo, dest: Path) -> SnapshotInfo:
+    """An empty database holding the oldest snapshot's keyring (wrapped by the KEK; every DEK
+    the first records could use), from which the whole log replays."""
+    import tempfile
+
+    from percolate_node.store import rocks
+    from percolate_node.store.layout import COLUMN_FAMILIES, KEYS
+
+    with tempfile.TemporaryDirectory(prefix="percolate-keyring-", dir=dest.parent) as scratch:
+        download_snapshot(objects, oldest, Path(scratch) / "oldest")
+        records, _ = rocks.read_keys_readonly(Path(scratch) / "oldest")
+    db = rocks.open_rw(dest, COLUMN_FAMILIES)
+    keys = db.get_column_family(KEYS)
+    for name, blob in records.items():
+        keys[name] = blob
+    rocks.close(db, [keys])
+    return SnapshotInfo("(empty base)", 0, 0, 1, "", [])
 
 
 def _sync_tree(path: Path) -> None:
