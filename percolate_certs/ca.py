@@ -89,19 +89,20 @@ def create_ca(out_dir: str | os.PathLike[str], name: str = "Percolate dev CA",
 
 def issue_cert(ca_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], name: str, *,
                common_name: str, sans: list[x509.GeneralName],
-               usage: Literal["server", "client"], days: int = 365,
+               usage: Literal["server", "client"] | tuple[str, ...], days: int = 365,
                not_before: dt.datetime | None = None,
                not_after: dt.datetime | None = None) -> CertPaths:
     """Issue ``<name>.pem``/``<name>.key`` in ``out_dir`` from the CA in ``ca_dir``.
 
     The building block of the server and tenant helpers, for certificates they do not
-    cover (an operator's client, a deliberately wrong one in a test).
+    cover (an operator's client, a deliberately wrong one in a test). ``usage`` may name
+    both ("server", "client"): a server whose own probe presents its certificate.
     """
     ca_cert, ca_key = _load_ca(Path(ca_dir))
     key = ec.generate_private_key(ec.SECP256R1())
     not_before, not_after = _validity(days, not_before, not_after)
-    purpose = {"server": ExtendedKeyUsageOID.SERVER_AUTH,
-               "client": ExtendedKeyUsageOID.CLIENT_AUTH}[usage]
+    purposes = [{"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}[u]
+                for u in ((usage,) if isinstance(usage, str) else usage)]
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
@@ -112,7 +113,7 @@ def issue_cert(ca_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                        critical=False)

@@ -21,6 +21,9 @@ class NodeConfig:
     port: int = 0
     metrics_port: int = 0
     """-1 disables the Prometheus endpoint."""
+    health_port: int = -1
+    """A plaintext port serving only gRPC health (for the kubelet's gRPC probes, which
+    cannot speak mutual TLS); -1 (default) serves none."""
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -68,7 +71,7 @@ class NodeConfig:
         (to start ``percolate serve`` as a separate process)."""
         names = {"tenant_id": "TENANT_ID", "data_dir": "DATA_DIR", "kek_file": "KEK_FILE",
                  "reading_url": "READING_URL", "reading_ca": "READING_CA", "reading_cert": "READING_CERT",
-                 "reading_key": "READING_KEY", "host": "HOST", "port": "PORT", "metrics_port": "METRICS_PORT",
+                 "reading_key": "READING_KEY", "host": "HOST", "port": "PORT", "metrics_port": "METRICS_PORT", "health_port": "HEALTH_PORT",
                  "tls_cert": "TLS_CERT", "tls_key": "TLS_KEY", "tls_client_ca": "TLS_CLIENT_CA",
                  "token_file": "TOKEN_FILE", "reading_timeout_s": "READING_TIMEOUT_S",
                  "drain_grace_s": "DRAIN_GRACE_S", "graph_save_interval_s": "GRAPH_SAVE_INTERVAL_S",
@@ -99,6 +102,7 @@ class NodeConfig:
             reading_ca=get("READING_CA", tls_ca, Path), reading_cert=get("READING_CERT", tls_cert, Path),
             reading_key=get("READING_KEY", tls_key, Path), host=get("HOST", cls.host),
             port=get("PORT", cls.port, int), metrics_port=get("METRICS_PORT", cls.metrics_port, int),
+            health_port=get("HEALTH_PORT", cls.health_port, int),
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_ca,
             token_file=get("TOKEN_FILE", None, Path),
             reading_service_config=env.get("PERCOLATE_READING_SERVICE_CONFIG", ""),

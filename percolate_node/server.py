@@ -22,7 +22,6 @@ from percolate_common.health import HealthServicer
 
 from .auth import NodeAuthenticator
 from .config import NodeConfig
-from .durability.epoch import read_epoch
 from .durability.wiring import backup_agent
 from .memory import NodeMemory
 from .metrics import NodeMetrics
@@ -43,6 +42,8 @@ class NodeServer:
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self._refresh: asyncio.Task | None = None
         self._graph_saver: asyncio.Task | None = None
 
@@ -55,9 +56,8 @@ class NodeServer:
         self.metrics = NodeMetrics(config.tenant_id)
         self.reading = ReadingClient(config)
         self.memory = NodeMemory.open(config, self.reading)
-        # durability: the epoch fences what this node writes to object storage; the agent ships
-        # the change log and snapshots in the background (never blocking writes)
-        self.memory.store.epoch = read_epoch(config.data_dir)
+        # durability: the agent ships the change log and snapshots in the background (never
+        # blocking writes); the store's epoch (percolate-epoch in the data directory) fences them
         self.backup = backup_agent(config, self.memory.store, self.metrics.registry)
         authenticator = NodeAuthenticator(config.tenant_id, config.token_file, config.key_files_group_readable)
         self._server = grpc.aio.server(interceptors=[RejectUndecodableRequests()], options=[
@@ -70,6 +70,11 @@ class NodeServer:
             (NODE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         self.port = self._bind(f"{config.host}:{config.port}")
         await self._server.start()
+        if config.health_port >= 0:  # health only, plaintext: the kubelet's gRPC probes
+            self._health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(f"{config.host}:{config.health_port}")
+            await self._health_server.start()
         for service in ("", NODE_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await self._report_integrity()
@@ -138,6 +143,9 @@ class NodeServer:
                 task.cancel()
         await self._server.stop(self.config.drain_grace_s if grace_s is None else grace_s)
         self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         await self.reading.close()
         if self.backup is not None:  # ships what is pending first (bounded), then stops
             await asyncio.to_thread(self.backup.stop)

@@ -1,0 +1,121 @@
+"""The rendered charts, run: every container started with exactly the command, args and
+environment the chart gives it, every probe run as the kubelet runs it (see
+tests/chart_harness.py for the kubelet stand-in and its explicit translation tables).
+
+One reading pod (the CPU Triton standing in for the NGC one, and the frontend) and one
+tenant node pod; then a tenant reaches its node the way the route publishes it (TLS
+passthrough to ``<id>.<domain>``, the tenant's client certificate), and the node reaches
+the reading service with its own client certificate: an ingest and a search end to end.
+"""
+from __future__ import annotations
+
+import os
+
+import grpc
+import pytest
+
+from percolate.node.v1 import node_pb2, node_pb2_grpc
+from percolate.reading.v1 import reading_pb2, reading_pb2_grpc
+from percolate_certs.tls import channel_credentials
+from tests.chart_harness import Cluster, Pod, issue_certificates
+from tests.test_helm import DOMAIN, READING_NAMESPACE, node_values, one, render
+
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+TENANT = "tenant-a"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Cluster:
+    return Cluster()
+
+
+@pytest.fixture(scope="module")
+def reading_pod(tmp_path_factory, pki, paths, cluster):
+    """The reading chart's pod as rendered with its defaults (release percolate-reading
+    in namespace percolate-reading: the names the node chart's defaults dial)."""
+    docs = render("reading", release="percolate-reading", namespace=READING_NAMESPACE)
+    root = tmp_path_factory.mktemp("reading-pod")
+    secrets = issue_certificates(docs, pki.root, root / "cert-manager")
+    pod = Pod(docs, "reading", root, secrets, cluster)
+    cluster.register(docs, READING_NAMESPACE, pod)
+    try:
+        pod.run_init_containers()  # copies the image's model repository into the pod's volume
+        pod.start("triton")
+        pod.start("frontend")
+        yield pod
+    finally:
+        pod.stop()
+
+
+@pytest.fixture(scope="module")
+def node_pod(tmp_path_factory, pki, reading_pod, cluster):
+    docs = render("node", node_values(TENANT))
+    root = tmp_path_factory.mktemp("node-pod")
+    secrets = issue_certificates(docs, pki.root, root / "cert-manager")
+    secrets[f"{TENANT}-kek"] = {"kek": os.urandom(32)}  # created outside the chart (KMS operator)
+    pod = Pod(docs, "node", root, secrets, cluster)
+    try:
+        pod.start("node")
+        yield pod
+    finally:
+        pod.stop()
+
+
+@pytest.mark.parametrize("container", ["triton", "frontend"])
+def test_reading_containers_pass_their_probes(reading_pod, container):
+    for kind in PROBES:
+        reading_pod.wait_for_probe(container, kind)
+
+
+def test_reading_pod_serves_a_tenant(reading_pod, pki):
+    reading_pod.wait_for_probe("frontend", "readinessProbe")
+    creds = pki.tenants[TENANT]
+    port = reading_pod.ports[reading_pod.container_port("grpc")]
+    # the name a node dials (the headless Service) is on the certificate cert-manager issued
+    with grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials(creds.ca, creds.cert, creds.key), options=[
+            ("grpc.ssl_target_name_override", f"percolate-reading-headless.{READING_NAMESPACE}.svc.cluster.local")
+    ]) as channel:
+        reply = reading_pb2_grpc.ReadingServiceStub(channel).Embed(
+            reading_pb2.EmbedRequest(tenant_id=TENANT, texts=["hello"]), timeout=120)
+    assert len(reply.embeddings[0].values) == 384
+
+
+def test_node_passes_its_probes(node_pod):
+    for kind in PROBES:
+        node_pod.wait_for_probe("node", kind)
+
+
+def test_tenant_reaches_its_node_through_the_route_and_the_node_reaches_reading(node_pod, reading_pod, pki):
+    """TLS passthrough: the tenant's client sees the node's own certificate for the
+    route's hostname and presents its client certificate; the node ingests through the
+    reading service with its client certificate."""
+    for kind in PROBES:
+        node_pod.wait_for_probe("node", kind)
+    reading_pod.wait_for_probe("frontend", "readinessProbe")
+    docs = render("node", node_values(TENANT))
+    route = next(d for d in docs if d["kind"] in ("TLSRoute", "Ingress"))
+    host = route["spec"]["hostnames"][0] if route["kind"] == "TLSRoute" else route["spec"]["rules"][0]["host"]
+    assert host == f"{TENANT}.{DOMAIN}"
+    backend = one(docs, "Service", f"{TENANT}-percolate-node")["spec"]["ports"][0]
+    port = node_pod.ports[node_pod.container_port(backend["targetPort"])]
+    creds = pki.tenants[TENANT]
+    with grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials(creds.ca, creds.cert, creds.key),
+                             options=[("grpc.ssl_target_name_override", host)]) as channel:
+        stub = node_pb2_grpc.NodeServiceStub(channel)
+        text = b"The harness proves the rendered charts against the real processes."
+        ingested = stub.Ingest(node_pb2.IngestRequest(content=text, filename="harness.txt"), timeout=300)
+        assert ingested.resources >= 1
+        hits = stub.Search(node_pb2.SearchRequest(query="rendered charts", mode=node_pb2.SEARCH_MODE_SEMANTIC),
+                           timeout=120).hits
+        assert hits and "rendered charts" in hits[0].text
+
+
+def test_another_tenant_is_refused_by_the_node(node_pod, pki):
+    node_pod.wait_for_probe("node", "readinessProbe")
+    port = node_pod.ports[node_pod.container_port("grpc")]
+    creds = pki.tenants["tenant-b"]
+    with grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials(creds.ca, creds.cert, creds.key),
+                             options=[("grpc.ssl_target_name_override", f"{TENANT}.{DOMAIN}")]) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            node_pb2_grpc.NodeServiceStub(channel).Search(node_pb2.SearchRequest(query="x"), timeout=60)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
