@@ -29,7 +29,7 @@ from percolate_node.durability.snapshots import list_snapshots
 from percolate_node.server import NodeServer
 from percolate_node.store import EncryptedStore, Put, WrongKeyError, generate_kek
 from percolate_node.store.errors import DataLossError
-from percolate_node.store.layout import DOCUMENTS, KEYS, LOG, RESOURCES
+from percolate_node.store.layout import DOCUMENTS, KEYS, RESOURCES
 from tests.durability_fixtures import FlakyProxy, MotoServer, free_port, new_bucket, s3_options
 from tests.test_node import Caller, node_config
 
@@ -496,3 +496,136 @@ def test_snapshot_rpc_without_backups_is_failed_precondition(reading, pki, tmp_p
             caller.CreateSnapshot(pb.CreateSnapshotRequest())
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "PERCOLATE_NODE_BACKUP_URL" in caught.value.details()
+
+
+# -- kill -9 during uploads and during restore ------------------------------------------------------
+
+
+def _whole(objects, tenant: str = TENANT) -> None:
+    """Every snapshot's objects match their manifest and every segment its checksum."""
+    from percolate_node.durability.snapshots import verify_snapshot
+
+    for info in list_snapshots(objects, tenant):
+        assert verify_snapshot(objects, info) == [], info.id
+    for name in chain(objects, tenant).segments:
+        segments.unpack(objects.get(name.key), name.key, tenant)
+
+
+def test_kill_9_during_uploads_loses_no_acknowledged_write(reading, pki, tmp_path):
+    from tests.test_node_faults import NodeProcess
+
+    objects = LocalObjectStore(tmp_path / "objects")
+    config = replace(node_config(tmp_path, reading, pki), backup_url=str(objects.root),
+                     backup_ship_interval_s=0.02, backup_snapshot_interval_s=0.5)
+    token = config.token_file.read_text()
+    acknowledged: list[str] = []
+    rng = random.Random(20261127)
+    counter = 0
+    for _ in range(4):
+        node = NodeProcess(config)
+        with grpc.insecure_channel(node.address) as channel:
+            caller = Caller(channel, token)
+            stop = False
+
+            def load() -> None:
+                nonlocal counter
+                while not stop:
+                    try:
+                        reply = caller.Ingest(pb.IngestRequest(content=note(counter) + b"%d" % counter,
+                                                               filename=f"k{counter}.md"), timeout=30)
+                    except grpc.RpcError:
+                        return  # killed under us: not acknowledged
+                    acknowledged.append(reply.document_id)
+                    counter += 1
+
+            import threading
+
+            worker = threading.Thread(target=load)
+            worker.start()
+            time.sleep(rng.uniform(0.5, 2.0))  # snapshots (every 0.5 s) and segments in flight
+            node.process.send_signal(signal.SIGKILL)
+            node.process.wait()
+            stop = True
+            worker.join()
+    assert len(acknowledged) >= 4
+    node = NodeProcess(config)  # the last start ships what the kills left unshipped
+    try:
+        with grpc.insecure_channel(node.address) as channel:
+            caller = Caller(channel, token)
+            last = caller.Stats(pb.StatsRequest()).last_lsn
+            deadline = time.monotonic() + 120
+            while caller.Stats(pb.StatsRequest()).shipped_lsn < last and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert caller.Stats(pb.StatsRequest()).shipped_lsn >= last
+    finally:
+        node.process.send_signal(signal.SIGTERM)
+        node.process.wait(timeout=60)
+    _whole(objects)
+    into = tmp_path / "restored"
+    restore(objects, TENANT, config.kek_file, into, Target("latest"))
+    restored = replace(config, data_dir=into, backup_url="", metrics_port=-1)
+    with BackgroundServer(NodeServer(restored)) as node, grpc.insecure_channel(node.address) as channel:
+        caller = Caller(channel, token)
+        for document_id in acknowledged:
+            assert caller.GetDocument(pb.GetRequest(id=document_id)).id == document_id
+
+
+def test_kill_9_during_restore_leaves_no_half_restored_folder(tmp_path, kek_file, objects):
+    if not isinstance(objects, LocalObjectStore):
+        pytest.skip("one target is enough for the process kill; the S3 path is covered above")
+    with open_store(tmp_path / "db", kek_file) as store, agent_for(store, objects) as agent:
+        for start in range(0, 12, 3):
+            write_steps(store, 3, 40, start=start)
+            store.flush(DOCUMENTS)
+            agent.request_snapshot() if start == 0 else None
+        assert agent.wait_shipped(store.last_lsn, 60)
+        final = dict(store.items(DOCUMENTS))
+    env = {**os.environ, "PERCOLATE_NODE_TENANT_ID": TENANT, "PERCOLATE_NODE_KEK_FILE": str(kek_file),
+           "PERCOLATE_NODE_BACKUP_URL": str(objects.root), "PERCOLATE_NODE_DATA_DIR": str(tmp_path / "unused")}
+    into = tmp_path / "restored"
+    rng = random.Random(7)
+    interrupted = 0
+    for _ in range(5):
+        process = subprocess.Popen([sys.executable, "-m", "percolate_node.cli", "restore", "--to", "latest",
+                                    "--into", str(into)], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        # kill once it has started restoring (its first line), at a random moment after
+        assert "restoring tenant" in process.stdout.readline()
+        time.sleep(rng.uniform(0.0, 0.3))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if into.exists():  # it finished before the kill: whole, or it would not be there
+            assert documents_of(into, kek_file) == final
+            shutil.rmtree(into)
+        else:
+            interrupted += 1
+    done = subprocess.run([sys.executable, "-m", "percolate_node.cli", "restore", "--to", "latest", "--into",
+                           str(into)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert documents_of(into, kek_file) == final
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".restored.restore-")], "stale partials removed"
+    assert interrupted >= 1, "at least one kill landed mid-restore"
+
+
+def test_backups_cli_lists_and_verifies(tmp_path, kek_file):
+    objects = LocalObjectStore(tmp_path / "objects")
+    with open_store(tmp_path / "db", kek_file) as store, agent_for(store, objects) as agent:
+        write_steps(store, 2, 5)
+        agent.request_snapshot()
+        write_steps(store, 2, 5, start=2)
+        assert agent.wait_shipped(store.last_lsn, 60)
+    env = {**os.environ, "PERCOLATE_NODE_TENANT_ID": TENANT, "PERCOLATE_NODE_KEK_FILE": str(kek_file),
+           "PERCOLATE_NODE_BACKUP_URL": str(objects.root), "PERCOLATE_NODE_DATA_DIR": str(tmp_path / "unused")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "percolate_node.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    listed = cli("backups", "list")
+    assert listed.returncode == 0 and listed.stdout.count("snapshot 0") == 2, listed.stdout + listed.stderr
+    assert cli("backups", "verify").returncode == 0
+    victim = next(k for k in objects.list("tenants/") if "/log/" in k)
+    objects.delete(victim)
+    objects.put_new(victim, b"garbage")
+    broken = cli("backups", "verify")
+    assert broken.returncode == 1 and victim in broken.stdout, broken.stdout

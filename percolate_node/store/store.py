@@ -112,8 +112,10 @@ class EncryptedStore:
         self._closed = False
         # The change log (durability/changelog.py): every committed batch also writes one sealed
         # record, in the same WriteBatch, under the next LSN; ``epoch`` fences it (the lease's
-        # generation; 0 on a node without a lease).
-        self.epoch = 0
+        # generation, or the data directory's ``percolate-epoch`` file, 1 when absent).
+        from percolate_node.durability.epoch import read_epoch
+
+        self.epoch = read_epoch(path)  # the node replaces it with the lease's generation where there is one
         self._log_context = sealing_context(self.tenant_id, LOG)
         last = next(iter(self._views[LOG].keys(backwards=True)), None)
         self._next_lsn = (int.from_bytes(last, "big") + 1) if last else 1
