@@ -570,9 +570,8 @@ def test_kill_9_during_uploads_loses_no_acknowledged_write(reading, pki, tmp_pat
             assert caller.GetDocument(pb.GetRequest(id=document_id)).id == document_id
 
 
-def test_kill_9_during_restore_leaves_no_half_restored_folder(tmp_path, kek_file, objects):
-    if not isinstance(objects, LocalObjectStore):
-        pytest.skip("one target is enough for the process kill; the S3 path is covered above")
+def test_kill_9_during_restore_leaves_no_half_restored_folder(tmp_path, kek_file):
+    objects = LocalObjectStore(tmp_path / "objects")
     with open_store(tmp_path / "db", kek_file) as store, agent_for(store, objects) as agent:
         for start in range(0, 12, 3):
             write_steps(store, 3, 40, start=start)
