@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .identity import TENANT_URI_PREFIX, validate_tenant_id
+from .identity import TENANT_URI_PREFIX, replica_uri, validate_tenant_id
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -142,6 +142,23 @@ def issue_tenant_cert(ca_dir: str | os.PathLike[str], out_dir: str | os.PathLike
     return issue_cert(ca_dir, out_dir, _tenant_name(tenant_id), common_name=tenant_id,
                       sans=_tenant_sans(tenant_id), usage="client", days=days,
                       not_before=not_before, not_after=not_after)
+
+
+def issue_replica_cert(ca_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], tenant_id: str,
+                       hostnames: Iterable[str] = DEFAULT_HOSTNAMES, ips: Iterable[str] = DEFAULT_IPS,
+                       days: int = 365) -> CertPaths:
+    """Issue ``replica-<id>.pem``/``.key``: the node-to-node identity of a tenant's replicas.
+
+    One URI SAN ``spiffe://percolate/tenant/<id>/replica`` (a replica, not a tenant client:
+    the node API refuses it and the replication port accepts nothing else), DNS/IP SANs for
+    the peer's host name check, and both serverAuth and clientAuth (each replica is the
+    other's server and client, by role).
+    """
+    validate_tenant_id(tenant_id)
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(replica_uri(tenant_id))]
+    sans += _server_sans(hostnames, ips)
+    return issue_cert(ca_dir, out_dir, f"replica-{tenant_id}", common_name=f"{tenant_id} replica",
+                      sans=sans, usage=("server", "client"), days=days)
 
 
 def dev_pki(root: str | os.PathLike[str], tenants: Iterable[str] = ()) -> DevPki:

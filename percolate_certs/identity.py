@@ -98,6 +98,30 @@ def tenant_from_auth_context(auth_context: Mapping[str, Sequence[bytes]]) -> str
     return tenant_from_certificate(cert)
 
 
+REPLICA_SUFFIX = "/replica"
+
+
+def replica_uri(tenant_id: str) -> str:
+    """The URI SAN of a tenant's replica certificate (node-to-node replication)."""
+    return TENANT_URI_PREFIX + validate_tenant_id(tenant_id) + REPLICA_SUFFIX
+
+
+def replica_tenant_from_auth_context(auth_context: Mapping[str, Sequence[bytes]]) -> str:
+    """The tenant whose replica the peer is: its certificate's one URI SAN must be
+    ``spiffe://percolate/tenant/<id>/replica``; a tenant client certificate is refused."""
+    spiffe_id = _first(auth_context, "peer_spiffe_id")
+    if not spiffe_id:
+        if _first(auth_context, "x509_pem_cert"):
+            raise InvalidIdentityError("peer certificate does not carry exactly one URI SAN; a replica "
+                                       f"certificate names {TENANT_URI_PREFIX}<tenant_id>{REPLICA_SUFFIX}")
+        raise MissingIdentityError("peer presented no client certificate; a replica certificate is required")
+    uri = spiffe_id.decode("utf-8", "replace")
+    if not uri.endswith(REPLICA_SUFFIX):
+        raise InvalidIdentityError(f"certificate URI SAN {_shown(uri)} is not a replica identity "
+                                   f"(expected {TENANT_URI_PREFIX}<tenant_id>{REPLICA_SUFFIX})")
+    return tenant_from_uri(uri[:-len(REPLICA_SUFFIX)])
+
+
 def check_declared_tenant(cert_tenant: str, declared: str | None) -> str:
     """Return the certificate's tenant; a non-empty declared tenant must equal it."""
     if declared and declared != cert_tenant:
