@@ -119,3 +119,50 @@ def test_another_tenant_is_refused_by_the_node(node_pod, pki):
         with pytest.raises(grpc.RpcError) as err:
             node_pb2_grpc.NodeServiceStub(channel).Search(node_pb2.SearchRequest(query="x"), timeout=60)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_node_reading_client_picks_up_a_renewed_certificate(reading_pod, pki, tmp_path):
+    """cert-manager renews the node's client certificate in place (a Secret volume swaps
+    its files); the running client must present the new one without a restart. Here the
+    first certificate comes from a CA the reading service does not trust (as a lapsed
+    one would be refused), the renewal from the right one."""
+    import asyncio
+    import shutil
+
+    from percolate_certs.ca import create_ca, issue_tenant_cert
+    from percolate_node.config import NodeConfig
+    from percolate_node.errors import ReadingServiceError
+    from percolate_node.reading_client import ReadingClient
+
+    reading_pod.wait_for_probe("frontend", "readinessProbe")
+    foreign = create_ca(tmp_path / "other-ca")
+    stale = issue_tenant_cert(foreign.cert.parent, tmp_path / "stale", TENANT)
+    mounted = tmp_path / "client-tls"
+    mounted.mkdir()
+
+    def install(cert, key) -> None:  # as the kubelet does: new files, then one rename
+        staging = tmp_path / "staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for source, name in ((cert, "tls.crt"), (key, "tls.key"), (pki.ca.cert, "ca.crt")):
+            shutil.copyfile(source, staging / name)
+        for name in ("tls.crt", "tls.key", "ca.crt"):
+            os.replace(staging / name, mounted / name)
+
+    install(stale.cert, stale.key)
+    port = reading_pod.ports[reading_pod.container_port("grpc")]
+    config = NodeConfig(tenant_id=TENANT, data_dir=tmp_path / "data", kek_file=tmp_path / "kek",
+                        reading_url=f"127.0.0.1:{port}", reading_cert=mounted / "tls.crt",
+                        reading_key=mounted / "tls.key", reading_ca=mounted / "ca.crt", reading_timeout_s=30)
+
+    async def scenario() -> None:
+        client = ReadingClient(config)
+        try:
+            with pytest.raises(ReadingServiceError):
+                await client.embed_query("before the renewal")
+            install(pki.tenants[TENANT].cert, pki.tenants[TENANT].key)
+            assert len(await client.embed_query("after the renewal")) == 384
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())

@@ -63,9 +63,15 @@ VALUE_SETS: dict[str, tuple[str, dict]] = {
     "node-tenant-a": ("node", node_values("tenant-a")),
     "node-tenant-b": ("node", node_values("tenant-b")),
     "node-tenant-c": ("node", node_values("tenant-c", tenant={"region": "us-east-1"})),
-    "node-ingress": ("node", node_values("tenant-a", route={"kind": "Ingress"})),
+    "node-ingress": ("node", node_values("tenant-a", route={"kind": "Ingress"},
+                                         networkPolicy={"gateway": {"namespace": "ingress-nginx"}})),
     "node-cert-manager-off": ("node", node_values("tenant-a", certificate={
-        "certManager": {"enabled": False}, "existingSecret": "tenant-a-client-tls"})),
+        "certManager": {"enabled": False}, "existingSecret": "tenant-a-client-tls",
+        "existingServerSecret": "tenant-a-server-tls"})),
+    "node-backup-monitoring": ("node", node_values("tenant-a", backup={"url": "s3://backups/tenant-a"},
+        networkPolicy={"monitoring": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "monitoring"}}}]},
+        podMonitor={"enabled": True, "labels": {"release": "kube-prometheus-stack"}})),
 }
 
 
@@ -188,6 +194,23 @@ CRD_SCHEMAS = {
             ["port"], port={"type": "string"}, path={"type": "string", "pattern": "^/"},
             interval={"type": "string", "pattern": r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$"},
             scheme={"enum": ["http", "https"]})})),
+    ("monitoring.coreos.com/v1", "PodMonitor"): _crd("monitoring.coreos.com/v1", "PodMonitor", _obj(
+        ["selector", "podMetricsEndpoints"],
+        selector=_obj([], matchLabels=_STRINGS),
+        podMetricsEndpoints={"type": "array", "minItems": 1, "items": _obj(
+            ["port"], port={"type": "string"}, path={"type": "string", "pattern": "^/"},
+            interval={"type": "string", "pattern": r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$"})})),
+    # gateway.networking.k8s.io/v1alpha2 (Gateway API experimental channel): TLS passthrough by SNI
+    ("gateway.networking.k8s.io/v1alpha2", "TLSRoute"): _crd("gateway.networking.k8s.io/v1alpha2", "TLSRoute", _obj(
+        [],
+        parentRefs={"type": "array", "maxItems": 32, "items": _obj(
+            ["name"], name=_NAME, namespace=_NAME, sectionName=_NAME, group={"type": "string"},
+            kind={"type": "string"}, port={"type": "integer", "minimum": 1, "maximum": 65535})},
+        hostnames={"type": "array", "minItems": 1, "maxItems": 16, "items": _HOSTNAME},
+        rules={"type": "array", "minItems": 1, "maxItems": 16, "items": _obj(
+            [], backendRefs={"type": "array", "items": _obj(
+                ["name"], name=_NAME, port={"type": "integer", "minimum": 1, "maximum": 65535},
+                weight={"type": "integer", "minimum": 0}, namespace=_NAME)})})),
     # gateway.networking.k8s.io/v1 (Gateway API standard channel, GA since v1.1)
     ("gateway.networking.k8s.io/v1", "GRPCRoute"): _crd("gateway.networking.k8s.io/v1", "GRPCRoute", _obj(
         [],
@@ -250,7 +273,7 @@ def test_names_and_labels_are_valid_kubernetes_names(value_set):
 
 def test_custom_resource_schemas_reject_mistakes():
     """The hand-written schemas catch the typos they exist for."""
-    certificate = one(render("node", node_values("tenant-a")), "Certificate")
+    certificate = one(render("node", node_values("tenant-a")), "Certificate", "-client")
     for broken in ({"usages": ["client-auth"]}, {"issuerRef": {"kind": "ClusterIssuer"}}, {"dnsName": ["x"]}):
         with pytest.raises(jsonschema.ValidationError):
             validate({**certificate, "spec": {**certificate["spec"], **broken}})
@@ -392,6 +415,22 @@ def test_reading_server_certificate():
     tls_volume = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "tls")
     assert tls_volume["secret"]["secretName"] == spec["secretName"]
 
+
+@pytest.mark.parametrize("tenant", ["tenant-a", "tenant-b", "tenant-c"])
+def test_node_server_certificate_names_the_route_host(tenant):
+    """TLS passes through the gateway: tenants' clients check the node's own certificate
+    against <id>.<domain>, so it is a server certificate with that DNS name."""
+    docs = render(*VALUE_SETS[f"node-{tenant}"])
+    spec = one(docs, "Certificate", "-server")["spec"]
+    assert spec["usages"] == ["server auth", "digital signature", "key encipherment"]
+    assert spec["dnsNames"][0] == f"{tenant}.{DOMAIN}" == one(docs, "TLSRoute")["spec"]["hostnames"][0]
+    assert "uris" not in spec
+    volume = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "server-tls")
+    assert volume["secret"]["secretName"] == spec["secretName"]
+    env = effective_env(docs, "node")
+    assert env["PERCOLATE_NODE_TLS_CERT"] == "/etc/percolate/server-tls/tls.crt"
+    assert env["PERCOLATE_NODE_TLS_CLIENT_CA"] == "/etc/percolate/server-tls/ca.crt"
+
     off = render("reading", VALUE_SETS["reading-cert-manager-off"][1])
     assert not [d for d in off if d["kind"] == "Certificate"]
     assert next(v for v in pod_spec(off)["volumes"] if v["name"] == "tls")["secret"]["secretName"] == "reading-server-tls"
@@ -473,21 +512,41 @@ def test_checksums_roll_pods_on_config_and_certificate_changes(chart, base, conf
 @pytest.mark.parametrize("tenant", ["tenant-a", "tenant-b", "tenant-c"])
 def test_tenant_certificate_has_only_the_tenant_uri_san(tenant):
     docs = render(*VALUE_SETS[f"node-{tenant}"])
-    spec = one(docs, "Certificate")["spec"]
+    spec = one(docs, "Certificate", "-client")["spec"]
     assert spec["uris"] == [f"spiffe://percolate/tenant/{tenant}"]
     assert not {"dnsNames", "ipAddresses", "emailAddresses", "commonName", "otherNames"} & set(spec)
     assert spec["usages"] == ["client auth", "digital signature", "key encipherment"]
     reading_issuer = one(render("reading"), "Certificate")["spec"]["issuerRef"]
     assert spec["issuerRef"] == reading_issuer, "tenant and server certificates come from the same CA"
-    tls_volume = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "tls")
+    tls_volume = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "client-tls")
     assert tls_volume["secret"]["secretName"] == spec["secretName"]
+    env = effective_env(docs, "node")
+    assert env["PERCOLATE_NODE_READING_CERT"] == "/etc/percolate/client-tls/tls.crt"
+
+
+@pytest.mark.parametrize("tenant", ["tenant-a", "tenant-b", "tenant-c"])
+def test_node_server_certificate_names_the_route_host(tenant):
+    """TLS passes through the gateway: tenants' clients check the node's own certificate
+    against <id>.<domain>, so it is a server certificate with that DNS name."""
+    docs = render(*VALUE_SETS[f"node-{tenant}"])
+    spec = one(docs, "Certificate", "-server")["spec"]
+    assert spec["usages"] == ["server auth", "digital signature", "key encipherment"]
+    assert spec["dnsNames"][0] == f"{tenant}.{DOMAIN}" == one(docs, "TLSRoute")["spec"]["hostnames"][0]
+    assert "uris" not in spec
+    volume = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "server-tls")
+    assert volume["secret"]["secretName"] == spec["secretName"]
+    env = effective_env(docs, "node")
+    assert env["PERCOLATE_NODE_TLS_CERT"] == "/etc/percolate/server-tls/tls.crt"
+    assert env["PERCOLATE_NODE_TLS_CLIENT_CA"] == "/etc/percolate/server-tls/ca.crt"
 
 
 def test_tenant_certificate_from_existing_secret():
     docs = render(*VALUE_SETS["node-cert-manager-off"])
     assert not [d for d in docs if d["kind"] == "Certificate"]
-    assert next(v for v in pod_spec(docs)["volumes"] if v["name"] == "tls")["secret"]["secretName"] == \
-        "tenant-a-client-tls"
+    volumes = {v["name"]: v["secret"]["secretName"] for v in pod_spec(docs)["volumes"] if "secret" in v}
+    assert volumes["client-tls"] == "tenant-a-client-tls" and volumes["server-tls"] == "tenant-a-server-tls"
+    assert "existingServerSecret is required" in render_error("node", node_values(
+        "tenant-a", certificate={"certManager": {"enabled": False}, "existingSecret": "c"}))
 
 
 def test_node_environment_kek_and_region():
@@ -508,9 +567,15 @@ def test_node_environment_kek_and_region():
 
 
 def test_node_probes():
-    node = container(render("node", node_values("tenant-a")), "node")
+    """The kubelet's gRPC probe is plaintext: it asks the node's health-only port, never
+    the mutual-TLS API port (tests/test_chart_harness.py runs them against the node)."""
+    docs = render("node", node_values("tenant-a"))
+    node = container(docs, "node")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert node[probe]["grpc"] == {"port": 50061}
+        assert node[probe]["grpc"] == {"port": 50062}
+    assert effective_env(docs, "node")["PERCOLATE_NODE_HEALTH_PORT"] == "50062"
+    for service in (d for d in docs if d["kind"] == "Service"):
+        assert [p["name"] for p in service["spec"]["ports"]] == ["grpc"], "health stays off the Services"
     assert node["args"] == ["serve"]
 
 
@@ -520,7 +585,6 @@ def test_node_network_policy_is_default_deny_plus_exact_allowances():
     deny = one(docs, "NetworkPolicy", "-default-deny")
     assert deny["spec"] == {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress", "Egress"]}
     allow = one(docs, "NetworkPolicy", "-allow")
-    private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"]
     assert allow["spec"] == {
         "podSelector": {"matchLabels": selector},
         "policyTypes": ["Ingress", "Egress"],
@@ -534,12 +598,95 @@ def test_node_network_policy_is_default_deny_plus_exact_allowances():
             {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
                      "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
              "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
-            {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": private}}],
-             "ports": [{"port": 443, "protocol": "TCP"}]},
         ]}
-    # the backup rule reaches no pod, node or metadata address
+    # with backups on, the backup rule reaches no pod, node or metadata address
+    private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"]
+    backup = one(render(*VALUE_SETS["node-backup-monitoring"]), "NetworkPolicy", "-allow")["spec"]["egress"][2]
+    assert backup == {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": private}}],
+                      "ports": [{"port": 443, "protocol": "TCP"}]}
     for address in ("10.1.2.3", "172.20.0.1", "192.168.1.1", "100.100.1.1", "169.254.169.254"):
         assert any(ipaddress.ip_address(address) in ipaddress.ip_network(n) for n in private)
+
+
+# --- a small NetworkPolicy evaluator: who may talk to whom, as a CNI enforces it ---------
+
+def _matches(selector: dict | None, labels: dict) -> bool:
+    """A label selector (matchLabels, matchExpressions In/NotIn/Exists/DoesNotExist)."""
+    if selector is None:
+        return False
+    ops = {"In": lambda k, v: labels.get(k) in v, "NotIn": lambda k, v: labels.get(k) not in v,
+           "Exists": lambda k, v: k in labels, "DoesNotExist": lambda k, v: k not in labels}
+    return selects(selector.get("matchLabels", {}), labels) and all(
+        ops[e["operator"]](e["key"], e.get("values", [])) for e in selector.get("matchExpressions", []))
+
+
+def _peer_admits(peer: dict, policy_namespace: str, other: dict) -> bool:
+    if "ipBlock" in peer:
+        if "ip" not in other:
+            return False  # ipBlock is for addresses outside the cluster's pods
+        ip = ipaddress.ip_address(other["ip"])
+        return ip in ipaddress.ip_network(peer["ipBlock"]["cidr"]) and not any(
+            ip in ipaddress.ip_network(n) for n in peer["ipBlock"].get("except", []))
+    if "namespace" not in other:
+        return False
+    namespace_ok = (_matches(peer["namespaceSelector"], other["namespace_labels"]) if "namespaceSelector" in peer
+                    else other["namespace"] == policy_namespace)
+    return namespace_ok and _matches(peer.get("podSelector", {}), other["labels"])
+
+
+def _port_admits(ports: list[dict] | None, port: int, protocol: str, named: dict[str, int]) -> bool:
+    if not ports:
+        return True
+    return any(p.get("protocol", "TCP") == protocol and named.get(p["port"], p["port"]) == port for p in ports)
+
+
+def policy_allows(policies: list[dict], namespace: str, pod: dict, direction: str, other: dict,
+                  port: int, protocol: str = "TCP", named_ports: dict[str, int] | None = None) -> bool:
+    """Whether the policies in ``namespace`` let ``pod`` receive from (Ingress) or send to
+    (Egress) ``other`` on ``port``: isolated once any policy of that type selects the pod,
+    then allowed if any rule of any of them admits the peer and port."""
+    selecting = [p for p in policies if _matches(p["spec"]["podSelector"], pod)
+                 and direction in p["spec"].get("policyTypes", ["Ingress"])]
+    if not selecting:
+        return True
+    key, peers = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    return any(
+        (not rule.get(peers) or any(_peer_admits(peer, namespace, other) for peer in rule[peers]))
+        and _port_admits(rule.get("ports"), port, protocol, named_ports or {})
+        for policy in selecting for rule in policy["spec"].get(key, []))
+
+
+def _pod(namespace: str, labels: dict) -> dict:
+    return {"namespace": namespace, "namespace_labels": {"kubernetes.io/metadata.name": namespace}, "labels": labels}
+
+
+@pytest.mark.parametrize("value_set", ["node-tenant-a", "node-backup-monitoring"])
+def test_node_policies_admit_exactly_the_intended_peers(value_set):
+    docs = render(*VALUE_SETS[value_set])
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pod = workload(docs)["spec"]["template"]["metadata"]["labels"]
+    named = {p["name"]: p["containerPort"] for p in container(docs, "node")["ports"]}
+    opted_in = value_set == "node-backup-monitoring"
+    gateway = _pod("gateway-system", {"app": "envoy"})
+    other_tenant = _pod("tenant-b", {"app.kubernetes.io/name": "percolate-node", "percolate.dev/tenant": "tenant-b"})
+    same_ns_pod = _pod("tenant-a", {"app": "debug"})
+    prometheus = _pod("monitoring", {"app": "prometheus"})
+    reading = _pod(READING_NAMESPACE, {"app.kubernetes.io/name": "percolate-reading"})
+    dns = _pod("kube-system", {"k8s-app": "kube-dns"})
+    ingress = {  # (peer, port) -> allowed
+        (0, named["grpc"]): True, (1, named["grpc"]): False, (2, named["grpc"]): False,
+        (0, named["metrics"]): False, (3, named["metrics"]): opted_in, (3, named["grpc"]): False,
+        (0, named["health"]): False}
+    peers = [gateway, other_tenant, same_ns_pod, prometheus]
+    for (i, port), allowed in ingress.items():
+        assert policy_allows(policies, "tenant-a", pod, "Ingress", peers[i], port, named_ports=named) == allowed, \
+            (peers[i], port)
+    egress = [(reading, 50051, "TCP", True), (reading, 8001, "TCP", False), (dns, 53, "UDP", True),
+              (dns, 53, "TCP", True), (other_tenant, 50061, "TCP", False), (gateway, 443, "TCP", False),
+              ({"ip": "52.95.110.1"}, 443, "TCP", opted_in), ({"ip": "52.95.110.1"}, 80, "TCP", False),
+              ({"ip": "169.254.169.254"}, 443, "TCP", False), ({"ip": "10.0.0.7"}, 443, "TCP", False)]
+    for other, port, protocol, allowed in egress:
+        assert policy_allows(policies, "tenant-a", pod, "Egress", other, port, protocol) == allowed, (other, port)
 
 
 def test_node_and_reading_policies_agree():
@@ -580,24 +727,40 @@ def test_node_chart_for_one_tenant_cannot_select_another_tenants_pods(same_relea
                 assert not selects(selector, pods[other]), f"{tenant}'s {where} selects {other}'s pod"
 
 
-def test_route_grpcroute_or_ingress():
+def test_route_passes_tls_through_tlsroute_or_ingress():
+    """The node serves mutual TLS itself: the route forwards the TLS stream by SNI."""
     docs = render("node", node_values("tenant-b"))
     service = one(docs, "Service", "tenant-b-percolate-node")
-    route = one(docs, "GRPCRoute")
+    route = one(docs, "TLSRoute")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1alpha2"
     assert route["spec"]["hostnames"] == [f"tenant-b.{DOMAIN}"]
     assert route["spec"]["rules"] == [{"backendRefs": [{"name": service["metadata"]["name"], "port": 50061}]}]
-    assert route["spec"]["parentRefs"] == [{"name": "percolate", "namespace": "gateway-system", "sectionName": "https"}]
-    assert not [d for d in docs if d["kind"] == "Ingress"]
-    assert service["spec"]["ports"][0]["appProtocol"] == "kubernetes.io/h2c"
+    assert route["spec"]["parentRefs"] == [{"name": "percolate", "namespace": "gateway-system",
+                                            "sectionName": "tls-passthrough"}]
+    assert not [d for d in docs if d["kind"] in ("Ingress", "GRPCRoute")]
+    assert "appProtocol" not in service["spec"]["ports"][0], "not h2c: TLS reaches the pod"
 
     docs = render(*VALUE_SETS["node-ingress"])
-    assert not [d for d in docs if d["kind"] == "GRPCRoute"]
+    assert not [d for d in docs if d["kind"] == "TLSRoute"]
     ingress = one(docs, "Ingress")
     assert ingress["spec"]["rules"][0]["host"] == f"tenant-a.{DOMAIN}"
-    assert ingress["spec"]["tls"][0]["hosts"] == [f"tenant-a.{DOMAIN}"]
+    assert "tls" not in ingress["spec"], "passthrough: no TLS secret at the ingress"
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"] == {
         "name": "tenant-a-percolate-node", "port": {"name": "grpc"}}
-    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-passthrough"] == "true"
+    assert one(docs, "NetworkPolicy", "-allow")["spec"]["ingress"][0]["from"][0]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+
+
+def test_node_chart_refuses_broken_combinations():
+    def error(**extra):
+        return render_error("node", node_values("tenant-a", **extra))
+
+    assert "set networkPolicy.gateway.namespace" in error(route={"kind": "Ingress"})
+    assert "podMonitor.enabled needs networkPolicy.monitoring" in error(podMonitor={"enabled": True})
+    assert "at most 52 fit" in render_error("node", node_values("tenant-a", fullnameOverride="x" * 53))
+    # a tenant id may not end in a dash (labels, SANs and DNS names would be invalid)
+    assert "tenant" in render_error("node", node_values("tenant-a-"))
 
 
 # --- Dockerfiles ----------------------------------------------------------------

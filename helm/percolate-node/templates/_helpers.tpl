@@ -9,16 +9,17 @@
 {{- end }}
 
 {{- define "percolate-node.fullname" -}}
+{{- $full := "" }}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- $full = .Values.fullnameOverride }}
 {{- else }}
 {{- $name := include "percolate-node.name" . }}
-{{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 52 | trimSuffix "-" }}
-{{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- $full = ternary .Release.Name (printf "%s-%s" .Release.Name $name) (contains $name .Release.Name) }}
 {{- end }}
+{{- if gt (len $full) 52 }}
+{{- fail (printf "the release's full name %q is %d characters; at most 52 fit (PVC and Secret names get suffixes): use a shorter release name or fullnameOverride, never a truncated one that two tenants could share" $full (len $full)) }}
 {{- end }}
+{{- $full }}
 {{- end }}
 
 {{/* The tenant label is in every selector: a release can only ever select its own tenant's pods. */}}
@@ -52,11 +53,20 @@ percolate.dev/region: {{ . }}
 {{- printf "%s.%s" (include "percolate-node.tenant" .) (required "tenant.domain is required: the API is published at <tenant.id>.<tenant.domain>" .Values.tenant.domain) }}
 {{- end }}
 
-{{- define "percolate-node.tlsSecretName" -}}
+{{/* The client certificate (towards the reading service) and the server certificate (towards tenants). */}}
+{{- define "percolate-node.clientSecretName" -}}
 {{- if .Values.certificate.certManager.enabled }}
-{{- printf "%s-tls" (include "percolate-node.fullname" .) }}
+{{- printf "%s-client-tls" (include "percolate-node.fullname" .) }}
 {{- else }}
-{{- required "certificate.existingSecret is required when certificate.certManager.enabled is false" .Values.certificate.existingSecret }}
+{{- required "certificate.existingSecret is required when certificate.certManager.enabled is false (tls.crt with the tenant URI SAN and clientAuth, tls.key, ca.crt)" .Values.certificate.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "percolate-node.serverSecretName" -}}
+{{- if .Values.certificate.certManager.enabled }}
+{{- printf "%s-server-tls" (include "percolate-node.fullname" .) }}
+{{- else }}
+{{- required "certificate.existingServerSecret is required when certificate.certManager.enabled is false (tls.crt with serverAuth and the DNS name <tenant.id>.<tenant.domain>, tls.key, ca.crt)" .Values.certificate.existingServerSecret }}
 {{- end }}
 {{- end }}
 
