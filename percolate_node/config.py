@@ -65,6 +65,29 @@ class NodeConfig:
     """How often a changed search graph is saved while serving (it is also saved at a
     clean stop): after a crash, the next start patches in only what came since. 0 or
     less: only at a clean stop."""
+    ha_lease_url: str = ""
+    """The leader lease of a tenant's two replicas (percolate_node/replication): ``etcd://host:port``
+    or ``kubernetes[://namespace]``. Empty: a single node, always active, no replication."""
+    ha_lease_name: str = ""
+    """The Kubernetes Lease's name (default ``percolate-node-<tenant>``)."""
+    ha_lease_duration_s: float = 10.0
+    """A standby takes over after the lease went unrenewed this long; the active stops
+    accepting writes at two thirds of it."""
+    ha_standby_timeout_s: float = 5.0
+    """A standby silent this long no longer holds up writes: the active goes on alone
+    (asynchronous) until it has caught up."""
+    ha_strict: bool = False
+    """Refuse writes (UNAVAILABLE) rather than accept them without a standby's confirmation."""
+    replica_id: str = ""
+    """This replica's name in the lease (the pod name)."""
+    replication_host: str = ""
+    replication_port: int = 0
+    replication_advertise: str = ""
+    """host:port the peer dials for the replication stream (default: host and bound port)."""
+    replica_cert: Path | None = None
+    """Replica certificate (URI SAN spiffe://percolate/tenant/<id>/replica) and key, and the tenant CA."""
+    replica_key: Path | None = None
+    replica_ca: Path | None = None
 
     def to_env(self) -> dict[str, str]:
         """The ``PERCOLATE_NODE_*`` variables that ``from_env`` reads back as this config
@@ -76,7 +99,7 @@ class NodeConfig:
                  "token_file": "TOKEN_FILE", "reading_timeout_s": "READING_TIMEOUT_S",
                  "drain_grace_s": "DRAIN_GRACE_S", "graph_save_interval_s": "GRAPH_SAVE_INTERVAL_S",
                  "key_files_group_readable": "KEY_FILES_GROUP_READABLE", "dek_seal_limit": "DEK_SEAL_LIMIT",
-                 **{name: name.upper() for name in BACKUP_FIELDS}}
+                 **{name: name.upper() for name in BACKUP_FIELDS + HA_FIELDS}}
         env = {f"PERCOLATE_NODE_{name}": str(getattr(self, field)) for field, name in names.items()
                if getattr(self, field) not in (None, "")}
         if self.reading_service_config:
@@ -119,12 +142,24 @@ class NodeConfig:
             backup_ship_interval_s=get("BACKUP_SHIP_INTERVAL_S", cls.backup_ship_interval_s, float),
             backup_keep_snapshots=get("BACKUP_KEEP_SNAPSHOTS", cls.backup_keep_snapshots, int),
             backup_log_retention_s=get("BACKUP_LOG_RETENTION_S", cls.backup_log_retention_s, float),
+            ha_lease_url=get("HA_LEASE_URL", ""), ha_lease_name=get("HA_LEASE_NAME", ""),
+            ha_lease_duration_s=get("HA_LEASE_DURATION_S", cls.ha_lease_duration_s, float),
+            ha_standby_timeout_s=get("HA_STANDBY_TIMEOUT_S", cls.ha_standby_timeout_s, float),
+            ha_strict=get("HA_STRICT", False, _flag), replica_id=get("REPLICA_ID", env.get("HOSTNAME", "")),
+            replication_host=get("REPLICATION_HOST", ""), replication_port=get("REPLICATION_PORT", 0, int),
+            replication_advertise=get("REPLICATION_ADVERTISE", ""),
+            replica_cert=get("REPLICA_CERT", None, Path), replica_key=get("REPLICA_KEY", None, Path),
+            replica_ca=get("REPLICA_CA", tls_ca, Path),
         )
 
 
 BACKUP_FIELDS = ("backup_url", "backup_region", "backup_replica_url", "backup_replica_region",
                  "backup_credentials_dir", "backup_snapshot_interval_s", "backup_ship_interval_s",
                  "backup_keep_snapshots", "backup_log_retention_s")
+
+HA_FIELDS = ("ha_lease_url", "ha_lease_name", "ha_lease_duration_s", "ha_standby_timeout_s", "ha_strict",
+             "replica_id", "replication_host", "replication_port", "replication_advertise", "replica_cert",
+             "replica_key", "replica_ca")
 
 
 def _flag(raw: str) -> bool:

@@ -58,12 +58,15 @@ class NodeServer:
         self.memory = NodeMemory.open(config, self.reading)
         # durability: the agent ships the change log and snapshots in the background (never
         # blocking writes); the store's epoch (percolate-epoch in the data directory) fences them
-        self.backup = backup_agent(config, self.memory.store, self.metrics.registry)
+        # with a leader lease (HA) only the active replica ships backups: started at promotion
+        self.replication = None
+        self.backup = None if config.ha_lease_url else backup_agent(config, self.memory.store, self.metrics.registry)
         authenticator = NodeAuthenticator(config.tenant_id, config.token_file, config.key_files_group_readable)
         self._server = grpc.aio.server(interceptors=[RejectUndecodableRequests()], options=[
             ("grpc.max_receive_message_length", 80 << 20), ("grpc.max_send_message_length", 80 << 20)])
-        node_pb2_grpc.add_NodeServiceServicer_to_server(
-            NodeServicer(self.memory, authenticator, self.metrics, lambda: self.backup), self._server)
+        self.servicer = NodeServicer(self.memory, authenticator, self.metrics, lambda: self.backup,
+                                     lambda: self.replication)
+        node_pb2_grpc.add_NodeServiceServicer_to_server(self.servicer, self._server)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
@@ -78,6 +81,11 @@ class NodeServer:
         for service in ("", NODE_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await self._report_integrity()
+        if config.ha_lease_url:  # a replica: NOT_SERVING until it holds the lease
+            from .replication.controller import ReplicaController
+
+            self.replication = ReplicaController(self)
+            await self.replication.start()
         damage = self.memory.damage
         self.metrics.corrupt_records.labels(config.tenant_id).set_function(lambda: damage.count)
         if config.metrics_port >= 0:
@@ -134,10 +142,36 @@ class NodeServer:
                 except Exception:  # the next round or the stop tries again
                     log.exception("saving the search graph failed")
 
+    # -- replication hooks (percolate_node/replication/controller.py) ---------------------------
+
+    def start_backups(self) -> None:
+        """On promotion: the new active ships the log and snapshots under its epoch."""
+        if self.backup is None:
+            self.backup = backup_agent(self.config, self.memory.store, self.metrics.registry)
+
+    async def stop_backups(self) -> None:
+        """On demotion: a standby never writes to the object store."""
+        agent, self.backup = self.backup, None
+        if agent is not None:
+            await asyncio.to_thread(agent.stop)
+
+    async def reopen_memory(self, swap, epoch: int) -> None:
+        """Close the memory, run ``swap()`` (a standby installing a snapshot), open and index it again."""
+        old = self.memory
+        await asyncio.to_thread(old.close)
+        await asyncio.to_thread(swap)
+        self.memory = await asyncio.to_thread(NodeMemory.open, self.config, self.reading)
+        self.memory.store.epoch = max(self.memory.store.epoch, epoch)
+        self.servicer.memory = self.memory
+        damage = self.memory.damage
+        self.metrics.corrupt_records.labels(self.config.tenant_id).set_function(lambda: damage.count)
+
     async def stop(self, grace_s: float | None = None) -> None:
         if self._server is None:
             return
         await self.health.enter_graceful_shutdown()
+        if self.replication is not None:  # hands the lease back so the standby takes over at once
+            await self.replication.stop()
         for task in (self._refresh, self._graph_saver):
             if task is not None:
                 task.cancel()

@@ -30,6 +30,8 @@ _MODES = {pb.SEARCH_MODE_HYBRID: "hybrid", pb.SEARCH_MODE_SEMANTIC: "semantic",
 _KINDS = {pb.KIND_DOCUMENT: "document", pb.KIND_RESOURCE: "resource",
           pb.KIND_ENTITY: "entity", pb.KIND_MOMENT: "moment"}
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
+WRITES = frozenset({"Ingest", "PutEntity", "Link", "AddMoment", "Delete"})
+"""Methods that write: with replication, accepted on the active only and acknowledged after the standby."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -107,8 +109,10 @@ def moment_message(m: Moment) -> pb.Moment:
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def __init__(self, memory: NodeMemory, authenticator: NodeAuthenticator, metrics: NodeMetrics,
-                 backup: Callable[[], object] = lambda: None) -> None:
+                 backup: Callable[[], object] = lambda: None,
+                 replication: Callable[[], object] = lambda: None) -> None:
         self.memory = memory
+        self._replication = replication  # the ReplicaController with a leader lease, else None
         self.authenticator = authenticator
         self.metrics = metrics
         self._backup = backup  # the node's BackupAgent, or None without backups
@@ -118,7 +122,13 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         status = "OK"
         try:
             self.authenticator.check(context)
-            return await work()
+            replica = self._replication() if method in WRITES else None
+            if replica is None:
+                return await work()
+            replica.check_write()  # the active only, while its lease is valid
+            result = await work()
+            await replica.confirm_write()  # the standby has it: only now acknowledged
+            return result
         except Exception as error:  # every failure becomes a status; none escapes as a trace
             code, message = status_for(error)
             status = code.name

@@ -1,0 +1,295 @@
+"""A replica's role: active or standby, decided by the leader lease, and the moves between.
+
+- start: standby (never active before holding the lease), NOT_SERVING on health.
+- standby: try the lease every renew interval; while another replica holds it, follow
+  that replica's log (``Follower``).
+- promotion (lease taken, epoch bumped): stop following once nothing is being applied,
+  write the epoch into the store and beside it, refresh the entity-type filter metadata,
+  start the backup agent, report SERVING.
+- active: renew; a write is accepted only while the lease is valid and acknowledged only
+  after the standby confirmed it (``ReplicationSource.confirm``) and the lease is still
+  valid then. Losing the lease (or failing to renew before the deadline) demotes:
+  NOT_SERVING, backups stopped, streams ended, and this replica follows the new active
+  (its unacknowledged tail is replaced by a snapshot of the new active).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from percolate.node.v1 import replication_pb2_grpc
+from percolate_certs.ca import CertPaths
+from percolate_certs.tls import server_credentials
+
+from .errors import LeaseUnavailableError, NotActiveError
+from .follower import Follower
+from .lease import LeaseElector, open_backend
+from .source import ReplicationSource
+
+log = logging.getLogger("percolate.replication")
+ROLES = ("active", "standby")
+
+
+class ReplicaController:
+    def __init__(self, node, elector: LeaseElector | None = None) -> None:
+        self.node = node
+        self.config = node.config
+        self.tenant_id = node.config.tenant_id
+        self.role = "standby"
+        self.elector = elector
+        self.source: ReplicationSource | None = None
+        self.follower: Follower | None = None
+        self.failovers = 0
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._loop_task: asyncio.Task | None = None
+        self._metrics_ready = False
+
+    @property
+    def memory(self):
+        return self.node.memory
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        if None in (config.replica_cert, config.replica_key, config.replica_ca):
+            raise ValueError("replication needs PERCOLATE_NODE_REPLICA_CERT, _KEY and _CA (a replica "
+                             "certificate of the tenant's CA: percolate-certs replica)")
+        self.source = ReplicationSource(self, sync=True, strict=config.ha_strict,
+                                        standby_timeout_s=config.ha_standby_timeout_s)
+        self.memory.store.add_log_listener(self.source.on_commit)
+        self.follower = Follower(self)
+        self._server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 << 20)])
+        replication_pb2_grpc.add_ReplicationServiceServicer_to_server(self.source, self._server)
+        paths = CertPaths(cert=config.replica_cert, key=config.replica_key, ca=config.replica_ca)
+        self.port = self._server.add_secure_port(f"{config.replication_host or config.host}:{config.replication_port}",
+                                                 server_credentials(paths, require_client_auth=True))
+        await self._server.start()
+        advertise = config.replication_advertise or f"{config.replication_host or config.host}:{self.port}"
+        if self.elector is None:
+            self.elector = LeaseElector(open_backend(config.ha_lease_url, self.tenant_id, config.ha_lease_name),
+                                        config.replica_id, advertise, config.ha_lease_duration_s)
+        else:
+            self.elector.address = advertise
+        self._setup_metrics()
+        await self._set_health(False)
+        self._loop_task = asyncio.create_task(self._run())
+        log.info("replica %s of tenant %s: replication on %s, lease %s", config.replica_id, self.tenant_id,
+                 advertise, self.elector.backend.describe())
+
+    async def stop(self, release: bool = True) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            try:
+                await self._loop_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.follower is not None:
+            await self.follower.stop()
+        if release and self.role == "active":
+            try:
+                await asyncio.to_thread(self.elector.release)
+            except Exception as error:
+                log.warning("releasing the lease failed (%s); the peer takes over when it expires", error)
+        self.role = "standby"
+        if self._server is not None:
+            await self._server.stop(1)
+
+    # -- what the servicer asks --------------------------------------------------------------
+
+    def is_active(self) -> bool:
+        return self.role == "active" and self.elector.valid()
+
+    def check_write(self) -> None:
+        if not self.is_active():
+            raise NotActiveError(self._not_active())
+        self.source.check_writable()
+
+    async def confirm_write(self) -> None:
+        """After a write committed locally: acknowledge only once the standby has it and we are still active."""
+        await self.source.confirm(self.memory.store.last_lsn)
+        if not self.is_active():
+            raise NotActiveError("this replica lost its lease before the write was confirmed; it is not "
+                                 "acknowledged (retry: the new active has it if the standby received it)")
+
+    def _not_active(self) -> str:
+        holder = self.elector.current.holder if self.elector and self.elector.current else ""
+        return (f"this replica ({self.config.replica_id}) is the standby"
+                + (f"; the active is {holder}" if holder and holder != self.config.replica_id else "")
+                + ": retry (the tenant's Service routes to the active)")
+
+    def on_standby_ack(self, lsn: int) -> None:
+        agent = self.node.backup
+        if agent is not None:
+            agent.hold_lsn = lsn
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self.role == "active":
+                    await asyncio.to_thread(self.elector.renew)
+                    if not self.elector.valid():
+                        await self._demote("the lease could not be renewed in time or another replica holds it")
+                elif await asyncio.to_thread(self.elector.try_acquire, self.memory.store.epoch):
+                    await self._promote()
+                else:
+                    current = self.elector.current
+                    self.follower.follow(current.address if current and current.holder else None)
+            except LeaseUnavailableError as error:
+                log.warning("lease service: %s", error)
+                if self.role == "active" and not self.elector.valid():
+                    await self._demote(f"the lease service is unreachable ({error})")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("replica role loop failed; trying again")
+            self._update_metrics()
+            await asyncio.sleep(self.elector.renew_interval_s)
+
+    async def _promote(self) -> None:
+        started = time.monotonic()
+        await self.follower.stop()
+        memory = self.memory
+        epoch = self.elector.epoch
+        memory.store.epoch = epoch
+        from percolate_node.durability.epoch import write_epoch
+
+        write_epoch(self.config.data_dir, epoch)
+        await asyncio.to_thread(self._refresh_entity_types)
+        self.source.reset(memory.store.last_lsn)
+        self.node.start_backups()
+        self.role = "active"
+        self.failovers += 1
+        if self._metrics_ready:
+            self._failovers.labels(self.tenant_id).inc()
+        await self._set_health(True)
+        log.warning("replica %s of tenant %s is now ACTIVE at epoch %d (LSN %d, promoted in %.2f s)",
+                    self.config.replica_id, self.tenant_id, epoch, memory.store.last_lsn,
+                    time.monotonic() - started)
+
+    async def _demote(self, why: str) -> None:
+        log.warning("replica %s of tenant %s steps down to standby: %s", self.config.replica_id, self.tenant_id, why)
+        self.role = "standby"
+        self.elector.step_down()
+        await self._set_health(False)
+        await self.node.stop_backups()
+        self.source._stream += 1  # ends the open stream
+
+    async def handover(self) -> None:
+        """A planned handover: stop writes, wait until the standby confirmed everything, release."""
+        if self.role != "active":
+            raise NotActiveError(self._not_active())
+        self.role = "standby"
+        await self._set_health(False)
+        deadline = time.monotonic() + self.config.ha_standby_timeout_s
+        while self.source.acked_lsn < self.memory.store.last_lsn and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.node.stop_backups()
+        await asyncio.to_thread(self.elector.release)
+        self.source._stream += 1
+
+    def _refresh_entity_types(self) -> None:
+        memory = self.memory
+        for record_id, types in memory.repository.entity_types_by_record().items():
+            resource = memory.repository.get_resource(record_id)
+            if resource is not None:
+                memory.index.update_meta(record_id, memory._meta(resource, entity_types=types))
+
+    async def install_snapshot(self, staging: Path, epoch: int) -> None:
+        """Replace our copy with the active's checkpoint in ``staging`` and reopen (standby only)."""
+        if self.role == "active":
+            raise NotActiveError("refusing a snapshot while active")
+        from percolate_node.durability.epoch import write_epoch
+
+        data_dir = Path(self.config.data_dir)
+        old = data_dir.parent / f".{data_dir.name}.replica-old"
+        await asyncio.to_thread(_fsync_tree, staging)
+        await self.node.reopen_memory(lambda: _swap(data_dir, staging, old), epoch)
+        write_epoch(data_dir, epoch)
+        self.memory.store.add_log_listener(self.source.on_commit)
+
+    # -- health and metrics ---------------------------------------------------------------------
+
+    async def _set_health(self, serving: bool) -> None:
+        from percolate_node.server import NODE_SERVICE
+
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", NODE_SERVICE):
+            await self.node.health.set(service, status)
+        self._update_metrics()
+
+    def _setup_metrics(self) -> None:
+        from prometheus_client import Counter, Gauge
+
+        registry = self.node.metrics.registry
+        self._role = Gauge("percolate_node_role", "1 for this replica's current role", ["tenant_id", "role"],
+                           registry=registry)
+        self._lag_records = Gauge("percolate_replication_lag_records",
+                                  "Committed log records the standby has not confirmed", ["tenant_id"],
+                                  registry=registry)
+        self._lag_seconds = Gauge("percolate_replication_lag_seconds",
+                                  "Age of the oldest record the standby has not confirmed", ["tenant_id"],
+                                  registry=registry)
+        self._mode = Gauge("percolate_replication_synchronous",
+                           "1 while writes wait for the standby, 0 while the active goes on alone",
+                           ["tenant_id"], registry=registry)
+        self._epoch = Gauge("percolate_replication_epoch", "The lease generation this replica writes",
+                            ["tenant_id"], registry=registry)
+        self._failovers = Counter("percolate_failovers", "Times this replica became the active one",
+                                  ["tenant_id"], registry=registry)
+        self._metrics_ready = True
+
+    def _update_metrics(self) -> None:
+        if not self._metrics_ready:
+            return
+        for role in ROLES:
+            self._role.labels(self.tenant_id, role).set(1 if role == self.role else 0)
+        store = self.memory.store
+        records, seconds = self.source.lag(store) if self.role == "active" else (0, 0.0)
+        self._lag_records.labels(self.tenant_id).set(records)
+        self._lag_seconds.labels(self.tenant_id).set(seconds)
+        self._mode.labels(self.tenant_id).set(1 if self.source.synchronous else 0)
+        self._epoch.labels(self.tenant_id).set(store.epoch)
+
+    def status(self) -> dict:
+        store = self.memory.store
+        records, seconds = self.source.lag(store) if self.role == "active" else (0, 0.0)
+        return {"role": self.role, "epoch": store.epoch, "last_lsn": store.last_lsn,
+                "standby": self.source.standby or "", "acked_lsn": self.source.acked_lsn,
+                "synchronous": self.source.synchronous, "lag_records": records, "lag_seconds": seconds,
+                "failovers": self.failovers}
+
+
+def _swap(data_dir: Path, staging: Path, old: Path) -> None:
+    shutil.rmtree(old, ignore_errors=True)
+    if data_dir.exists():
+        os.rename(data_dir, old)
+    os.rename(staging, data_dir)
+    _fsync_dir(data_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(path: Path) -> None:
+    for file in path.iterdir():
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

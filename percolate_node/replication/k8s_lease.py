@@ -1,0 +1,81 @@
+"""The lease record as a Kubernetes ``coordination.k8s.io/v1`` Lease (the official client).
+
+``spec.holderIdentity`` names the holder, ``spec.leaseTransitions`` is the epoch,
+``spec.leaseDurationSeconds`` the duration and ``spec.renewTime`` the last renewal; the
+holder's replication address is an annotation. Compare-and-swap is a replace carrying the
+``resourceVersion`` that was read: the API server answers 409 Conflict when another
+replica wrote in between (create: 409 when it exists).
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from .errors import LeaseUnavailableError
+from .lease import LeaseRecord
+
+ADDRESS_ANNOTATION = "percolate.dev/replication-address"
+
+
+class KubernetesLease:
+    def __init__(self, api_client, namespace: str, name: str) -> None:
+        from kubernetes import client
+
+        self.api = client.CoordinationV1Api(api_client)
+        self.namespace = namespace
+        self.name = name
+
+    @classmethod
+    def in_cluster(cls, namespace: str | None, name: str) -> "KubernetesLease":
+        from kubernetes import client, config
+
+        config.load_incluster_config()
+        if namespace is None:
+            with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as handle:
+                namespace = handle.read().strip()
+        return cls(client.ApiClient(), namespace, name)
+
+    def describe(self) -> str:
+        return f"Lease {self.namespace}/{self.name}"
+
+    def read(self) -> tuple[LeaseRecord | None, str | None]:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=2)
+        except ApiException as error:
+            if error.status == 404:
+                return None, None
+            raise LeaseUnavailableError(f"{self.describe()}: {error.status} {error.reason}") from None
+        except Exception as error:
+            raise LeaseUnavailableError(f"{self.describe()}: {error}") from None
+        spec = lease.spec
+        annotations = lease.metadata.annotations or {}
+        renewed = spec.renew_time
+        return (LeaseRecord(spec.holder_identity or "", annotations.get(ADDRESS_ANNOTATION, ""),
+                            int(spec.lease_transitions or 0), float(spec.lease_duration_seconds or 0),
+                            int(renewed.timestamp() * 1e9) if renewed else 0),
+                lease.metadata.resource_version)
+
+    def write(self, record: LeaseRecord, version: str | None) -> bool:
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        now = dt.datetime.fromtimestamp(record.renewed_ns / 1e9, dt.timezone.utc)
+        body = client.V1Lease(
+            metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace, resource_version=version,
+                                         annotations={ADDRESS_ANNOTATION: record.address}),
+            spec=client.V1LeaseSpec(holder_identity=record.holder or None, lease_transitions=record.epoch,
+                                    lease_duration_seconds=max(1, round(record.duration_s)),
+                                    renew_time=now, acquire_time=now))
+        try:
+            if version is None:
+                self.api.create_namespaced_lease(self.namespace, body, _request_timeout=2)
+            else:
+                self.api.replace_namespaced_lease(self.name, self.namespace, body, _request_timeout=2)
+            return True
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise LeaseUnavailableError(f"{self.describe()}: {error.status} {error.reason}") from None
+        except Exception as error:
+            raise LeaseUnavailableError(f"{self.describe()}: {error}") from None
