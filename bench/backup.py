@@ -13,7 +13,8 @@ and each size (10k chunks; 100k without --quick), on the same data:
                from each acknowledged write until the object store held it (median, p99, max);
   search       p99 of the node's Search (hybrid index query and the sealed reads of its hits;
                query vectors precomputed, as the embedding runs on the reading service,
-               which a snapshot does not touch) alone, and while snapshots upload.
+               which a snapshot does not touch) alone, and while snapshots upload;
+  write        p99 of one synced 2 KB write (an ingest's batch, change log included), the same way.
 
     python bench/backup.py [--quick]
 """
@@ -109,24 +110,41 @@ def new_objects(target: str, scratch: Path, moto):
 def search_p99(memory, seconds: float, during=None) -> tuple[float, int]:
     import asyncio
 
+    loop = asyncio.new_event_loop()
+    queries = [" ".join(WORDS[i:i + 3]) for i in range(0, 20)]
+    try:
+        return p99_of(lambda n: loop.run_until_complete(memory.search(queries[n % len(queries)], limit=10)),
+                      seconds, during)
+    finally:
+        loop.close()
+
+
+def write_p99(memory, seconds: float, during=None) -> tuple[float, int]:
+    """A synced write of one 2 KB chunk-sized value, as an ingest's batch (the change log included)."""
+    from percolate_node.store import Put
+    from percolate_node.store.layout import DOCUMENTS
+
+    payload = np.random.default_rng(9).bytes(2048)
+    return p99_of(lambda n: memory.store.write([Put(DOCUMENTS, b"lat-%d" % n, payload)]), seconds, during)
+
+
+def p99_of(call, seconds: float, during=None) -> tuple[float, int]:
+    """p99 in ms of ``call(n)`` repeated for ``seconds``, with ``during(stop)`` on a thread meanwhile."""
     latencies, stop = [], threading.Event()
     background = None
     if during is not None:
         background = threading.Thread(target=during, args=(stop,))
         background.start()
     deadline = time.perf_counter() + seconds
-    loop = asyncio.new_event_loop()
-    queries = [" ".join(WORDS[i:i + 3]) for i in range(0, 20)]
     n = 0
     while time.perf_counter() < deadline:
         started = time.perf_counter()
-        loop.run_until_complete(memory.search(queries[n % len(queries)], limit=10))
+        call(n)
         latencies.append(time.perf_counter() - started)
         n += 1
     stop.set()
     if background is not None:
         background.join()
-    loop.close()
     return float(np.percentile(latencies, 99)) * 1000, len(latencies)
 
 
@@ -223,6 +241,9 @@ def run(target: str, chunks: int, scratch: Path, moto) -> dict:
         during, n_during = search_p99(memory, 5, during=snapshots)
         result["search"] = {"p99_ms_alone": alone, "p99_ms_during_snapshot": during,
                             "searches": [n_alone, n_during]}
+        w_alone, _ = write_p99(memory, 5)
+        w_during, _ = write_p99(memory, 5, during=snapshots)
+        result["write"] = {"p99_ms_alone": w_alone, "p99_ms_during_snapshot": w_during}
         result["recovery_point_s"] = recovery_point(memory, new_objects(target, scratch, moto))
         return result
     finally:
@@ -250,11 +271,13 @@ def main() -> None:
                      round(s["incremental_seconds"], 2), round(rs["seconds"], 2),
                      round(rs["reference_download_seconds"], 2), round(q["p99_ms_alone"], 2),
                      round(q["p99_ms_during_snapshot"], 2), f"{q['p99_ms_during_snapshot'] / q['p99_ms_alone']:.2f}x",
+                     round(r["write"]["p99_ms_alone"], 2), round(r["write"]["p99_ms_during_snapshot"], 2),
                      round(statistics.median(rpo), 2), round(rpo[int(0.99 * (len(rpo) - 1))], 2), round(rpo[-1], 2)])
     common.print_table("backups (snapshot and restore in seconds; reference = plain checkpoint copy/upload; "
                        "search p99 in ms; recovery point in s)",
                        ["target", "chunks", "MB", "snapshot", "ref", "ratio", "MB/s", "incremental", "restore PIT",
-                        "ref download", "p99 alone", "p99 during", "ratio", "RPO med", "RPO p99", "RPO max"], rows)
+                        "ref download", "search p99", "during", "ratio", "write p99", "during",
+                        "RPO med", "RPO p99", "RPO max"], rows)
     common.write_results("backup", {"runs": results})
 
 

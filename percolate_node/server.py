@@ -22,6 +22,7 @@ from percolate_common.health import HealthServicer
 
 from .auth import NodeAuthenticator
 from .config import NodeConfig
+from .durability.agent import trim_unshipped_log
 from .durability.wiring import backup_agent
 from .memory import NodeMemory
 from .metrics import NodeMetrics
@@ -122,6 +123,8 @@ class NodeServer:
                 for kind in ("documents", "resources", "entities", "moments"):
                     self.metrics.records.labels(tenant, kind).set(stats[kind])
                 await self._report_integrity()
+                if self.backup is None and self.replication is None:  # nothing consumes the change log
+                    await asyncio.to_thread(trim_unshipped_log, self.memory.store)
             except Exception:  # the next round tries again; the node goes on serving
                 log.exception("refreshing the node's metrics failed")
             await asyncio.sleep(METRICS_REFRESH_S)

@@ -628,3 +628,15 @@ def test_backups_cli_lists_and_verifies(tmp_path, kek_file):
     objects.put_new(victim, b"garbage")
     broken = cli("backups", "verify")
     assert broken.returncode == 1 and victim in broken.stdout, broken.stdout
+
+
+def test_without_backups_the_local_log_stays_bounded(tmp_path, kek_file):
+    from percolate_node.durability.agent import trim_unshipped_log
+
+    with open_store(tmp_path / "db", kek_file) as store:
+        for i in range(60):
+            store.write([Put(DOCUMENTS, b"k%d" % i, b"v")])
+        assert trim_unshipped_log(store, keep=10) >= 49
+        kept = store.log_records(0)
+        assert len(kept) <= 11 and kept[-1][0] == store.last_lsn
+        assert trim_unshipped_log(store, keep=10) == 0

@@ -332,3 +332,12 @@ class BackupAgent:
     def _update_lag(self) -> None:
         lag = time.monotonic() - self._commit_times[0][1] if self._commit_times else 0.0
         self.metrics.log_lag.labels(self.tenant).set(lag)
+
+
+LOCAL_LOG_KEEP = 10_000
+"""Log records a node without backups or a standby keeps (so the log cannot grow without end)."""
+
+
+def trim_unshipped_log(store, keep: int = LOCAL_LOG_KEEP) -> int:
+    """Without an agent or a standby nothing consumes the log: keep only the newest ``keep``."""
+    return store.trim_log(store.last_lsn - keep) if store.last_lsn > keep else 0
