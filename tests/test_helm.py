@@ -355,6 +355,30 @@ def test_hpa_scales_on_queue_depth():
     assert workload(fixed)["spec"]["replicas"] == 3
 
 
+def test_autoscaling_default_path_is_complete():
+    """Something scrapes the metric the HPA reads, the adapter asks a real Prometheus
+    address, and the metric is smoothed; autoscaling without scraping does not render."""
+    docs = render("reading")
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    adapter = yaml.safe_load((CHARTS["reading"] / "prometheus-adapter-values.yaml").read_text())
+    assert adapter["prometheus"]["url"] == "http://kube-prometheus-stack-prometheus.monitoring.svc"
+    assert "avg_over_time(" in adapter["rules"]["custom"][0]["metricsQuery"]
+    assert "autoscaling.enabled needs serviceMonitor.enabled" in render_error(
+        "reading", {"serviceMonitor": {"enabled": False}})
+
+
+def test_rollout_deadline_outlasts_the_startup_probes():
+    docs = render("reading")
+    deadline = workload(docs)["spec"]["progressDeadlineSeconds"]
+    for name in ("frontend", "triton"):
+        startup = container(docs, name)["startupProbe"]
+        assert deadline > startup["periodSeconds"] * startup["failureThreshold"]
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container(docs, name)[kind].get("timeoutSeconds", 1) >= 3, (name, kind)
+    assert "use at least 1200" in render_error("reading", {"rollout": {"progressDeadlineSeconds": 600}})
+
+
 def test_rolling_update_and_drain_fit_the_grace_period():
     docs = render("reading")
     deployment = workload(docs)
@@ -442,7 +466,8 @@ def test_service_monitor_scrapes_frontend_and_triton():
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics", "triton-metrics"]
     service = one(docs, "Service", "percolate-reading")
     assert {"metrics", "triton-metrics"} <= {p["name"] for p in service["spec"]["ports"]}
-    assert not [d for d in render("reading") if d["kind"] == "ServiceMonitor"]
+    off = {"serviceMonitor": {"enabled": False}, "autoscaling": {"enabled": False}}
+    assert not [d for d in render("reading", off) if d["kind"] == "ServiceMonitor"]
 
 
 # --- both charts: hardening, resources, checksums -------------------------------
