@@ -72,6 +72,10 @@ class NodeMemory:
     _save_lock: threading.Lock = field(default_factory=threading.Lock)
     _compaction: threading.Thread | None = None
     _write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    standby: bool = False
+    """A replica's standby (HA): its store changes only by applying the active's log, so the
+    search graph is not saved (a save seals values and logs the seal reservation, which would
+    give the copy a record of its own). Every replica opens as one; promotion clears it."""
 
     @classmethod
     def open(cls, config: NodeConfig, reading: ReadingClient | None) -> "NodeMemory":
@@ -80,7 +84,8 @@ class NodeMemory:
                                    KekFile(config.kek_file, config.key_files_group_readable),
                                    seal_limit=config.dek_seal_limit)
         repository = MemoryRepository(store)
-        memory = cls(config.tenant_id, config.data_dir, store, repository, SearchIndex(), reading)
+        memory = cls(config.tenant_id, config.data_dir, store, repository, SearchIndex(), reading,
+                     standby=bool(config.ha_lease_url))
         memory.rebuild_index()
         _return_freed_memory()
         return memory
@@ -144,7 +149,7 @@ class NodeMemory:
         """
         with self._save_lock:
             version = self._graph_version
-            if version == self._saved_version:
+            if version == self._saved_version or self.standby:
                 return False
             if len(self.index):
                 graph_snapshot.save(self.store, self.index.graph_snapshot())

@@ -162,6 +162,7 @@ class ReplicaController:
         memory = self.memory
         epoch = self.elector.epoch
         memory.store.epoch = epoch
+        memory.standby = False  # may save its search graph from now on
         from percolate_node.durability.epoch import write_epoch
 
         write_epoch(self.config.data_dir, epoch)
@@ -180,6 +181,7 @@ class ReplicaController:
     async def _demote(self, why: str) -> None:
         log.warning("replica %s of tenant %s steps down to standby: %s", self.config.replica_id, self.tenant_id, why)
         self.role = "standby"
+        self.memory.standby = True
         self.elector.step_down()
         await self._set_health(False)
         await self.node.stop_backups()
@@ -190,6 +192,7 @@ class ReplicaController:
         if self.role != "active":
             raise NotActiveError(self._not_active())
         self.role = "standby"
+        self.memory.standby = True
         await self._set_health(False)
         deadline = time.monotonic() + self.config.ha_standby_timeout_s
         while self.source.acked_lsn < self.memory.store.last_lsn and time.monotonic() < deadline:

