@@ -234,7 +234,10 @@ def run(target: str, chunks: int, scratch: Path, moto) -> dict:
         # Search p99 alone and while snapshots upload (to fresh stores, so every SST goes up)
         alone, n_alone = search_p99(memory, 5)
 
-        def snapshots(stop):
+        def snapshots(stop):  # as the agent's thread runs them: behind the request handlers
+            from percolate_node.durability.agent import _lower_priority
+
+            _lower_priority()
             while not stop.is_set():
                 take_snapshot(memory.store, new_objects(target, scratch, moto))
 

@@ -16,6 +16,7 @@ snapshots and applies retention, without ever blocking the node's writes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -155,6 +156,7 @@ class BackupAgent:
         self._wake.set()
 
     def _run(self) -> None:
+        _lower_priority()
         backoff = 0.0
         discovered = False
         while True:
@@ -332,6 +334,15 @@ class BackupAgent:
     def _update_lag(self) -> None:
         lag = time.monotonic() - self._commit_times[0][1] if self._commit_times else 0.0
         self.metrics.log_lag.labels(self.tenant).set(lag)
+
+
+def _lower_priority(niceness: int = 10) -> None:
+    """Run this thread (only it: Linux schedules threads by their own nice value) behind the
+    request handlers, so hashing and uploading a snapshot yield the CPU to Search and Ingest."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+        pass
 
 
 LOCAL_LOG_KEEP = 10_000
