@@ -40,10 +40,13 @@ class BlsRunner:
         self.kv_names = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
                          for part in ("decoder", "encoder") for kind in ("key", "value")]
         self.self_names = [n for n in self.kv_names if ".decoder." in n]
+        self.cpu_memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
 
     def _call(self, model: str, inputs: list, outputs: list[str]) -> list[np.ndarray]:
+        # Outputs in CPU memory: the official container has no cupy to read GPU tensors.
         request = pb_utils.InferenceRequest(model_name=model, inputs=inputs,
-                                            requested_output_names=outputs)
+                                            requested_output_names=outputs,
+                                            preferred_memory=self.cpu_memory)
         response = request.exec()
         if response.has_error():
             raise pb_utils.TritonModelException(f"{model}: {response.error().message()}")
@@ -80,7 +83,7 @@ class BlsRunner:
 def _numpy(tensor) -> np.ndarray:
     if tensor.is_cpu():
         return tensor.as_numpy()
-    import cupy  # GPU-resident BLS outputs (official container with cupy installed)
+    import cupy  # only if Triton ignored the CPU preference (and the image has cupy)
 
     return cupy.asnumpy(cupy.from_dlpack(tensor.to_dlpack()))
 

@@ -51,7 +51,9 @@ def test_whisper_loop_is_a_python_model_on_both_targets(target, mode):
     assert parsed.parameters["mode"].string_value == mode
     assert parsed.parameters["encoder_model"].string_value == "whisper_encoder"
     assert parsed.parameters["decoder_model"].string_value == "whisper_decoder"
-    assert "whisper_loop import WhisperLoopModel" in configs.repository_files(WHISPER)["whisper/1/model.py"]
+    model_py = configs.repository_files(WHISPER)["whisper/1/model.py"]
+    assert "TritonPythonModel = WhisperLoopModel" in model_py
+    assert "from percolate_models" not in model_py  # the official container has no project code
 
 
 @pytest.mark.parametrize("spec", ONNX_MODELS, ids=lambda s: s.name)
