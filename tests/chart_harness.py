@@ -123,6 +123,16 @@ def issue_certificates(docs: list[dict], ca_dir: Path, out_dir: Path) -> dict[st
     return secrets
 
 
+def secret_files(secret: dict) -> dict[str, dict[str, bytes]]:
+    """A Secret manifest (``data`` base64, ``stringData`` plain) as the harness's secrets
+    table: the files its volume would hold. For Secrets created outside the chart."""
+    import base64
+
+    files = {k: base64.b64decode(v) for k, v in secret.get("data", {}).items()}
+    files.update({k: v.encode() for k, v in secret.get("stringData", {}).items()})
+    return {secret["metadata"]["name"]: files}
+
+
 # --- the pod ------------------------------------------------------------------------------
 
 @dataclass

@@ -10,6 +10,7 @@ the reading service with its own client certificate: an ingest and a search end 
 from __future__ import annotations
 
 import os
+import time
 
 import grpc
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from percolate.node.v1 import node_pb2, node_pb2_grpc
 from percolate.reading.v1 import reading_pb2, reading_pb2_grpc
 from percolate_certs.tls import channel_credentials
-from tests.chart_harness import Cluster, Pod, issue_certificates
+from tests.chart_harness import Cluster, Pod, issue_certificates, secret_files
 from tests.test_helm import DOMAIN, READING_NAMESPACE, node_values, one, render
 
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
@@ -166,3 +167,70 @@ def test_node_reading_client_picks_up_a_renewed_certificate(reading_pod, pki, tm
             await client.close()
 
     asyncio.run(scenario())
+
+
+@pytest.fixture(scope="module")
+def moto():
+    from tests.durability_fixtures import MotoServer
+
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+def test_node_with_backups_ships_a_snapshot_to_object_storage(tmp_path, pki, reading_pod, cluster, moto):
+    """backup.* rendered into the node's environment and a mounted credentials Secret
+    (as an operator would create it) reach a real S3 server: the node's agent uploads its
+    first snapshot (manifest written last) and ships the change log of an ingest."""
+    import boto3
+
+    from tests.durability_fixtures import S3_ENV, new_bucket
+
+    bucket = new_bucket(moto)
+    values = node_values(TENANT, backup={"url": f"s3://{bucket}/percolate", "region": S3_ENV["AWS_REGION"],
+                                         "credentialsSecret": f"{TENANT}-backup-credentials"})
+    docs = render("node", values)
+    env = {k: v for k, v in one(docs, "ConfigMap", "-config")["data"].items() if "BACKUP" in k}
+    assert env["PERCOLATE_NODE_BACKUP_CREDENTIALS_DIR"] == "/etc/percolate/backup-credentials"
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{TENANT}-backup-credentials"},
+              "stringData": {"access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"],
+                             "secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"], "endpoint": moto.endpoint}}
+    secrets = issue_certificates(docs, pki.root, tmp_path / "cert-manager")
+    secrets[f"{TENANT}-kek"] = {"kek": os.urandom(32)}
+    secrets.update(secret_files(secret))
+    pod = Pod(docs, "node", tmp_path / "pod", secrets, cluster)
+    s3 = boto3.client("s3", endpoint_url=moto.endpoint, aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"], region_name=S3_ENV["AWS_REGION"])
+
+    def keys(prefix: str) -> list[str]:
+        reply = s3.list_objects_v2(Bucket=bucket, Prefix=f"percolate/tenants/{TENANT}/{prefix}")
+        return [o["Key"] for o in reply.get("Contents", [])]
+
+    def wait_for(what: str, found) -> list[str]:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if found():
+                return found()
+            assert pod.processes["node"].poll() is None, pod.log("node")
+            time.sleep(0.5)
+        raise AssertionError(f"no {what} in s3://{bucket} after 300 s:\n{pod.log('node')}")
+
+    try:
+        pod.start("node")
+        pod.wait_for_probe("node", "readinessProbe")
+        manifests = wait_for("snapshot manifest",
+                             lambda: [k for k in keys("snapshots/") if k.endswith("/manifest.json")])
+        assert manifests and all(k.startswith(f"percolate/tenants/{TENANT}/snapshots/") for k in manifests)
+        assert len(keys("snapshots/")) > len(manifests), "the snapshot's files are there too"
+
+        reading_pod.wait_for_probe("frontend", "readinessProbe")
+        port = pod.ports[pod.container_port("grpc")]
+        creds = pki.tenants[TENANT]
+        with grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials(creds.ca, creds.cert, creds.key),
+                                 options=[("grpc.ssl_target_name_override", f"{TENANT}.{DOMAIN}")]) as channel:
+            node_pb2_grpc.NodeServiceStub(channel).Ingest(
+                node_pb2.IngestRequest(content=b"Backed up through the rendered chart.", filename="b.txt"),
+                timeout=300)
+        wait_for("change-log segment", lambda: keys("log/"))
+    finally:
+        pod.stop()

@@ -72,6 +72,11 @@ VALUE_SETS: dict[str, tuple[str, dict]] = {
         networkPolicy={"monitoring": [{"namespaceSelector": {"matchLabels": {
             "kubernetes.io/metadata.name": "monitoring"}}}]},
         podMonitor={"enabled": True, "labels": {"release": "kube-prometheus-stack"}})),
+    "node-backup-full": ("node", node_values("tenant-a", backup={
+        "url": "s3://percolate-eu/backups", "region": "eu-west-1", "credentialsSecret": "tenant-a-backup",
+        "replica": {"url": "s3://percolate-us/backups", "region": "us-east-1"},
+        "snapshotIntervalSeconds": 3600, "keepSnapshots": 3},
+        serviceAccount={"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/tenant-a"}})),
 }
 
 
@@ -775,6 +780,45 @@ def test_route_passes_tls_through_tlsroute_or_ingress():
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-passthrough"] == "true"
     assert one(docs, "NetworkPolicy", "-allow")["spec"]["ingress"][0]["from"][0]["namespaceSelector"] == {
         "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+
+
+def test_node_backup_values_become_the_node_backup_settings():
+    """backup.* -> the PERCOLATE_NODE_BACKUP_* settings NodeConfig reads; the credentials
+    Secret mounted read-only where PERCOLATE_NODE_BACKUP_CREDENTIALS_DIR points."""
+    from percolate_node.config import NodeConfig
+
+    docs = render(*VALUE_SETS["node-backup-full"])
+    env = effective_env(docs, "node")
+    config = NodeConfig.from_env({**env, "PERCOLATE_NODE_KEK_FILE": "/k"})
+    assert (config.backup_url, config.backup_region) == ("s3://percolate-eu/backups", "eu-west-1")
+    assert (config.backup_replica_url, config.backup_replica_region) == ("s3://percolate-us/backups", "us-east-1")
+    assert (config.backup_snapshot_interval_s, config.backup_keep_snapshots) == (3600, 3)
+    assert (config.backup_ship_interval_s, config.backup_log_retention_s) == (1, 604800)
+    mount = next(m for m in container(docs, "node")["volumeMounts"] if m["name"] == "backup-credentials")
+    assert str(config.backup_credentials_dir) == mount["mountPath"] and mount["readOnly"]
+    volume = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "backup-credentials")
+    assert volume["secret"] == {"secretName": "tenant-a-backup", "defaultMode": 0o440}
+    assert one(docs, "ServiceAccount")["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/tenant-a"}
+    # region defaults to the tenant's; without backup.url nothing of it is rendered
+    plain = render("node", node_values("tenant-a", backup={"url": "gs://b/p"}))
+    assert effective_env(plain, "node")["PERCOLATE_NODE_BACKUP_REGION"] == "eu-west-1"
+    assert "backup-credentials" not in str(pod_spec(plain)["volumes"])
+    off = effective_env(render("node", node_values("tenant-a")), "node")
+    assert not [k for k in off if "BACKUP" in k]
+    assert len(one(render("node", node_values("tenant-a")), "NetworkPolicy", "-allow")["spec"]["egress"]) == 2
+
+
+def test_node_chart_refuses_broken_backup_values():
+    def error(**backup):
+        return render_error("node", node_values("tenant-a", backup=backup))
+
+    assert "use object storage" in error(url="/var/backups/percolate")
+    assert "use object storage" in error(url="file:///data/backups")
+    assert "need backup.url" in error(credentialsSecret="creds")
+    assert "need backup.url" in error(replica={"url": "s3://other/p"})
+    assert "must be another bucket" in error(url="s3://b/p", replica={"url": "s3://b/p"})
+    assert "keepSnapshots" in error(url="s3://b/p", keepSnapshots=0)
 
 
 def test_node_chart_refuses_broken_combinations():

@@ -73,3 +73,23 @@ percolate.dev/region: {{ . }}
 {{- define "percolate-node.spiffeId" -}}
 {{- printf "spiffe://percolate/tenant/%s" (include "percolate-node.tenant" .) }}
 {{- end }}
+
+{{/*
+Backup values that cannot work together; refused at render time.
+*/}}
+{{- define "percolate-node.backupChecks" -}}
+{{- $b := .Values.backup }}
+{{- if $b.url }}
+{{- $scheme := regexFind "^[a-z][a-z0-9+.-]*://" $b.url }}
+{{- if not (has $scheme (list "s3://" "gs://" "az://" "azure://" "abfs://" "abfss://")) }}
+{{- fail (printf "backup.url %q: use object storage (s3://bucket/prefix, gs://, az://); a folder in the pod would sit beside the data it backs up" $b.url) }}
+{{- end }}
+{{- if and $b.replica.url (eq $b.replica.url $b.url) }}
+{{- fail "backup.replica.url is backup.url: the redundancy copy must be another bucket (another region)" }}
+{{- end }}
+{{- else }}
+{{- if or $b.replica.url $b.credentialsSecret }}
+{{- fail "backup.replica.url and backup.credentialsSecret need backup.url: without it the node takes no backups" }}
+{{- end }}
+{{- end }}
+{{- end }}
