@@ -175,15 +175,15 @@ class FairAdmission:
         if size <= 0:
             return
         mine = self._tenant_bytes.get(tenant, 0)
-        if self.max_bytes and self._bytes + size > self.max_bytes:
-            raise QueueFullError(
-                f"the reading service holds {self._bytes:,} request bytes; {size:,} more would "
-                f"pass its budget of {self.max_bytes:,} (max_request_bytes); retry later")
         if self.max_bytes_per_tenant and mine + size > self.max_bytes_per_tenant:
             raise QueueFullError(
                 f"tenant {tenant} has {mine:,} request bytes queued or running; {size:,} more "
                 f"would pass its budget of {self.max_bytes_per_tenant:,} "
                 "(max_request_bytes_per_tenant); retry later")
+        if self.max_bytes and self._bytes + size > self.max_bytes:
+            raise QueueFullError(
+                f"the reading service holds {self._bytes:,} request bytes; {size:,} more would "
+                f"pass its budget of {self.max_bytes:,} (max_request_bytes); retry later")
         self._bytes += size
         self._tenant_bytes[tenant] = mine + size
 

@@ -98,3 +98,98 @@ def test_draining_refuses_new_work_but_finishes_queued():
         assert order == ["a", "a"]
 
     asyncio.run(scenario())
+
+
+async def _until(condition, what: str) -> None:
+    """Let the loop run until ``condition()`` holds (no timing assumed: a bound on turns)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never reached: {what}")
+
+
+def test_byte_budgets_refuse_before_queueing_and_are_given_back():
+    from reading_frontend.admission import FairAdmission as Admission
+
+    async def scenario() -> None:
+        admission = Admission(1, 100, 100, max_bytes=1000, max_bytes_per_tenant=600)
+        hold = asyncio.Event()
+
+        async def one(tenant: str, size: int) -> None:
+            async with admission.slot(tenant, size):
+                await hold.wait()
+
+        tasks = [asyncio.create_task(one("a", 400)), asyncio.create_task(one("b", 500))]
+        await _until(lambda: admission.bytes_held == 900, "900 bytes held")
+        assert admission.depth == 1  # b's 500 bytes count while queued, not only when running
+        with pytest.raises(QueueFullError, match=r"tenant a .*budget of 600 \(max_request_bytes_per_tenant\)"):
+            async with admission.slot("a", 300):
+                pass
+        with pytest.raises(QueueFullError, match=r"budget of 1,000 \(max_request_bytes\)"):
+            async with admission.slot("c", 200):
+                pass
+        assert admission.depth == 1 and admission.bytes_held == 900  # refusals took nothing
+        hold.set()
+        await asyncio.gather(*tasks)
+        assert admission.bytes_held == 0 and admission._tenant_bytes == {}
+
+        async def failing() -> None:
+            async with admission.slot("a", 600):
+                raise ValueError("bad document")
+        with pytest.raises(ValueError):
+            await failing()
+        assert admission.bytes_held == 0
+
+    asyncio.run(scenario())
+
+
+def test_parked_request_lends_its_slot_and_counts_for_draining():
+    from reading_frontend.admission import current_tenant, parked
+
+    async def scenario() -> None:
+        admission = FairAdmission(1, 10, 10)
+        parse_running, parse_done, order = asyncio.Event(), asyncio.Event(), []
+
+        async def parse() -> None:
+            async with admission.slot("a"):
+                assert current_tenant() == "a"
+                async with parked():  # e.g. waiting on the parse worker pool
+                    parse_running.set()
+                    await parse_done.wait()
+                order.append("parse resumed")
+
+        async def embed() -> None:
+            async with admission.slot("b"):
+                order.append("embed")
+
+        first = asyncio.create_task(parse())
+        await parse_running.wait()
+        assert admission.in_flight == 1  # parked: still admitted work for draining
+        await embed()  # gets the slot the parse lent, while the parse is parked
+        admission.drain()
+        parse_done.set()
+        await first  # takes its slot back even while draining
+        assert order == ["embed", "parse resumed"]
+        assert admission.in_flight == 0 and admission.depth == 0
+
+    asyncio.run(scenario())
+
+
+def test_failed_parked_work_releases_the_slot_once():
+    from reading_frontend.admission import parked
+
+    async def scenario() -> None:
+        admission = FairAdmission(2, 10, 10)
+
+        async def parse() -> None:
+            async with admission.slot("a"):
+                async with parked():
+                    raise ValueError("parser stopped")
+
+        for _ in range(3):
+            with pytest.raises(ValueError):
+                await parse()
+        assert admission.in_flight == 0
+
+    asyncio.run(scenario())
