@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from percolate_common.files import sync_folder
 from percolate_node.durability.errors import (ObjectExistsError, ObjectMissingError,
                                               ObjectStoreUnavailableError)
 
@@ -65,7 +66,7 @@ class LocalObjectStore:
                 os.link(temp, path)  # atomic and create-only: the name appears whole or not at all
             except FileExistsError:
                 raise ObjectExistsError(f"{self.url}/{key} already exists; objects are never overwritten") from None
-            _fsync_dir(path.parent)
+            sync_folder(path.parent)
         except OSError as error:
             raise ObjectStoreUnavailableError(f"cannot write {path}: {error}") from None
         finally:
@@ -178,11 +179,3 @@ def open_object_store(url: str, options: dict[str, str] | None = None) -> Object
 
 def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from percolate_common.files import sync_folder, sync_tree
 from percolate_node.durability.epoch import write_epoch
 from percolate_node.durability.errors import BackupError
 from percolate_node.durability.logchain import chain, records_after
@@ -111,11 +112,11 @@ def restore(objects: ObjectStore, tenant_id: str, kek, into: Path, target: Targe
             store.epoch = epoch
             store.rotate_dek()  # the copy never adds seals to a DEK the original may still use
         write_epoch(partial, epoch)
-        _sync_tree(partial)
+        sync_tree(partial)
         if into.exists():
             into.rmdir()
         os.rename(partial, into)
-        _fsync_dir(into.parent)
+        sync_folder(into.parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -167,19 +168,3 @@ def _empty_base(objects: ObjectStore, oldest: SnapshotInfo, dest: Path) -> Snaps
         keys[name] = blob
     rocks.close(db, [keys])
     return SnapshotInfo("(empty base)", 0, 0, 1, "", [])
-
-
-def _sync_tree(path: Path) -> None:
-    for file in path.iterdir():
-        if file.is_file():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2
 from percolate.node.v1 import replication_pb2_grpc
 from percolate_certs.ca import CertPaths
 from percolate_certs.tls import server_credentials
+from percolate_common.files import sync_folder, sync_tree
 
 from .errors import LeaseUnavailableError, NotActiveError
 from .follower import Follower
@@ -216,7 +217,7 @@ class ReplicaController:
 
         data_dir = Path(self.config.data_dir)
         old = data_dir.parent / f".{data_dir.name}.replica-old"
-        await asyncio.to_thread(_fsync_tree, staging)
+        await asyncio.to_thread(sync_tree, staging)
         await self.node.reopen_memory(lambda: _swap(data_dir, staging, old), epoch)
         write_epoch(data_dir, epoch)
         self.memory.store.add_log_listener(self.source.on_commit)
@@ -278,21 +279,5 @@ def _swap(data_dir: Path, staging: Path, old: Path) -> None:
     if data_dir.exists():
         os.rename(data_dir, old)
     os.rename(staging, data_dir)
-    _fsync_dir(data_dir.parent)
+    sync_folder(data_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_tree(path: Path) -> None:
-    for file in path.iterdir():
-        if file.is_file():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

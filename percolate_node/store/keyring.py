@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from percolate_common.files import sync_folder
+
 from percolate_node.store.crypto import KEY_BYTES, unwrap, wrap
 from percolate_node.store.errors import ShreddedError, StoreError, TamperedValueError, WrongKeyError
 from percolate_node.store.layout import KEYS
@@ -156,15 +158,6 @@ def write_keyring_file(path: Path, tenant_id: str, records: dict[bytes, bytes]) 
             raise StoreError(f"cannot write keyring file {path}: {error.strerror}") from None
         raise
     sync_folder(path.parent)
-
-
-def sync_folder(folder: Path) -> None:
-    """fsync a folder, so a rename or unlink in it survives a crash."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_keyring_file(path: Path) -> tuple[str, dict[bytes, bytes]]:
