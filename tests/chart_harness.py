@@ -168,7 +168,9 @@ class Pod:
                  cluster: Cluster | None = None) -> None:
         self.docs, self.image, self.root = docs, image, root
         self.spec = pod_spec(docs)
-        self.secrets = secrets
+        # Secrets the chart renders exist in the cluster as rendered
+        self.secrets = {**{k: v for d in docs if d["kind"] == "Secret" for k, v in secret_files(d).items()},
+                        **secrets}
         self.cluster = cluster or Cluster()
         self.processes: dict[str, subprocess.Popen] = {}
         self.entrypoint, self.cmd, self.image_env, self.workdir = image_config(image)

@@ -68,6 +68,33 @@ def test_reading_containers_pass_their_probes(reading_pod, container):
         reading_pod.wait_for_probe(container, kind)
 
 
+def test_triton_http_serves_only_health_without_the_chart_secret(reading_pod):
+    """--http-restricted-api as rendered: the kubelet's health probes pass, model metadata,
+    inference, repository control and statistics are refused without the Secret's header."""
+    import urllib.error
+    import urllib.request
+
+    reading_pod.wait_for_probe("triton", "readinessProbe")
+    base = f"http://127.0.0.1:{reading_pod.ports[reading_pod.container_port('triton-http')]}"
+    token = reading_pod.secrets[next(d["metadata"]["name"] for d in reading_pod.docs
+                                     if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-triton-http"))]
+
+    def status(path: str, headers: dict | None = None, body: bytes | None = None) -> int:
+        request = urllib.request.Request(base + path, data=body, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as reply:
+                return reply.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert status("/v2/health/ready") == 200
+    for path, body in [("/v2/models/text_embedding", None), ("/v2/models/stats", None),
+                       ("/v2/repository/index", b"{}"), ("/v2/models/text_embedding/infer", b"{}"),
+                       ("/v2/repository/models/text_embedding/unload", b"{}")]:
+        assert status(path, body=body) == 403, path
+    assert status("/v2/models/text_embedding", {"percolate-triton-admin": token["token"].decode()}) == 200
+
+
 def test_reading_pod_serves_a_tenant(reading_pod, pki):
     reading_pod.wait_for_probe("frontend", "readinessProbe")
     creds = pki.tenants[TENANT]

@@ -10,6 +10,7 @@ check what the charts promise: isolation, certificates, scaling, draining, harde
 """
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import ipaddress
@@ -333,9 +334,82 @@ def test_triton_inference_is_reachable_only_through_the_frontend():
     assert "--grpc-address=127.0.0.1" in triton["args"]
     assert effective_env(docs, "frontend")["PERCOLATE_READING_TRITON_URL"] == "127.0.0.1:8001"
     policy = one(docs, "NetworkPolicy")
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     allowed_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
     assert allowed_ports == {"grpc", "metrics", "triton-metrics"}
+    # Triton's HTTP port stays open for the kubelet's health probes only: every other HTTP
+    # API needs the header value of the chart's Secret (the harness proves Triton refuses)
+    (restricted,) = [a for a in triton["args"] if a.startswith("--http-restricted-api=")]
+    apis, header = restricted.split("=", 1)[1].split(":", 1)
+    assert set(apis.split(",")) == {"metadata", "inference", "shared-memory", "model-config",
+                                    "model-repository", "statistics", "trace", "logging"}
+    assert header == "percolate-triton-admin=$(TRITON_HTTP_ADMIN_TOKEN)"
+    token = next(e for e in triton["env"] if e["name"] == "TRITON_HTTP_ADMIN_TOKEN")["valueFrom"]["secretKeyRef"]
+    secret = one(docs, "Secret", "-triton-http")
+    assert token == {"name": secret["metadata"]["name"], "key": "token"}
+    assert len(base64.b64decode(secret["data"]["token"])) >= 32
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert triton[probe]["httpGet"]["path"].startswith("/v2/health/")
+
+
+@pytest.mark.parametrize("value_set", ["reading-defaults", "reading-object-storage-monitoring-fixed-replicas"])
+def test_reading_egress_is_dns_and_the_model_store_only(value_set):
+    docs = render(*VALUE_SETS[value_set])
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pod = workload(docs)["spec"]["template"]["metadata"]["labels"]
+    store = value_set != "reading-defaults"
+    dns = _pod("kube-system", {"k8s-app": "kube-dns"})
+    node = _pod("tenant-a", {"app.kubernetes.io/name": "percolate-node"})
+    egress = [(dns, 53, "UDP", True), (dns, 53, "TCP", True), (dns, 443, "TCP", False),
+              (node, 50061, "TCP", False), (_pod("kube-system", {"component": "kube-apiserver"}), 443, "TCP", False),
+              ({"ip": "52.95.110.1"}, 443, "TCP", store), ({"ip": "52.95.110.1"}, 80, "TCP", False),
+              ({"ip": "169.254.169.254"}, 80, "TCP", False), ({"ip": "169.254.169.254"}, 443, "TCP", False),
+              ({"ip": "10.0.0.7"}, 443, "TCP", False)]
+    for other, port, protocol, allowed in egress:
+        assert policy_allows(policies, READING_NAMESPACE, pod, "Egress", other, port, protocol) == allowed, \
+            (other, port)
+
+
+def test_reading_clients_are_node_pods_in_tenant_namespaces_only():
+    docs = render("reading")
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pod = workload(docs)["spec"]["template"]["metadata"]["labels"]
+    grpc_port = container(docs, "frontend")["ports"][0]["containerPort"]
+    named = {p["name"]: p["containerPort"] for c in pod_spec(docs)["containers"] for p in c["ports"]}
+    node_labels = {"app.kubernetes.io/name": "percolate-node"}
+    tenant_ns = dict(_pod("tenant-a", node_labels), namespace_labels={
+        "kubernetes.io/metadata.name": "tenant-a", "percolate.dev/tenant": "tenant-a"})
+    for peer, allowed in [(tenant_ns, True), (_pod("default", node_labels), False),
+                          (_pod("attacker", node_labels), False),
+                          (dict(tenant_ns, labels={"app": "debug"}), False)]:
+        assert policy_allows(policies, READING_NAMESPACE, pod, "Ingress", peer, grpc_port,
+                             named_ports=named) == allowed, peer
+
+
+@pytest.mark.parametrize("values, grace", [
+    ({"limits": {"maxAudioSeconds": 7200}}, 730),  # 2 h of audio x 0.1
+    ({"limits": {"maxPages": 2000}, "drain": {"secondsPerPage": 1}}, 2010),
+    ({"limits": {"maxAudioSeconds": 600, "maxPages": 40}}, 70),
+    ({"drain": {"graceSeconds": 900}}, 900),
+])
+def test_drain_grace_is_sized_from_the_longest_accepted_call(values, grace):
+    docs = render("reading", values)
+    from reading_frontend.config import FrontendConfig
+
+    config = FrontendConfig.from_env(effective_env(docs, "frontend"))
+    longest = max(config.max_audio_seconds * values.get("drain", {}).get("secondsPerAudioSecond", 0.1),
+                  config.max_pages * values.get("drain", {}).get("secondsPerPage", 0.5))
+    assert config.drain_grace_s == grace >= longest
+    assert pod_spec(docs)["terminationGracePeriodSeconds"] >= 5 + grace + 5
+
+
+def test_drain_shorter_than_the_longest_call_is_refused():
+    error = render_error("reading", {"drain": {"graceSeconds": 20}})
+    assert "drain.graceSeconds=20 is shorter than the longest call the frontend accepts (250 s" in error
+    assert "(720 s" in render_error("reading", {"drain": {"graceSeconds": 600}, "limits": {"maxAudioSeconds": 7200}})
+    # the same grace with limits it covers renders
+    docs = render("reading", {"drain": {"graceSeconds": 60}, "limits": {"maxAudioSeconds": 300, "maxPages": 100}})
+    assert effective_env(docs, "frontend")["PERCOLATE_READING_DRAIN_GRACE_S"] == "60"
 
 
 def test_hpa_scales_on_queue_depth():
@@ -397,7 +471,10 @@ def test_rolling_update_and_drain_fit_the_grace_period():
     # Triton outlives the frontend's drain, and the pod's grace covers both
     assert triton["lifecycle"]["preStop"]["sleep"]["seconds"] >= pre_stop + drain
     assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain + triton_exit
-    assert (pre_stop, drain, spec["terminationGracePeriodSeconds"]) == (5, 20.0, 30)
+    # sized from the longest accepted call: 500 pages x 0.5 s (audio: 1800 s x 0.1), + 10 s
+    env = effective_env(docs, "frontend")
+    assert (env["PERCOLATE_READING_MAX_PAGES"], env["PERCOLATE_READING_MAX_AUDIO_SECONDS"]) == ("500", "1800")
+    assert (pre_stop, drain, spec["terminationGracePeriodSeconds"]) == (5, 260.0, 270)
     pdb = one(docs, "PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
@@ -521,7 +598,7 @@ def _checksums(chart: str, values: dict) -> dict[str, str]:
 @pytest.mark.parametrize("chart, base, config_change, tls_change", [
     ("reading", {}, {"frontend": {"maxQueueDepth": 512}},
      {"tls": {"certManager": {"issuerRef": {"name": "other-ca"}}}}),
-    ("reading", VALUE_SETS["reading-cert-manager-off"][1], {"drain": {"graceSeconds": 25}},
+    ("reading", VALUE_SETS["reading-cert-manager-off"][1], {"drain": {"graceSeconds": 600}},
      {"tls": {"existingSecret": "rotated-server-tls"}}),
     ("node", node_values("tenant-a"), {"reading": {"url": "dns:///reading.other:50051"}},
      {"certificate": {"certManager": {"issuerRef": {"name": "other-ca"}}}}),

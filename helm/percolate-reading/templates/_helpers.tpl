@@ -60,9 +60,29 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* Worst-case seconds of the longest call the frontend accepts (limits x costs). */}}
+{{- define "percolate-reading.longestCallSeconds" -}}
+{{- $audio := mulf (float64 .Values.limits.maxAudioSeconds) (float64 .Values.drain.secondsPerAudioSecond) }}
+{{- $pages := mulf (float64 .Values.limits.maxPages) (float64 .Values.drain.secondsPerPage) }}
+{{- maxf $audio $pages | ceil | int }}
+{{- end }}
+
+{{/* The frontend's drain: graceSeconds, or the longest call + 10 s; never shorter than that call. */}}
+{{- define "percolate-reading.drainGraceSeconds" -}}
+{{- $longest := include "percolate-reading.longestCallSeconds" . | int }}
+{{- $grace := int .Values.drain.graceSeconds }}
+{{- if eq $grace 0 }}
+{{- add $longest 10 }}
+{{- else if lt $grace $longest }}
+{{- fail (printf "drain.graceSeconds=%d is shorter than the longest call the frontend accepts (%d s: limits.maxAudioSeconds=%v x drain.secondsPerAudioSecond=%v, limits.maxPages=%v x drain.secondsPerPage=%v); a drain would cut it (CANCELLED, not retried). Raise drain.graceSeconds (or set 0 to size it), or lower the limits" $grace $longest .Values.limits.maxAudioSeconds .Values.drain.secondsPerAudioSecond .Values.limits.maxPages .Values.drain.secondsPerPage) }}
+{{- else }}
+{{- $grace }}
+{{- end }}
+{{- end }}
+
 {{/* Seconds the frontend needs from deletion to exit: preStop sleep, then its drain. */}}
 {{- define "percolate-reading.frontendStopSeconds" -}}
-{{- add .Values.drain.preStopSeconds .Values.drain.graceSeconds }}
+{{- add .Values.drain.preStopSeconds (include "percolate-reading.drainGraceSeconds" . | int) }}
 {{- end }}
 
 {{- define "percolate-reading.terminationGraceSeconds" -}}
