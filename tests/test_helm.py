@@ -178,6 +178,12 @@ _CERT_MANAGER_USAGES = ["signing", "digital signature", "content commitment", "k
                         "server auth", "client auth", "code signing", "email protection", "s/mime",
                         "ipsec end system", "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing",
                         "microsoft sgc", "netscape sgc"]
+def _san(properties: dict) -> dict:
+    """approver-policy's allowed SAN block: values plus a ``required`` flag."""
+    return {"type": "object", "additionalProperties": False,
+            "properties": {**properties, "required": {"type": "boolean"}}}
+
+
 CRD_SCHEMAS = {
     # cert-manager.io/v1 (cert-manager 1.x CRD): the subset of Certificate.spec used here
     ("cert-manager.io/v1", "Certificate"): _crd("cert-manager.io/v1", "Certificate", _obj(
@@ -191,6 +197,22 @@ CRD_SCHEMAS = {
         uris={"type": "array", "items": {"type": "string", "pattern": r"^[a-z][a-z0-9+.-]*://"}},
         issuerRef=_obj(["name"], name=_NAME, kind={"enum": ["Issuer", "ClusterIssuer"]},
                        group={"type": "string"}))),
+    # policy.cert-manager.io/v1alpha1 (cert-manager approver-policy): the subset used here
+    ("policy.cert-manager.io/v1alpha1", "CertificateRequestPolicy"): _crd(
+        "policy.cert-manager.io/v1alpha1", "CertificateRequestPolicy", _obj(
+            ["selector"],
+            allowed=_obj([], commonName=_san({"value": {"type": "string"}}),
+                         uris=_san({"values": {"type": "array", "items": {"type": "string"}}}),
+                         dnsNames=_san({"values": {"type": "array", "items": _HOSTNAME}}),
+                         usages={"type": "array", "items": {"enum": _CERT_MANAGER_USAGES}},
+                         isCA={"type": "boolean"}),
+            constraints=_obj([], maxDuration=_GO_DURATION, minDuration=_GO_DURATION,
+                             privateKey=_obj([], algorithm={"enum": ["RSA", "ECDSA", "Ed25519"]},
+                                             minSize={"type": "integer"}, maxSize={"type": "integer"})),
+            selector=_obj([], issuerRef=_obj([], name={"type": "string"}, kind={"type": "string"},
+                                             group={"type": "string"}),
+                          namespace=_obj([], matchNames={"type": "array", "items": {"type": "string"}},
+                                         matchLabels=_STRINGS)))),
     # monitoring.coreos.com/v1 (Prometheus Operator)
     ("monitoring.coreos.com/v1", "ServiceMonitor"): _crd("monitoring.coreos.com/v1", "ServiceMonitor", _obj(
         ["selector", "endpoints"],
@@ -645,6 +667,46 @@ def test_node_server_certificate_names_the_route_host(tenant):
     env = effective_env(docs, "node")
     assert env["PERCOLATE_NODE_TLS_CERT"] == "/etc/percolate/server-tls/tls.crt"
     assert env["PERCOLATE_NODE_TLS_CLIENT_CA"] == "/etc/percolate/server-tls/ca.crt"
+
+
+def _policy_approves(policy: dict, namespace: str, issuer: dict, uris: list[str], dns: list[str],
+                     usages: list[str]) -> bool:
+    """approver-policy's decision for a request in ``namespace``: the policy must select it
+    (issuer, namespace) and allow every SAN and usage it asks for (exact values here)."""
+    spec = policy["spec"]
+    selected = (namespace in spec["selector"]["namespace"]["matchNames"]
+                and all(spec["selector"]["issuerRef"][k] == issuer[k] for k in ("name", "kind")))
+    allowed = spec["allowed"]
+    return (selected and set(uris) <= set(allowed["uris"]["values"])
+            and set(dns) <= set(allowed["dnsNames"]["values"]) and set(usages) <= set(allowed["usages"]))
+
+
+def test_certificate_issuance_is_constrained_to_the_tenant():
+    """Each release renders an approver-policy CertificateRequestPolicy that approves in its
+    own namespace only its tenant's identity and names, usable only by cert-manager there."""
+    releases = {t: render("node", node_values(t)) for t in ("tenant-a", "tenant-b")}
+    for tenant, docs in releases.items():
+        (policy,) = [d for d in docs if d["kind"] == "CertificateRequestPolicy"]
+        issuer = {"name": "percolate-ca", "kind": "ClusterIssuer"}
+        for cert in (d for d in docs if d["kind"] == "Certificate"):  # its own certificates pass
+            spec = cert["spec"]
+            assert _policy_approves(policy, tenant, spec["issuerRef"], spec.get("uris", []),
+                                    spec.get("dnsNames", []), spec["usages"]), cert["metadata"]["name"]
+        other = "tenant-b" if tenant == "tenant-a" else "tenant-a"
+        for uris, dns, namespace in [([f"spiffe://percolate/tenant/{other}"], [], tenant),
+                                     ([], [f"{other}.{DOMAIN}"], tenant),
+                                     ([f"spiffe://percolate/tenant/{tenant}"], [], other)]:
+            assert not _policy_approves(policy, namespace, issuer, uris, dns, ["client auth"]), (uris, dns, namespace)
+        assert policy["spec"]["allowed"]["isCA"] is False
+        role, binding = one(docs, "Role", "-certificate-policy"), one(docs, "RoleBinding", "-certificate-policy")
+        assert role["rules"] == [{"apiGroups": ["policy.cert-manager.io"], "resources": ["certificaterequestpolicies"],
+                                  "verbs": ["use"], "resourceNames": [policy["metadata"]["name"]]}]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cert-manager", "namespace": "cert-manager"}]
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    names = {d["metadata"]["name"] for docs in releases.values() for d in docs if d["kind"] == "CertificateRequestPolicy"}
+    assert len(names) == 2, "cluster-scoped: one name per tenant"
+    off = render("node", node_values("tenant-a", certificate={"certManager": {"approverPolicy": {"enabled": False}}}))
+    assert not [d for d in off if d["kind"] in ("CertificateRequestPolicy", "Role", "RoleBinding")]
 
 
 def test_tenant_certificate_from_existing_secret():
