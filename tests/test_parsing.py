@@ -675,3 +675,29 @@ def test_chunking_work_is_linear_in_the_text(shape):
         counter = _CountingWork(40 * len(doc.text))
         chunks = chunk_document(doc, counter, chunk_tokens=200)
         assert chunks and all(c.token_count <= 200 for c in chunks)
+
+
+@pytest.mark.parametrize("shape,size", [("markdown nested_list", 2_000_000),
+                                        ("markdown spaced_heading", 1_000_000),
+                                        ("markdown unclosed_bold", 400_000),
+                                        ("markdown open_brackets", 400_000),
+                                        ("markdown table_rule_spaces", 1_000_000),
+                                        ("html nested_lists", 1_000_000),
+                                        ("pdf long_content_stream", 1_000_000)])
+def test_pathological_documents_parse_within_a_cpu_budget(shape, size):
+    """Shapes that took the old parsers minutes (quadratic patterns) parse and chunk in a
+    parse worker under a generous CPU budget; past it they would be RESOURCE_EXHAUSTED."""
+    import asyncio
+
+    from percolate_models.paths import ProjectPaths
+    from reading_frontend.parse_pool import ParseJob, ParsePool
+    from tests.pathological_docs import SHAPES
+
+    pool = ParsePool(1, ProjectPaths.from_env().assets / "text_embedding" / "tokenizer.json",
+                     ParseLimits(), cpu_budget_s=20)
+    try:
+        job = ParseJob(SHAPES[shape](size), "", "", "auto", 200, 0)
+        document, chunks = asyncio.run(pool.run("tenant", job, None, lambda png: []))
+    finally:
+        pool.close()
+    assert document.pages and chunks
