@@ -4,16 +4,39 @@ The pip-installed Triton has only the Python backend, so every generated ``model
 imports this class. ``execute`` receives all requests the dynamic batcher gathered;
 requests whose inputs share a shape (the frontend pads to a few length buckets) are
 concatenated and run as one onnxruntime call, then split back per request.
+
+Memory after bursts: onnxruntime's CPU arena keeps the largest blocks a burst asked for
+(and grows by doubling), and memory patterns plan one buffer per input shape, which
+OCR's every-image-a-new-shape inputs never reuse: a burst of 16 OCRs left ``ocr_det``'s
+stub at 1.2 GB for good. Both are off by default (``cpu_mem_arena``/``mem_pattern``
+parameters, or ``PERCOLATE_ORT_CPU_MEM_ARENA``/``PERCOLATE_ORT_MEM_PATTERN`` to compare),
+and after a large batch the freed heap goes back to the OS (``malloc_trim``, on unless
+``malloc_trim``/``PERCOLATE_ORT_MALLOC_TRIM`` says 0).
+``bench/model_memory.py`` measures both settings.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils  # only importable inside Triton's stub
+
+TRIM_AFTER_BYTES = 4 << 20
+"""A batch whose inputs and outputs pass this hands its freed memory back afterwards."""
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+_TRIM = getattr(_LIBC, "malloc_trim", None)
+
+
+def _setting(params: dict, name: str, default: str) -> bool:
+    """A boolean model parameter; ``PERCOLATE_ORT_<NAME>`` in the environment wins."""
+    value = os.environ.get(f"PERCOLATE_ORT_{name.upper()}", params.get(name, default))
+    return value.lower() in ("1", "true", "yes", "on")
 
 
 class OnnxRuntimeModel:
@@ -29,6 +52,9 @@ class OnnxRuntimeModel:
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_cpu_mem_arena = _setting(params, "cpu_mem_arena", "0")
+        options.enable_mem_pattern = _setting(params, "mem_pattern", "0")
+        self.trim = _setting(params, "malloc_trim", "1") and _TRIM is not None
         # Spinning threads burn the cores the frontend and other models need when the
         # machine is shared (the embedded default); they only pay off on idle cores.
         options.add_session_config_entry("session.intra_op.allow_spinning",
@@ -57,6 +83,8 @@ class OnnxRuntimeModel:
             key = tuple(a.shape[1:] for a in arrays) if self.batched else (index,)
             groups[key].append(index)
         responses: list = [None] * len(requests)
+        moved = sum(a.nbytes for arrays in inputs for a in arrays)
+        feed = outputs = None
         for indices in groups.values():
             feed = {
                 name: np.concatenate([inputs[i][k] for i in indices])
@@ -69,6 +97,7 @@ class OnnxRuntimeModel:
                 for i in indices:
                     responses[i] = pb_utils.InferenceResponse(error=error)
                 continue
+            moved += sum(out.nbytes for out in outputs)
             start = 0
             for i in indices:
                 stop = start + inputs[i][0].shape[0]
@@ -78,6 +107,9 @@ class OnnxRuntimeModel:
                 ]
                 responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
                 start = stop
+        del inputs, feed, outputs
+        if moved > TRIM_AFTER_BYTES and self.trim:
+            _TRIM(0)  # what the batch freed goes back to the OS, not to this heap
         return responses
 
     def finalize(self) -> None:

@@ -1,0 +1,121 @@
+"""The frontend's resident memory under a flood of large requests, with and without the
+admission's byte budgets.
+
+The issue's shape: 16 concurrent 60 MiB Parse requests (bytes that are not a document,
+so each is refused as invalid once parsed) from one tenant, then the same from two
+tenants. The frontend runs as its own process (mutual TLS); its VmRSS is sampled every
+50 ms during the flood (peak) and read again after it has settled. ``budgets off`` sets
+the byte budgets beyond reach (the old behaviour: only the request count is bounded);
+``budgets on`` is the default (512 MiB total, 256 MiB per tenant).
+
+    python bench/frontend_memory.py [--quick]
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+import common  # noqa: E402  (puts the project root on sys.path)
+
+from percolate.reading.v1 import reading_pb2 as pb
+from percolate.reading.v1 import reading_pb2_grpc
+
+MIB = 1 << 20
+SETTINGS = {
+    "budgets off": {"PERCOLATE_READING_MAX_REQUEST_BYTES": str(1 << 40),
+                    "PERCOLATE_READING_MAX_REQUEST_BYTES_PER_TENANT": str(1 << 40)},
+    "budgets on": {},
+}
+SETTLE_S = 5.0
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def flood(frontend: common.FrontendProcess, tenants: tuple[str, ...], count: int,
+          size: int) -> Counter:
+    payload = bytes([0xFF, 0xFE, 0x00]) * (size // 3)  # neither text nor a known format
+    outcomes: Counter = Counter()
+    channels = {t: frontend.channel(t) for t in tenants}
+    try:
+        stubs = {t: reading_pb2_grpc.ReadingServiceStub(c) for t, c in channels.items()}
+
+        def one(index: int) -> str:
+            try:
+                stubs[tenants[index % len(tenants)]].Parse(pb.ParseRequest(content=payload),
+                                                           timeout=600)
+                return "OK"
+            except grpc.RpcError as error:
+                return error.code().name
+
+        with ThreadPoolExecutor(count) as pool:
+            for outcome in pool.map(one, range(count)):
+                outcomes[outcome] += 1
+    finally:
+        for channel in channels.values():
+            channel.close()
+    return outcomes
+
+
+def run(name: str, env: dict[str, str], count: int, size: int) -> dict:
+    saved = dict(os.environ)
+    os.environ.update(env)  # the frontend process reads its budgets from the environment
+    try:
+        return _run(name, count, size)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _run(name: str, count: int, size: int) -> dict:
+    with common.FrontendProcess("127.0.0.1:1") as frontend:
+        pid = frontend.process.pid
+        flood(frontend, ("bench-a",), 1, MIB)  # warm-up: the parse workers are up
+        idle = rss_mb(pid)
+        result = {"idle_mb": idle}
+        for tenants in (("bench-a",), ("bench-a", "bench-b")):
+            peak, stop = [0.0], threading.Event()
+
+            def sample() -> None:
+                while not stop.is_set():
+                    peak[0] = max(peak[0], rss_mb(pid))
+                    time.sleep(0.05)
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            outcomes = flood(frontend, tenants, count, size)
+            stop.set()
+            sampler.join()
+            time.sleep(SETTLE_S)
+            label = f"{len(tenants)} tenant(s)"
+            result[label] = {"peak_mb": peak[0], "settled_mb": rss_mb(pid),
+                             "outcomes": dict(outcomes)}
+            print(f"{name}, {label}: {dict(outcomes)}", flush=True)
+    return result
+
+
+def main() -> None:
+    args = common.arguments(__doc__)
+    count, size = (8, 60 * MIB) if args.quick else (16, 60 * MIB)
+    results = {name: run(name, extra, count, size) for name, extra in SETTINGS.items()}
+    rows = []
+    for name, r in results.items():
+        for label in ("1 tenant(s)", "2 tenant(s)"):
+            rows.append([name, label, r["idle_mb"], r[label]["peak_mb"], r[label]["settled_mb"],
+                         ", ".join(f"{k} {v}" for k, v in sorted(r[label]["outcomes"].items()))])
+    common.print_table(f"{count} concurrent Parse requests of {size // MIB} MiB",
+                       ["setting", "tenants", "idle MB", "peak MB", "settled MB", "outcomes"], rows)
+    common.write_results("frontend_memory", {"requests": count, "bytes": size, "results": results})
+
+
+if __name__ == "__main__":
+    main()

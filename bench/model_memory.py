@@ -1,0 +1,151 @@
+"""Resident memory of the serving stack before and after a burst, per process and model.
+
+The issue's shape: 16 concurrent OCRs (each page a different size, so every call is a
+new input shape) and 800 Embeds from 16 clients, through the frontend (its own process,
+mutual TLS) into Triton. Resident memory (VmRSS, shared memory included) of tritonserver,
+each model's Python-backend stub and the frontend is read from /proc at idle (after one
+warm-up call of each kind), right after the burst, and after it has settled.
+
+Two runs side by side on the same machine: ``arena on`` is the old onnxruntime setting
+(CPU memory arena and memory patterns on, no trim), ``arena off`` the new default
+(both off, freed heap trimmed after large batches; percolate_models/python_backend.py).
+
+    python bench/model_memory.py [--quick]
+"""
+from __future__ import annotations
+
+import io
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+import common  # noqa: E402  (puts the project root on sys.path)
+
+from percolate.reading.v1 import reading_pb2 as pb
+from percolate.reading.v1 import reading_pb2_grpc
+from percolate_triton import TritonConfig, TritonServer
+
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+SETTINGS = {
+    "arena on": {"PERCOLATE_ORT_CPU_MEM_ARENA": "1", "PERCOLATE_ORT_MEM_PATTERN": "1",
+                 "PERCOLATE_ORT_MALLOC_TRIM": "0"},
+    "arena off": {"PERCOLATE_ORT_CPU_MEM_ARENA": "0", "PERCOLATE_ORT_MEM_PATTERN": "0",
+                  "PERCOLATE_ORT_MALLOC_TRIM": "1"},
+}
+SETTLE_S = 5.0
+
+
+def page(index: int) -> bytes:
+    """A text page of its own size (a new input shape for the detector each time)."""
+    rng = random.Random(index)
+    width, height = 1000 + 37 * index, 1300 + 53 * index
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.truetype(FONT, 32)
+    words = "invoice total meadow copper harbor lantern summit voyage cedar island".split()
+    for row in range(12):
+        draw.text((60, 60 + row * 90), " ".join(rng.choice(words) for _ in range(6)), font=font,
+                  fill="black")
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def stack(triton_pid: int, frontend_pid: int) -> dict[str, int]:
+    """name -> pid: tritonserver, each model's stub (from its command line), the frontend."""
+    found = {"tritonserver": triton_pid, "frontend": frontend_pid}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if ppid == triton_pid and any(b"model_repository" in part for part in command):
+            model = next(Path(part.decode()).parts[-3] for part in command
+                         if part.endswith(b"model.py"))
+            found[f"stub {model}"] = int(entry.name)
+    return found
+
+
+def measure(pids: dict[str, int]) -> dict[str, float]:
+    values = {name: rss_mb(pid) for name, pid in pids.items()}
+    values["total"] = sum(values.values())
+    return values
+
+
+def burst(frontend: common.FrontendProcess, pages: list[bytes], embeds: int) -> None:
+    with frontend.channel() as channel:
+        stub = reading_pb2_grpc.ReadingServiceStub(channel)
+        texts = [f"sentence number {i} about the harbor and the lantern" for i in range(embeds)]
+        with ThreadPoolExecutor(32) as pool:
+            ocrs = [pool.submit(stub.Ocr, pb.OcrRequest(image=p), timeout=600) for p in pages]
+            embedded = [pool.submit(stub.Embed, pb.EmbedRequest(texts=[t]), timeout=600)
+                        for t in texts]
+            for future in ocrs + embedded:
+                future.result()
+
+
+def run(name: str, env: dict[str, str], pages: list[bytes], embeds: int) -> dict[str, dict]:
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)  # tritonserver and its stubs inherit it
+    try:
+        with TritonServer(TritonConfig.from_env()) as triton, \
+                common.FrontendProcess(triton.grpc_url) as frontend:
+            burst(frontend, pages[:1], 1)  # warm-up: every model loaded and run once
+            pids = stack(triton.process.pid, frontend.process.pid)
+            idle = measure(pids)
+            started = time.perf_counter()
+            burst(frontend, pages, embeds)
+            took = time.perf_counter() - started
+            peak = measure(pids)
+            time.sleep(SETTLE_S)
+            settled = measure(pids)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    print(f"{name}: burst took {took:.1f} s", flush=True)
+    return {"idle": idle, "after burst": peak, "settled": settled, "burst_s": took}
+
+
+def main() -> None:
+    args = common.arguments(__doc__)
+    count, embeds = (8, 200) if args.quick else (16, 800)
+    pages = [page(i) for i in range(count)]
+    results = {name: run(name, env, pages, embeds) for name, env in SETTINGS.items()}
+    names = sorted({n for r in results.values() for n in r["settled"]},
+                   key=lambda n: (n == "total", n))
+    rows = []
+    for process in names:
+        row = [process]
+        for setting in SETTINGS:
+            r = results[setting]
+            row += [r["idle"].get(process, 0.0), r["after burst"].get(process, 0.0),
+                    r["settled"].get(process, 0.0)]
+        rows.append(row)
+    columns = ["process (MB RSS)"] + [f"{s}: {phase}" for s in SETTINGS
+                                      for phase in ("idle", "burst", "settled")]
+    common.print_table(f"{count} concurrent OCRs + {embeds} Embeds", columns, rows)
+    common.write_results("model_memory", {"ocrs": count, "embeds": embeds, "results": results})
+
+
+if __name__ == "__main__":
+    main()
