@@ -6,9 +6,12 @@ mutual TLS) into Triton. Resident memory (VmRSS, shared memory included) of trit
 each model's Python-backend stub and the frontend is read from /proc at idle (after one
 warm-up call of each kind), right after the burst, and after it has settled.
 
-Two runs side by side on the same machine: ``arena on`` is the old onnxruntime setting
-(CPU memory arena and memory patterns on, no trim), ``arena off`` the new default
-(both off, freed heap trimmed after large batches; percolate_models/python_backend.py).
+Three runs side by side on the same machine (percolate_models/python_backend.py):
+``arena on`` is the old onnxruntime setting (CPU memory arena and memory patterns on, no
+trim); ``arena off`` has both off and trims the heap after large batches;
+``arena+shrink`` keeps the arena (fast for repeated shapes), memory patterns off, and
+shrinks the arena after each large run (``memory.enable_memory_arena_shrinkage``), then
+trims. The burst's wall time is printed too: memory is not the only cost.
 
     python bench/model_memory.py [--quick]
 """
@@ -32,9 +35,11 @@ from percolate_triton import TritonConfig, TritonServer
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 SETTINGS = {
     "arena on": {"PERCOLATE_ORT_CPU_MEM_ARENA": "1", "PERCOLATE_ORT_MEM_PATTERN": "1",
-                 "PERCOLATE_ORT_MALLOC_TRIM": "0"},
+                 "PERCOLATE_ORT_ARENA_SHRINK": "0", "PERCOLATE_ORT_MALLOC_TRIM": "0"},
     "arena off": {"PERCOLATE_ORT_CPU_MEM_ARENA": "0", "PERCOLATE_ORT_MEM_PATTERN": "0",
                   "PERCOLATE_ORT_MALLOC_TRIM": "1"},
+    "arena+shrink": {"PERCOLATE_ORT_CPU_MEM_ARENA": "1", "PERCOLATE_ORT_MEM_PATTERN": "0",
+                     "PERCOLATE_ORT_ARENA_SHRINK": "1", "PERCOLATE_ORT_MALLOC_TRIM": "1"},
 }
 SETTLE_S = 5.0
 

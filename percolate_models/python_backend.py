@@ -55,6 +55,10 @@ class OnnxRuntimeModel:
         options.enable_cpu_mem_arena = _setting(params, "cpu_mem_arena", "0")
         options.enable_mem_pattern = _setting(params, "mem_pattern", "0")
         self.trim = _setting(params, "malloc_trim", "1") and _TRIM is not None
+        self.shrink = None
+        if options.enable_cpu_mem_arena and _setting(params, "arena_shrink", "1"):
+            self.shrink = ort.RunOptions()  # give a large run's arena chunks back after it
+            self.shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         # Spinning threads burn the cores the frontend and other models need when the
         # machine is shared (the embedded default); they only pay off on idle cores.
         options.add_session_config_entry("session.intra_op.allow_spinning",
@@ -90,8 +94,10 @@ class OnnxRuntimeModel:
                 name: np.concatenate([inputs[i][k] for i in indices])
                 for k, name in enumerate(self.input_names)
             }
+            large = sum(a.nbytes for a in feed.values()) > TRIM_AFTER_BYTES
             try:
-                outputs = self.session.run(self.output_names, feed)
+                outputs = self.session.run(self.output_names, feed,
+                                           self.shrink if large else None)
             except Exception as err:
                 error = pb_utils.TritonError(f"inference failed: {err}")
                 for i in indices:

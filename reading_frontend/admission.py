@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import ctypes
 import ctypes.util
 import logging
@@ -45,6 +46,7 @@ class _Held:
 _HELD: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("admission_slot", default=None)
 TRIM_AFTER_BYTES = 32 << 20
 """Bytes of requests seen since the last trim that make a trim worth its few milliseconds."""
+REQUEST_FLOOR_BYTES = 1 << 20
 TRIM_DELAY_S = 1.0
 """The trim runs this long after the last large request: once per burst, after the
 refused and finished requests' buffers have been freed."""
@@ -89,9 +91,11 @@ class _MemoryTrimmer:
         self.trims = 0
 
     def note(self, size: int) -> None:
-        if self._trim is None or size <= 0:
+        """``size``: a request's bytes; each counts as at least ``REQUEST_FLOOR_BYTES``, its
+        decoded images, tensors and messages, so a burst of small requests trims too."""
+        if self._trim is None:
             return
-        self._seen += size
+        self._seen += max(size, REQUEST_FLOOR_BYTES)
         if self._seen < TRIM_AFTER_BYTES:
             return
         if self._timer is not None:
@@ -104,7 +108,10 @@ class _MemoryTrimmer:
         loop.run_in_executor(None, self.trim_now)
 
     def trim_now(self) -> None:
+        """Collect cycles first: a failed request's traceback (an asyncio future and the
+        frames around it) can hold its payload until the next full collection."""
         if self._trim is not None:
+            gc.collect()
             self._trim(0)
             self.trims += 1
 

@@ -130,6 +130,7 @@ class ParsePool:
                 worker.kill("cancelled")
                 raise
             finally:
+                future = None  # an error's traceback holds this frame: no cycle through it
                 self._busy.discard(worker)
                 if worker.stopped_because:
                     self.replaced += 1
@@ -162,7 +163,10 @@ def _drive(worker: _Worker, job: ParseJob, deadline: float | None, ocr: OcrHandl
             if kind == "done":
                 return payload
             if kind == "error":
-                raise payload
+                try:
+                    raise payload
+                finally:
+                    payload = None  # no cycle through this frame: the job's bytes go at once
             try:
                 conn.send(("ocr_lines", ocr(payload)))
             except Exception as error:  # Triton down, a bad page image: the worker decides
