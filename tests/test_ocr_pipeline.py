@@ -216,7 +216,7 @@ def test_pillow_bomb_error_becomes_value_error(monkeypatch):
     image_bytes = rgb_png()[0]
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
 
-    with pytest.raises(ValueError, match="limit of 2000 pixels"):
+    with pytest.raises(ValueError, match=r"more than 2000 pixels .*limit of 1000000000 pixels"):
         ocr.decode_image(image_bytes, max_pixels=10**9)
 
 
