@@ -88,6 +88,12 @@ class NodeConfig:
     """Replica certificate (URI SAN spiffe://percolate/tenant/<id>/replica) and key, and the tenant CA."""
     replica_key: Path | None = None
     replica_ca: Path | None = None
+    replication_server_name: str = ""
+    """The name the peer's replica certificate is checked against (the chart: its headless
+    Service's name); empty: the host of the address dialled."""
+    ha_kubernetes_dir: Path | None = None
+    """Folder with the service-account ``token``, ``ca.crt`` and ``namespace`` for the Lease
+    API (the chart's projected volume); default: the kubelet's automount folder."""
 
     def to_env(self) -> dict[str, str]:
         """The ``PERCOLATE_NODE_*`` variables that ``from_env`` reads back as this config
@@ -150,6 +156,8 @@ class NodeConfig:
             replication_advertise=get("REPLICATION_ADVERTISE", ""),
             replica_cert=get("REPLICA_CERT", None, Path), replica_key=get("REPLICA_KEY", None, Path),
             replica_ca=get("REPLICA_CA", tls_ca, Path),
+            replication_server_name=get("REPLICATION_SERVER_NAME", ""),
+            ha_kubernetes_dir=get("HA_KUBERNETES_DIR", None, Path),
         )
 
 
@@ -159,7 +167,7 @@ BACKUP_FIELDS = ("backup_url", "backup_region", "backup_replica_url", "backup_re
 
 HA_FIELDS = ("ha_lease_url", "ha_lease_name", "ha_lease_duration_s", "ha_standby_timeout_s", "ha_strict",
              "replica_id", "replication_host", "replication_port", "replication_advertise", "replica_cert",
-             "replica_key", "replica_ca")
+             "replica_key", "replica_ca", "replication_server_name", "ha_kubernetes_dir")
 
 
 def _flag(raw: str) -> bool:

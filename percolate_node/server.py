@@ -34,6 +34,9 @@ NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 # Health detail: NOT_SERVING while the store is known to hold damaged records (the node
 # still serves what is intact, so "" and NodeService stay SERVING for the probes).
 INTEGRITY_SERVICE = "percolate.node.v1.Integrity"
+# Health detail: SERVING while the process is up and started, whatever its replica role (a
+# standby is NOT_SERVING on "" so the Service skips it, yet alive: the chart's liveness asks this).
+LIVENESS_SERVICE = "percolate.node.v1.Liveness"
 METRICS_REFRESH_S = 5.0
 
 
@@ -79,7 +82,7 @@ class NodeServer:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
             self.health_port = self._health_server.add_insecure_port(f"{config.host}:{config.health_port}")
             await self._health_server.start()
-        for service in ("", NODE_SERVICE):
+        for service in ("", NODE_SERVICE, LIVENESS_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await self._report_integrity()
         if config.ha_lease_url:  # a replica: NOT_SERVING until it holds the lease

@@ -23,6 +23,14 @@ so a reader sees every liberty taken:
 - ``STAND_INS``: programs of images that cannot run here (the NGC Triton) and what runs
   in their place, with the flags that substitution needs.
 
+- the Kubernetes API: ``Cluster.api_server`` (host, port) is what the kubelet injects as
+  ``KUBERNETES_SERVICE_HOST``/``_PORT``; a projected ``serviceAccountToken`` is a token the
+  Cluster made for the pod's service account (``Cluster.tokens`` says whose), and
+  cluster-provided ConfigMaps (``kube-root-ca.crt``) come from ``Cluster.config_maps``;
+  ``rbac_authorizer`` judges a request the way the rendered Roles and RoleBindings would;
+- StatefulSet pods are ``<name>-<ordinal>`` and reachable by ``<pod>.<headless Service>``
+  (``Cluster.register_pod``).
+
 Certificates come from ``issue_certificates``: a cert-manager stand-in that issues each
 rendered ``Certificate`` (its DNS, IP and URI SANs and usages, as specified) from the
 dev CA into the Secret it names.
@@ -141,6 +149,24 @@ class Cluster:
     shorter forms) -> the pod behind it and the Service's port -> container port."""
 
     services: dict[str, tuple["Pod", dict[int, int]]] = field(default_factory=dict)
+    api_server: tuple[str, int] | None = None
+    config_maps: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    tokens: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Service-account tokens handed to pods: token -> (namespace, service account)."""
+
+    def token_for(self, namespace: str, service_account: str) -> str:
+        import secrets as random
+
+        token = random.token_urlsafe(32)
+        self.tokens[token] = (namespace, service_account)
+        return token
+
+    def register_pod(self, docs: list[dict], namespace: str, pod: "Pod") -> None:
+        """``<pod>.<headless Service>.<namespace>.svc.cluster.local`` -> that pod (its container ports)."""
+        for svc in (d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"):
+            name = svc["metadata"]["name"]
+            for host in (f"{pod.name}.{name}.{namespace}.svc", f"{pod.name}.{name}.{namespace}.svc.cluster.local"):
+                self.services[host] = (pod, {port: port for port in pod.ports})
 
     def register(self, docs: list[dict], namespace: str, pod: "Pod") -> None:
         for svc in (d for d in docs if d["kind"] == "Service"):
@@ -165,9 +191,11 @@ class Pod:
     """One rendered pod's containers as local processes in ``root``."""
 
     def __init__(self, docs: list[dict], image: str, root: Path, secrets: dict[str, dict[str, bytes]],
-                 cluster: Cluster | None = None) -> None:
+                 cluster: Cluster | None = None, ordinal: int = 0, namespace: str = "default") -> None:
         self.docs, self.image, self.root = docs, image, root
         self.spec = pod_spec(docs)
+        self.namespace = namespace
+        self.name = f"{workload(docs)['metadata']['name']}-{ordinal}"  # a StatefulSet's pod name
         # Secrets the chart renders exist in the cluster as rendered
         self.secrets = {**{k: v for d in docs if d["kind"] == "Secret" for k, v in secret_files(d).items()},
                         **secrets}
@@ -203,6 +231,27 @@ class Pod:
     def _volume(self, volume: dict) -> Path:
         folder = self.root / "volumes" / volume["name"]
         folder.mkdir(parents=True)
+        if "projected" in volume:
+            for source in volume["projected"]["sources"]:
+                files: dict[str, bytes] = {}
+                if "serviceAccountToken" in source:
+                    account = self.spec.get("serviceAccountName", "default")
+                    files[source["serviceAccountToken"]["path"]] = self.cluster.token_for(self.namespace,
+                                                                                          account).encode()
+                elif "configMap" in source:
+                    data = self.cluster.config_maps[source["configMap"]["name"]]
+                    files.update({i["path"]: data[i["key"]] for i in source["configMap"].get("items") or
+                                  [{"key": k, "path": k} for k in data]})
+                elif "downwardAPI" in source:
+                    files.update({i["path"]: self.field(i["fieldRef"]["fieldPath"]).encode()
+                                  for i in source["downwardAPI"]["items"]})
+                else:
+                    data = self.secrets[source["secret"]["name"]]
+                    files.update({i["path"]: data[i["key"]] for i in source["secret"].get("items") or
+                                  [{"key": k, "path": k} for k in data]})
+                for name, content in files.items():
+                    (folder / name).write_bytes(content)
+                    (folder / name).chmod(volume["projected"].get("defaultMode", 0o644))
         if "secret" in volume or "configMap" in volume:
             source = volume.get("secret") or volume["configMap"]
             if "secret" in volume:
@@ -242,6 +291,11 @@ class Pod:
                       lambda m: str(self.ports.get(int(m.group(0)), m.group(0))), rest)
         return flag + eq + rest
 
+    def field(self, path: str) -> str:
+        """The downward API's fields this harness knows."""
+        return {"metadata.name": self.name, "metadata.namespace": self.namespace, "status.podIP": "127.0.0.1",
+                "spec.serviceAccountName": self.spec.get("serviceAccountName", "default")}[path]
+
     # -- the kubelet's part
     def environment(self, container: dict) -> dict[str, str]:
         """Image ENV, then envFrom (ConfigMaps, Secrets), then env (values and key refs)."""
@@ -254,6 +308,8 @@ class Pod:
         for item in container.get("env", []):
             if "value" in item:
                 env[item["name"]] = _expand(item["value"], env)
+            elif "fieldRef" in item["valueFrom"]:
+                env[item["name"]] = self.field(item["valueFrom"]["fieldRef"]["fieldPath"])
             elif "secretKeyRef" in item["valueFrom"]:
                 ref = item["valueFrom"]["secretKeyRef"]
                 env[item["name"]] = self.secrets[ref["name"]][ref["key"]].decode()
@@ -273,6 +329,9 @@ class Pod:
         argv = [_expand(a, raw_env) for a in [*command, *args]]
         env = {k: self.translate(container, v, k) for k, v in raw_env.items()}
         env.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
+        if self.cluster.api_server is not None:  # the kubelet gives every container the API's address
+            env.setdefault("KUBERNETES_SERVICE_HOST", self.cluster.api_server[0])
+            env.setdefault("KUBERNETES_SERVICE_PORT", str(self.cluster.api_server[1]))
         argv = [argv[0], *(self.translate(container, a) for a in argv[1:])]
         if argv[0] in STAND_INS:
             return STAND_INS[argv[0]](argv[1:], env)
@@ -384,3 +443,30 @@ def _expand(value: str, env: dict[str, str]) -> str:
     """The kubelet's ``$(VAR)`` expansion (``$$`` escapes; unknown names stay as written)."""
     return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
                   lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
+
+
+def rbac_authorizer(docs: list[dict], namespace: str, cluster: Cluster):
+    """(token, verb, namespace, name) -> True/False as the rendered Roles and RoleBindings
+    decide for the token's service account; None for a token the cluster never issued.
+    Only namespaced Roles of the coordination.k8s.io Leases, which is all the node asks for."""
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    bindings = [d for d in docs if d["kind"] == "RoleBinding" and d["roleRef"]["kind"] == "Role"]
+
+    def authorize(token: str, verb: str, where: str, name: str | None) -> bool | None:
+        if token not in cluster.tokens:
+            return None
+        account_namespace, account = cluster.tokens[token]
+        if where != namespace:
+            return False
+        for binding in bindings:
+            if not any(s["kind"] == "ServiceAccount" and s["name"] == account
+                       and s.get("namespace", namespace) == account_namespace for s in binding["subjects"]):
+                continue
+            for rule in roles[binding["roleRef"]["name"]]["rules"]:
+                if ("coordination.k8s.io" in rule["apiGroups"] and "leases" in rule["resources"]
+                        and verb in rule["verbs"]
+                        and ("resourceNames" not in rule or (name is not None and name in rule["resourceNames"]))):
+                    return True
+        return False
+
+    return authorize

@@ -72,12 +72,17 @@ class LeaseApiServer:
     """A stand-in for the kube-apiserver's ``coordination.k8s.io/v1`` Lease endpoints, over a real
     socket with the real HTTP contract: GET (404 when absent), POST (409 when it exists), PUT with
     ``metadata.resourceVersion`` (409 Conflict when it is not the current one). Not a Kubernetes
-    API server: just what the official client's Lease calls need."""
+    API server: just what the official client's Lease calls need.
 
-    def __init__(self) -> None:
+    ``tls`` (a certificate and key) serves HTTPS, as an in-cluster client expects; ``authorize``
+    (bearer token, verb, namespace, name) -> bool makes it refuse what RBAC would refuse: 401
+    without a token it knows, 403 for a verb or Lease the caller's Role does not grant."""
+
+    def __init__(self, tls=None, authorize=None) -> None:
         self.leases: dict[tuple[str, str], dict] = {}
         self.version = 0
         self.conflicts = 0
+        self.refused: list[tuple[str, str, str | None]] = []
         lock = threading.Lock()
         outer = self
 
@@ -104,6 +109,22 @@ class LeaseApiServer:
                     return None
                 return parts[4], (parts[6] if len(parts) > 6 else None)
 
+            def _allowed(self, verb: str, where) -> bool:
+                if authorize is None:
+                    return True
+                header = self.headers.get("Authorization", "")
+                scheme, _, token = header.partition(" ")
+                token = token.strip() if scheme.lower() == "bearer" else ""
+                verdict = authorize(token, verb, where[0], where[1]) if token else None
+                if verdict:
+                    return True
+                outer.refused.append((verb, where[0], where[1]))
+                if verdict is None:
+                    self._status(401, "Unauthorized")
+                else:
+                    self._status(403, "Forbidden")
+                return False
+
             def _body(self) -> dict:
                 return json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
 
@@ -111,6 +132,8 @@ class LeaseApiServer:
                 where = self._parts()
                 if where is None or where[1] is None:
                     return self._status(404, "NotFound")
+                if not self._allowed("get", where):
+                    return
                 with lock:
                     lease = outer.leases.get(where)
                 if lease is None:
@@ -122,6 +145,8 @@ class LeaseApiServer:
                 body = self._body()
                 if where is None:
                     return self._status(404, "NotFound")
+                if not self._allowed("create", where):  # RBAC cannot name what does not exist yet
+                    return
                 key = (where[0], body["metadata"]["name"])
                 with lock:
                     if key in outer.leases:
@@ -138,6 +163,8 @@ class LeaseApiServer:
                 body = self._body()
                 if where is None or where[1] is None:
                     return self._status(404, "NotFound")
+                if not self._allowed("update", where):
+                    return
                 with lock:
                     current = outer.leases.get(where)
                     if current is None:
@@ -152,8 +179,28 @@ class LeaseApiServer:
                 self._reply(200, body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.port = self.server.server_address[1]
+        if tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls.cert), str(tls.key))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def apply(self, lease: dict, namespace: str) -> None:
+        """Create a Lease manifest in ``namespace`` as ``helm install`` would (a chart's rendered Lease)."""
+        body = json.loads(json.dumps(lease))
+        body["metadata"]["namespace"] = namespace
+        self.version += 1
+        body["metadata"]["resourceVersion"] = str(self.version)
+        self.leases[(namespace, body["metadata"]["name"])] = body
+
+    def holder(self, namespace: str, name: str) -> tuple[str, int]:
+        """(holderIdentity, leaseTransitions) of a Lease now."""
+        spec = self.leases[(namespace, name)].get("spec") or {}
+        return spec.get("holderIdentity") or "", int(spec.get("leaseTransitions") or 0)
 
     def backend(self, name: str = "percolate-node-tenant-a", namespace: str = "tenants"):
         from kubernetes import client

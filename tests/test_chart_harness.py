@@ -261,3 +261,152 @@ def test_node_with_backups_ships_a_snapshot_to_object_storage(tmp_path, pki, rea
         wait_for("change-log segment", lambda: keys("log/"))
     finally:
         pod.stop()
+
+
+# -- high availability: the rendered pair ------------------------------------------------------
+
+HA_NAMESPACE = TENANT  # the release's namespace (render's default: the tenant id)
+
+
+def ha_docs() -> list[dict]:
+    return render("node", node_values(TENANT, ha={"enabled": True, "leaseDurationSeconds": 4,
+                                                  "standbyTimeoutSeconds": 3}))
+
+
+def test_ha_render_two_replicas_lease_rbac_pdb_probes_and_replication_policy():
+    """What the chart promises for the standby, as objects: two replicas apart, a PDB, RBAC on
+    the one Lease (get/update only: the chart creates it), the replica certificate, liveness
+    that a standby passes while only the active is Ready, and replication between the
+    tenant's own pods only."""
+    from tests.test_helm import _pod, container, policy_allows, selects, validate, workload
+
+    docs = ha_docs()
+    for doc in docs:  # Kubernetes' own schemas (strict), and the small CRD schemas
+        validate(doc)
+    sts = workload(docs)
+    spec = sts["spec"]["template"]["spec"]
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["replicas"] == 2 and sts["spec"]["podManagementPolicy"] == "Parallel"
+    anti = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["topologyKey"] == "kubernetes.io/hostname" and selects(anti["labelSelector"]["matchLabels"], labels)
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1 and selects(pdb["spec"]["selector"]["matchLabels"], labels)
+    lease = one(docs, "Lease")
+    role, binding = one(docs, "Role", "-lease"), one(docs, "RoleBinding", "-lease")
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "resourceNames": [lease["metadata"]["name"]], "verbs": ["get", "update"]}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": spec["serviceAccountName"],
+                                    "namespace": HA_NAMESPACE}]
+    replica = one(docs, "Certificate", "-replica")["spec"]
+    assert replica["uris"] == [f"spiffe://percolate/tenant/{TENANT}/replica"]
+    assert {"server auth", "client auth"} <= set(replica["usages"])
+    node = container(docs, "node")
+    assert node["readinessProbe"]["grpc"].get("service", "") == ""
+    for kind in ("startupProbe", "livenessProbe"):
+        assert node[kind]["grpc"]["service"] == "percolate.node.v1.Liveness"
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    named = {p["name"]: p["containerPort"] for p in node["ports"]}
+    port = named["replication"]
+    twin = _pod(HA_NAMESPACE, labels)
+    other_tenant = _pod("tenant-b", {**labels, "percolate.dev/tenant": "tenant-b"})
+    same_namespace = _pod(HA_NAMESPACE, {"app": "debug"})
+    gateway = _pod("gateway-system", {"app": "envoy"})
+    for peer, allowed in ((twin, True), (other_tenant, False), (same_namespace, False), (gateway, False)):
+        assert policy_allows(policies, HA_NAMESPACE, labels, "Ingress", peer, port, named_ports=named) == allowed
+        assert policy_allows(policies, HA_NAMESPACE, labels, "Egress", peer, port) == allowed
+    headless = one(docs, "Service", "-headless")
+    assert "replication" in [p["name"] for p in headless["spec"]["ports"]]
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    assert "replication" not in [p["name"] for p in one(docs, "Service", "-node")["spec"]["ports"]]
+
+
+def test_rendered_ha_pair_elects_one_active_replicates_and_fails_over_on_kill_9(tmp_path, pki):
+    """Two pods of the rendered StatefulSet, run with the rendered command, env, volumes and
+    probes, against a Lease API double over HTTPS that enforces the rendered Role: one becomes
+    active (Ready, holds the Lease), the other standby (alive, not Ready); writes acknowledged
+    by the active are on the standby; kill -9 of the active's process promotes the standby
+    with every acknowledged write, and the restarted pod rejoins as the standby."""
+    import signal
+
+    from tests.chart_harness import rbac_authorizer
+    from tests.replication_fixtures import LeaseApiServer
+
+    docs = ha_docs()
+    cluster = Cluster(config_maps={"kube-root-ca.crt": {"ca.crt": pki.ca.cert.read_bytes()}})
+    api = LeaseApiServer(tls=pki.server, authorize=rbac_authorizer(docs, HA_NAMESPACE, cluster))
+    cluster.api_server = ("127.0.0.1", api.port)
+    lease = one(docs, "Lease")["metadata"]["name"]
+    api.apply(one(docs, "Lease"), HA_NAMESPACE)
+    secrets = issue_certificates(docs, pki.root, tmp_path / "cert-manager")
+    secrets[f"{TENANT}-kek"] = {"kek": os.urandom(32)}
+    pods = [Pod(docs, "node", tmp_path / f"pod-{i}", secrets, cluster, ordinal=i, namespace=HA_NAMESPACE)
+            for i in (0, 1)]
+    for pod in pods:
+        cluster.register_pod(docs, HA_NAMESPACE, pod)
+    creds = pki.tenants[TENANT]
+
+    def stub(pod):
+        channel = grpc.secure_channel(f"127.0.0.1:{pod.ports[pod.container_port('grpc')]}",
+                                      channel_credentials(creds.ca, creds.cert, creds.key),
+                                      options=[("grpc.ssl_target_name_override", f"{TENANT}.{DOMAIN}")])
+        return node_pb2_grpc.NodeServiceStub(channel)
+
+    def ready(pod) -> bool:
+        return pod.processes["node"].poll() is None and pod.probe("node", "readinessProbe")[0]
+
+    def wait(what: str, condition, deadline_s: float = 180):
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            value = condition()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}:\n" + "\n".join(p.log("node") for p in pods))
+
+    try:
+        for pod in pods:
+            pod.start("node")
+        for pod in pods:
+            pod.wait_for_probe("node", "startupProbe")
+        active = wait("one replica to become active (Ready)", lambda: next((p for p in pods if ready(p)), None))
+        standby = pods[1 - pods.index(active)]
+        assert api.holder(HA_NAMESPACE, lease)[0] == active.name
+        # the standby: alive (liveness passes, never restarted) but not Ready (no traffic)
+        assert standby.probe("node", "livenessProbe")[0] and not ready(standby)
+        acked = []
+        for i in range(20):
+            acked.append(stub(active).PutEntity(node_pb2.PutEntityRequest(type="note", name=f"w{i}"),
+                                                timeout=60).id)
+        # synchronous: every acknowledged write is already on the standby (reads are served there)
+        for entity_id in acked:
+            assert stub(standby).GetEntity(node_pb2.GetRequest(id=entity_id), timeout=30).id == entity_id
+        with pytest.raises(grpc.RpcError) as refused:
+            stub(standby).PutEntity(node_pb2.PutEntityRequest(type="note", name="no"), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        # kill -9 of the active's process: the standby takes the Lease and becomes Ready
+        _, epoch = api.holder(HA_NAMESPACE, lease)
+        os.killpg(active.processes["node"].pid, signal.SIGKILL)
+        active.processes["node"].wait()
+        wait("the standby to take over (Ready)", lambda: ready(standby))
+        holder, new_epoch = api.holder(HA_NAMESPACE, lease)
+        assert holder == standby.name and new_epoch > epoch
+        for entity_id in acked:
+            assert stub(standby).GetEntity(node_pb2.GetRequest(id=entity_id), timeout=30).id == entity_id
+        after = stub(standby).PutEntity(node_pb2.PutEntityRequest(type="note", name="after"), timeout=60)
+        # the kubelet restarts the killed container: it rejoins as the standby and catches up
+        active.start("node")
+        active.wait_for_probe("node", "startupProbe")
+        wait("the old active to catch up", lambda: _entity(stub(active), after.id))
+        assert not ready(active) and active.probe("node", "livenessProbe")[0]
+        assert api.refused == [], "the node asked the API for more than the rendered Role grants"
+    finally:
+        for pod in pods:
+            pod.stop()
+        api.stop()
+
+
+def _entity(stub, entity_id: str) -> bool:
+    try:
+        return stub.GetEntity(node_pb2.GetRequest(id=entity_id), timeout=10).id == entity_id
+    except grpc.RpcError:
+        return False

@@ -76,7 +76,8 @@ class ReplicaController:
         await self._server.start()
         advertise = config.replication_advertise or f"{config.replication_host or config.host}:{self.port}"
         if self.elector is None:
-            self.elector = LeaseElector(open_backend(config.ha_lease_url, self.tenant_id, config.ha_lease_name),
+            self.elector = LeaseElector(open_backend(config.ha_lease_url, self.tenant_id, config.ha_lease_name,
+                                                     config.ha_kubernetes_dir),
                                         config.replica_id, advertise, config.ha_lease_duration_s)
         else:
             self.elector.address = advertise

@@ -84,8 +84,10 @@ class Follower:
     async def _follow(self, address: str) -> None:
         config = self.controller.config
         credentials = channel_credentials(config.replica_ca, config.replica_cert, config.replica_key)
-        async with grpc.aio.secure_channel(address, credentials, options=[
-                ("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        if config.replication_server_name:  # the peer's certificate names the headless Service
+            options.append(("grpc.ssl_target_name_override", config.replication_server_name))
+        async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
             call = replication_pb2_grpc.ReplicationServiceStub(channel).Replicate()
             store = self.controller.memory.store
             last = store.last_lsn

@@ -14,6 +14,7 @@ from .errors import LeaseUnavailableError
 from .lease import LeaseRecord
 
 ADDRESS_ANNOTATION = "percolate.dev/replication-address"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 class KubernetesLease:
@@ -25,14 +26,21 @@ class KubernetesLease:
         self.name = name
 
     @classmethod
-    def in_cluster(cls, namespace: str | None, name: str) -> "KubernetesLease":
-        from kubernetes import client, config
+    def in_cluster(cls, namespace: str | None, name: str, credentials_dir: str | None = None) -> "KubernetesLease":
+        """The pod's service account: ``token``, ``ca.crt`` and ``namespace`` in ``credentials_dir``
+        (default the kubelet's automount folder), the API server from KUBERNETES_SERVICE_HOST/PORT."""
+        from pathlib import Path
 
-        config.load_incluster_config()
+        from kubernetes import client
+        from kubernetes.config.incluster_config import InClusterConfigLoader
+
+        folder = Path(credentials_dir or SERVICE_ACCOUNT_DIR)
+        configuration = client.Configuration()
+        InClusterConfigLoader(token_filename=str(folder / "token"), cert_filename=str(folder / "ca.crt"),
+                              try_refresh_token=True).load_and_set(configuration)
         if namespace is None:
-            with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as handle:
-                namespace = handle.read().strip()
-        return cls(client.ApiClient(), namespace, name)
+            namespace = (folder / "namespace").read_text().strip()
+        return cls(client.ApiClient(configuration), namespace, name)
 
     def describe(self) -> str:
         return f"Lease {self.namespace}/{self.name}"

@@ -163,7 +163,7 @@ class LeaseElector:
         self._valid_until = 0.0
 
 
-def open_backend(url: str, tenant_id: str, name: str = ""):
+def open_backend(url: str, tenant_id: str, name: str = "", credentials_dir=None):
     """``etcd://host:port[/prefix]`` or ``kubernetes[://namespace]`` (in-cluster credentials)."""
     from urllib.parse import urlparse
 
@@ -177,5 +177,6 @@ def open_backend(url: str, tenant_id: str, name: str = ""):
     if parsed.scheme == "kubernetes" or url == "kubernetes":
         from .k8s_lease import KubernetesLease
 
-        return KubernetesLease.in_cluster(parsed.netloc or None, name or f"percolate-node-{tenant_id}")
+        return KubernetesLease.in_cluster(parsed.netloc or None, name or f"percolate-node-{tenant_id}",
+                                          credentials_dir)
     raise ValueError(f"unknown lease backend {url!r}: use etcd://host:port or kubernetes[://namespace]")

@@ -93,3 +93,21 @@ Backup values that cannot work together; refused at render time.
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* High availability: the Lease, the replica certificate's Secret and the name it carries. */}}
+{{- define "percolate-node.leaseName" -}}
+{{- default (printf "%s-leader" (include "percolate-node.fullname" .)) .Values.ha.leaseName }}
+{{- end }}
+
+{{- define "percolate-node.replicaSecretName" -}}
+{{- if .Values.certificate.certManager.enabled }}
+{{- printf "%s-replica-tls" (include "percolate-node.fullname" .) }}
+{{- else }}
+{{- required "ha.existingReplicaSecret is required when ha.enabled and certificate.certManager.enabled is false (tls.crt with URI SAN spiffe://percolate/tenant/<id>/replica, server and client auth, tls.key, ca.crt)" .Values.ha.existingReplicaSecret }}
+{{- end }}
+{{- end }}
+
+{{/* The headless Service's name: on the replica certificate, and what a replica checks its peer against. */}}
+{{- define "percolate-node.replicationServerName" -}}
+{{- printf "%s-headless.%s.svc.cluster.local" (include "percolate-node.fullname" .) .Release.Namespace }}
+{{- end }}
