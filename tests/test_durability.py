@@ -640,3 +640,28 @@ def test_without_backups_the_local_log_stays_bounded(tmp_path, kek_file):
         kept = store.log_records(0)
         assert len(kept) <= 11 and kept[-1][0] == store.last_lsn
         assert trim_unshipped_log(store, keep=10) == 0
+
+
+@pytest.mark.parametrize("name, obj", [
+    ("../../escaped", None),
+    ("/etc/passwd", None),
+    ("CURRENT", "tenants/tenant-b/snapshots/x/CURRENT"),
+    ("CURRENT", "tenants/tenant-a/snapshots/../../tenant-b/snapshots/x/CURRENT"),
+])
+def test_a_manifest_pointing_outside_the_tenant_is_refused(tmp_path, kek_file, backed_up, name, obj):
+    """Whoever can write to the bucket cannot make a restore write outside its folder or read
+    another tenant's objects through a manifest."""
+    import json
+
+    objects, _ = backed_up
+    info = list_snapshots(objects, TENANT)[-1]
+    key = next(k for k in objects.list("tenants/tenant-a/snapshots/") if k.endswith(info.id + "/manifest.json"))
+    manifest = json.loads(objects.get(key))
+    manifest["files"][0]["name"] = name
+    manifest["files"][0]["object"] = obj or manifest["files"][0]["object"]
+    objects.delete(key)
+    objects.put_new(key, json.dumps(manifest).encode())
+    with pytest.raises(CorruptObjectError, match="manifest"):
+        restore(objects, TENANT, kek_file, tmp_path / "r", Target("latest"))
+    _leaves_nothing(tmp_path / "r")
+    assert not (tmp_path.parent / "escaped").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -69,10 +70,30 @@ def read_manifest(objects: ObjectStore, tenant_id: str, key: str) -> SnapshotInf
             raise CorruptObjectError(f"{key}: snapshot format {data.get('format')!r} is not supported")
         if data.get("tenant_id") != tenant_id:
             raise CorruptObjectError(f"{key} belongs to tenant {data.get('tenant_id')!r}, not {tenant_id!r}")
+        files = [dict(f) for f in data["files"]]
+        for entry in files:
+            _check_entry(tenant_id, key, entry)
         return SnapshotInfo(data["id"], int(data["lsn"]), int(data["commit_time_ns"]), int(data["epoch"]),
-                            data["created_at"], list(data["files"]))
+                            data["created_at"], files)
     except (ValueError, KeyError, TypeError) as error:
         raise CorruptObjectError(f"{key} is not a readable snapshot manifest ({error})") from None
+
+
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _check_entry(tenant_id: str, manifest_key: str, entry: dict) -> None:
+    """A manifest names plain files of a RocksDB folder, held under this tenant's snapshots:
+    anything else (``../``, absolute paths, another tenant's objects) is refused, never followed."""
+    name, obj = entry.get("name"), entry.get("object")
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name) or name in (".", ".."):
+        raise CorruptObjectError(f"{manifest_key} names a file {name!r} that is not a plain file name")
+    if not isinstance(obj, str) or not obj.startswith(snapshots_prefix(tenant_id)) or ".." in obj.split("/") \
+            or obj.rsplit("/", 1)[-1] != name:
+        raise CorruptObjectError(f"{manifest_key} points {name!r} at {obj!r}, outside this tenant's snapshots")
+    if not isinstance(entry.get("size"), int) or entry["size"] < 0 or \
+            not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256", ""))):
+        raise CorruptObjectError(f"{manifest_key}: {name!r} has no valid size and SHA-256")
 
 
 def take_snapshot(store, objects: ObjectStore, work_dir: Path | None = None,
