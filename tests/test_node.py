@@ -170,28 +170,30 @@ def test_mutual_tls_callers(reading, pki, tmp_path):
 def test_reading_outage_writes_nothing_then_recovers(triton, pki, paths, tmp_path):
     from reading_frontend.embedded import EmbeddedReading
 
-    reading = EmbeddedReading(frontend_config(triton, pki, metrics_port=-1), paths).__enter__()
-    address = reading.address
-    config = node_config(tmp_path, reading, pki, metrics_port=-1)
-    with BackgroundServer(NodeServer(config)) as node, grpc.insecure_channel(node.address) as channel:
-        caller = Caller(channel, config.token_file.read_text())
-        reading.stop()
+    from contextlib import ExitStack
+
+    from tests.test_reading_lifecycle import wait_for
+
+    with ExitStack() as stack:  # whatever fails, every server started here stops
+        reading = stack.enter_context(EmbeddedReading(frontend_config(triton, pki, metrics_port=-1), paths))
+        address = reading.address
+        config = node_config(tmp_path, reading, pki, metrics_port=-1)
+        node = stack.enter_context(BackgroundServer(NodeServer(config)))
+        caller = Caller(stack.enter_context(grpc.insecure_channel(node.address)), config.token_file.read_text())
+        reading.stop()  # the outage (stop is idempotent, so the stack's exit is harmless)
         assert_status(lambda: ingest(caller, sample_docx(), "report.docx"), grpc.StatusCode.UNAVAILABLE)
         assert caller.Stats(pb.StatsRequest()).documents == 0
         port = int(address.rsplit(":", 1)[1])
-        back = EmbeddedReading(frontend_config(triton, pki, metrics_port=-1, port=port), paths).__enter__()
-        try:
-            def retry_ingest():  # the node's channel reconnects within its 1 s backoff
-                try:
-                    return ingest(caller, sample_docx(), "report.docx")
-                except grpc.RpcError as err:
-                    assert err.code() == grpc.StatusCode.UNAVAILABLE
-                    return None
-            from tests.test_reading_lifecycle import wait_for
-            assert wait_for(retry_ingest, timeout_s=30, what="ingest after the outage").created
-            assert caller.Stats(pb.StatsRequest()).documents == 1
-        finally:
-            back.stop()
+        stack.enter_context(EmbeddedReading(frontend_config(triton, pki, metrics_port=-1, port=port), paths))
+
+        def retry_ingest():  # the node's channel reconnects within its 1 s backoff
+            try:
+                return ingest(caller, sample_docx(), "report.docx")
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE
+                return None
+        assert wait_for(retry_ingest, timeout_s=30, what="ingest after the outage").created
+        assert caller.Stats(pb.StatsRequest()).documents == 1
 
 
 def test_metrics_and_no_plaintext_on_disk(node_env):
