@@ -9,6 +9,8 @@
     percolate admin purge|rotate-dek|rotate-kek NEW|shred [--destroy-kek]   offline, on a stopped node
     percolate admin verify               read every value; list damage (exit 1 if any)
     percolate admin snapshot             snapshot the running node to object storage now
+    percolate admin status               role, epoch, lease holder, replication lag, sync/async (HA)
+    percolate admin failover [--timeout S]   planned handover: the active hands the lease to the standby
     percolate backups list|verify        snapshots and shipped log in object storage; check every object
     percolate restore --to latest|LSN|2026-11-27T10:02:00Z --into DIR
                                          rebuild a data directory for that moment (all or nothing)
@@ -164,6 +166,37 @@ def _snapshot_now() -> int:
     return 0
 
 
+def _replica_status() -> int:
+    """``admin status``: the running replica's view (ReplicaStatus)."""
+    from percolate.node.v1 import node_pb2 as pb
+
+    with NodeClient(NodeTarget.from_env()) as client:
+        s = client.call("ReplicaStatus", pb.ReplicaStatusRequest())
+    if s.role == "single":
+        print(f"role: single (no standby, no lease)  epoch: {s.epoch}  last LSN: {s.last_lsn}")
+        return 0
+    print(f"replica: {s.replica_id}  role: {s.role}  epoch: {s.epoch}  last LSN: {s.last_lsn}")
+    print(f"lease: held by {s.lease_holder or '(nobody)'} at epoch {s.lease_epoch}"
+          + (f", valid {s.lease_valid_seconds:.1f} s more" if s.role == "active" else ""))
+    if s.role == "active":
+        mode = "synchronous" if s.synchronous else "ASYNCHRONOUS (going on alone)"
+        print(f"standby: {s.standby or '(none connected)'}  confirmed LSN: {s.acked_lsn}  lag: {s.lag_records} "
+              f"records, {s.lag_seconds:.2f} s  mode: {mode}{' (strict)' if s.strict else ''}")
+    print(f"failovers to this replica: {s.failovers}")
+    return 0
+
+
+def _failover(timeout_s: float) -> int:
+    """``admin failover``: ask the active (through the Service) to hand over to the standby."""
+    from percolate.node.v1 import node_pb2 as pb
+
+    with NodeClient(NodeTarget.from_env()) as client:
+        done = client.call("Failover", pb.FailoverRequest(timeout_seconds=timeout_s), timeout=timeout_s * 3 + 30)
+    print(f"handed over: {done.previous_active} -> {done.new_active} at LSN {done.lsn} (epoch {done.epoch}) "
+          f"in {done.seconds:.2f} s; {done.previous_active} now follows as the standby")
+    return 0
+
+
 def _backups(args: argparse.Namespace) -> int:
     from datetime import datetime
 
@@ -226,6 +259,10 @@ def _admin(args: argparse.Namespace) -> int:
 
     if args.action == "snapshot":
         return _snapshot_now()
+    if args.action == "status":
+        return _replica_status()
+    if args.action == "failover":
+        return _failover(args.timeout)
     config = NodeConfig.from_env()
     if args.action == "shred" and not args.yes:
         print(SHRED_WARNING, file=sys.stderr)
@@ -312,8 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     search.set_defaults(run=_search)
     sub.add_parser("stats", help="counts and sizes").set_defaults(run=_stats)
     admin = sub.add_parser("admin", help="offline maintenance on a stopped node's data directory")
-    admin.add_argument("action", choices=("purge", "rotate-dek", "rotate-kek", "shred", "verify", "snapshot"),
-                       help="snapshot runs on the live node (through its API); the others on a stopped one")
+    admin.add_argument("action", choices=("purge", "rotate-dek", "rotate-kek", "shred", "verify", "snapshot",
+                                           "status", "failover"),
+                       help="snapshot, status and failover run on the live node (through its API); the others "
+                            "on a stopped one")
+    admin.add_argument("--timeout", type=float, default=30.0,
+                       help="failover: seconds the standby may take to confirm everything and take the lease")
     admin.add_argument("new_kek", nargs="?", type=Path, help="rotate-kek: the new KEK file")
     admin.add_argument("--yes", action="store_true", help="shred: confirm")
     admin.add_argument("--destroy-kek", action="store_true",

@@ -125,9 +125,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             replica = self._replication() if method in WRITES else None
             if replica is None:
                 return await work()
-            replica.check_write()  # the active only, while its lease is valid
-            result = await work()
-            await replica.confirm_write()  # the standby has it: only now acknowledged
+            async with replica.writing():  # the active only; acknowledged once the standby has it
+                result = await work()
             return result
         except Exception as error:  # every failure becomes a status; none escapes as a trace
             code, message = status_for(error)
@@ -250,6 +249,27 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 last_lsn=self.memory.store.last_lsn,
                 shipped_lsn=agent.shipped_lsn if (agent := self._backup()) is not None else 0)
         return await self._run("Stats", context, work)
+
+    async def ReplicaStatus(self, request, context):
+        async def work():
+            replica = self._replication()
+            if replica is None:
+                return pb.ReplicaStatusResponse(role="single", last_lsn=self.memory.store.last_lsn,
+                                                epoch=self.memory.store.epoch)
+            return pb.ReplicaStatusResponse(**replica.status())
+        return await self._run("ReplicaStatus", context, work)
+
+    async def Failover(self, request, context):
+        async def work():
+            replica = self._replication()
+            if replica is None:
+                from .replication.errors import NotReplicatedError
+
+                raise NotReplicatedError()
+            if request.timeout_seconds < 0:
+                raise InvalidRequestError("timeout_seconds must not be negative")
+            return pb.FailoverResponse(**await replica.handover(request.timeout_seconds or 30.0))
+        return await self._run("Failover", context, work)
 
     async def CreateSnapshot(self, request, context):
         async def work():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from percolate.node.v1 import node_pb2 as pb
@@ -286,6 +287,7 @@ class Writer(threading.Thread):
         self.callers = [Caller(grpc.insecure_channel(address), token) for address in addresses]
         self.acked: list[str] = []
         self.failed = 0
+        self.codes: dict[str, int] = {}  # status of every failed try
         self.stop_flag = threading.Event()
 
     def run(self) -> None:
@@ -297,8 +299,9 @@ class Writer(threading.Thread):
                     self.acked.append(entity.id)
                     i += 1
                     break
-                except grpc.RpcError:
+                except grpc.RpcError as error:
                     self.failed += 1
+                    self.codes[error.code().name] = self.codes.get(error.code().name, 0) + 1
             else:
                 time.sleep(0.05)
 
@@ -346,3 +349,176 @@ def test_kill_9_of_the_active_loses_no_acknowledged_write_and_the_old_active_rej
             writer.stop_flag.set()
         for node in nodes.values():
             node.stop()
+
+
+# -- operator tools and drills (separate processes) -------------------------------------------------
+
+
+def pair(tmp_path, lease_url, certs, **overrides):
+    pki, replicas = certs
+    configs = {name: replica_config(tmp_path, name, lease_url, pki, replicas, port=free_port(),
+                                    replication_port=free_port(), **{"ha_lease_duration_s": 4.0, **overrides})
+               for name in ("a", "b")}
+    nodes = {"a": NodeProcess(configs["a"], tmp_path / "a.log")}
+    wait_for(lambda: nodes["a"].status() == health_pb2.HealthCheckResponse.SERVING, "a to serve")
+    nodes["b"] = NodeProcess(configs["b"], tmp_path / "b.log")
+    wait_for(lambda: nodes["b"].status() == health_pb2.HealthCheckResponse.NOT_SERVING, "b to run as standby")
+    return configs, nodes
+
+
+def admin(node: NodeProcess, *args: str) -> subprocess.CompletedProcess:
+    """``percolate admin ...`` against a running replica, as an operator runs it."""
+    env = {**os.environ, "PERCOLATE_NODE_URL": node.address, "PERCOLATE_NODE_TOKEN_FILE": str(node.config.token_file)}
+    return subprocess.run([str(Path(sys.executable).with_name("percolate")), "admin", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def replica_status(node: NodeProcess, token: str):
+    return Caller(grpc.insecure_channel(node.address), token).ReplicaStatus(pb.ReplicaStatusRequest(), timeout=30)
+
+
+def test_admin_status_and_a_planned_failover_under_steady_writes(tmp_path, lease_url, certs):
+    """``percolate admin status`` names role, epoch, holder, lag and mode; ``percolate admin
+    failover`` hands over while a client writes steadily (retrying UNAVAILABLE): no request
+    fails for good, no acknowledged write is lost, and the old active follows as standby."""
+    configs, nodes = pair(tmp_path, lease_url, certs)
+    token = (tmp_path / "token").read_text()
+    writer = Writer([nodes["a"].address, nodes["b"].address], token)
+    try:
+        wait_for(lambda: replica_status(nodes["a"], token).standby == "b", "b to connect")
+        shown = admin(nodes["a"], "status")
+        assert shown.returncode == 0, shown.stderr
+        assert "role: active" in shown.stdout and "held by a" in shown.stdout and "standby: b" in shown.stdout
+        assert "mode: synchronous" in shown.stdout
+        shown = admin(nodes["b"], "status")
+        assert "role: standby" in shown.stdout and "held by a" in shown.stdout, shown.stdout
+        refused = admin(nodes["b"], "failover")  # asked of the standby: nothing happens
+        assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr, refused.stderr
+        epoch = replica_status(nodes["a"], token).epoch
+        writer.start()
+        wait_for(lambda: len(writer.acked) >= 30, "30 acknowledged writes")
+        done = admin(nodes["a"], "failover", "--timeout", "60")
+        assert done.returncode == 0, done.stderr
+        assert "a -> b" in done.stdout, done.stdout
+        handed_at = len(writer.acked)
+        wait_for(lambda: len(writer.acked) >= handed_at + 30, "writes on the new active")
+        writer.stop_flag.set()
+        writer.join(60)
+        assert set(writer.codes) <= {"UNAVAILABLE"}, writer.codes  # retried, never failed for another reason
+        b, a = replica_status(nodes["b"], token), replica_status(nodes["a"], token)
+        assert b.role == "active" and b.epoch > epoch and a.role == "standby" and a.lease_holder == "b"
+        assert nodes["a"].status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        caller_b = Caller(grpc.insecure_channel(nodes["b"].address), token)
+        missing = [i for i in writer.acked if not _has(caller_b, i)]
+        assert not missing, f"{len(missing)} of {len(writer.acked)} acknowledged writes lost"
+        wait_for(lambda: replica_status(nodes["b"], token).standby == "a", "a to follow b")
+        target = caller_b.Stats(pb.StatsRequest()).last_lsn
+        caller_a = Caller(grpc.insecure_channel(nodes["a"].address), token)
+        wait_for(lambda: caller_a.Stats(pb.StatsRequest()).last_lsn >= target, "a to catch up")
+    finally:
+        writer.stop_flag.set()
+        for node in nodes.values():
+            node.stop()
+
+
+def _has(caller, entity_id: str) -> bool:
+    try:
+        return caller.GetEntity(pb.GetRequest(id=entity_id), timeout=30).id == entity_id
+    except grpc.RpcError:
+        return False
+
+
+def test_paused_active_acknowledges_nothing_after_its_lease_and_rejoins_as_standby(tmp_path, lease_url, certs):
+    """SIGSTOP of the active past its lease: the standby takes over; writes sent to the paused
+    node (queued in its socket while it sleeps) and writes it had in flight are all refused
+    when it wakes (SIGCONT): it must not acknowledge a single one. It then follows the new
+    active as standby, its unacknowledged tail replaced."""
+    configs, nodes = pair(tmp_path, lease_url, certs)
+    token = (tmp_path / "token").read_text()
+    old = Caller(grpc.insecure_channel(nodes["a"].address), token)
+    new = Caller(grpc.insecure_channel(nodes["b"].address), token)
+    try:
+        wait_for(lambda: replica_status(nodes["a"], token).standby == "b", "b to connect")
+        before = [old.PutEntity(pb.PutEntityRequest(type="note", name=f"before {i}")).id for i in range(10)]
+        old_epoch = replica_status(nodes["a"], token).epoch
+        nodes["a"].process.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: nodes["b"].status() == health_pb2.HealthCheckResponse.SERVING, "b to take over")
+            during = [new.PutEntity(pb.PutEntityRequest(type="note", name=f"on b {i}")).id for i in range(10)]
+            stale = [old.stub.PutEntity.future(pb.PutEntityRequest(type="note", name=f"stale {i}"),
+                                               metadata=old.metadata, timeout=120) for i in range(5)]
+        finally:
+            nodes["a"].process.send_signal(signal.SIGCONT)
+        outcomes = []
+        for future in stale:
+            try:
+                outcomes.append(("acknowledged", future.result().id))
+            except grpc.RpcError as error:
+                outcomes.append((error.code().name, error.details()))
+        assert all(code == "UNAVAILABLE" for code, _ in outcomes), outcomes
+        wait_for(lambda: replica_status(nodes["a"], token).role == "standby", "a to step down")
+        assert nodes["a"].status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        status = replica_status(nodes["b"], token)
+        assert status.role == "active" and status.epoch > old_epoch
+        with pytest.raises(grpc.RpcError) as refused:  # awake, but a standby: still refused
+            old.PutEntity(pb.PutEntityRequest(type="note", name="late"))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        target = new.Stats(pb.StatsRequest()).last_lsn
+        wait_for(lambda: old.Stats(pb.StatsRequest()).last_lsn == target, "a to follow b")
+        for entity_id in before + during:
+            assert _has(new, entity_id) and _has(old, entity_id)
+        assert replica_status(nodes["a"], token).epoch == status.epoch  # a's copy is b's timeline now
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def records(store_dir: Path, kek: Path) -> dict:
+    """Every (column family, key) -> plaintext value of a stopped replica's store."""
+    from percolate_node.store.layout import DATA_FAMILIES, UNLOGGED_FAMILIES
+
+    out = {}
+    with EncryptedStore.open(store_dir, TENANT, kek, create=False) as store:
+        for cf in (f for f in DATA_FAMILIES if f not in UNLOGGED_FAMILIES):  # not the saved search graph
+            for key, value in store.items(cf):
+                out[(cf, key)] = value
+    return out
+
+
+def test_standby_killed_mid_bulk_ingest_catches_up_to_identical_content(tmp_path, lease_url, certs):
+    """kill -9 of the standby while the active takes a bulk of writes (it goes on alone after
+    the standby timeout); the restarted standby catches up, and its store equals the active's
+    record by record, and its search answers equal the active's."""
+    configs, nodes = pair(tmp_path, lease_url, certs, ha_standby_timeout_s=2.0)
+    token = (tmp_path / "token").read_text()
+    active = Caller(grpc.insecure_channel(nodes["a"].address), token)
+    try:
+        wait_for(lambda: replica_status(nodes["a"], token).standby == "b", "b to connect")
+        ids = []
+        for i in range(120):
+            ids.append(active.PutEntity(pb.PutEntityRequest(type="person", name=f"Person {i}",
+                                                            aliases=[f"alias {i}"])).id)
+            if i % 10 == 0:
+                active.AddMoment(pb.AddMomentRequest(start=Timestamp(seconds=1_700_000_000 + i), summary=f"moment {i}", references=[ids[-1]]))
+            if i == 40:
+                nodes["b"].kill()
+            if i == 80:
+                nodes["b"] = NodeProcess(configs["b"], tmp_path / "b.log")
+        for i in range(0, 120, 7):
+            active.Delete(pb.DeleteRequest(kind=pb.KIND_ENTITY, id=ids[i]))
+        target = active.Stats(pb.StatsRequest()).last_lsn
+        standby = Caller(grpc.insecure_channel(nodes["b"].address), token)
+        wait_for(lambda: nodes["b"].status() is not None and standby.Stats(pb.StatsRequest()).last_lsn == target,
+                 "b to catch up")
+        wait_for(lambda: replica_status(nodes["a"], token).synchronous, "a to be synchronous again")
+        for i in (3, 50, 99):
+            assert [e.id for e in active.FindEntities(pb.FindEntitiesRequest(name=f"alias {i}")).entities] == \
+                [e.id for e in standby.FindEntities(pb.FindEntitiesRequest(name=f"alias {i}")).entities]
+    finally:
+        for node in nodes.values():
+            node.stop()
+    kek = tmp_path / "kek.bin"
+    on_a, on_b = records(configs["a"].data_dir, kek), records(configs["b"].data_dir, kek)
+    assert len(on_a) > 200
+    differing = [k for k in set(on_a) | set(on_b) if on_a.get(k) != on_b.get(k)]
+    assert not differing, f"{len(differing)} records differ, e.g. {differing[:3]}"

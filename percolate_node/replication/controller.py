@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ from percolate_certs.ca import CertPaths
 from percolate_certs.tls import server_credentials
 from percolate_common.files import sync_folder, sync_tree
 
-from .errors import LeaseUnavailableError, NotActiveError
+from .errors import HandoverError, LeaseUnavailableError, NotActiveError
 from .follower import Follower
 from .lease import LeaseElector, open_backend
 from .source import ReplicationSource
@@ -52,6 +53,9 @@ class ReplicaController:
         self._server: grpc.aio.Server | None = None
         self._loop_task: asyncio.Task | None = None
         self._metrics_ready = False
+        self._writes = 0                 # writes between check_write and their acknowledgement
+        self._handing_over = False
+        self._abstain_until = 0.0        # after a handover: let the peer take the lease first
 
     @property
     def memory(self):
@@ -115,10 +119,23 @@ class ReplicaController:
             raise NotActiveError(self._not_active())
         self.source.check_writable()
 
+    @contextlib.asynccontextmanager
+    async def writing(self):
+        """Around one write: accepted only on the active, acknowledged (the block left without
+        an error) only once the standby has it and the lease is still ours. A handover waits
+        for the writes inside."""
+        self.check_write()
+        self._writes += 1
+        try:
+            yield
+            await self.confirm_write()
+        finally:
+            self._writes -= 1
+
     async def confirm_write(self) -> None:
         """After a write committed locally: acknowledge only once the standby has it and we are still active."""
         await self.source.confirm(self.memory.store.last_lsn)
-        if not self.is_active():
+        if not (self.is_active() or (self._handing_over and self.elector.valid())):
             raise NotActiveError("this replica lost its lease before the write was confirmed; it is not "
                                  "acknowledged (retry: the new active has it if the standby received it)")
 
@@ -138,10 +155,17 @@ class ReplicaController:
     async def _run(self) -> None:
         while True:
             try:
-                if self.role == "active":
+                if self._handing_over:  # still ours until released: keep it valid meanwhile
+                    await asyncio.to_thread(self.elector.renew)
+                elif self.role == "active":
                     await asyncio.to_thread(self.elector.renew)
                     if not self.elector.valid():
                         await self._demote("the lease could not be renewed in time or another replica holds it")
+                elif time.monotonic() < self._abstain_until:
+                    record = await asyncio.to_thread(self.elector.observe)
+                    if record is not None and record.holder and record.holder != self.config.replica_id:
+                        self._abstain_until = 0.0
+                        self.follower.follow(record.address)
                 elif await asyncio.to_thread(self.elector.try_acquire, self.memory.store.epoch):
                     await self._promote()
                 else:
@@ -189,19 +213,47 @@ class ReplicaController:
         await self.node.stop_backups()
         self.source._stream += 1  # ends the open stream
 
-    async def handover(self) -> None:
-        """A planned handover: stop writes, wait until the standby confirmed everything, release."""
-        if self.role != "active":
+    async def handover(self, timeout_s: float = 30.0) -> dict:
+        """A planned handover: stop taking writes, let those inside finish, wait until the
+        standby confirmed every committed record, release the lease, and wait for the peer
+        to take it. Refused (nothing changed, still active) without a connected standby or
+        when it does not catch up within ``timeout_s``."""
+        if not self.is_active():
             raise NotActiveError(self._not_active())
+        if self.source.standby is None:
+            raise HandoverError("no standby is connected: a handover now would leave the tenant without an "
+                                "active replica until this one took the lease back")
+        started = time.monotonic()
+        deadline = started + timeout_s
+        previous, epoch = self.config.replica_id, self.elector.epoch
+        self._handing_over = True
         self.role = "standby"
-        self.memory.standby = True
         await self._set_health(False)
-        deadline = time.monotonic() + self.config.ha_standby_timeout_s
-        while self.source.acked_lsn < self.memory.store.last_lsn and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        try:
+            while (self._writes or self.source.acked_lsn < self.memory.store.last_lsn) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            lsn = self.memory.store.last_lsn
+            if self._writes or self.source.acked_lsn < lsn or not self.elector.valid():
+                self.role = "active"
+                await self._set_health(True)
+                raise HandoverError(f"the standby confirmed LSN {self.source.acked_lsn} of {lsn} within "
+                                    f"{timeout_s:.0f} s; this replica stays active")
+            self.memory.standby = True
+            self._abstain_until = time.monotonic() + max(timeout_s, 3 * self.elector.duration_s)
+            await asyncio.to_thread(self.elector.release)
+        finally:
+            self._handing_over = False
         await self.node.stop_backups()
-        await asyncio.to_thread(self.elector.release)
         self.source._stream += 1
+        log.warning("replica %s of tenant %s handed over at LSN %d (epoch %d)", previous, self.tenant_id, lsn, epoch)
+        while time.monotonic() < deadline + self.elector.duration_s:
+            record = await asyncio.to_thread(self.elector.observe)
+            if record is not None and record.holder and record.holder != previous and record.epoch > epoch:
+                return {"previous_active": previous, "new_active": record.holder, "lsn": lsn, "epoch": record.epoch,
+                        "seconds": time.monotonic() - started}
+            await asyncio.sleep(0.05)
+        raise HandoverError(f"the lease was released at LSN {lsn} but no replica took it within "
+                            f"{timeout_s:.0f} s; this replica takes it back when it may")
 
     def _refresh_entity_types(self) -> None:
         memory = self.memory
@@ -268,11 +320,16 @@ class ReplicaController:
 
     def status(self) -> dict:
         store = self.memory.store
-        records, seconds = self.source.lag(store) if self.role == "active" else (0, 0.0)
-        return {"role": self.role, "epoch": store.epoch, "last_lsn": store.last_lsn,
-                "standby": self.source.standby or "", "acked_lsn": self.source.acked_lsn,
+        active = self.role == "active"
+        records, seconds = self.source.lag(store) if active else (0, 0.0)
+        lease = self.elector.current if self.elector else None
+        return {"replica_id": self.config.replica_id, "role": self.role, "epoch": store.epoch,
+                "last_lsn": store.last_lsn, "standby": (self.source.standby or "") if active else "",
+                "acked_lsn": self.source.acked_lsn if active else 0,
                 "synchronous": self.source.synchronous, "lag_records": records, "lag_seconds": seconds,
-                "failovers": self.failovers}
+                "failovers": self.failovers, "strict": self.source.strict,
+                "lease_holder": lease.holder if lease else "", "lease_epoch": lease.epoch if lease else 0,
+                "lease_valid_seconds": self.elector.remaining_s() if active else 0.0}
 
 
 def _swap(data_dir: Path, staging: Path, old: Path) -> None:

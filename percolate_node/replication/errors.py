@@ -18,6 +18,20 @@ class NoStandbyError(NodeError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class HandoverError(NodeError):
+    """A planned handover cannot happen now (no standby connected, or it did not catch up in
+    time); this replica stays the active one and nothing changed."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NotReplicatedError(NodeError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self) -> None:
+        super().__init__("this node has no standby and no lease (PERCOLATE_NODE_HA_LEASE_URL is not set)")
+
+
 class LeaseUnavailableError(Exception):
     """The coordination service could not be reached or answered an error (retried)."""
 

@@ -429,3 +429,59 @@ class CreateSnapshotResponse(_message.Message):
     seconds: float
     location: str
     def __init__(self, snapshot_id: _Optional[str] = ..., lsn: _Optional[int] = ..., files: _Optional[int] = ..., uploaded_files: _Optional[int] = ..., uploaded_bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., location: _Optional[str] = ...) -> None: ...
+
+class ReplicaStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReplicaStatusResponse(_message.Message):
+    __slots__ = ("replica_id", "role", "epoch", "lease_holder", "lease_epoch", "lease_valid_seconds", "last_lsn", "standby", "acked_lsn", "lag_records", "lag_seconds", "synchronous", "strict", "failovers")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LEASE_HOLDER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LEASE_VALID_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_LSN_FIELD_NUMBER: _ClassVar[int]
+    STANDBY_FIELD_NUMBER: _ClassVar[int]
+    ACKED_LSN_FIELD_NUMBER: _ClassVar[int]
+    LAG_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SYNCHRONOUS_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
+    FAILOVERS_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    role: str
+    epoch: int
+    lease_holder: str
+    lease_epoch: int
+    lease_valid_seconds: float
+    last_lsn: int
+    standby: str
+    acked_lsn: int
+    lag_records: int
+    lag_seconds: float
+    synchronous: bool
+    strict: bool
+    failovers: int
+    def __init__(self, replica_id: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., lease_holder: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., lease_valid_seconds: _Optional[float] = ..., last_lsn: _Optional[int] = ..., standby: _Optional[str] = ..., acked_lsn: _Optional[int] = ..., lag_records: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., synchronous: bool = ..., strict: bool = ..., failovers: _Optional[int] = ...) -> None: ...
+
+class FailoverRequest(_message.Message):
+    __slots__ = ("timeout_seconds",)
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    timeout_seconds: float
+    def __init__(self, timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class FailoverResponse(_message.Message):
+    __slots__ = ("previous_active", "new_active", "lsn", "epoch", "seconds")
+    PREVIOUS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    NEW_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    previous_active: str
+    new_active: str
+    lsn: int
+    epoch: int
+    seconds: float
+    def __init__(self, previous_active: _Optional[str] = ..., new_active: _Optional[str] = ..., lsn: _Optional[int] = ..., epoch: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...

@@ -89,6 +89,16 @@ class NodeServiceStub(object):
                 request_serializer=percolate_dot_node_dot_v1_dot_node__pb2.CreateSnapshotRequest.SerializeToString,
                 response_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.CreateSnapshotResponse.FromString,
                 )
+        self.ReplicaStatus = channel.unary_unary(
+                '/percolate.node.v1.NodeService/ReplicaStatus',
+                request_serializer=percolate_dot_node_dot_v1_dot_node__pb2.ReplicaStatusRequest.SerializeToString,
+                response_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.ReplicaStatusResponse.FromString,
+                )
+        self.Failover = channel.unary_unary(
+                '/percolate.node.v1.NodeService/Failover',
+                request_serializer=percolate_dot_node_dot_v1_dot_node__pb2.FailoverRequest.SerializeToString,
+                response_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.FailoverResponse.FromString,
+                )
 
 
 class NodeServiceServicer(object):
@@ -190,6 +200,24 @@ class NodeServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplicaStatus(self, request, context):
+        """High availability (percolate_node/replication): this replica's role, epoch, the lease
+        holder and the replication lag. On a node without a lease: role "single".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Failover(self, request, context):
+        """A planned handover (upgrades, drains), asked of the active: it stops taking writes,
+        waits until the standby confirmed every committed record, releases the lease and waits
+        for the standby to take it; it then follows as the standby. FAILED_PRECONDITION without
+        a lease or without a connected standby (nothing is changed), UNAVAILABLE on a standby.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +295,16 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.CreateSnapshot,
                     request_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.CreateSnapshotRequest.FromString,
                     response_serializer=percolate_dot_node_dot_v1_dot_node__pb2.CreateSnapshotResponse.SerializeToString,
+            ),
+            'ReplicaStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplicaStatus,
+                    request_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.ReplicaStatusRequest.FromString,
+                    response_serializer=percolate_dot_node_dot_v1_dot_node__pb2.ReplicaStatusResponse.SerializeToString,
+            ),
+            'Failover': grpc.unary_unary_rpc_method_handler(
+                    servicer.Failover,
+                    request_deserializer=percolate_dot_node_dot_v1_dot_node__pb2.FailoverRequest.FromString,
+                    response_serializer=percolate_dot_node_dot_v1_dot_node__pb2.FailoverResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -530,5 +568,39 @@ class NodeService(object):
         return grpc.experimental.unary_unary(request, target, '/percolate.node.v1.NodeService/CreateSnapshot',
             percolate_dot_node_dot_v1_dot_node__pb2.CreateSnapshotRequest.SerializeToString,
             percolate_dot_node_dot_v1_dot_node__pb2.CreateSnapshotResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ReplicaStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/percolate.node.v1.NodeService/ReplicaStatus',
+            percolate_dot_node_dot_v1_dot_node__pb2.ReplicaStatusRequest.SerializeToString,
+            percolate_dot_node_dot_v1_dot_node__pb2.ReplicaStatusResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Failover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/percolate.node.v1.NodeService/Failover',
+            percolate_dot_node_dot_v1_dot_node__pb2.FailoverRequest.SerializeToString,
+            percolate_dot_node_dot_v1_dot_node__pb2.FailoverResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
