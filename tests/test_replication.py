@@ -522,3 +522,54 @@ def test_standby_killed_mid_bulk_ingest_catches_up_to_identical_content(tmp_path
     assert len(on_a) > 200
     differing = [k for k in set(on_a) | set(on_b) if on_a.get(k) != on_b.get(k)]
     assert not differing, f"{len(differing)} records differ, e.g. {differing[:3]}"
+
+
+def test_backup_agent_of_a_fenced_old_active_writes_no_segment(tmp_path, lease_url, certs):
+    """Both replicas back up to one object store (a local folder). The active ships at its
+    epoch; it is paused past its lease and the standby takes over and ships at a newer epoch.
+    The old active's copy, with a record it committed but never had acknowledged, then gets
+    its backup agent started again (as if it woke up still thinking it was active): the agent
+    sees the newer epoch in the store and writes nothing, no segment of its old epoch."""
+    from prometheus_client import CollectorRegistry
+
+    from percolate_node.durability.agent import BackupAgent, BackupMetrics, BackupPolicy
+    from percolate_node.durability.epoch import read_epoch
+    from percolate_node.durability.objstore import LocalObjectStore
+
+    objects_dir = tmp_path / "objects"
+    configs, nodes = pair(tmp_path, lease_url, certs, backup_url=str(objects_dir), backup_ship_interval_s=0.2)
+    token = (tmp_path / "token").read_text()
+    old, new = (Caller(grpc.insecure_channel(nodes[n].address), token) for n in ("a", "b"))
+    objects = LocalObjectStore(objects_dir)
+    try:
+        for i in range(5):
+            old.PutEntity(pb.PutEntityRequest(type="note", name=f"a {i}"))
+        last = old.Stats(pb.StatsRequest()).last_lsn
+        wait_for(lambda: old.Stats(pb.StatsRequest()).shipped_lsn >= last, "a to ship its log")
+        old_epoch = replica_status(nodes["a"], token).epoch
+        nodes["a"].process.send_signal(signal.SIGSTOP)
+        wait_for(lambda: nodes["b"].status() == health_pb2.HealthCheckResponse.SERVING, "b to take over")
+        for i in range(5):
+            new.PutEntity(pb.PutEntityRequest(type="note", name=f"b {i}"))
+        last = new.Stats(pb.StatsRequest()).last_lsn
+        wait_for(lambda: new.Stats(pb.StatsRequest()).shipped_lsn >= last, "b to ship at its epoch")
+        new_epoch = replica_status(nodes["b"], token).epoch
+        assert new_epoch > old_epoch
+        nodes["a"].kill()  # dies paused; its copy is left as it was
+    finally:
+        for node in nodes.values():
+            node.stop()
+    before = set(objects.list(f"tenants/{TENANT}/"))
+    with EncryptedStore.open(configs["a"].data_dir, TENANT, tmp_path / "kek.bin", create=False) as store:
+        store.epoch = read_epoch(configs["a"].data_dir)
+        assert store.epoch == old_epoch
+        store.write([Put(DOCUMENTS, b"committed-by-the-paused-active", b"never acknowledged")])
+        agent = BackupAgent(store, objects, BackupPolicy(ship_interval_s=0.05, max_backoff_s=1.0),
+                            BackupMetrics(CollectorRegistry()))
+        agent.start()
+        try:
+            wait_for(lambda: agent.fenced, "the agent to notice the newer epoch", 60)
+        finally:
+            agent.stop()
+    assert f"epoch {new_epoch}" in agent.fenced
+    assert set(objects.list(f"tenants/{TENANT}/")) == before, "the fenced agent wrote to the object store"
