@@ -573,3 +573,44 @@ def test_backup_agent_of_a_fenced_old_active_writes_no_segment(tmp_path, lease_u
             agent.stop()
     assert f"epoch {new_epoch}" in agent.fenced
     assert set(objects.list(f"tenants/{TENANT}/")) == before, "the fenced agent wrote to the object store"
+
+
+def test_standby_index_is_warm_promoted_node_searches_without_a_rebuild(tmp_path, lease_url, certs, reading, pki):
+    """Ingest through the real reading service (Triton parses and embeds) on the active; the
+    standby indexes what it applies, so once promoted it answers the same semantic and keyword
+    searches with the very index object it built while following (no rebuild, no reopen)."""
+    creds = pki.tenants[TENANT]
+    through_reading = dict(reading_url=reading.address, reading_ca=creds.ca, reading_cert=creds.cert,
+                           reading_key=creds.key)
+    replica_pki_, replicas = certs
+    a = start_node(replica_config(tmp_path, "a", lease_url, replica_pki_, replicas, **through_reading))
+    b = None
+    try:
+        wait_for(lambda: role(a) == "active", "a to become active")
+        b = start_node(replica_config(tmp_path, "b", lease_url, replica_pki_, replicas, **through_reading))
+        wait_for(lambda: a.server.replication.source.standby == "b", "b to follow a")
+        caller = Caller(grpc.insecure_channel(a.address), (tmp_path / "token").read_text())
+        texts = {"tides.txt": b"The harbour master logs the spring tides every fortnight at dawn.",
+                 "bees.txt": b"Honey bees dance to tell the hive where the clover fields are.",
+                 "ledger.txt": b"The quarterly ledger reconciles invoices against the shipping manifests."}
+        for name, text in texts.items():
+            assert caller.Ingest(pb.IngestRequest(content=text, filename=name), timeout=300).resources >= 1
+        memory = b.server.memory
+        index = memory.index
+        wait_for(lambda: memory.index_size == a.server.memory.index_size, "b's index to hold every chunk")
+        queries = [("where do bees find clover", pb.SEARCH_MODE_SEMANTIC), ("quarterly ledger invoices",
+                                                                            pb.SEARCH_MODE_KEYWORD)]
+        on_a = [[h.resource_id for h in caller.Search(pb.SearchRequest(query=q, mode=m), timeout=120).hits]
+                for q, m in queries]
+        a.stop()  # a planned stop hands the lease over
+        a = None
+        wait_for(lambda: role(b) == "active", "b to take over")
+        assert b.server.memory is memory and memory.index is index, "the promoted node rebuilt its memory"
+        promoted = Caller(grpc.insecure_channel(b.address), (tmp_path / "token").read_text())
+        on_b = [promoted.Search(pb.SearchRequest(query=q, mode=m), timeout=120).hits for q, m in queries]
+        assert [[h.resource_id for h in hits] for hits in on_b] == on_a
+        assert "clover" in on_b[0][0].text and "ledger" in on_b[1][0].text
+    finally:
+        for node in (a, b):
+            if node is not None:
+                node.stop()
