@@ -1,9 +1,9 @@
 """The frontend's resident memory under a flood of large requests, with and without the
 admission's byte budgets.
 
-The issue's shape: 16 concurrent 60 MiB Parse requests (bytes that are not a document,
-so each is refused as invalid once parsed) from one tenant, then the same from two
-tenants. The frontend runs as its own process (mutual TLS); its VmRSS is sampled every
+The issue's shape: 16 concurrent 60 MiB Parse requests from one tenant, then from two:
+bytes that are not a document (refused as soon as a worker reads them), and plain text
+that needs more than the (here 3 s) parse CPU budget, so requests pile up in the queue. The frontend runs as its own process (mutual TLS); its VmRSS is sampled every
 50 ms during the flood (peak) and read again after it has settled. ``budgets off`` sets
 the byte budgets beyond reach (the old behaviour: only the request count is bounded);
 ``budgets on`` is the default (512 MiB total, 256 MiB per tenant).
@@ -42,9 +42,18 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+PAYLOADS = {
+    # neither text nor a known format: refused as soon as a worker looks at it
+    "invalid": lambda size: bytes([0xFF, 0xFE, 0x00]) * (size // 3),
+    # plain text that takes longer than the CPU budget: requests stay queued (full queue)
+    "slow text": lambda size: b"word " * (size // 5),
+}
+CPU_BUDGET_S = "3"
+"""The parse CPU budget for this benchmark, so slow requests end quickly."""
+
+
 def flood(frontend: common.FrontendProcess, tenants: tuple[str, ...], count: int,
-          size: int) -> Counter:
-    payload = bytes([0xFF, 0xFE, 0x00]) * (size // 3)  # neither text nor a known format
+          payload: bytes) -> Counter:
     outcomes: Counter = Counter()
     channels = {t: frontend.channel(t) for t in tenants}
     try:
@@ -70,6 +79,7 @@ def flood(frontend: common.FrontendProcess, tenants: tuple[str, ...], count: int
 def run(name: str, env: dict[str, str], count: int, size: int) -> dict:
     saved = dict(os.environ)
     os.environ.update(env)  # the frontend process reads its budgets from the environment
+    os.environ["PERCOLATE_READING_PARSE_CPU_BUDGET_S"] = CPU_BUDGET_S
     try:
         return _run(name, count, size)
     finally:
@@ -80,10 +90,12 @@ def run(name: str, env: dict[str, str], count: int, size: int) -> dict:
 def _run(name: str, count: int, size: int) -> dict:
     with common.FrontendProcess("127.0.0.1:1") as frontend:
         pid = frontend.process.pid
-        flood(frontend, ("bench-a",), 1, MIB)  # warm-up: the parse workers are up
+        flood(frontend, ("bench-a",), 1, PAYLOADS["invalid"](MIB))  # warm-up: workers up
         idle = rss_mb(pid)
         result = {"idle_mb": idle}
-        for tenants in (("bench-a",), ("bench-a", "bench-b")):
+        for kind, tenants in [(kind, tenants) for kind in PAYLOADS
+                              for tenants in (("bench-a",), ("bench-a", "bench-b"))]:
+            payload = PAYLOADS[kind](size)
             peak, stop = [0.0], threading.Event()
 
             def sample() -> None:
@@ -92,11 +104,12 @@ def _run(name: str, count: int, size: int) -> dict:
                     time.sleep(0.05)
             sampler = threading.Thread(target=sample)
             sampler.start()
-            outcomes = flood(frontend, tenants, count, size)
+            outcomes = flood(frontend, tenants, count, payload)
+            del payload
             stop.set()
             sampler.join()
             time.sleep(SETTLE_S)
-            label = f"{len(tenants)} tenant(s)"
+            label = f"{kind}, {len(tenants)} tenant(s)"
             result[label] = {"peak_mb": peak[0], "settled_mb": rss_mb(pid),
                              "outcomes": dict(outcomes)}
             print(f"{name}, {label}: {dict(outcomes)}", flush=True)
@@ -109,11 +122,11 @@ def main() -> None:
     results = {name: run(name, extra, count, size) for name, extra in SETTINGS.items()}
     rows = []
     for name, r in results.items():
-        for label in ("1 tenant(s)", "2 tenant(s)"):
+        for label in [k for k in r if k != "idle_mb"]:
             rows.append([name, label, r["idle_mb"], r[label]["peak_mb"], r[label]["settled_mb"],
                          ", ".join(f"{k} {v}" for k, v in sorted(r[label]["outcomes"].items()))])
     common.print_table(f"{count} concurrent Parse requests of {size // MIB} MiB",
-                       ["setting", "tenants", "idle MB", "peak MB", "settled MB", "outcomes"], rows)
+                       ["setting", "payload, tenants", "idle MB", "peak MB", "settled MB", "outcomes"], rows)
     common.write_results("frontend_memory", {"requests": count, "bytes": size, "results": results})
 
 

@@ -17,9 +17,11 @@ trims. The burst's wall time is printed too: memory is not the only cost.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import random
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -81,7 +83,7 @@ def stack(triton_pid: int, frontend_pid: int) -> dict[str, int]:
             command = (entry / "cmdline").read_bytes().split(b"\0")
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        if ppid == triton_pid and any(b"model_repository" in part for part in command):
+        if ppid == triton_pid and any(part.endswith(b"model.py") for part in command):
             model = next(Path(part.decode()).parts[-3] for part in command
                          if part.endswith(b"model.py"))
             found[f"stub {model}"] = int(entry.name)
@@ -106,11 +108,25 @@ def burst(frontend: common.FrontendProcess, pages: list[bytes], embeds: int) -> 
                 future.result()
 
 
+def linked_repository(source: Path, target: Path) -> Path:
+    """The repository as a tree of symlinks: its own lock, so a Triton already serving the
+    real one (a test run) does not stop the benchmark."""
+    for path in source.rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            link = target / path.relative_to(source)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path)
+    return target
+
+
 def run(name: str, env: dict[str, str], pages: list[bytes], embeds: int) -> dict[str, dict]:
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)  # tritonserver and its stubs inherit it
+    config = TritonConfig.from_env()
     try:
-        with TritonServer(TritonConfig.from_env()) as triton, \
+        with tempfile.TemporaryDirectory() as folder, TritonServer(dataclasses.replace(
+                config, model_repository=linked_repository(config.model_repository,
+                                                           Path(folder) / "repo"))) as triton, \
                 common.FrontendProcess(triton.grpc_url) as frontend:
             burst(frontend, pages[:1], 1)  # warm-up: every model loaded and run once
             pids = stack(triton.process.pid, frontend.process.pid)
