@@ -193,7 +193,7 @@ class ReplicaController:
 
         write_epoch(self.config.data_dir, epoch)
         await asyncio.to_thread(self._refresh_entity_types)
-        self.source.reset(memory.store.last_lsn)
+        self.source.reset(memory.store.last_lsn, peer_presumed_dead=bool(self.elector.taken_from))
         self.node.start_backups()
         self.role = "active"
         self.failovers += 1

@@ -73,6 +73,7 @@ class LeaseElector:
         if not self.renew_interval_s < self.renew_deadline_s < duration_s:
             raise ValueError("the lease needs renew interval < renew deadline < duration")
         self.epoch = 0
+        self.taken_from = ""  # the holder whose expired lease we took last ("" : it was free or released)
         self.current: LeaseRecord | None = None
         self._version: str | None = None
         self._seen_version: str | None = None
@@ -126,6 +127,7 @@ class LeaseElector:
         with self._lock:
             self.epoch, self.current = epoch, mine
             self._valid_until = started + self.renew_deadline_s
+            self.taken_from = record.holder if record is not None and record.holder != self.holder else ""
         log.info("replica %s took the lease (%s) with epoch %d; previous holder %s", self.holder,
                  self.backend.describe(), epoch, record.holder if record and record.holder else "none")
         return True

@@ -81,12 +81,18 @@ class ReplicationSource(replication_pb2_grpc.ReplicationServiceServicer):
         self._commits.append((lsn, time.monotonic()))
         self._loop.call_soon_threadsafe(self._new_record.set)
 
-    def reset(self, acked_lsn: int) -> None:
-        """On promotion: nothing confirmed beyond what we hold; the standby gets the timeout to appear."""
+    def reset(self, acked_lsn: int, peer_presumed_dead: bool = False) -> None:
+        """On promotion: nothing confirmed beyond what we hold; the standby gets the timeout to
+        appear. After taking an expired lease the peer is the replica that just failed: waiting
+        the timeout for it would only add to the outage, so (unless strict) the new active
+        starts asynchronous and turns synchronous once the peer is back and caught up."""
         self.acked_lsn = acked_lsn
         self.synchronous = self.sync
         self.last_contact = time.monotonic()
         self._commits.clear()
+        if peer_presumed_dead and self.sync and not self.strict:
+            self.last_contact -= self.standby_timeout_s
+            self._go_async(self.standby_timeout_s)
 
     def check_writable(self) -> None:
         if self.strict and (self.standby is None or not self.synchronous):
