@@ -23,7 +23,10 @@ node in its own process. Printed:
     source document among the hits' documents. Query sets: "copied" (a sentence copied
     from the document) and "paraphrased" (a question about the same fact in other words).
 
-    python bench/retrieval.py [--quick] [--label before]
+Hybrid is measured with the default fusion and with reciprocal rank fusion (the old
+default); ``--sweep`` adds other semantic weights and all-terms boosts.
+
+    python bench/retrieval.py [--quick] [--sweep] [--label before]
 """
 from __future__ import annotations
 
@@ -457,7 +460,8 @@ def ratio(a: int, b: int) -> float:
 
 def main() -> None:
     args = common.arguments(__doc__.splitlines()[0],
-                            label={"default": "", "help": "a name for this run in the results file"})
+                            label={"default": "", "help": "a name for this run in the results file"},
+                            sweep={"action": "store_true", "help": "also hybrid with other fusion weights"})
     per_style = 3 if args.quick else 6
     started = time.perf_counter()
     docs = corpus(per_style)
@@ -478,15 +482,23 @@ def main() -> None:
                 with NodeClient(target) as client:
                     for doc in docs:
                         client.call("Ingest", npb.IngestRequest(content=doc.data, filename=filename(doc)))
-                    modes = {"keyword": npb.SEARCH_MODE_KEYWORD, "semantic": npb.SEARCH_MODE_SEMANTIC,
-                             "hybrid": npb.SEARCH_MODE_HYBRID}
+                    modes = {"keyword": (npb.SEARCH_MODE_KEYWORD, None),
+                             "semantic": (npb.SEARCH_MODE_SEMANTIC, None),
+                             "hybrid": (npb.SEARCH_MODE_HYBRID, None),
+                             "hybrid rrf": (npb.SEARCH_MODE_HYBRID, npb.FusionOptions(method=npb.FUSION_METHOD_RRF))}
+                    for weight in (0.3, 0.7) if args.sweep else ():
+                        modes[f"hybrid w={weight}"] = (npb.SEARCH_MODE_HYBRID,
+                                                       npb.FusionOptions(semantic_weight=weight))
+                    for boost in (0.0, 0.3) if args.sweep else ():
+                        modes[f"hybrid boost={boost}"] = (npb.SEARCH_MODE_HYBRID,
+                                                          npb.FusionOptions(all_terms_boost=boost))
                     for doc in docs:
                         uri = f"file://{filename(doc)}"
                         for sentence, question in doc.facts:
                             for query_set, query in (("copied", sentence), ("paraphrased", question)):
-                                for mode, value in modes.items():
-                                    hits = client.call("Search", npb.SearchRequest(query=query, mode=value,
-                                                                                   limit=20)).hits
+                                for mode, (value, fusion) in modes.items():
+                                    hits = client.call("Search", npb.SearchRequest(
+                                        query=query, mode=value, limit=20, fusion=fusion)).hits
                                     ranked = list(dict.fromkeys(hit.uri for hit in hits))
                                     rank = ranked.index(uri) + 1 if uri in ranked else 0
                                     search.setdefault((query_set, mode), []).append(rank)
@@ -522,7 +534,7 @@ def report(docs: list[Doc], structure: dict[str, StructureScore], search: dict, 
                         "PDFs complete", "1-word paras", "hdr/ftr per page", "sentences intact"], rows)
     search_rows, search_results = [], {}
     for query_set in ("copied", "paraphrased"):
-        for mode in ("keyword", "semantic", "hybrid"):
+        for mode in dict.fromkeys(mode for _, mode in search):
             ranks = search[(query_set, mode)]
             figures = {"hit@1": sum(r == 1 for r in ranks) / len(ranks),
                        "hit@5": sum(1 <= r <= 5 for r in ranks) / len(ranks),

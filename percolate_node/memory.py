@@ -26,7 +26,7 @@ from .rem import (Document, Edge, Entity, MemoryRepository, Moment, Resource, Tr
                   resource_id)
 from .rem.errors import DamagedRecordError
 from .rem.integrity import DamageReport, name_damage
-from .search import ResourceMeta, SearchFilters, SearchIndex
+from .search import FusionParams, ResourceMeta, SearchFilters, SearchIndex
 from .store import EncryptedStore, KekFile
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,8 @@ class NodeMemory:
                              tuple(parsed.warnings), moment.id if result.new else "")
 
     async def search(self, query: str, mode: str = "hybrid", limit: int = 10,
-                     filters: SearchFilters = SearchFilters()) -> list[SearchResult]:
+                     filters: SearchFilters = SearchFilters(),
+                     fusion: FusionParams = FusionParams()) -> list[SearchResult]:
         if not query.strip():
             raise InvalidRequestError("query is empty")
         if not 1 <= limit <= 1000:
@@ -207,7 +208,7 @@ class NodeMemory:
         if mode in ("semantic", "hybrid"):
             vector = np.asarray(await self.reading.embed_query(query), dtype=np.float32)
         hits = self.index.search(vector, query if mode in ("keyword", "hybrid") else None,
-                                 mode=mode, k=limit, filters=filters)
+                                 mode=mode, k=limit, filters=filters, fusion=fusion)
         results = []
         for hit in hits:
             try:

@@ -22,7 +22,7 @@ from .errors import BackupsNotConfiguredError, InvalidRequestError, status_for
 from .memory import NodeMemory
 from .metrics import NodeMetrics
 from .rem import Document, Edge, Entity, Moment, Resource, Traversal
-from .search import SearchFilters
+from .search import FusionParams, SearchFilters
 
 log = logging.getLogger("percolate.node")
 _MODES = {pb.SEARCH_MODE_HYBRID: "hybrid", pb.SEARCH_MODE_SEMANTIC: "semantic",
@@ -33,6 +33,17 @@ _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 WRITES = frozenset({"Ingest", "PutEntity", "Link", "AddMoment", "Delete"})
 """Methods that write: with replication, accepted on the active only and acknowledged after the standby."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _fusion(options: pb.FusionOptions) -> FusionParams:
+    defaults = FusionParams()
+    try:
+        return FusionParams(
+            method="rrf" if options.method == pb.FUSION_METHOD_RRF else "convex",
+            semantic_weight=options.semantic_weight if options.HasField("semantic_weight") else defaults.semantic_weight,
+            all_terms_boost=options.all_terms_boost if options.HasField("all_terms_boost") else defaults.all_terms_boost)
+    except ValueError as error:
+        raise InvalidRequestError(f"fusion: {error}") from None
 
 
 def _time(stamp: Timestamp, default: datetime | None = None) -> datetime | None:
@@ -156,7 +167,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                                     entity_types=frozenset(f.entity_types) or None,
                                     created_after=_time(f.created_after), created_before=_time(f.created_before))
             mode = _MODES[request.mode]
-            results = await self.memory.search(request.query, mode, request.limit or 10, filters)
+            results = await self.memory.search(request.query, mode, request.limit or 10, filters,
+                                               _fusion(request.fusion))
             return pb.SearchResponse(mode=request.mode, hits=[
                 pb.SearchHit(resource_id=r.resource.id, score=r.score, text=r.resource.text,
                              uri=r.resource.uri, document_id=r.resource.document_id,

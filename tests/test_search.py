@@ -10,9 +10,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from percolate_node.search import (Hit, HnswParams, KeywordIndex, RebuildProgress, ResourceMeta,
-                                   SearchFilters, SearchIndex, VectorIndex, reciprocal_rank_fusion,
-                                   tokenize)
+from percolate_node.search import (FusionParams, Hit, HnswParams, KeywordIndex, RebuildProgress,
+                                   ResourceMeta, SearchFilters, SearchIndex, VectorIndex,
+                                   reciprocal_rank_fusion, tokenize)
 
 DIM = 384
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -380,7 +380,7 @@ def test_rrf_prefers_a_resource_ranked_well_by_both():
     assert [id for id, _ in fused[1:3]] == ["only-keyword", "only-semantic"]  # tie: by id
 
 
-def test_hybrid_search_fuses_the_two_rankings():
+def test_hybrid_search_with_rrf_fuses_the_two_rankings():
     rng = np.random.default_rng(8)
     query = rng.standard_normal(DIM)
     index = SearchIndex()
@@ -390,7 +390,7 @@ def test_hybrid_search_fuses_the_two_rankings():
     index.add("keyword-best", -query, "launch checklist launch checklist", meta)
     for i in range(30):
         index.add(f"noise{i}", rng.standard_normal(DIM), f"filler text {i}", meta)
-    hits = index.search(query, "launch checklist", "hybrid", k=3)
+    hits = index.search(query, "launch checklist", "hybrid", k=3, fusion=FusionParams(method="rrf"))
     assert hits[0].resource_id == "both-good"
     assert (hits[0].semantic_rank, hits[0].keyword_rank) == (2, 2)
     assert {h.resource_id for h in hits[1:]} == {"semantic-best", "keyword-best"}

@@ -1,10 +1,9 @@
 """Hybrid search: one facade over the semantic, keyword and metadata indexes.
 
-Semantic and keyword rankings are fused by reciprocal rank fusion (RRF, k = 60):
-score(d) = sum over rankings of 1 / (60 + rank of d), ranks from 1. RRF needs no score
-calibration between cosine and BM25, and a resource ranked well by both beats one
-ranked first by only one. Each ranking is taken ``fusion_depth`` deep so that
-resources found by only one side still get a fair fused rank.
+Semantic and keyword rankings are each taken ``fusion_depth`` deep, every candidate of
+either is scored by both halves, and the two are fused as ``fusion.py`` says (by default
+a weighted sum of normalised scores with a boost for chunks holding every query term;
+reciprocal rank fusion on request).
 
 Everything lives in memory and ``rebuild`` reloads it from the encrypted store at start.
 The indexes hold tenant content, so nothing here writes to disk: the one thing worth
@@ -15,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,18 +22,18 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .filters import MetadataTable, ResourceMeta, SearchFilters
+from .fusion import Evidence, FusionParams, convex_fusion, reciprocal_rank_fusion
 from .keyword import STOP_WORDS, Bm25Params, KeywordIndex
 from .slots import grow
 from .vector import HnswParams, VectorIndex
 
 Mode = Literal["semantic", "keyword", "hybrid"]
-RRF_K = 60
 
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """One result. ``score``: cosine similarity (semantic), BM25 (keyword) or the RRF sum
-    (hybrid). Ranks start at 1; 0 means that ranking did not return the resource (or
+    """One result. ``score``: cosine similarity (semantic), BM25 (keyword) or the fused
+    score (hybrid, see ``fusion.py``). Ranks start at 1; 0 means that ranking did not return the resource (or
     was not asked), which is also how the API's protobuf fields read."""
 
     resource_id: str
@@ -67,15 +66,6 @@ class GraphSnapshot:
 
     slot_ids: list[str | None]
     graph: bytes | bytearray
-
-
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[str]], k: int = RRF_K) -> list[tuple[str, float]]:
-    """Ids of all ``rankings`` (each best first) by summed 1 / (k + rank), ties by id."""
-    fused: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, id in enumerate(ranking, start=1):
-            fused[id] = fused.get(id, 0.0) + 1.0 / (k + rank)
-    return sorted(fused.items(), key=lambda pair: (-pair[1], pair[0]))
 
 
 class SearchIndex:
@@ -131,7 +121,8 @@ class SearchIndex:
             return True
 
     def search(self, query_vector: ArrayLike | None, query_text: str | None, mode: Mode = "hybrid",
-               k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
+               k: int = 10, filters: SearchFilters | None = None,
+               fusion: FusionParams = FusionParams()) -> list[Hit]:
         """The ``k`` best resources passing ``filters``, best first, ties by id.
 
         ``semantic`` needs ``query_vector``, ``keyword`` needs ``query_text``, ``hybrid``
@@ -155,10 +146,16 @@ class SearchIndex:
             depth = max(k, self.fusion_depth)
             semantic = [id for id, _ in self._vector.search(unit, depth, allowed)]
             keyword = [id for id, _ in self._keyword.search(query_text, depth, allowed)]
+            if fusion.method == "rrf":
+                fused = reciprocal_rank_fusion([semantic, keyword], fusion.rrf_k)
+            else:
+                candidates = list(dict.fromkeys(semantic + keyword))
+                cosines = self._vector.cosines(unit, candidates)
+                matches = self._keyword.evidence(query_text, candidates)
+                fused = convex_fusion({id: Evidence(cosines.get(id), *matches[id]) for id in candidates}, fusion)
         semantic_rank = {id: rank for rank, id in enumerate(semantic, 1)}
         keyword_rank = {id: rank for rank, id in enumerate(keyword, 1)}
-        return [Hit(id, score, semantic_rank.get(id, 0), keyword_rank.get(id, 0))
-                for id, score in reciprocal_rank_fusion([semantic, keyword])[:k]]
+        return [Hit(id, score, semantic_rank.get(id, 0), keyword_rank.get(id, 0)) for id, score in fused[:k]]
 
     def exact_search(self, query_vector: ArrayLike, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
         """Semantic search by brute force over every vector: the reference that the

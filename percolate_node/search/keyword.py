@@ -195,14 +195,43 @@ class KeywordIndex:
     def search(self, text: str, k: int, allowed: Collection[str] | None = None) -> Ranked:
         """The ``k`` best ids for ``text`` by BM25, best first, ties by id; only ``allowed``
         ones when given. Empty when no query term occurs in any document."""
-        term_ids = [self._term_ids[t] for t in dict.fromkeys(tokenize(text, self.stop_words))
-                    if t in self._term_ids and self._posting_slots[self._term_ids[t]]]
-        if k <= 0 or not term_ids:
+        if k <= 0:
             return []
+        scores, _ = self._score(text)
+        if scores is None:
+            return []
+        candidates = np.flatnonzero(scores)
+        if allowed is not None:
+            candidates = candidates[self._slots.mask_of(allowed)[candidates]]
+        return top_k(candidates, scores[candidates], k, self._slots.id_of)
+
+    def evidence(self, text: str, ids: Iterable[str]) -> dict[str, tuple[float, bool]]:
+        """For each indexed id of ``ids``: its BM25 score for ``text`` and whether it holds
+        every distinct query term (False for all when a query term occurs nowhere or the
+        query has none): what hybrid fusion needs about candidates the other half found."""
+        scores, matched = self._score(text)
+        found = {}
+        for id in ids:
+            slot = self._slots.get(id)
+            if scores is None or slot is None or id not in self:
+                found[id] = (0.0, False)
+            else:
+                found[id] = (float(scores[slot]), bool(matched[slot]))
+        return found
+
+    def _score(self, text: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """BM25 per slot, and per slot whether it holds every distinct query term; (None,
+        None) when no query term occurs in any document."""
+        terms = list(dict.fromkeys(tokenize(text, self.stop_words)))
+        term_ids = [self._term_ids[t] for t in terms
+                    if t in self._term_ids and self._posting_slots[self._term_ids[t]]]
+        if not term_ids:
+            return None, None
         k1, b = self.params.k1, self.params.b
         documents = len(self)
         average = max(self._total_length / documents, 1e-9)
         scores = np.zeros(self._slots.high_water, dtype=np.float32)
+        holds = np.zeros(self._slots.high_water, dtype=np.int32)
         for term_id in term_ids:
             slots = np.frombuffer(self._posting_slots[term_id], dtype=np.uint32)
             tfs = np.frombuffer(self._posting_tfs[term_id], dtype=np.uint16).astype(np.float32)
@@ -210,10 +239,9 @@ class KeywordIndex:
             idf = math.log(1.0 + (documents - df + 0.5) / (df + 0.5))
             norm = k1 * (1.0 - b + b * self._lengths[slots] / average)
             scores[slots] += np.float32(idf) * tfs * (k1 + 1.0) / (tfs + norm)
-        candidates = np.flatnonzero(scores)
-        if allowed is not None:
-            candidates = candidates[self._slots.mask_of(allowed)[candidates]]
-        return top_k(candidates, scores[candidates], k, self._slots.id_of)
+            holds[slots] += 1
+        # a term missing from every document means no document holds them all
+        return scores, holds == (len(terms) if len(term_ids) == len(terms) else -1)
 
     def memory_bytes(self) -> int:
         """Arrays and containers; term strings estimated by ``sys.getsizeof``."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -270,6 +270,15 @@ class VectorIndex:
         """Brute force in numpy over every indexed vector (or only ``allowed``): the
         reference that recall is measured against."""
         return self._exact(self.unit(query), k, None if allowed is None else self._allowed_mask(allowed))
+
+    def cosines(self, unit: np.ndarray, ids: Iterable[str]) -> dict[str, float]:
+        """Exact cosine of ``unit`` (already a unit vector) to each id of ``ids`` that holds
+        a vector: hybrid fusion scores the keyword half's candidates with it."""
+        held = [(id, self._slots.get(id)) for id in ids if id in self]
+        if not held:
+            return {}
+        scores = self._vectors[np.fromiter((slot for _, slot in held), dtype=np.int64, count=len(held))] @ unit
+        return {id: float(score) for (id, _), score in zip(held, scores.tolist())}
 
     def memory_bytes(self) -> int:
         slots = self._slots.memory_bytes() if self._owns_slots else 0

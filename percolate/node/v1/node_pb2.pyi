@@ -19,6 +19,11 @@ class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEARCH_MODE_SEMANTIC: _ClassVar[SearchMode]
     SEARCH_MODE_KEYWORD: _ClassVar[SearchMode]
 
+class FusionMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FUSION_METHOD_CONVEX: _ClassVar[FusionMethod]
+    FUSION_METHOD_RRF: _ClassVar[FusionMethod]
+
 class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     KIND_UNSPECIFIED: _ClassVar[Kind]
@@ -32,6 +37,8 @@ OCR_MODE_NEVER: OcrMode
 SEARCH_MODE_HYBRID: SearchMode
 SEARCH_MODE_SEMANTIC: SearchMode
 SEARCH_MODE_KEYWORD: SearchMode
+FUSION_METHOD_CONVEX: FusionMethod
+FUSION_METHOD_RRF: FusionMethod
 KIND_UNSPECIFIED: Kind
 KIND_DOCUMENT: Kind
 KIND_RESOURCE: Kind
@@ -84,17 +91,29 @@ class SearchFilters(_message.Message):
     created_before: _timestamp_pb2.Timestamp
     def __init__(self, uris: _Optional[_Iterable[str]] = ..., uri_prefix: _Optional[str] = ..., entity_types: _Optional[_Iterable[str]] = ..., created_after: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class FusionOptions(_message.Message):
+    __slots__ = ("method", "semantic_weight", "all_terms_boost")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ALL_TERMS_BOOST_FIELD_NUMBER: _ClassVar[int]
+    method: FusionMethod
+    semantic_weight: float
+    all_terms_boost: float
+    def __init__(self, method: _Optional[_Union[FusionMethod, str]] = ..., semantic_weight: _Optional[float] = ..., all_terms_boost: _Optional[float] = ...) -> None: ...
+
 class SearchRequest(_message.Message):
-    __slots__ = ("query", "mode", "limit", "filters")
+    __slots__ = ("query", "mode", "limit", "filters", "fusion")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
     query: str
     mode: SearchMode
     limit: int
     filters: SearchFilters
-    def __init__(self, query: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., limit: _Optional[int] = ..., filters: _Optional[_Union[SearchFilters, _Mapping]] = ...) -> None: ...
+    fusion: FusionOptions
+    def __init__(self, query: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., limit: _Optional[int] = ..., filters: _Optional[_Union[SearchFilters, _Mapping]] = ..., fusion: _Optional[_Union[FusionOptions, _Mapping]] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("resource_id", "score", "text", "uri", "document_id", "page_start", "page_end", "heading_path", "semantic_rank", "keyword_rank")
