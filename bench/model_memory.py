@@ -9,9 +9,9 @@ warm-up call of each kind), right after the burst, and after it has settled.
 Three runs side by side on the same machine (percolate_models/python_backend.py):
 ``arena on`` is the old onnxruntime setting (CPU memory arena and memory patterns on, no
 trim); ``arena off`` has both off and trims the heap after large batches;
-``arena+shrink`` keeps the arena (fast for repeated shapes), memory patterns off, and
-shrinks the arena after each large run (``memory.enable_memory_arena_shrinkage``), then
-trims. The burst's wall time is printed too: memory is not the only cost.
+``arena+shrink`` (the default) keeps the arena (fast for repeated shapes), memory
+patterns off, and shrinks the arena after each large run
+(``memory.enable_memory_arena_shrinkage``), then trims. The burst's wall time is printed too: memory is not the only cost.
 
     python bench/model_memory.py [--quick]
 """
