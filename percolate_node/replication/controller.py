@@ -114,6 +114,11 @@ class ReplicaController:
     def is_active(self) -> bool:
         return self.role == "active" and self.elector.valid()
 
+    def may_stream(self) -> bool:
+        """Whether to serve the Replicate stream: while active, and while handing over (the
+        standby must still receive what the writes in flight commit)."""
+        return self.is_active() or (self._handing_over and self.elector.valid())
+
     def check_write(self) -> None:
         if not self.is_active():
             raise NotActiveError(self._not_active())

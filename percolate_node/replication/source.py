@@ -162,7 +162,7 @@ class ReplicationSource(replication_pb2_grpc.ReplicationServiceServicer):
         start = first.start
         if start.tenant_id and start.tenant_id != self.controller.tenant_id:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"start names tenant {start.tenant_id!r}")
-        if not self.controller.is_active():
+        if not self.controller.may_stream():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "this replica is not the active one; follow the lease")
         self._stream += 1
         stream = self._stream
@@ -176,7 +176,7 @@ class ReplicationSource(replication_pb2_grpc.ReplicationServiceServicer):
             if why:
                 log.info("replication: sending a snapshot to %s (%s)", self.standby, why)
                 position = await self._send_snapshot(context, store)
-            while stream == self._stream and self.controller.is_active() and not reader.done():
+            while stream == self._stream and self.controller.may_stream() and not reader.done():
                 self._new_record.clear()
                 records = await asyncio.to_thread(store.log_records, position, BATCH_RECORDS)
                 if records:
@@ -196,7 +196,7 @@ class ReplicationSource(replication_pb2_grpc.ReplicationServiceServicer):
             reader.cancel()
             if stream == self._stream:
                 self.standby = None
-        if not self.controller.is_active():
+        if not self.controller.may_stream():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "this replica is no longer the active one")
 
     async def _read_acks(self, context, store, stream: int) -> None:
