@@ -106,7 +106,13 @@ def _shred(config: NodeConfig, store, destroy_kek: bool) -> None:
               "stay readable with them. Delete every exported keyring, or rerun with --destroy-kek to delete "
               "the KEK as well.")
         return
-    destroy_kek_file(config.kek_file)
+    try:
+        destroy_kek_file(config.kek_file)
+    except OSError as error:  # e.g. a Kubernetes Secret: a read-only mount of symlinks
+        print(f"{done} The KEK file {config.kek_file} could NOT be destroyed ({error.strerror or error}): "
+              "backups and exported keyrings stay readable with it. Delete it where it comes from (for a "
+              "mounted Secret: delete the Secret and every copy of it).", file=sys.stderr)
+        raise SystemExit(1)
     print(f"{done} The KEK file {config.kek_file} was overwritten and deleted: every backup and exported "
           "keyring of this tenant is unreadable too, unless a copy of that KEK exists elsewhere "
           "(a secret store, a backup of its folder): destroy those copies yourself.")
@@ -207,11 +213,14 @@ def _backups(args: argparse.Namespace) -> int:
 
     config = NodeConfig.from_env()
     objects, _ = object_stores(config)
-    snapshots = list_snapshots(objects, config.tenant_id)
+    unreadable: list[str] = []
+    snapshots = list_snapshots(objects, config.tenant_id, unreadable)
     log = chain(objects, config.tenant_id)
     print(f"tenant {config.tenant_id} in {objects.url}: {len(snapshots)} snapshot(s), "
           f"{len(log.segments)} log segment(s) up to LSN {log.last_lsn}")
-    problems = 0
+    problems = len(unreadable)
+    for line in unreadable:
+        print(f"  UNREADABLE: {line}")
     for info in snapshots:
         when = datetime.fromtimestamp(info.commit_time_ns / 1e9).astimezone().isoformat(timespec="seconds")
         line = f"  snapshot {info.id}  LSN {info.lsn}  epoch {info.epoch}  as of {when}  " \
@@ -249,7 +258,9 @@ def _restore(args: argparse.Namespace) -> int:
         print("percolate: --from-replica needs PERCOLATE_NODE_BACKUP_REPLICA_URL", file=sys.stderr)
         return 2
     kek = KekFile(config.kek_file, config.key_files_group_readable)
-    report = restore(source, config.tenant_id, kek, args.into, Target.parse(args.to), say=print)
+    previous = [KekFile(path, config.key_files_group_readable) for path in args.previous_kek]
+    report = restore(source, config.tenant_id, kek, args.into, Target.parse(args.to), say=print,
+                     previous_keks=previous)
     print(f"start the node with PERCOLATE_NODE_DATA_DIR={report.into} (the same KEK file) to serve that state")
     return 0
 
@@ -367,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_argument("--to", required=True, help="latest, a log sequence number, or an RFC 3339 time")
     restore.add_argument("--into", required=True, type=Path, help="a new (or empty) folder")
     restore.add_argument("--from-replica", action="store_true", help="read the redundancy copy instead")
+    restore.add_argument("--previous-kek", action="append", default=[], type=Path, metavar="FILE",
+                         help="a KEK replaced since the snapshot (rotate-kek); repeatable")
     restore.set_defaults(run=_restore)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -653,7 +653,7 @@ def test_a_manifest_pointing_outside_the_tenant_is_refused(tmp_path, kek_file, b
     another tenant's objects through a manifest."""
     import json
 
-    objects, _ = backed_up
+    objects, final = backed_up
     info = list_snapshots(objects, TENANT)[-1]
     key = next(k for k in objects.list("tenants/tenant-a/snapshots/") if k.endswith(info.id + "/manifest.json"))
     manifest = json.loads(objects.get(key))
@@ -661,7 +661,159 @@ def test_a_manifest_pointing_outside_the_tenant_is_refused(tmp_path, kek_file, b
     manifest["files"][0]["object"] = obj or manifest["files"][0]["object"]
     objects.delete(key)
     objects.put_new(key, json.dumps(manifest).encode())
-    with pytest.raises(CorruptObjectError, match="manifest"):
-        restore(objects, TENANT, kek_file, tmp_path / "r", Target("latest"))
-    _leaves_nothing(tmp_path / "r")
-    assert not (tmp_path.parent / "escaped").exists()
+    problems: list[str] = []
+    assert info.id not in [s.id for s in list_snapshots(objects, TENANT, problems)]
+    assert len(problems) == 1 and key in problems[0]  # named, never followed
+    # the restore falls back on the older snapshot and the log: the same state, nothing written outside
+    restore(objects, TENANT, kek_file, tmp_path / "r", Target("latest"))
+    assert documents_of(tmp_path / "r", kek_file) == final
+    assert not (tmp_path.parent / "escaped").exists() and not (tmp_path / "escaped").exists()
+
+
+# -- regressions from the attack review --------------------------------------------------------------
+
+
+def test_a_forked_timeline_snapshots_restore_and_follow_it_after_retention(tmp_path, kek_file):
+    """Restore to an earlier moment, write on the new timeline, snapshot it: its SSTs share
+    names and sizes with the old timeline's but not content, and a restore of `latest` follows
+    the new timeline even after retention removed the log segments that started it."""
+    objects = LocalObjectStore(tmp_path / "objects")
+    from percolate_node.durability.epoch import read_epoch
+
+    with open_store(tmp_path / "db", kek_file) as store, agent_for(store, objects) as agent:
+        marks = write_steps(store, 4, 10)
+        store.flush(DOCUMENTS)
+        agent.request_snapshot()
+        write_steps(store, 2, 10, start=4)
+        assert agent.wait_shipped(store.last_lsn, 60)
+    fork = tmp_path / "fork"
+    restore(objects, TENANT, kek_file, fork, Target("time", marks[1][0]))
+    with open_store(fork, kek_file, epoch=read_epoch(fork)) as forked, \
+            agent_for(forked, objects, log_retention_s=0, keep_snapshots=1) as agent:
+        forked.write([Put(DOCUMENTS, b"new-timeline", b"only here")])
+        forked.flush(DOCUMENTS)
+        agent.request_snapshot()  # retention with a zero window: the fork's early segments go
+        forked.write([Put(DOCUMENTS, b"after-the-fork-snapshot", b"also here")])
+        assert agent.wait_shipped(forked.last_lsn, 60)
+        expected = dict(forked.items(DOCUMENTS))
+    assert objects.list(f"tenants/{TENANT}/timelines/")  # the fence outlives the segments
+    restore(objects, TENANT, kek_file, tmp_path / "latest", Target("latest"))
+    assert documents_of(tmp_path / "latest", kek_file) == expected
+
+
+def test_log_retention_removes_segments_before_the_window(tmp_path, kek_file):
+    objects = LocalObjectStore(tmp_path / "objects")
+    with open_store(tmp_path / "db", kek_file) as store, \
+            agent_for(store, objects, log_retention_s=0, keep_snapshots=1) as agent:
+        for start in range(3):
+            write_steps(store, 1, 10, start=start)
+            assert agent.wait_shipped(store.last_lsn, 60)
+        first_segments = {s.key for s in chain(objects, TENANT).segments}
+        agent.request_snapshot()
+        write_steps(store, 1, 5, start=9)
+        assert agent.wait_shipped(store.last_lsn, 60)
+        final = dict(store.items(DOCUMENTS))
+    kept = list_snapshots(objects, TENANT)
+    assert len(kept) == 1
+    assert not first_segments & {s.key for s in chain(objects, TENANT).segments}, "old log removed"
+    restore(objects, TENANT, kek_file, tmp_path / "r", Target("latest"))
+    assert documents_of(tmp_path / "r", kek_file) == final
+
+
+def test_a_redundancy_copy_that_is_away_never_holds_up_the_home_region(tmp_path, kek_file):
+    from prometheus_client import CollectorRegistry
+
+    home = LocalObjectStore(tmp_path / "home")
+    (tmp_path / "away").write_text("not a folder")  # every write to the copy fails
+    away = LocalObjectStore(tmp_path / "away" / "store")
+    registry = CollectorRegistry()
+    with open_store(tmp_path / "db", kek_file) as store:
+        agent = BackupAgent(store, home, fast_policy(), BackupMetrics(registry), replicas=(away,)).start()
+        try:
+            assert agent.wait_ready(60)
+            write_steps(store, 2, 10)
+            agent.request_snapshot()
+            assert agent.wait_shipped(store.last_lsn, 60), agent.last_error
+            assert list_snapshots(home, TENANT), "the home region got its snapshots"
+            assert registry.get_sample_value("percolate_backup_replica_pending_objects", {"tenant_id": TENANT}) > 0
+            (tmp_path / "away").unlink()  # the copy region is back: it catches up
+            store.write([Put(DOCUMENTS, b"wake", b"up")])
+            deadline = time.monotonic() + 60
+            while registry.get_sample_value("percolate_backup_replica_pending_objects",
+                                            {"tenant_id": TENANT}) and time.monotonic() < deadline:
+                store.write([Put(DOCUMENTS, b"wake", b"up")])
+                time.sleep(0.1)
+            assert agent.wait_shipped(store.last_lsn, 60)
+        finally:
+            agent.stop()
+    assert set(home.list("tenants/")) <= set(away.list("tenants/"))
+    restore(away, TENANT, kek_file, tmp_path / "from-copy", Target("latest"))
+    assert len(documents_of(tmp_path / "from-copy", kek_file)) >= 19
+
+
+def test_restore_across_a_kek_rotation_with_the_previous_kek(tmp_path, kek_file):
+    objects = LocalObjectStore(tmp_path / "objects")
+    new_kek = tmp_path / "kek-2"
+    generate_kek(new_kek)
+    with open_store(tmp_path / "db", kek_file) as store, agent_for(store, objects) as agent:
+        store.write([Put(DOCUMENTS, b"before", b"1")])
+        agent.request_snapshot()
+        store.rotate_kek(new_kek)
+        store.write([Put(DOCUMENTS, b"after", b"2")])
+        assert agent.wait_shipped(store.last_lsn, 60)
+    with pytest.raises(WrongKeyError):
+        restore(objects, TENANT, new_kek, tmp_path / "only-new", Target("latest"))
+    restore(objects, TENANT, new_kek, tmp_path / "r", Target("latest"), previous_keks=[kek_file])
+    with EncryptedStore.open(tmp_path / "r", TENANT, new_kek, create=False) as restored:  # wrapped by the new KEK
+        assert dict(restored.items(DOCUMENTS)) == {b"before": b"1", b"after": b"2"}
+
+
+def test_a_fenced_agent_says_so_in_its_metrics(tmp_path, kek_file):
+    from prometheus_client import CollectorRegistry
+
+    objects = LocalObjectStore(tmp_path / "objects")
+    with open_store(tmp_path / "db", kek_file) as store, agent_for(store, objects) as agent:
+        write_steps(store, 1, 5)
+        assert agent.wait_shipped(store.last_lsn, 60)
+    restore(objects, TENANT, kek_file, tmp_path / "fork", Target("latest"))
+    from percolate_node.durability.epoch import read_epoch
+
+    with open_store(tmp_path / "fork", kek_file, epoch=read_epoch(tmp_path / "fork")) as forked, \
+            agent_for(forked, objects) as agent:
+        forked.write([Put(DOCUMENTS, b"x", b"y")])
+        assert agent.wait_shipped(forked.last_lsn, 60)
+    registry = CollectorRegistry()
+    with open_store(tmp_path / "db", kek_file, epoch=1) as old:
+        agent = BackupAgent(old, objects, fast_policy(), BackupMetrics(registry)).start()
+        try:
+            assert agent.wait_ready(60) and agent.fenced
+            old.write([Put(DOCUMENTS, b"unbacked", b"write")])
+            deadline = time.monotonic() + 30
+            while not registry.get_sample_value("percolate_backup_log_lag_seconds", {"tenant_id": TENANT}) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert registry.get_sample_value("percolate_backup_fenced", {"tenant_id": TENANT}) == 1
+            assert registry.get_sample_value("percolate_backup_failures_total",
+                                             {"tenant_id": TENANT, "kind": "fenced"}) >= 1
+            assert registry.get_sample_value("percolate_backup_log_lag_seconds", {"tenant_id": TENANT}) > 0
+        finally:
+            agent.stop()
+
+
+def test_restore_into_a_symlink_or_a_mount_point(tmp_path, backed_up, kek_file, monkeypatch):
+    objects, final = backed_up
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    restore(objects, TENANT, kek_file, tmp_path / "link", Target("latest"))
+    assert documents_of(tmp_path / "target", kek_file) == final
+    (tmp_path / "volume").mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == (tmp_path / "volume").resolve())
+    with pytest.raises(BackupError, match="mount point.*inside it"):
+        restore(objects, TENANT, kek_file, tmp_path / "volume", Target("latest"))
+
+
+def test_snapshot_scratch_stays_on_the_data_volume(tmp_path):
+    from percolate_node.durability.wiring import snapshot_scratch
+
+    (tmp_path / "data").mkdir()
+    assert snapshot_scratch(tmp_path / "data") == (tmp_path / ".data.snapshots").resolve()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from collections import deque
@@ -24,12 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from percolate_node.durability import segments
-from percolate_node.durability.errors import BackupError, FencedError, ObjectExistsError
-from percolate_node.durability.logchain import chain
+from percolate_node.durability.epoch import read_timeline
+from percolate_node.durability.errors import BackupError, FencedError, ObjectExistsError, ObjectMissingError
+from percolate_node.durability.logchain import chain, read_markers, timeline_key, timeline_marker
 from percolate_node.durability.objstore import ObjectStore
+from percolate_node.durability.segments import tenant_prefix
 from percolate_node.durability.snapshots import SnapshotReport, list_snapshots, snapshots_prefix, take_snapshot
 
 log = logging.getLogger("percolate.backup")
+FENCE_CHECK_S = 30.0
+"""How often a shipping agent looks for a newer epoch's timeline marker (besides at start and
+before each snapshot)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,11 @@ class BackupMetrics:
                                 "Bytes uploaded to object storage (snapshots and log segments)", ["tenant_id", "kind"])
         self.failures = _metric(registry, Counter, "percolate_backup_failures",
                                 "Failed backup attempts (retried with backoff)", ["tenant_id", "kind"])
+        self.fenced = _metric(registry, Gauge, "percolate_backup_fenced",
+                              "1 while a newer epoch in object storage stops this node's backups "
+                              "(another primary or a restored timeline owns the tenant)", ["tenant_id"])
+        self.replica_pending = _metric(registry, Gauge, "percolate_backup_replica_pending_objects",
+                                       "Objects the redundancy copy still lacks", ["tenant_id"])
 
 
 def _metric(registry, kind, name, doc, labels):
@@ -98,12 +109,21 @@ class BackupAgent:
         self._next_snapshot = 0.0
         self._stop_deadline = 0.0
         self._ready = threading.Event()
+        self._replica_pending: dict[ObjectStore, set[str]] = {replica: set() for replica in replicas}
+        self._fence_checked = 0.0
+        for kind in ("ship", "internal", "replica", "fenced"):  # every series exists from the start
+            self.metrics.failures.labels(self.tenant, kind).inc(0)
+        self.metrics.fenced.labels(self.tenant).set(0)
+        self.metrics.log_lag.labels(self.tenant).set(0)
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> "BackupAgent":
         if self._thread is not None:
             return self  # already running
+        if self.work_dir is not None:  # this node's own scratch: a killed snapshot may have left a checkpoint
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            Path(self.work_dir).mkdir(parents=True, exist_ok=True)
         self.store.add_log_listener(self._on_commit)
         self._thread = threading.Thread(target=self._run, name=f"backup-{self.tenant}", daemon=True)
         self._thread.start()
@@ -173,10 +193,7 @@ class BackupAgent:
                 self._trim_local()
                 backoff, self.last_error = 0.0, None
             except FencedError as error:
-                self.fenced = str(error)
-                log.error("backup agent for %s stopped: %s", self.tenant, error)
-                self._fail_requests(error)
-                self._ready.set()
+                self._fenced(error)
                 return
             except Exception as error:  # unreachable store, transient failure, or a bug: never silent
                 self.last_error = f"{type(error).__name__}: {error}"
@@ -200,6 +217,21 @@ class BackupAgent:
             if not self._stop.is_set() and not self._snapshot_requests:
                 self._stop.wait(self.policy.ship_interval_s)  # gather a burst into one segment
 
+    def _fenced(self, error: FencedError) -> None:
+        """Stop writing for good, but keep saying so: the metrics show a fenced node whose
+        writes are no longer backed up, and its lag keeps growing."""
+        self.fenced = str(error)
+        self.last_error = str(error)
+        log.error("backup agent for %s stopped writing: %s", self.tenant, error)
+        self.metrics.fenced.labels(self.tenant).set(1)
+        self.metrics.failures.labels(self.tenant, "fenced").inc()
+        self._fail_requests(error)
+        self._ready.set()
+        while not self._stop.is_set():
+            self._update_lag()
+            self._fail_requests(error)
+            self._stop.wait(self.policy.ship_interval_s)
+
     def _until_snapshot(self) -> float:
         return max(0.05, self._next_snapshot - time.monotonic())
 
@@ -207,13 +239,25 @@ class BackupAgent:
         """Where the object store stands: what is shipped, whether a newer epoch fenced us."""
         log_chain = chain(self.objects, self.tenant)
         snapshots = list_snapshots(self.objects, self.tenant)
-        newest_epoch = max([s.epoch for s in log_chain.segments] + [s.epoch for s in snapshots] + [0])
+        newest_epoch = max([log_chain.newest_epoch] + [s.epoch for s in snapshots] + [0])
         if newest_epoch > self.store.epoch:
             raise FencedError(f"the object store holds epoch {newest_epoch}, newer than this node's "
                               f"{self.store.epoch}: another node or a restored timeline owns tenant "
                               f"{self.tenant}; this node must not write there")
         mine = [s for s in log_chain.segments if s.last <= self.store.last_lsn]
         self.shipped_lsn = max([s.last for s in mine] + [0])
+        _, start = read_timeline(self.store.path)
+        if start is not None:  # a restored timeline ships its own records from where it forked
+            self.shipped_lsn = min(self.shipped_lsn, start - 1)
+        if self.store.epoch not in read_markers(self.objects, self.tenant):
+            # publish where this epoch starts: it fences the older epochs' later records for
+            # good, even after retention removes their segments
+            first = start if start is not None else self.shipped_lsn + 1
+            self._put(timeline_key(self.tenant, self.store.epoch), timeline_marker(self.store.epoch, first),
+                      "timeline")
+        for replica in self.replicas:  # what the redundancy copy lacks (it was away, or new)
+            have = set(replica.list(tenant_prefix(self.tenant))) if self._reachable(replica) else set()
+            self._replica_pending[replica] = set(self.objects.list(tenant_prefix(self.tenant))) - have
         if snapshots:
             age = time.time() - snapshots[-1].commit_time_ns / 1e9
             self._next_snapshot = time.monotonic() + max(0.0, self.policy.snapshot_interval_s - age)
@@ -248,6 +292,9 @@ class BackupAgent:
                 done.set()
 
     def _ship(self) -> None:
+        if time.monotonic() - self._fence_checked > FENCE_CHECK_S:
+            self._check_fence()
+        self._sync_replicas()
         while True:
             pending = self.store.log_records(self.shipped_lsn, self.policy.max_segment_records)
             if not pending:
@@ -268,22 +315,47 @@ class BackupAgent:
             self.metrics.shipped_lsn.labels(self.tenant).set(self.shipped_lsn)
 
     def _put(self, key: str, data: bytes, kind: str) -> None:
-        for target in (self.objects, *self.replicas):
-            try:
-                target.put_new(key, data)
-            except ObjectExistsError:
-                if target.get(key) != data:  # not our own earlier attempt: someone else wrote here
-                    raise FencedError(f"{target.url}/{key} exists with other content: another writer "
-                                      f"holds tenant {self.tenant}'s log at epoch {self.store.epoch}") from None
-            self.metrics.uploaded.labels(self.tenant, kind).inc(len(data))
+        """Create ``key`` in the home region (must succeed), then in the redundancy copies (best
+        effort: a copy region that is away never holds up the home region's backups)."""
+        try:
+            self.objects.put_new(key, data)
+        except ObjectExistsError:
+            if self.objects.get(key) != data:  # not our own earlier attempt: someone else wrote here
+                raise FencedError(f"{self.objects.url}/{key} exists with other content: another writer "
+                                  f"holds tenant {self.tenant}'s log at epoch {self.store.epoch}") from None
+        self.metrics.uploaded.labels(self.tenant, kind).inc(len(data))
+        for replica in self.replicas:
+            self._replica_pending[replica].add(key)
+        self._sync_replicas()
+
+    def _sync_replicas(self) -> None:
+        for replica, pending in self._replica_pending.items():
+            for key in sorted(pending):
+                try:
+                    self._copy_to(replica, key)
+                except BackupError as error:
+                    self.metrics.failures.labels(self.tenant, "replica").inc()
+                    log.warning("redundancy copy %s of tenant %s is behind (%d objects): %s", replica.url,
+                                self.tenant, len(pending), error)
+                    break
+                pending.discard(key)
+        self.metrics.replica_pending.labels(self.tenant).set(sum(map(len, self._replica_pending.values())))
+
+    @staticmethod
+    def _reachable(store: ObjectStore) -> bool:
+        try:
+            store.list("tenants/.probe/")
+            return True
+        except BackupError:
+            return False
 
     def _snapshot(self) -> SnapshotReport:
         self._check_fence()
         report = take_snapshot(self.store, self.objects, self.work_dir, say=log.info)
         for replica in self.replicas:  # the redundancy copy: the same ciphertext, object by object
-            for entry in report.info.files:
-                self._copy_to(replica, entry["object"])
-            self._copy_to(replica, f"{snapshots_prefix(self.tenant)}{report.info.id}/manifest.json")
+            self._replica_pending[replica].update(entry["object"] for entry in report.info.files)
+            self._replica_pending[replica].add(f"{snapshots_prefix(self.tenant)}{report.info.id}/manifest.json")
+        self._sync_replicas()
         self.last_snapshot = report
         self.metrics.uploaded.labels(self.tenant, "snapshot").inc(report.uploaded_bytes)
         self.metrics.last_success.labels(self.tenant).set(time.time())
@@ -292,34 +364,65 @@ class BackupAgent:
 
     def _copy_to(self, replica: ObjectStore, key: str) -> None:
         try:
-            replica.put_new(key, self.objects.get(key))
+            data = self.objects.get(key)
+        except ObjectMissingError:
+            return  # removed by retention meanwhile
+        try:
+            replica.put_new(key, data)
         except ObjectExistsError:
             pass
 
     def _check_fence(self) -> None:
-        newest = max([s.epoch for s in chain(self.objects, self.tenant).segments] + [0])
+        """A newer epoch's timeline marker (cheap to list) means this node no longer owns the tenant."""
+        self._fence_checked = time.monotonic()
+        newest = max(read_markers(self.objects, self.tenant), default=0)
         if newest > self.store.epoch:
             raise FencedError(f"epoch {newest} in the object store is newer than this node's {self.store.epoch}")
 
     def _retention(self) -> None:
+        """Keep what a restore to any moment of the last ``log_retention_s`` needs (the newest
+        snapshot at or before the window's start, every later one, the log after it) and at
+        least the newest ``keep_snapshots``; remove the rest, older timelines' leftovers too
+        once they are out of the window. Shared SSTs stay while a kept manifest names them."""
+        log_chain = chain(self.objects, self.tenant)
         snapshots = list_snapshots(self.objects, self.tenant)
-        keep = snapshots[-self.policy.keep_snapshots:] if self.policy.keep_snapshots > 0 else snapshots
-        drop = [s for s in snapshots if s not in keep]
-        if not drop:
+        live = [s for s in snapshots if not log_chain.is_fenced(s.epoch, s.lsn)]
+        if not live:
             return
-        referenced = {f["object"] for s in keep for f in s.files}
+        cutoff_ns = time.time_ns() - int(self.policy.log_retention_s * 1e9)
+        before_window = [s for s in live if s.commit_time_ns <= cutoff_ns]
+        keep = {s.id for s in live if s.commit_time_ns > cutoff_ns}
+        if before_window:
+            keep.add(before_window[-1].id)  # the base a restore to the window's start needs
+        keep.update(s.id for s in live[-max(self.policy.keep_snapshots, 1):])
+        kept = [s for s in live if s.id in keep]
+        drop = [s for s in snapshots if s.id not in keep and (s in live or s.commit_time_ns < cutoff_ns)]
+        referenced = {f["object"] for s in kept for f in s.files}
         for info in drop:
             folder = f"{snapshots_prefix(self.tenant)}{info.id}/"
-            self.objects.delete(folder + "manifest.json")  # first: the snapshot stops being one
+            self._delete(folder + "manifest.json")  # first: the snapshot stops being one
             for key in self.objects.list(folder):
                 if key not in referenced:
-                    self.objects.delete(key)
+                    self._delete(key)
             log.info("retention: removed snapshot %s of tenant %s", info.id, self.tenant)
-        oldest_kept = keep[0].lsn
-        cutoff_ns = time.time_ns() - int(self.policy.log_retention_s * 1e9)
-        for name in chain(self.objects, self.tenant).segments:
-            if name.last <= oldest_kept and keep[0].commit_time_ns < cutoff_ns:
-                self.objects.delete(name.key)
+        # the log before the base goes; while every snapshot is inside the window, a restore to
+        # its start may need the log from LSN 1 (replayed over an empty database), so all stays
+        oldest_kept = kept[0].lsn if before_window else 0
+        for name in log_chain.segments:
+            if name.last <= oldest_kept:
+                self._delete(name.key)
+        for name in log_chain.fenced_segments:  # an abandoned timeline's log, once out of the window
+            if name.last <= oldest_kept or kept[0].commit_time_ns < cutoff_ns:
+                self._delete(name.key)
+
+    def _delete(self, key: str) -> None:
+        self.objects.delete(key)
+        for replica, pending in self._replica_pending.items():  # the copy follows, best effort
+            pending.discard(key)
+            try:
+                replica.delete(key)
+            except BackupError:
+                pass
 
     def _trim_local(self) -> None:
         limit = self.shipped_lsn if self.hold_lsn is None else min(self.shipped_lsn, self.hold_lsn)

@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from percolate_common.files import sync_folder, sync_tree
 from percolate_node.durability.epoch import write_epoch
-from percolate_node.durability.errors import BackupError
+from percolate_node.durability.errors import BackupError, CorruptObjectError
 from percolate_node.durability.logchain import chain, records_after
 from percolate_node.durability.objstore import ObjectStore
 from percolate_node.durability.snapshots import SnapshotInfo, download_snapshot, list_snapshots
@@ -68,18 +68,30 @@ class RestoreReport:
 
 
 def restore(objects: ObjectStore, tenant_id: str, kek, into: Path, target: Target,
-            say: Callable[[str], None] = lambda line: None) -> RestoreReport:
-    """Rebuild ``into`` (absent or empty) for ``target``; see the module docstring."""
-    from percolate_node.store.store import EncryptedStore
+            say: Callable[[str], None] = lambda line: None, previous_keks: Sequence = ()) -> RestoreReport:
+    """Rebuild ``into`` (absent or empty) for ``target``; see the module docstring.
+
+    ``kek`` is the tenant's current KEK (a file or the key); ``previous_keks`` are KEKs it
+    replaced since the snapshot (a restore across ``rotate-kek``). The restored keyring is
+    wrapped by ``kek`` either way."""
 
     started = time.monotonic()
-    into = Path(into)
+    into = Path(into).resolve()  # a symlink restores where it points
     if into.exists() and (not into.is_dir() or any(into.iterdir())):
         raise BackupError(f"restore target {into} exists and is not empty: give a new folder")
+    if into.exists() and os.path.ismount(into):
+        raise BackupError(f"restore target {into} is a mount point, which cannot be replaced whole: restore "
+                          f"into a new folder inside it (e.g. {into / 'data'}) and point the data directory there")
     log = chain(objects, tenant_id)
-    snapshots = list_snapshots(objects, tenant_id)
-    top_epoch = max([s.epoch for s in snapshots] + [s.epoch for s in log.segments] + [1])
-    snapshot = _choose(snapshots, log, target)
+    problems: list[str] = []
+    snapshots = list_snapshots(objects, tenant_id, problems)
+    top_epoch = max([s.epoch for s in snapshots] + [log.newest_epoch, 1])
+    try:
+        snapshot = _choose(snapshots, log, target)
+    except BackupError as error:
+        if problems:  # say why the others did not count
+            raise CorruptObjectError(f"{error}; {len(problems)} unreadable: " + "; ".join(problems[:3])) from None
+        raise
     if snapshot is None:
         say(f"restoring tenant {tenant_id} to {target.describe()}: before the first snapshot, so from an empty "
             f"database with the oldest snapshot's keyring and the log from LSN 1 ({objects.url})")
@@ -96,22 +108,25 @@ def restore(objects: ObjectStore, tenant_id: str, kek, into: Path, target: Targe
         else:
             download_snapshot(objects, snapshot, partial)
         applied, last_ns = 0, snapshot.commit_time_ns
-        with EncryptedStore.open(partial, tenant_id, kek, create=False) as store:
+        keks = [_as_source(k) for k in (kek, *previous_keks)]  # the store keeps these very objects
+        with _open_with_any(partial, tenant_id, keks) as store:
             store.epoch = snapshot.epoch
             through = target.value if target.kind == "lsn" else None
             for lsn, _epoch, sealed in records_after(objects, tenant_id, log, snapshot.lsn, through):
                 record = store.open_log_record(lsn, sealed)
                 if target.kind == "time" and record.commit_time_ns > target.value:
                     break
-                store.apply_log_record(lsn, sealed, kek)
+                store.apply_log_record(lsn, sealed, keks)
                 applied, last_ns = applied + 1, record.commit_time_ns
-            last_lsn = store.last_lsn
+            last_lsn = store.last_lsn  # the shared history ends here; the new timeline starts after it
             say(f"applied {applied} log records (LSN {snapshot.lsn + 1}-{last_lsn}); verifying every value")
             verified = store.verify()
             epoch = top_epoch + 1
             store.epoch = epoch
+            if store._kek is not keks[0]:  # the keyring ended wrapped by an older KEK: re-wrap it with the current one
+                store.rotate_kek(keks[0])
             store.rotate_dek()  # the copy never adds seals to a DEK the original may still use
-        write_epoch(partial, epoch)
+        write_epoch(partial, epoch, start_lsn=last_lsn + 1)
         sync_tree(partial)
         if into.exists():
             into.rmdir()
@@ -128,17 +143,32 @@ def restore(objects: ObjectStore, tenant_id: str, kek, into: Path, target: Targe
     return report
 
 
+def _as_source(kek):
+    from percolate_node.store.kek import KekFile
+
+    return KekFile(Path(kek)) if isinstance(kek, (str, Path)) else kek
+
+
+def _open_with_any(path: Path, tenant_id: str, keks: list):
+    """The restored store opened with the first KEK that opens the snapshot's keyring."""
+    from percolate_node.store.errors import WrongKeyError
+    from percolate_node.store.store import EncryptedStore
+
+    error = None
+    for candidate in keks:
+        try:
+            store = EncryptedStore.open(path, tenant_id, candidate, create=False)
+        except WrongKeyError as wrong:
+            error = wrong
+            continue
+        return store
+    raise error
+
+
 def _choose(snapshots: list[SnapshotInfo], log, target: Target) -> SnapshotInfo | None:
     """The newest snapshot at or before the target that no newer epoch fenced off; None when the
     target is before every snapshot but the shipped log reaches back to the first record."""
-    starts: dict[int, int] = {}
-    for name in log.segments:
-        starts[name.epoch] = min(starts.get(name.epoch, name.first), name.first)
-
-    def fenced(info: SnapshotInfo) -> bool:
-        return any(epoch > info.epoch and start <= info.lsn for epoch, start in starts.items())
-
-    eligible = [s for s in snapshots if not fenced(s)]
+    eligible = [s for s in snapshots if not log.is_fenced(s.epoch, s.lsn)]
     if target.kind == "lsn":
         eligible = [s for s in eligible if s.lsn <= target.value]
     elif target.kind == "time":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import tempfile
 import time
@@ -25,6 +26,7 @@ from percolate_node.durability.segments import tenant_prefix
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+log = logging.getLogger("percolate.backup")
 
 
 def snapshots_prefix(tenant_id: str) -> str:
@@ -55,11 +57,19 @@ class SnapshotReport:
     seconds: float
 
 
-def list_snapshots(objects: ObjectStore, tenant_id: str) -> list[SnapshotInfo]:
-    """Finished snapshots (those with a manifest), oldest first."""
+def list_snapshots(objects: ObjectStore, tenant_id: str, problems: list[str] | None = None) -> list[SnapshotInfo]:
+    """Finished snapshots (those with a manifest), oldest first. An unreadable manifest is
+    left out (named in ``problems`` and the log), so one damaged snapshot never blocks the rest."""
     prefix = snapshots_prefix(tenant_id)
     manifests = [key for key in objects.list(prefix) if key.endswith("/" + MANIFEST)]
-    infos = [read_manifest(objects, tenant_id, key) for key in manifests]
+    infos = []
+    for key in manifests:
+        try:
+            infos.append(read_manifest(objects, tenant_id, key))
+        except CorruptObjectError as error:
+            log.warning("skipping snapshot: %s", error)
+            if problems is not None:
+                problems.append(str(error))
     return sorted(infos, key=lambda info: (info.lsn, info.id))
 
 
@@ -102,7 +112,11 @@ def take_snapshot(store, objects: ObjectStore, work_dir: Path | None = None,
     started = time.monotonic()
     tenant = store.tenant_id
     previous = list_snapshots(objects, tenant)
-    known = {(f["name"], f["size"]): f for info in previous for f in info.files if f["name"].endswith(".sst")}
+    # An SST is shared with an earlier snapshot only when its content is the same: name and
+    # size alone collide across timelines (a restored copy numbers its files on from the same
+    # RocksDB manifest, and sealed values have fixed lengths).
+    known = {(f["name"], f["size"], f["sha256"]): f for info in previous for f in info.files
+             if f["name"].endswith(".sst")}
     with tempfile.TemporaryDirectory(prefix="percolate-snapshot-", dir=work_dir) as scratch:
         checkpoint = Path(scratch) / "checkpoint"
         lsn = store.checkpoint(checkpoint)
@@ -113,15 +127,14 @@ def take_snapshot(store, objects: ObjectStore, work_dir: Path | None = None,
         for path in sorted(checkpoint.iterdir()):
             if not path.is_file() or path.name == "LOCK" or path.name.startswith("LOG"):
                 continue  # RocksDB's lock file and info logs are not part of the database
-            size = path.stat().st_size
-            reuse = known.get((path.name, size))
+            data = path.read_bytes()
+            size, digest = len(data), hashlib.sha256(data).hexdigest()
+            reuse = known.get((path.name, size, digest))
             if reuse is not None:
                 files.append(dict(reuse))
                 shared += 1
                 continue
-            data = path.read_bytes()
-            entry = {"name": path.name, "object": folder + path.name, "size": size,
-                     "sha256": hashlib.sha256(data).hexdigest()}
+            entry = {"name": path.name, "object": folder + path.name, "size": size, "sha256": digest}
             _put_or_same(objects, entry["object"], data)
             files.append(entry)
             uploaded += 1

@@ -1,6 +1,7 @@
 """From a ``NodeConfig`` to object stores and a backup agent (the node, the CLI and tests share it)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from percolate_node.durability.agent import BackupAgent, BackupMetrics, BackupPolicy
@@ -47,9 +48,25 @@ def policy(config) -> BackupPolicy:
                         log_retention_s=config.backup_log_retention_s)
 
 
+def snapshot_scratch(data_dir: Path) -> Path:
+    """Where checkpoints are cut before upload: on the data directory's own filesystem, so
+    RocksDB hard-links the SSTs instead of copying the database (``/tmp`` in a pod is a small
+    emptyDir). Beside the data directory where that is writable, else inside it (RocksDB
+    leaves folders it does not know alone). Only this node's agent uses it."""
+    data_dir = Path(data_dir).resolve()
+    beside = data_dir.parent / f".{data_dir.name}.snapshots"
+    try:
+        if os.access(data_dir.parent, os.W_OK) and data_dir.parent.stat().st_dev == data_dir.stat().st_dev:
+            return beside
+    except OSError:
+        pass
+    return data_dir / ".snapshots"
+
+
 def backup_agent(config, store, registry=None) -> BackupAgent | None:
     """A started agent for ``store`` when backups are configured, else None."""
     if not config.backup_url:
         return None
     home, replicas = object_stores(config)
-    return BackupAgent(store, home, policy(config), BackupMetrics(registry), replicas=replicas).start()
+    return BackupAgent(store, home, policy(config), BackupMetrics(registry), replicas=replicas,
+                       work_dir=snapshot_scratch(config.data_dir)).start()

@@ -499,16 +499,31 @@ class EncryptedStore:
             self._commit(batch)
             return through - first + 1
 
-    def _reload_keyring(self, kek: KekSource | None) -> None:
-        """After a replayed keyring change: rebuild the keyring and sealer from the keys family."""
-        source = kek if kek is not None else self._kek
-        key = source.read() if isinstance(source, KekFile) else source
-        if isinstance(key, (str, Path)):
-            key = KekFile(Path(key)).read()
+    def _reload_keyring(self, kek: KekSource | Sequence[KekSource] | None) -> None:
+        """After a replayed keyring change: rebuild the keyring and sealer from the keys family.
+
+        ``kek`` may list several KEKs (a restore across a KEK rotation: the snapshot's keyring
+        is wrapped by the old one, the replayed rotation re-wraps it with the new one); the
+        first that opens the keyring is kept as the store's KEK from then on.
+        """
+        candidates = kek if isinstance(kek, (list, tuple)) else [kek if kek is not None else self._kek]
         records = dict(self._views[KEYS].items())
-        self._keyring = Keyring.from_records(self.tenant_id, key, records)
-        self._sealer.destroy()
-        self._sealer = Sealer(self.tenant_id, self._keyring.deks, budget=0)
+        error: Exception | None = None
+        for source in candidates:
+            key = source.read() if isinstance(source, KekFile) else source
+            if isinstance(key, (str, Path)):
+                source = KekFile(Path(key))
+                key = source.read()
+            try:
+                keyring = Keyring.from_records(self.tenant_id, key, records)
+            except WrongKeyError as wrong:
+                error = wrong
+                continue
+            self._keyring, self._kek = keyring, source
+            self._sealer.destroy()
+            self._sealer = Sealer(self.tenant_id, self._keyring.deks, budget=0)
+            return
+        raise error or WrongKeyError("no KEK given opens the replayed keyring")
 
     # -- housekeeping -------------------------------------------------------------------
 
