@@ -108,8 +108,8 @@ def _shred(config: NodeConfig, store, destroy_kek: bool) -> None:
         return
     try:
         destroy_kek_file(config.kek_file)
-    except OSError as error:  # e.g. a Kubernetes Secret: a read-only mount of symlinks
-        print(f"{done} The KEK file {config.kek_file} could NOT be destroyed ({error.strerror or error}): "
+    except (OSError, StoreError) as error:  # e.g. a Kubernetes Secret: a read-only mount of symlinks
+        print(f"{done} The KEK file {config.kek_file} could NOT be destroyed ({error}): "
               "backups and exported keyrings stay readable with it. Delete it where it comes from (for a "
               "mounted Secret: delete the Secret and every copy of it).", file=sys.stderr)
         raise SystemExit(1)

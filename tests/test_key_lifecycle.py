@@ -380,3 +380,21 @@ def test_a_kill_inside_the_backup_window_leaves_no_keyring_in_the_backup_folder(
     with EncryptedStore.open(tmp_path / "restored", "tenant-a", kek) as restored:
         assert restored.get(DOCUMENTS, b"k") == b"v"
         assert restored.stats()["active_dek"] == original_dek + 1, "a restored copy seals with a DEK of its own"
+
+
+def test_shred_says_so_when_a_mounted_kek_cannot_be_destroyed(tmp_path):
+    """A KEK mounted the way Kubernetes mounts a Secret (a symlink into a read-only folder):
+    the keyring goes, and the message says the KEK stayed, with a non-zero exit."""
+    data, real = tmp_path / "data", tmp_path / "..data" / "kek.bin"
+    real.parent.mkdir()
+    generate_kek(real)
+    (tmp_path / "kek.bin").symlink_to(real)
+    env = {"PERCOLATE_NODE_TENANT_ID": "acme", "PERCOLATE_NODE_DATA_DIR": str(data),
+           "PERCOLATE_NODE_KEK_FILE": str(tmp_path / "kek.bin")}
+    with EncryptedStore.open(data, "acme", tmp_path / "kek.bin") as store:
+        store.write([Put(DOCUMENTS, b"k", b"v")])
+    done = run_cli("admin", "shred", "--yes", "--destroy-kek", env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the live keyring" in done.stderr and "is destroyed" in done.stderr
+    assert "could NOT be destroyed" in done.stderr and real.exists()
+    assert "Traceback" not in done.stderr
