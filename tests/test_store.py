@@ -300,6 +300,91 @@ def test_native_sealing_refuses_malformed_values_and_keeps_nonces_unique_across_
     assert not {theirs[i:i + 12] for i in range(0, 96, 12)} & {ours[i:i + 12] for i in range(0, 96, 12)}
 
 
+def test_batch_sealing_seals_like_seal_and_frames_the_log_as_changelog_encode():
+    """``seal_batch`` (the store's write loop in one native call): each Put sealed as ``seal``
+    seals it (opens with an independent AES-GCM, fresh nonces, one budget seal each), the batch
+    callbacks get the stored values, and the framed log operations are ``changelog.encode``'s."""
+    from percolate_node.durability import changelog
+    from percolate_node.store._gcm import BatchError, Keys
+
+    dek = os.urandom(32)
+    context, unlogged = b"tenant-a\0documents\0", b"tenant-a\0indexes\0"
+    targets = {DOCUMENTS: ("H", context, changelog.FAMILY_INDEX[DOCUMENTS]), "indexes": ("I", unlogged, -1)}
+    ops = [Put(DOCUMENTS, b"a", b"one"), Delete(DOCUMENTS, b"b"), Put("indexes", b"g", b"graph"),
+           Put(DOCUMENTS, b"k" * 300, b""), Put(DOCUMENTS, b"c", os.urandom(5000))]
+    calls = []
+    keys = Keys({4: dek}, 4, 6)
+    count, framed = keys.seal_batch(ops, targets, Put, Delete, lambda *a: calls.append(("put", *a)),
+                                    lambda *a: calls.append(("delete", *a)))
+    assert keys.budget == 6 - 4, "one seal per Put, none per Delete"
+    assert [(c[0], c[1], c[-1]) for c in calls] == [("put", b"a", "H"), ("delete", b"b", "H"), ("put", b"g", "I"),
+                                                   ("put", b"k" * 300, "H"), ("put", b"c", "H")]
+    stored = {c[1]: c[2] for c in calls if c[0] == "put"}
+    for op in ops:
+        if isinstance(op, Put):
+            sealed = stored[op.key]
+            ad = sealed[:5] + (unlogged if op.cf == "indexes" else context) + op.key
+            assert sealed[:5] == bytes([1, 0, 0, 0, 4])
+            assert AESGCM(dek).decrypt(sealed[5:17], sealed[17:], ad) == op.value
+    assert len({sealed[5:17] for sealed in stored.values()}) == 4, "a fresh nonce per value"
+    logged = [(DOCUMENTS, b"a", stored[b"a"]), (DOCUMENTS, b"b", None), (DOCUMENTS, b"k" * 300, stored[b"k" * 300]),
+              (DOCUMENTS, b"c", stored[b"c"])]
+    assert count == 4
+    assert changelog.encode_framed(7, 2, 99, count, framed) == changelog.encode(7, 2, 99, logged)
+    # the budget holds across the batch: the second Put of this one finds it spent
+    with pytest.raises(BatchError) as failed:
+        keys.seal_batch([Put(DOCUMENTS, b"x", b"1"), Put(DOCUMENTS, b"y", b"2"), Put(DOCUMENTS, b"z", b"3")],
+                        targets, Put, Delete, lambda *a: None, lambda *a: None)
+    index, error = failed.value.args
+    assert index == 2 and isinstance(error, RuntimeError) and "budget spent" in str(error) and keys.budget == 0
+    # keys destroyed by another thread while the batch calls back: the next seal refuses, nothing freed is used
+    keys = Keys({4: dek}, 4)
+    with pytest.raises(BatchError) as failed:
+        keys.seal_batch([Put(DOCUMENTS, b"x", b"1"), Put(DOCUMENTS, b"y", b"2")], targets, Put, Delete,
+                        lambda *a: keys.destroy(), lambda *a: None)
+    assert failed.value.args[0] == 1 and "destroyed" in str(failed.value.args[1])
+    # a forked child's batches draw their own nonces
+    keys = Keys({4: dek}, 4)
+    keys.seal(context, b"key", b"fills the nonce pool")
+
+    def nonces() -> set[bytes]:
+        got = []
+        keys.seal_batch([Put(DOCUMENTS, b"k%d" % i, b"x") for i in range(8)], targets, Put, Delete,
+                        lambda key, sealed, handle: got.append(sealed[5:17]), None)
+        return set(got)
+
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write_end, b"".join(nonces()))
+        os._exit(0)
+    os.waitpid(child, 0)
+    os.close(write_end)
+    theirs = os.read(read_end, 8 * 12)
+    os.close(read_end)
+    assert len(theirs) == 96 and not {theirs[i:i + 12] for i in range(0, 96, 12)} & nonces()
+
+
+def test_write_logs_what_it_stored_and_maps_batch_errors(store):
+    from percolate_node.store.layout import INDEXES
+
+    after = store.last_lsn
+    store.write([Put(DOCUMENTS, b"a", b"1"), Put(INDEXES, b"graph", b"derived"), Delete(RESOURCES, b"gone"),
+                 Put(RESOURCES, b"r", b"x" * 64)])
+    lsn, sealed = store.log_records(after)[-1]  # after the seal reservation's own record
+    record = store.open_log_record(lsn, sealed)
+    raw = {key: store._views[cf].get(key) for cf, key in [(DOCUMENTS, b"a"), (RESOURCES, b"r")]}  # as stored
+    assert record.ops == ((DOCUMENTS, b"a", raw[b"a"]), (RESOURCES, b"gone", None), (RESOURCES, b"r", raw[b"r"]))
+    assert store.get(INDEXES, b"graph") == b"derived" and store.get(RESOURCES, b"r") == b"x" * 64
+    with pytest.raises(StoreError, match="write takes Put and Delete operations, not tuple"):
+        store.write([Put(DOCUMENTS, b"b", b"2"), (DOCUMENTS, b"c", b"3")])
+    with pytest.raises(StoreError, match="keys are non-empty bytes"):
+        store.write([Delete(DOCUMENTS, b"")])
+    with pytest.raises(StoreError, match="values are bytes, got memoryview"):
+        store.write([Put(DOCUMENTS, b"b", memoryview(b"2"))])
+    assert store.get(DOCUMENTS, b"b") is None and store.last_lsn == lsn
+
+
 def test_dek_rotation_online(store):
     values = {b"%05d" % i: b"old %d" % i for i in range(3000)}
     store.write([Put(DOCUMENTS, k, v) for k, v in values.items()])

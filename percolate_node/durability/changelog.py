@@ -49,6 +49,12 @@ class LogRecord:
     """(column family, key, stored value or None for a delete), in batch order."""
 
 
+def encode_framed(lsn: int, epoch: int, commit_time_ns: int, count: int, framed_ops: bytes) -> bytes:
+    """A record from ``count`` operations already framed as below (the store's ``_gcm.seal_batch``
+    frames them while sealing; ``tests/test_store.py`` checks it agrees with ``encode``)."""
+    return _HEADER.pack(VERSION, lsn, epoch, commit_time_ns, count) + framed_ops
+
+
 def encode(lsn: int, epoch: int, commit_time_ns: int, ops: list[tuple[str, bytes, bytes | None]]) -> bytes:
     parts = [_HEADER.pack(VERSION, lsn, epoch, commit_time_ns, len(ops))]
     for cf, key, value in ops:

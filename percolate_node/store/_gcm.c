@@ -14,6 +14,11 @@
  * (getpid() is a ~150 ns syscall here, as much as the seal itself, hence not the default).
  * Neither covers a checkpoint/restore or VM-snapshot clone of the same pid.
  *
+ * seal_batch() does a whole write batch in one call: for small values the Python loop
+ * around seal() (attribute reads, the call, WriteBatch.put, the change-log framing) cost
+ * several times the sealing itself. It seals exactly as seal() does (same nonces, budget
+ * and fork guard), calls the batch's put/delete back, and frames the change-log operations.
+ *
  * Each object also carries a seal budget (``budget``): the store reserves seals in blocks
  * in its keyring and sets it, and seal refuses once it is spent, so no DEK seals more
  * values than the keyring recorded (GCM's random-nonce bound).
@@ -291,14 +296,21 @@ feed_associated_data(EVP_CIPHER_CTX *ctx, const unsigned char *header, PyObject 
         && update(ctx, NULL, &written, key_bytes, (int)key_size) == 1;
 }
 
-PyDoc_STRVAR(seal_doc, "seal(context, key, value) -> sealed bytes, with the active DEK and a fresh nonce.");
-
+/* value sealed under the active DEK with a fresh nonce, bound to context and key; NULL with an
+ * exception set (RuntimeError: not initialised, destroyed, budget spent or OpenSSL failed;
+ * OverflowError: too large). The caller has checked that all three are exact bytes. */
 static PyObject *
-Keys_seal(Keys *self, PyObject *const *args, Py_ssize_t nargs)
+seal_value(Keys *self, PyObject *context, PyObject *key, PyObject *value)
 {
-    if (check_bytes(self, args, nargs, "seal") < 0)
+    if (self->active == NULL) { /* checked on every value: seal_batch calls back into Python */
+        PyErr_SetString(PyExc_RuntimeError, self->destroyed ? "these keys were destroyed (store closed or shredded)"
+                                                            : "Keys object was not initialised");
         return NULL;
-    PyObject *value = args[2];
+    }
+    if (PyBytes_GET_SIZE(context) > INT_MAX / 2 || PyBytes_GET_SIZE(key) > INT_MAX / 2) {
+        PyErr_SetString(PyExc_OverflowError, "seal: context or key too large");
+        return NULL;
+    }
     if (PyBytes_GET_SIZE(value) > MAX_VALUE_BYTES) {
         PyErr_Format(PyExc_OverflowError, "a value of %zd bytes is over the %d a sealed value can hold",
                      PyBytes_GET_SIZE(value), MAX_VALUE_BYTES);
@@ -324,7 +336,7 @@ Keys_seal(Keys *self, PyObject *const *args, Py_ssize_t nargs)
     memcpy(out + HEADER_BYTES, nonce, NONCE_BYTES);
     int written = 0, final = 0;
     if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1
-        || !feed_associated_data(ctx, dek->header, args[0], args[1], 1)
+        || !feed_associated_data(ctx, dek->header, context, key, 1)
         || EVP_EncryptUpdate(ctx, out + BODY_BYTES, &written, (const unsigned char *)PyBytes_AS_STRING(value),
                              length) != 1
         || EVP_EncryptFinal_ex(ctx, out + BODY_BYTES + written, &final) != 1
@@ -334,6 +346,208 @@ Keys_seal(Keys *self, PyObject *const *args, Py_ssize_t nargs)
         return openssl_error("seal a value");
     }
     return sealed;
+}
+
+PyDoc_STRVAR(seal_doc, "seal(context, key, value) -> sealed bytes, with the active DEK and a fresh nonce.");
+
+static PyObject *
+Keys_seal(Keys *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_bytes(self, args, nargs, "seal") < 0)
+        return NULL;
+    return seal_value(self, args[0], args[1], args[2]);
+}
+
+/* --- seal_batch: a whole write batch in one call ------------------------------------ */
+
+static PyObject *BatchError; /* _gcm.BatchError(index, error): seal_batch stopped at ops[index] */
+
+/* Change-log operation codes and framing: durability/changelog.py's (tests compare them). */
+#define LOG_PUT 1
+#define LOG_DELETE 2
+
+typedef struct {
+    unsigned char *data;
+    size_t size, capacity;
+} Buffer;
+
+static int
+buffer_grow(Buffer *buffer, size_t more)
+{
+    if (buffer->size + more <= buffer->capacity)
+        return 0;
+    size_t capacity = buffer->capacity ? buffer->capacity : 4096;
+    while (capacity < buffer->size + more) {
+        if (capacity > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        capacity *= 2;
+    }
+    unsigned char *data = PyMem_Realloc(buffer->data, capacity);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    buffer->data = data;
+    buffer->capacity = capacity;
+    return 0;
+}
+
+static void
+put_u32(unsigned char *out, size_t value)
+{
+    out[0] = (unsigned char)(value >> 24);
+    out[1] = (unsigned char)(value >> 16);
+    out[2] = (unsigned char)(value >> 8);
+    out[3] = (unsigned char)value;
+}
+
+/* Appends op | family | key_len u32 | key | value_len u32 | value (value NULL: a delete, length 0). */
+static int
+log_operation(Buffer *log, int family, PyObject *key, PyObject *value)
+{
+    size_t key_size = (size_t)PyBytes_GET_SIZE(key);
+    size_t value_size = value == NULL ? 0 : (size_t)PyBytes_GET_SIZE(value);
+    if (buffer_grow(log, 2 + 4 + key_size + 4 + value_size) < 0)
+        return -1;
+    unsigned char *out = log->data + log->size;
+    out[0] = value == NULL ? LOG_DELETE : LOG_PUT;
+    out[1] = (unsigned char)family;
+    put_u32(out + 2, key_size);
+    memcpy(out + 6, PyBytes_AS_STRING(key), key_size);
+    put_u32(out + 6 + key_size, value_size);
+    if (value_size)
+        memcpy(out + 10 + key_size, PyBytes_AS_STRING(value), value_size);
+    log->size += 10 + key_size + value_size;
+    return 0;
+}
+
+/* One operation of seal_batch; -1 with an exception set. */
+static int
+batch_operation(Keys *self, PyObject *op, PyObject *targets, PyTypeObject *put_type, PyTypeObject *delete_type,
+                PyObject *put, PyObject *delete, Buffer *log, Py_ssize_t *logged)
+{
+    static PyObject *cf_name, *key_name, *value_name; /* interned once, kept for the process */
+    if (cf_name == NULL && ((cf_name = PyUnicode_InternFromString("cf")) == NULL
+                            || (key_name = PyUnicode_InternFromString("key")) == NULL
+                            || (value_name = PyUnicode_InternFromString("value")) == NULL))
+        return -1;
+    int is_put = Py_TYPE(op) == put_type;
+    if (!is_put && Py_TYPE(op) != delete_type) {
+        PyErr_Format(PyExc_TypeError, "write takes Put and Delete operations, not %.100s", Py_TYPE(op)->tp_name);
+        return -1;
+    }
+    int status = -1;
+    PyObject *cf = NULL, *key = NULL, *value = NULL, *sealed = NULL, *result = NULL;
+    if ((cf = PyObject_GetAttr(op, cf_name)) == NULL || (key = PyObject_GetAttr(op, key_name)) == NULL
+        || (is_put && (value = PyObject_GetAttr(op, value_name)) == NULL))
+        goto done;
+    PyObject *target = PyDict_GetItemWithError(targets, cf); /* borrowed */
+    if (target == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "unknown column family");
+        goto done;
+    }
+    if (!PyTuple_Check(target) || PyTuple_GET_SIZE(target) != 3 || !PyBytes_CheckExact(PyTuple_GET_ITEM(target, 1))
+        || !PyLong_Check(PyTuple_GET_ITEM(target, 2))) {
+        PyErr_SetString(PyExc_SystemError, "targets map a family to (handle, context bytes, log code)");
+        goto done;
+    }
+    long family = PyLong_AsLong(PyTuple_GET_ITEM(target, 2));
+    if (family == -1 && PyErr_Occurred())
+        goto done;
+    if (!PyBytes_CheckExact(key) || PyBytes_GET_SIZE(key) == 0) {
+        PyErr_SetString(PyExc_TypeError, "keys are non-empty bytes");
+        goto done;
+    }
+    PyObject *handle = PyTuple_GET_ITEM(target, 0);
+    if (is_put) {
+        if (!PyBytes_CheckExact(value)) {
+            PyErr_SetString(PyExc_TypeError, "values are bytes");
+            goto done;
+        }
+        if ((sealed = seal_value(self, PyTuple_GET_ITEM(target, 1), key, value)) == NULL)
+            goto done;
+        PyObject *call[3] = {key, sealed, handle};
+        result = PyObject_Vectorcall(put, call, 3, NULL);
+    } else {
+        PyObject *call[2] = {key, handle};
+        result = PyObject_Vectorcall(delete, call, 2, NULL);
+    }
+    if (result == NULL)
+        goto done;
+    if (family >= 0) { /* < 0: a family left out of the change log */
+        if (family > 255 || log_operation(log, (int)family, key, sealed) < 0)
+            goto done;
+        (*logged)++;
+    }
+    status = 0;
+done:
+    Py_XDECREF(cf);
+    Py_XDECREF(key);
+    Py_XDECREF(value);
+    Py_XDECREF(sealed);
+    Py_XDECREF(result);
+    return status;
+}
+
+PyDoc_STRVAR(seal_batch_doc,
+             "seal_batch(ops, targets, put_type, delete_type, put, delete) -> (logged, log_ops)\n\n"
+             "For each op (an instance of exactly put_type or delete_type, with .cf, .key and for a put\n"
+             ".value), looks up targets[op.cf] = (handle, context, log code), seals a put's value like\n"
+             "seal(context, key, value) and calls put(key, sealed, handle), or calls delete(key, handle).\n"
+             "Returns how many operations went to the change log (log code >= 0) and their encoding\n"
+             "(durability/changelog.py's operation framing, sealed values as stored). On the first\n"
+             "failure raises BatchError(index, error), error being what seal or the callback raised\n"
+             "(KeyError: unknown family; TypeError: not a Put/Delete, key or value not bytes, empty key).");
+
+static PyObject *
+Keys_seal_batch(Keys *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "seal_batch(ops, targets, put_type, delete_type, put, delete) takes 6 "
+                                         "arguments");
+        return NULL;
+    }
+    if (!PyDict_Check(args[1]) || !PyType_Check(args[2]) || !PyType_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "seal_batch: targets is a dict, put_type and delete_type types");
+        return NULL;
+    }
+    PyObject *ops = PySequence_Tuple(args[0]); /* a copy: the callbacks cannot change what we walk */
+    if (ops == NULL)
+        return NULL;
+    Buffer log = {NULL, 0, 0};
+    Py_ssize_t logged = 0;
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ops); i++) {
+        if (batch_operation(self, PyTuple_GET_ITEM(ops, i), args[1], (PyTypeObject *)args[2],
+                            (PyTypeObject *)args[3], args[4], args[5], &log, &logged) < 0) {
+            PyObject *type, *error, *traceback;
+            PyErr_Fetch(&type, &error, &traceback);
+            PyErr_NormalizeException(&type, &error, &traceback);
+            if (traceback != NULL && error != NULL)
+                PyException_SetTraceback(error, traceback);
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (index != NULL && error != NULL) {
+                PyObject *pair = PyTuple_Pack(2, index, error);
+                if (pair != NULL) {
+                    PyErr_SetObject(BatchError, pair);
+                    Py_DECREF(pair);
+                }
+            }
+            Py_XDECREF(index);
+            Py_XDECREF(type);
+            Py_XDECREF(error);
+            Py_XDECREF(traceback);
+            goto done;
+        }
+    }
+    result = Py_BuildValue("(ny#)", logged, log.data == NULL ? "" : (const char *)log.data, (Py_ssize_t)log.size);
+done:
+    PyMem_Free(log.data);
+    Py_DECREF(ops);
+    return result;
 }
 
 PyDoc_STRVAR(open_doc,
@@ -415,6 +629,7 @@ Keys_get_fork_guard(Keys *self, void *Py_UNUSED(closure))
 
 static PyMethodDef Keys_methods[] = {
     {"seal", (PyCFunction)(void (*)(void))Keys_seal, METH_FASTCALL, seal_doc},
+    {"seal_batch", (PyCFunction)(void (*)(void))Keys_seal_batch, METH_FASTCALL, seal_batch_doc},
     {"open", (PyCFunction)(void (*)(void))Keys_open, METH_FASTCALL, open_doc},
     {"destroy", (PyCFunction)Keys_destroy, METH_NOARGS, destroy_doc},
     {NULL, NULL, 0, NULL},
@@ -477,6 +692,13 @@ PyInit__gcm(void)
     if (module == NULL)
         return NULL;
     if (PyModule_AddIntConstant(module, "MAX_VALUE_BYTES", MAX_VALUE_BYTES) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    BatchError = PyErr_NewExceptionWithDoc("percolate_node.store._gcm.BatchError",
+                                           "seal_batch stopped: args are (index of the operation, its error)",
+                                           NULL, NULL);
+    if (BatchError == NULL || PyModule_AddObjectRef(module, "BatchError", BatchError) < 0) {
         Py_DECREF(module);
         return NULL;
     }

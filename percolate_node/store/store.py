@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Sequence
 
 from rocksdict import BottommostLevelCompaction, CompactOptions, Rdict, WriteBatch, WriteOptions
 
-from percolate_node.store import rocks
+from percolate_node.store import _gcm, rocks
 from percolate_node.store.crypto import KEY_BYTES, Sealer, seal_error, sealed_dek_id, sealing_context, unwrap
 from percolate_node.store.errors import (CorruptBlockError, DataLossError, StoreError, TamperedValueError,
                                         WrongKeyError)
@@ -117,6 +117,11 @@ class EncryptedStore:
 
         self.epoch = read_epoch(path)  # the node replaces it with the lease's generation where there is one
         self._log_context = sealing_context(self.tenant_id, LOG)
+        from percolate_node.durability.changelog import FAMILY_INDEX
+
+        # what write() hands _gcm.seal_batch: family -> (handle, context, change-log code; -1 unlogged)
+        self._batch_targets = {cf: (handle, context, -1 if cf in UNLOGGED_FAMILIES else FAMILY_INDEX[cf])
+                               for cf, (handle, context) in self._targets.items()}
         last = next(iter(self._views[LOG].keys(backwards=True)), None)
         self._next_lsn = (int.from_bytes(last, "big") + 1) if last else 1
         self._log_listeners: list[Callable[[int], None]] = []
@@ -170,36 +175,18 @@ class EncryptedStore:
     def write(self, ops: Sequence[Put | Delete]) -> None:
         """Apply ``ops`` as one synced WriteBatch: all of them are on disk, or none is."""
         batch = WriteBatch(raw_mode=True)
-        logged: list[tuple[str, bytes, bytes | None]] = []
         with self._lock:
             self._check_open()
             if self._sealer.keys.budget < len(ops) + 2:  # the values, the log record, one spare
                 self._reserve(len(ops) + 1)
-            # The hot loop of every ingest: one native seal per Put, type checks left to it.
-            seal, targets = self._sealer.keys.seal, self._targets
-            for op in ops:
-                kind = type(op)
-                if kind is Put:
-                    target = targets.get(op.cf)
-                    if target is None or not op.key:
-                        raise self._bad_operation(op)
-                    try:
-                        sealed = seal(target[1], op.key, op.value)
-                        batch.put(op.key, sealed, target[0])
-                        logged.append((op.cf, op.key, sealed))
-                    except TypeError:  # key or value not bytes
-                        raise self._bad_operation(op) from None
-                    except (OverflowError, RuntimeError, MemoryError) as error:  # over ~1 GiB; OpenSSL failed
-                        raise seal_error(op.cf, op.key, error) from None
-                elif kind is Delete:
-                    target = targets.get(op.cf)
-                    if target is None or type(op.key) is not bytes or not op.key:
-                        raise self._bad_operation(op)
-                    batch.delete(op.key, target[0])
-                    logged.append((op.cf, op.key, None))
-                else:
-                    raise StoreError(f"write takes Put and Delete operations, not {kind.__name__}")
-            self._commit(batch, logged)
+            # The hot loop of every ingest, in one native call: seals each Put (as seal() does,
+            # same budget and nonces), adds it to the batch and frames the change-log operations.
+            try:
+                framed = self._sealer.keys.seal_batch(ops, self._batch_targets, Put, Delete, batch.put, batch.delete)
+            except _gcm.BatchError as failed:
+                index, error = failed.args
+                raise self._write_error(ops[index], error) from None
+            self._commit(batch, framed=framed)
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         view = self._data_views.get(cf)
@@ -545,7 +532,7 @@ class EncryptedStore:
             self._sealer.destroy()  # whoever still holds it (an iterator, a thread) opens nothing more
             self._keyring = self._kek = None
             views = list(self._views.values())
-            for family in (self._views, self._handles, self._data_views, self._targets):
+            for family in (self._views, self._handles, self._data_views, self._targets, self._batch_targets):
                 family.clear()
             rocks.close(self._db, views)
 
@@ -560,6 +547,16 @@ class EncryptedStore:
         if view is None:
             raise self._unknown(cf)
         return view
+
+    def _write_error(self, op: object, error: BaseException) -> StoreError:
+        """The store's error for the operation ``seal_batch`` stopped at, and what it raised."""
+        if type(op) not in (Put, Delete):
+            return StoreError(f"write takes Put and Delete operations, not {type(op).__name__}")
+        if isinstance(error, (OverflowError, RuntimeError, MemoryError)):  # over ~1 GiB; OpenSSL; destroyed
+            return seal_error(op.cf, op.key, error)
+        if isinstance(error, (TypeError, KeyError, AttributeError)):  # unknown family, key or value not bytes
+            return self._bad_operation(op)
+        return StoreError(f"cannot write {op.cf}/{op.key.hex() if isinstance(op.key, bytes) else op.key!r}: {error}")
 
     def _bad_operation(self, op: Put | Delete) -> StoreError:
         """What is wrong with an operation ``write`` refused."""
@@ -627,21 +624,26 @@ class EncryptedStore:
         """Readable keys of ``cf`` (damaged blocks are not counted: ``percolate admin verify`` lists them)."""
         return sum(1 for _ in self.keys(cf, on_damage=lambda damage: None))
 
-    def _commit(self, batch: WriteBatch, logged: Sequence[tuple[str, bytes, bytes | None]] | None = None) -> None:
-        """Write ``batch`` synced, with the change-log record of ``logged`` in it (None: unlogged).
+    def _commit(self, batch: WriteBatch, logged: Sequence[tuple[str, bytes, bytes | None]] | None = None,
+                framed: tuple[int, bytes] | None = None) -> None:
+        """Write ``batch`` synced, with the change-log record of ``logged`` in it (None: unlogged),
+        or of ``framed``: (count, operations already framed), what ``seal_batch`` returns.
 
         Under the lock. The record takes one seal from the active DEK's budget, which
         writers keep at least one above what they seal themselves.
         """
         lsn = 0
         logged = [op for op in logged or () if op[0] not in UNLOGGED_FAMILIES]
-        if logged:
+        if logged or (framed and framed[0]):
             from percolate_node.durability import changelog
 
             if self._sealer.keys.budget == 0:  # a key change right after open: reserve (its own record first)
                 self._reserve(0)
             lsn = self._next_lsn
-            record = changelog.encode(lsn, self.epoch, time.time_ns(), logged)
+            if framed and framed[0]:
+                record = changelog.encode_framed(lsn, self.epoch, time.time_ns(), *framed)
+            else:
+                record = changelog.encode(lsn, self.epoch, time.time_ns(), logged)
             key = changelog.lsn_key(lsn)
             try:
                 batch.put(key, self._sealer.keys.seal(self._log_context, key, record), self._handles[LOG])
