@@ -9,23 +9,45 @@ import pytest
 from tests import hermetic
 
 
-def test_guard_refuses_a_file_beside_the_checkout():
-    sibling = hermetic.ROOT.parent / "shared" / "data" / "jfk.flac"
+def test_guard_names_paths_inside_what_lies_beside_the_checkout():
+    siblings = frozenset({"shared"})
+    beside = hermetic.ROOT.parent / "shared" / "data" / "jfk.flac"
+    assert hermetic.outside_checkout(beside, siblings) == str(beside)
+    assert hermetic.outside_checkout(hermetic.ROOT / ".." / "shared" / "x", siblings) is not None
+    assert hermetic.outside_checkout(hermetic.ROOT / "data" / "jfk.flac", siblings) is None
+    assert hermetic.outside_checkout(hermetic.ROOT.parent / "made-by-this-session", siblings) is None
+    assert hermetic.outside_checkout("/usr/lib/x", siblings) is None
+
+
+def test_guard_refuses_an_existing_sibling_live(tmp_path):
+    """The hook itself, on whatever lies beside this checkout (a made one when nothing does)."""
+    present = sorted(hermetic._siblings)
+    if not present:  # a lone clone: plant a sibling and let the guard know it was there
+        made = hermetic.ROOT.parent / f"hermetic-probe-{tmp_path.name}"
+        made.mkdir()
+        hermetic._siblings = frozenset({made.name})
+        present = [made.name]
+    else:
+        made = None
+    target = hermetic.ROOT.parent / present[0] / "anything"
     before = len(hermetic.violations)
-    with pytest.raises(PermissionError, match="outside the checkout"):
-        open(sibling, "rb")
-    with pytest.raises(PermissionError, match="outside the checkout"):
-        subprocess.run([sys.executable, "-c", "pass", str(sibling)], check=False)
-    assert len(hermetic.violations) == before + 2
-    del hermetic.violations[before:]  # expected here; any other violation fails the session
+    try:
+        with pytest.raises(PermissionError, match="beside the checkout"):
+            open(target, "rb")
+        with pytest.raises(PermissionError, match="beside the checkout"):
+            subprocess.run([sys.executable, "-c", "pass", str(target)], check=False)
+        assert len(hermetic.violations) == before + 2
+    finally:
+        del hermetic.violations[before:]  # expected here; any other violation fails the session
+        if made is not None:
+            hermetic._siblings = frozenset()
+            made.rmdir()
 
 
 def test_guard_allows_the_checkout_and_temporary_files(tmp_path):
     (tmp_path / "x").write_bytes(b"1")
     assert (tmp_path / "x").read_bytes() == b"1"
     assert (hermetic.ROOT / "data" / "jfk.flac").read_bytes()[:4] == b"fLaC"
-    assert hermetic.outside_checkout(hermetic.ROOT / "pyproject.toml") is None
-    assert hermetic.outside_checkout(hermetic.ROOT / ".." / "shared" / "x") is not None
 
 
 def test_no_source_names_a_path_beside_the_checkout():
