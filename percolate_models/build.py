@@ -38,7 +38,7 @@ class BuildOptions:
     models: tuple[str, ...] = ()
     """Names to build; empty means all."""
     variants: dict[str, str] = field(default_factory=dict)
-    """Model name -> weight variant to install (default: the model's first variant)."""
+    """Model name -> weight variant to install (default: the model's ``default``)."""
 
 
 @dataclass
@@ -61,7 +61,7 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
     with _build_lock(paths.cache):
         models_manifest = {}
         for number, spec in enumerate(specs, 1):
-            variant = options.variants.get(spec.name, spec.variants[0])
+            variant = options.variants.get(spec.name, spec.default)
             prefix = f"[{number}/{len(specs)}] {spec.name}"
             if not spec.has_weights:
                 models_manifest[spec.name] = _install_python_model(spec, paths, report)
@@ -90,7 +90,7 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
 def cache_key(spec: ModelSpec, source_sha256: str) -> str:
     """Content hash of everything that determines a model's built weights."""
     description = dataclasses.asdict(spec)
-    for target_only in ("cpu", "gpu", "trt_precision", "description"):
+    for target_only in ("cpu", "gpu", "trt_precision", "description", "default_variant"):
         description.pop(target_only)
     code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in _export_code(spec))).hexdigest()
     payload = json.dumps({"spec": description, "source": source_sha256, "code": code,

