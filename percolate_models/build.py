@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import configs, export, whisper_convert
+from . import configs, export, tune, whisper_convert
 from .accuracy import agreement, sample_sentences
 from .catalog import ASSETS, MODELS, AssetSpec, ModelSpec, model_by_name
 from .errors import BuildError, RepositoryError
@@ -39,6 +39,8 @@ class BuildOptions:
     """Names to build; empty means all."""
     variants: dict[str, str] = field(default_factory=dict)
     """Model name -> weight variant to install (default: the model's ``default``)."""
+    tune: bool = True
+    """Pick the variants of ``tune.TUNED`` models by measuring them on this machine (cached)."""
 
 
 @dataclass
@@ -61,13 +63,22 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
     with _build_lock(paths.cache):
         models_manifest = {}
         for number, spec in enumerate(specs, 1):
-            variant = options.variants.get(spec.name, spec.default)
             prefix = f"[{number}/{len(specs)}] {spec.name}"
             if not spec.has_weights:
                 models_manifest[spec.name] = _install_python_model(spec, paths, report)
                 continue
             entry_dir, entry = _cached_or_built(spec, paths, prefix, say, report)
+            if spec.name in options.variants:
+                variant = options.variants[spec.name]
+                choice = {"variant": variant, "reason": "named by --variant"}
+            elif spec.name in tune.TUNED and options.tune:
+                choice = tune.choose(spec, entry_dir, entry, paths.cache, lambda msg: say(f"{prefix}: {msg}"))
+                variant = choice["variant"]
+            else:
+                variant = spec.default
+                choice = {"variant": variant, "reason": "the catalog's default"}
             models_manifest[spec.name] = _install_model(spec, variant, entry_dir, entry, paths, report)
+            models_manifest[spec.name]["choice"] = choice
         assets_manifest = [_install_asset(asset, paths, report) for asset in ASSETS]
         previous = _read_json(paths.manifest) or {}
         manifest = {

@@ -27,8 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--variant", action="append", default=[], type=_variant,
                    metavar="MODEL=VARIANT",
                    help="weight variant to install, e.g. text_embedding=int8 "
-                        "(text_embedding: fp32, optimized, int8; whisper_decoder: fp32, int8; "
-                        "default fp32)")
+                        "(text_embedding: fp32, optimized, int8, default: the fastest on this machine "
+                        "within the accuracy floor, measured once per machine type; whisper_decoder: "
+                        "fp32, int8, default int8)")
+    b.add_argument("--no-tune", action="store_true",
+                   help="install the catalog's default variants instead of timing them on this machine")
     sub.add_parser("verify", help="check the repository against the manifest")
     sub.add_parser("check", help="check, without writing, that the committed configs and model.py "
                                  "files are what the catalog renders (CI runs it before the build)")
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = ProjectPaths.from_env()
     try:
         if args.command == "build":
-            build(paths, BuildOptions(models=tuple(args.only), variants=dict(args.variant)),
+            build(paths, BuildOptions(models=tuple(args.only), variants=dict(args.variant), tune=not args.no_tune),
                   say=lambda line: print(line, flush=True))
         elif args.command == "check":
             stale = stale_repository_files(paths)

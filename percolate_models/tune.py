@@ -1,0 +1,155 @@
+"""Variant choice by measurement: which built weight variant this machine serves fastest.
+
+A user gets whichever CPU the cloud gives them: onnxruntime's fp32 kernels, its fused
+graph and its int8 kernels (fast where the CPU has VNNI) rank differently from one CPU
+to the next, so the build does not assume one. For each tuned model ``choose`` keeps the
+variants whose embeddings pass the accuracy floor against the reference, times them on
+this machine the way the cpu target runs them (onnxruntime, the config's thread count),
+and picks the fastest. The result is cached per model build and machine type (CPU model,
+its flags, core count, onnxruntime version) in ``<cache>/tune/``: the first build on a
+machine type pays a few seconds, every later build reads the file. An explicit
+``--variant`` skips all of this (``build.py``).
+
+Thread and instance counts are timed for the record only: they live in the committed
+``config.pbtxt``, which must not depend on the machine that rendered it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .accuracy import agreement, sample_sentences
+from .catalog import MINILM, ModelSpec
+
+TUNED = ("text_embedding",)
+"""Models whose installed variant is chosen by measurement (when no ``--variant`` names one)."""
+FLOORS = {"text_embedding": {"cosine_mean": 0.99, "cosine_min": 0.97}}
+"""Accuracy a variant must keep against the reference to be served (issue 13)."""
+TIMING_SENTENCES = 64
+ACCURACY_SENTENCES = 256
+ROUNDS = 5
+THREADS = 2  # the cpu target's intra-op threads (configs.py)
+
+Say = Callable[[str], None]
+
+
+def machine() -> dict:
+    """What makes one CPU rank variants differently from another."""
+    model = flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == "model name" and not model:
+                model = value.strip()
+            elif name.strip() == "flags" and not flags:
+                flags = value.strip()
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    import onnxruntime
+
+    return {"cpu": model, "flags_sha256": hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:16],
+            "vnni": any(f in flags.split() for f in ("avx512_vnni", "avx_vnni")),
+            "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
+
+
+def machine_key(info: dict | None = None) -> str:
+    return hashlib.sha256(json.dumps(info or machine(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def choose(spec: ModelSpec, entry_dir: Path, entry: dict, cache: Path, say: Say = print,
+           measure: Callable[[ModelSpec, Path], dict] | None = None) -> dict:
+    """The tuned choice for ``spec`` from its build entry: cached, or measured now.
+
+    ``measure`` (tests) returns {"accuracy": {variant: agreement}, "timings_ms": {variant:
+    {threads: ms}}, "reference": str}; the default runs ``measure_embedding_variants``.
+    """
+    info = machine()
+    path = cache / "tune" / f"{spec.name}-{entry['key']}-{machine_key(info)}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    say(f"{spec.name}: timing variants {', '.join(spec.variants)} on this machine ({info['cpu']}; cached after)")
+    measured = (measure or measure_embedding_variants)(spec, entry_dir)
+    choice = pick(spec, measured)
+    choice["machine"] = info
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(choice, indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)
+    say(f"{spec.name}: {choice['reason']}")
+    return choice
+
+
+def pick(spec: ModelSpec, measured: dict) -> dict:
+    """The fastest variant that keeps the floor (the reference variant when none is faster)."""
+    floor = FLOORS[spec.name]
+    passing = [v for v in spec.variants
+               if all(measured["accuracy"][v][k] >= floor[k] for k in floor)]
+    if not passing:
+        passing = [spec.variants[0]]
+    at_threads = {v: measured["timings_ms"][v][str(THREADS)] for v in spec.variants}
+    chosen = min(passing, key=lambda v: at_threads[v])
+    failed = [v for v in spec.variants if v not in passing]
+    reason = (f"chose {chosen}: fastest at {THREADS} threads ({at_threads[chosen]:.1f} ms per "
+              f"{TIMING_SENTENCES} sentences) of those within the floor (cosine mean >= {floor['cosine_mean']}, "
+              f"min >= {floor['cosine_min']} vs {measured['reference']})")
+    if failed:
+        reason += f"; below the floor: {', '.join(failed)}"
+    return {"variant": chosen, "reason": reason, "floor": floor, "reference": measured["reference"],
+            "accuracy": measured["accuracy"], "timings_ms": measured["timings_ms"]}
+
+
+def measure_embedding_variants(spec: ModelSpec, entry_dir: Path) -> dict:
+    """Accuracy of each variant against sentence-transformers (the fp32 ONNX export where
+    it is not installed: it agrees with it at cosine >= 0.999, tests/test_embedding.py), and
+    the median time of one batch at 1 and 2 threads."""
+    import onnxruntime as ort
+
+    from reading_frontend.text import TextTokenizer, embed_texts, onnx_embed_fn
+
+    from .sources import locate
+
+    tokenizer = TextTokenizer(locate(MINILM) / "tokenizer.json")
+    sentences = sample_sentences(ACCURACY_SENTENCES, seed=7)
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(locate(MINILM)), device="cpu")
+        reference, reference_name = st.encode(sentences, batch_size=32, normalize_embeddings=False), \
+            "sentence-transformers"
+    except ImportError:
+        reference, reference_name = None, "the fp32 ONNX export"
+    accuracy, timings = {}, {}
+    batch = tokenizer.encode(sample_sentences(TIMING_SENTENCES, seed=11))
+    for variant in spec.variants:
+        model = entry_dir / f"{variant}.onnx"
+        vectors = embed_texts(sentences, tokenizer, onnx_embed_fn(model))
+        if reference is None:
+            reference = vectors  # the first variant is fp32
+        accuracy[variant] = agreement(reference, vectors)
+        timings[variant] = {}
+        for threads in (1, THREADS):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+            feed = {"input_ids": batch.input_ids.astype(np.int64),
+                    "attention_mask": batch.attention_mask.astype(np.int64)}
+            session.run(None, feed)  # warm up
+            times = []
+            for _ in range(ROUNDS):
+                started = time.perf_counter()
+                session.run(None, feed)
+                times.append((time.perf_counter() - started) * 1e3)
+            timings[variant][str(threads)] = round(statistics.median(times), 2)
+    return {"accuracy": accuracy, "timings_ms": timings, "reference": reference_name}

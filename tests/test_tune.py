@@ -1,0 +1,79 @@
+"""Variant choice by measurement (percolate_models/tune.py): the build installs the fastest
+variant that keeps the accuracy floor, records why, measures once per machine type, and an
+explicit --variant wins. The timings are given (a measuring stand-in), so the choice is
+deterministic; the real measurement runs in every fresh `percolate-models build`."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from percolate_models import tune
+from percolate_models.build import BuildOptions, build
+from percolate_models.catalog import TEXT_EMBEDDING
+from percolate_models.paths import ProjectPaths
+from percolate_models.sources import sha256_file
+
+GOOD = {"cosine_mean": 1.0, "cosine_min": 1.0, "sentences": 256}
+CLOSE = {"cosine_mean": 0.993, "cosine_min": 0.988, "sentences": 256}
+POOR = {"cosine_mean": 0.95, "cosine_min": 0.86, "sentences": 256}
+
+
+def measured(int8_accuracy: dict, ms: dict[str, float]) -> dict:
+    return {"accuracy": {"fp32": GOOD, "optimized": GOOD, "int8": int8_accuracy},
+            "timings_ms": {v: {"1": 2 * t, "2": t} for v, t in ms.items()}, "reference": "stand-in"}
+
+
+def test_pick_takes_the_fastest_variant_within_the_floor():
+    fast_int8 = measured(CLOSE, {"fp32": 240, "optimized": 200, "int8": 100})
+    assert tune.pick(TEXT_EMBEDDING, fast_int8)["variant"] == "int8"
+    poor_int8 = tune.pick(TEXT_EMBEDDING, measured(POOR, {"fp32": 240, "optimized": 200, "int8": 100}))
+    assert poor_int8["variant"] == "optimized" and "below the floor: int8" in poor_int8["reason"]
+    assert tune.pick(TEXT_EMBEDDING, measured(POOR, {"fp32": 150, "optimized": 200, "int8": 100}))["variant"] == "fp32"
+
+
+@pytest.fixture
+def scratch(tmp_path, paths) -> ProjectPaths:
+    """A repository of its own whose cache holds the built text_embedding entry (linked)."""
+    key = json.loads(paths.manifest.read_text())["models"]["text_embedding"]["cache_key"]
+    built = paths.cache / "models" / "text_embedding" / key
+    scratch = ProjectPaths(model_repository=tmp_path / "repo", assets=tmp_path / "assets", cache=tmp_path / "cache")
+    entry = scratch.cache / "models" / "text_embedding" / key
+    entry.mkdir(parents=True)
+    for file in built.iterdir():
+        if file.is_file():
+            os.link(file, entry / file.name)
+    return scratch
+
+
+def test_build_installs_the_measured_choice_once_per_machine_and_variant_wins(scratch, monkeypatch):
+    calls = []
+
+    def measure(spec, entry_dir):
+        calls.append(entry_dir)
+        return measured(CLOSE, {"fp32": 240, "optimized": 260, "int8": 100})
+
+    monkeypatch.setattr(tune, "measure_embedding_variants", measure)
+    only = BuildOptions(models=("text_embedding",))
+    build(scratch, only, say=lambda _: None)
+    installed = json.loads(scratch.manifest.read_text())["models"]["text_embedding"]
+    assert installed["variant"] == installed["choice"]["variant"] == "int8"
+    assert "fastest at 2 threads" in installed["choice"]["reason"]
+    assert installed["choice"]["timings_ms"]["int8"] == {"1": 200, "2": 100}
+    assert installed["choice"]["machine"]["cpu"]
+    key = installed["cache_key"]
+    served = scratch.model_repository / "text_embedding" / "1" / "model.onnx"
+    assert sha256_file(served) == sha256_file(scratch.cache / "models" / "text_embedding" / key / "int8.onnx")
+    lines = []
+    build(scratch, only, say=lines.append)
+    assert len(calls) == 1 and lines[-1].startswith("nothing to do"), "measured once, then read from the cache"
+    assert list((scratch.cache / "tune").glob(f"text_embedding-{key}-{tune.machine_key()}.json"))
+
+    build(scratch, BuildOptions(models=("text_embedding",), variants={"text_embedding": "fp32"}), say=lambda _: None)
+    installed = json.loads(scratch.manifest.read_text())["models"]["text_embedding"]
+    assert installed["variant"] == "fp32" and installed["choice"]["reason"] == "named by --variant"
+    assert len(calls) == 1
+
+    build(scratch, BuildOptions(models=("text_embedding",), tune=False), say=lambda _: None)
+    assert json.loads(scratch.manifest.read_text())["models"]["text_embedding"]["variant"] == "fp32"
