@@ -30,6 +30,11 @@ so a reader sees every liberty taken:
   ``rbac_authorizer`` judges a request the way the rendered Roles and RoleBindings would;
 - StatefulSet pods are ``<name>-<ordinal>`` and reachable by ``<pod>.<headless Service>``
   (``Cluster.register_pod``).
+- a ``persistentVolumeClaim`` volume is one folder per claim name in the Cluster, shared by
+  every pod that mounts it (a ReadWriteMany volume); ``subPath`` mounts a folder inside it,
+  made if missing, as the kubelet does;
+- native sidecars (init containers with ``restartPolicy: Always``) start as processes in
+  their place in the init sequence and run beside the containers.
 
 Certificates come from ``issue_certificates``: a cert-manager stand-in that issues each
 rendered ``Certificate`` (its DNS, IP and URI SANs and usages, as specified) from the
@@ -153,6 +158,8 @@ class Cluster:
     config_maps: dict[str, dict[str, bytes]] = field(default_factory=dict)
     tokens: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Service-account tokens handed to pods: token -> (namespace, service account)."""
+    claims: dict[str, Path] = field(default_factory=dict)
+    """PersistentVolumeClaims bound so far: claim name -> its volume's folder."""
 
     def token_for(self, namespace: str, service_account: str) -> str:
         import secrets as random
@@ -229,6 +236,12 @@ class Pod:
         raise KeyError(f"no container declares a port named {port!r}")
 
     def _volume(self, volume: dict) -> Path:
+        if "persistentVolumeClaim" in volume:  # bound once, shared by every pod that mounts it
+            claim = volume["persistentVolumeClaim"]["claimName"]
+            if claim not in self.cluster.claims:
+                self.cluster.claims[claim] = self.root / "claims" / claim
+                self.cluster.claims[claim].mkdir(parents=True)
+            return self.cluster.claims[claim]
         folder = self.root / "volumes" / volume["name"]
         folder.mkdir(parents=True)
         if "projected" in volume:
@@ -270,7 +283,11 @@ class Pod:
         """Container path -> local folder: the image's contents, then the volume mounts."""
         table = {k: Path(v) for k, v in IMAGE_ROOTS[self.image].items()}
         for mount in container.get("volumeMounts", []):
-            table[mount["mountPath"]] = self.volumes[mount["name"]]
+            folder = self.volumes[mount["name"]]
+            if mount.get("subPath"):
+                folder = folder / mount["subPath"]
+                folder.mkdir(parents=True, exist_ok=True)
+            table[mount["mountPath"]] = folder
         return table
 
     def translate(self, container: dict, value: str, key: str = "") -> str:
@@ -341,13 +358,18 @@ class Pod:
         return argv, env
 
     def run_init_containers(self, timeout_s: float = 600) -> None:
+        """In order, each to completion; a native sidecar is started and left running."""
         for container in self.spec.get("initContainers", []):
+            if container.get("restartPolicy") == "Always":
+                self.start(container["name"])
+                continue
             argv, env = self.command_line(container)
             done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout_s)
             assert done.returncode == 0, f"init container {container['name']}: {argv}: {done.stderr}"
 
     def start(self, name: str) -> subprocess.Popen:
-        container = next(c for c in self.spec["containers"] if c["name"] == name)
+        container = next(c for c in self.spec.get("initContainers", []) + self.spec["containers"]
+                         if c["name"] == name)
         argv, env = self.command_line(container)
         cwd = self.translate(container, self.workdir) if container.get("image", "").split("/")[-1].startswith(
             f"percolate-{self.image}") else str(self.root)

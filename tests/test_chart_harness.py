@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,7 +20,7 @@ from percolate.node.v1 import node_pb2, node_pb2_grpc
 from percolate.reading.v1 import reading_pb2, reading_pb2_grpc
 from percolate_certs.tls import channel_credentials
 from tests.chart_harness import Cluster, Pod, issue_certificates, secret_files
-from tests.test_helm import DOMAIN, READING_NAMESPACE, node_values, one, render
+from tests.test_helm import DOMAIN, READING_NAMESPACE, _merge, node_values, one, render
 
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 TENANT = "tenant-a"
@@ -106,6 +107,109 @@ def test_reading_pod_serves_a_tenant(reading_pod, pki):
         reply = reading_pb2_grpc.ReadingServiceStub(channel).Embed(
             reading_pb2.EmbedRequest(tenant_id=TENANT, texts=["hello"]), timeout=120)
     assert len(reply.embeddings[0].values) == 384
+
+
+ENGINE_CACHE = {"triton": {"engineCache": {"type": "persistentVolumeClaim", "storageClassName": "efs-sc",
+                                           "settleSeconds": 0, "syncIntervalSeconds": 0.2}}}
+
+
+def _engine_files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and not p.name.startswith(".")}
+
+
+def test_engine_cache_built_by_one_pod_is_restored_by_the_next(tmp_path, pki):
+    """The rendered init step and sidecar, run as the kubelet would on a shared
+    ReadWriteMany claim. Pod A's init prepares the folder of every gpu config's
+    trt_engine_cache_path (as Triton's container mounts it); an engine appearing there
+    (written by this test: the CPU Triton builds no TensorRT engines) is published by A's
+    sidecar; pod B, started next, finds it in its own pod-local folder before Triton would
+    start. Pod C, rendered for another repository version, starts without it."""
+    from tests.test_helm import _engine_cache_paths
+
+    cluster = Cluster()
+    docs = render("reading", ENGINE_CACHE)
+
+    def started(name: str, pod_docs) -> Pod:
+        pod = Pod(pod_docs, "reading", tmp_path / name, issue_certificates(
+            pod_docs, pki.root, tmp_path / name / "cert-manager"), cluster)
+        pod.run_init_containers()  # the sidecar is started in its place and keeps running
+        return pod
+
+    def engines(pod: Pod):  # the folder Triton's container sees at /tmp/triton_trt_cache
+        triton = next(c for c in pod.spec["containers"] if c["name"] == "triton")
+        return pod.mounts(triton)["/tmp/triton_trt_cache"]
+
+    pods = []
+    try:
+        pods.append(a := started("pod-a", docs))
+        triton = next(c for c in a.spec["containers"] if c["name"] == "triton")
+        for path in _engine_cache_paths():  # ONNX Runtime finds each model's folder made
+            assert os.path.isdir(a.translate(triton, path)), path
+        assert _engine_files(engines(a)) == {}
+        engine = os.urandom(256 * 1024)
+        (engines(a) / "text_embedding" / "TensorrtExecutionProvider_TRTKernel_sm89.engine").write_bytes(engine)
+        (engines(a) / "text_embedding" / "TensorrtExecutionProvider_TRTKernel_sm89.profile").write_bytes(b"p")
+        claim = cluster.claims["percolate-reading-trt-t4"]
+        deadline = time.monotonic() + 120
+        while not any(_engine_files(s) == _engine_files(engines(a)) for s in claim.glob("Tesla-T4/*/*/snapshots/*")):
+            assert a.processes["engine-cache-sync"].poll() is None, a.log("engine-cache-sync")
+            assert time.monotonic() < deadline, f"nothing published:\n{a.log('engine-cache-sync')}"
+            time.sleep(0.2)
+        # <product>/<Triton release>/<repository hash>/snapshots/<time>-<pod>
+        assert {s.parts[-4] for s in claim.glob("Tesla-T4/*/*/snapshots/*")} == {"24.10-py3"}
+
+        pods.append(b := started("pod-b", docs))
+        assert _engine_files(engines(b)) == {
+            "text_embedding/TensorrtExecutionProvider_TRTKernel_sm89.engine": engine,
+            "text_embedding/TensorrtExecutionProvider_TRTKernel_sm89.profile": b"p"}
+        # Triton runs as another user than the init step: the files are group-writable
+        assert (engines(b) / "text_embedding").stat().st_mode & 0o2070 == 0o2070
+
+        pods.append(c := started("pod-c", render("reading", _merge(ENGINE_CACHE, {
+            "triton": {"engineCache": {"version": "next"}}}))))
+        assert _engine_files(engines(c)) == {} and (engines(c) / "text_embedding").is_dir()
+    finally:
+        for pod in pods:
+            pod.stop()
+
+
+def test_engine_cache_key_follows_the_repository_and_old_keys_are_pruned(tmp_path):
+    """The script as the init step runs it, on a small repository: a changed model file
+    is a new key (its engines are not offered), and a key unused for keepDays goes."""
+    import subprocess
+    import sys
+
+    from tests.test_helm import CHARTS
+
+    script = CHARTS["reading"] / "files" / "engine_cache.py"
+    repository = tmp_path / "repository"
+    (repository / "m" / "configs").mkdir(parents=True)
+    (repository / "m" / "1").mkdir()
+    (repository / "m" / "configs" / "gpu.pbtxt").write_text(
+        'parameters { key: "trt_engine_cache_path" value: "/tmp/triton_trt_cache/m" }')
+    (repository / "m" / "1" / "model.onnx").write_bytes(b"weights-1")
+    shared = tmp_path / "shared"
+
+    def restore(local: str) -> Path:
+        subprocess.run([sys.executable, str(script), "restore", f"--repository={repository}",
+                        "--cache-path=/tmp/triton_trt_cache", f"--local={tmp_path / local}",
+                        f"--shared={shared}", "--release=r1", "--keep-days=1"], check=True)
+        return tmp_path / local
+
+    first = restore("one")
+    (key,) = [p.name for p in (shared / "r1").iterdir()]
+    snapshot = shared / "r1" / key / "snapshots" / "20240101T000000Z-pod"
+    (snapshot / "m").mkdir(parents=True)
+    (snapshot / "m" / "e.engine").write_bytes(b"engine")
+    assert _engine_files(restore("two")) == {"m/e.engine": b"engine"} and _engine_files(first) == {}
+    (repository / "m" / "1" / "model.onnx").write_bytes(b"weights-2")  # same graph, new weights
+    assert _engine_files(restore("three")) == {}
+    assert len(list((shared / "r1").iterdir())) == 2
+    old = time.time() - 2 * 86400
+    os.utime(shared / "r1" / key / "last-used", (old, old))
+    restore("four")
+    assert key not in [p.name for p in (shared / "r1").iterdir()]
 
 
 def test_node_passes_its_probes(node_pod):

@@ -61,6 +61,8 @@ VALUE_SETS: dict[str, tuple[str, dict]] = {
         "modelRepository": {"source": "objectStorage",
                             "objectStorage": {"url": "s3://models/percolate", "credentialsSecret": "s3-creds"}},
         "serviceMonitor": {"enabled": True}, "autoscaling": {"enabled": False}}),
+    "reading-engine-cache-shared": ("reading", {"gpu": {"tier": "L4"}, "triton": {"engineCache": {
+        "type": "persistentVolumeClaim", "storageClassName": "efs-sc"}}}),
     "node-tenant-a": ("node", node_values("tenant-a")),
     "node-tenant-b": ("node", node_values("tenant-b")),
     "node-tenant-c": ("node", node_values("tenant-c", tenant={"region": "us-east-1"})),
@@ -344,10 +346,101 @@ def test_model_repository_from_init_step_or_object_storage():
     assert {"name": "models", "mountPath": "/models", "readOnly": True} in triton["volumeMounts"]
 
     docs = render("reading", VALUE_SETS["reading-object-storage-monitoring-fixed-replicas"][1])
-    assert "initContainers" not in pod_spec(docs)
+    assert [c["name"] for c in pod_spec(docs)["initContainers"]] == ["engine-cache"]
     triton = container(docs, "triton")
     assert "--model-repository=s3://models/percolate" in triton["args"]
     assert triton["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+
+
+def _engine_cache_paths() -> list[str]:
+    """Every committed gpu config's trt_engine_cache_path."""
+    from percolate_models.configs import parse
+
+    return [accelerator.parameters["trt_engine_cache_path"]
+            for config in sorted((ROOT / "model_repository").glob("*/configs/gpu.pbtxt"))
+            for accelerator in parse(config.read_text()).optimization.execution_accelerators.gpu_execution_accelerator
+            if "trt_engine_cache_path" in accelerator.parameters]
+
+
+def _mount(c: dict, volume: str) -> dict:
+    (found,) = [m for m in c["volumeMounts"] if m["name"] == volume]
+    return found
+
+
+def test_engine_folders_are_made_before_triton_starts():
+    """Every gpu config's engine folder sits in the pod-local engine volume, which the
+    init step prepares; nothing is shared by default."""
+    docs = render("reading")
+    spec, triton = pod_spec(docs), container(docs, "triton")
+    paths = _engine_cache_paths()
+    assert len(paths) >= 5  # text_embedding, ocr_det/cls/rec, whisper_encoder
+    mount = _mount(triton, "trt-engines")["mountPath"]
+    assert mount == "/tmp/triton_trt_cache" and all(p.startswith(mount + "/") for p in paths), paths
+    init = next(c for c in spec["initContainers"] if c["name"] == "engine-cache")
+    assert init["command"][:4] == ["python", "/etc/percolate/engine-cache/engine_cache.py", "restore",
+                                   "--repository=/app/model_repository"]
+    assert f"--cache-path={mount}" in init["command"] and "--config-name=gpu" in init["command"]
+    assert f"--local={_mount(init, 'trt-engines')['mountPath']}" in init["command"]
+    assert not any(a.startswith("--shared") for a in init["command"])
+    assert one(docs, "ConfigMap", "-engine-cache")["data"]["engine_cache.py"] == \
+        (CHARTS["reading"] / "files" / "engine_cache.py").read_text().rstrip("\n")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["trt-engines"] == {"name": "trt-engines", "emptyDir": {"sizeLimit": "4Gi"}}
+    assert "engine-cache" not in volumes and not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert [c["name"] for c in spec["initContainers"]] == ["model-repository", "engine-cache"]
+
+
+@pytest.mark.parametrize("tier, product", [("T4", "Tesla-T4"), ("L4", "NVIDIA-L4"), ("A10G", "NVIDIA-A10G")])
+def test_engine_cache_is_shared_per_gpu_tier_product_release_and_repository(tier, product):
+    values = {"gpu": {"tier": tier}, "triton": {"engineCache": {"type": "persistentVolumeClaim",
+                                                                  "storageClassName": "efs-sc"}}}
+    docs = render("reading", values)
+    spec, triton = pod_spec(docs), container(docs, "triton")
+    claim = one(docs, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == f"percolate-reading-trt-{tier.lower()}"
+    assert claim["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "efs-sc",
+                             "resources": {"requests": {"storage": "20Gi"}}}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["engine-cache"]["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"]}
+    init = next(c for c in spec["initContainers"] if c["name"] == "engine-cache")
+    sync = next(c for c in spec["initContainers"] if c["name"] == "engine-cache-sync")
+    assert sync["restartPolicy"] == "Always"  # a native sidecar: runs beside Triton, stops after it
+    for c in (init, sync):  # a folder per GPU product on the claim
+        assert _mount(c, "engine-cache") == {"name": "engine-cache", "mountPath": "/engine-cache", "subPath": product}
+        assert "--shared=/engine-cache" in c["command"]
+    # a folder per Triton release (TensorRT version) inside, then per repository content hash
+    tag = triton["image"].rsplit(":", 1)[1]
+    assert f"--release={tag}" in init["command"] and not any(a.startswith("--version") for a in init["command"])
+    assert _mount(sync, "trt-engines")["readOnly"] is True
+    # Triton writes its engines pod-local only: nothing half-written reaches another pod
+    assert "engine-cache" not in {m["name"] for m in triton["volumeMounts"]}
+    assert [c["name"] for c in spec["initContainers"]] == ["model-repository", "engine-cache", "engine-cache-sync"]
+
+    own = render("reading", _merge(values, {"triton": {"engineCache": {"existingClaim": "trt-shared",
+                                                                        "version": "2024-10-a"}}}))
+    assert not [d for d in own if d["kind"] == "PersistentVolumeClaim"]
+    volumes = {v["name"]: v for v in pod_spec(own)["volumes"]}
+    assert volumes["engine-cache"]["persistentVolumeClaim"] == {"claimName": "trt-shared"}
+    init = next(c for c in pod_spec(own)["initContainers"] if c["name"] == "engine-cache")
+    assert "--version=2024-10-a" in init["command"]
+
+
+def test_engine_cache_refuses_what_would_share_wrong_engines():
+    shared = {"type": "persistentVolumeClaim", "storageClassName": "efs-sc"}
+    assert "needs triton.engineCache.storageClassName (a ReadWriteMany class" in render_error(
+        "reading", {"triton": {"engineCache": {"type": "persistentVolumeClaim"}}})
+    assert "triton.engineCache.version is required with modelRepository.source=objectStorage" in render_error(
+        "reading", {"triton": {"engineCache": shared}, "modelRepository": {
+            "source": "objectStorage", "objectStorage": {"url": "s3://models/percolate"}}})
+    assert "needs a nodeSelector on nvidia.com/gpu.product" in render_error(
+        "reading", {"triton": {"engineCache": shared}, "gpu": {"tiers": {"T4": {"nodeSelector": {
+            "nvidia.com/gpu.product": None, "pool": "gpu"}}}}})
+    assert "cannot name an engine cache folder" in render_error(
+        "reading", {"triton": {"engineCache": shared, "image": {"tag": "../24.10"}}})
+    assert "engineCache/type" in render_error("reading", {"triton": {"engineCache": {"type": "hostPath"}}})
+    # the same values with a version (object storage) render
+    render("reading", {"triton": {"engineCache": dict(shared, version="v7")}, "modelRepository": {
+        "source": "objectStorage", "objectStorage": {"url": "s3://models/percolate"}}})
 
 
 def test_triton_inference_is_reachable_only_through_the_frontend():
@@ -577,7 +670,7 @@ def test_service_monitor_scrapes_frontend_and_triton():
 # --- both charts: hardening, resources, checksums -------------------------------
 
 
-@pytest.mark.parametrize("value_set", ["reading-defaults", "node-tenant-a"])
+@pytest.mark.parametrize("value_set", ["reading-defaults", "reading-engine-cache-shared", "node-tenant-a"])
 def test_restricted_security_context(value_set):
     docs = render(*VALUE_SETS[value_set])
     spec = pod_spec(docs)
@@ -594,11 +687,13 @@ def test_restricted_security_context(value_set):
         assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, c["name"]
         assert "privileged" not in sc and "hostNetwork" not in spec and "hostPID" not in spec
         mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
-        assert c["name"] == "model-repository" or "/tmp" in mounts, f"{c['name']} needs a writable /tmp"
+        # the init steps and the engine sidecar write only to their volumes
+        assert c["name"] in ("model-repository", "engine-cache", "engine-cache-sync") or "/tmp" in mounts, \
+            f"{c['name']} needs a writable /tmp"
 
 
 def test_resources():
-    docs = render("reading")
+    docs = render("reading", VALUE_SETS["reading-engine-cache-shared"][1])
     for c in pod_spec(docs)["containers"] + pod_spec(docs)["initContainers"]:
         assert {"cpu", "memory"} <= set(c["resources"]["requests"]), c["name"]
         assert "memory" in c["resources"]["limits"], c["name"]

@@ -115,3 +115,58 @@ command:
   - --cert=/etc/percolate/tls/tls.crt
   - --key=/etc/percolate/tls/tls.key
 {{- end }}
+
+{{/* The shared TensorRT engine cache is on (triton.engineCache.type=persistentVolumeClaim). */}}
+{{- define "percolate-reading.engineCacheShared" -}}
+{{- if eq .Values.triton.engineCache.type "persistentVolumeClaim" }}true{{ end }}
+{{- end }}
+
+{{/* The claim holding the shared engine cache: the user's, or the chart's one per GPU tier. */}}
+{{- define "percolate-reading.engineCacheClaim" -}}
+{{- default (printf "%s-trt-%s" (include "percolate-reading.fullname" .) (lower .Values.gpu.tier)) .Values.triton.engineCache.existingClaim }}
+{{- end }}
+
+{{/* The GPU product the pods are pinned to: engines are only valid on the model they were built on. */}}
+{{- define "percolate-reading.gpuProduct" -}}
+{{- $tier := include "percolate-reading.tier" . | fromYaml }}
+{{- $selector := merge (deepCopy .Values.nodeSelector) $tier.nodeSelector }}
+{{- $product := get $selector "nvidia.com/gpu.product" }}
+{{- if not $product }}
+{{- fail "triton.engineCache.type=persistentVolumeClaim needs a nodeSelector on nvidia.com/gpu.product (GPU Feature Discovery's label): TensorRT engines are only valid on the GPU model they were built on, and the cache is kept per product" }}
+{{- end }}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]*$" $product) }}
+{{- fail (printf "nvidia.com/gpu.product %q cannot name a cache folder" $product) }}
+{{- end }}
+{{- $product }}
+{{- end }}
+
+{{/* The engine-cache init step (and sidecar) command line. */}}
+{{- define "percolate-reading.engineCacheRestore" -}}
+{{- $cache := .Values.triton.engineCache }}
+{{- $shared := include "percolate-reading.engineCacheShared" . }}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]*$" .Values.triton.image.tag) }}
+{{- fail (printf "triton.image.tag %q cannot name an engine cache folder" .Values.triton.image.tag) }}
+{{- end }}
+{{- if and $shared (eq .Values.modelRepository.source "objectStorage") (not $cache.version) }}
+{{- fail "triton.engineCache.version is required with modelRepository.source=objectStorage and a persistent engine cache: the chart cannot see the store's contents, and engines built for other weights must not be reused. Set it to the repository's version and change it whenever the repository changes" }}
+{{- end }}
+{{- if and $shared (not $cache.existingClaim) (not $cache.storageClassName) }}
+{{- fail "triton.engineCache.type=persistentVolumeClaim needs triton.engineCache.storageClassName (a ReadWriteMany class: EFS, Filestore, Azure Files, NFS...) or triton.engineCache.existingClaim" }}
+{{- end }}
+command:
+  - python
+  - /etc/percolate/engine-cache/engine_cache.py
+  - restore
+  - --repository=/app/model_repository
+  - --config-name={{ .Values.triton.modelConfigName }}
+  - --cache-path=/tmp/triton_trt_cache
+  - --local=/trt-engines
+  {{- if $shared }}
+  - --shared=/engine-cache
+  - --release={{ .Values.triton.image.tag }}
+  - --keep-days={{ $cache.keepDays }}
+  {{- end }}
+  {{- with $cache.version }}
+  - --version={{ . }}
+  {{- end }}
+{{- end }}
