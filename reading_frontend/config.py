@@ -19,6 +19,12 @@ class FrontendConfig:
     """gRPC port; 0 picks a free one (tests, embedded default)."""
     metrics_port: int = 0
     """Prometheus /metrics HTTP port; 0 picks a free one, -1 disables it."""
+    health_port: int = -1
+    """A plaintext port serving only gRPC health, for the kubelet's gRPC probes (which
+    cannot speak mutual TLS); -1 (default) serves none, 0 picks a free one."""
+    max_connection_age_s: float = 600.0
+    """Connections are closed (gracefully) after this long, so clients re-resolve and
+    spread over new replicas and renewed certificates take effect."""
     triton_url: str = "127.0.0.1:8001"
     triton_metrics_url: str = ""
     """Triton's Prometheus endpoint, read for GPU utilisation; empty skips it."""
@@ -76,6 +82,8 @@ class FrontendConfig:
         return cls(
             host=get("HOST", cls.host), port=get("PORT", cls.port, int),
             metrics_port=get("METRICS_PORT", cls.metrics_port, int),
+            health_port=get("HEALTH_PORT", cls.health_port, int),
+            max_connection_age_s=get("MAX_CONNECTION_AGE_S", cls.max_connection_age_s, float),
             triton_url=get("TRITON_URL", cls.triton_url),
             triton_metrics_url=get("TRITON_METRICS_URL", cls.triton_metrics_url),
             tls_cert=get("TLS_CERT", None, Path), tls_key=get("TLS_KEY", None, Path),

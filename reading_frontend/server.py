@@ -37,7 +37,6 @@ log = logging.getLogger("percolate.reading")
 READING_SERVICE = reading_pb2.DESCRIPTOR.services_by_name["ReadingService"].full_name
 KSERVE_SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 WATCH_INTERVAL_S = 0.5
-MAX_CONNECTION_AGE_MS = 10 * 60 * 1000
 MESSAGE_SLACK = 1 << 20
 """Room above max_message_bytes for the envelope around the payload."""
 
@@ -48,8 +47,10 @@ class ReadingServer:
         self.paths = paths or ProjectPaths.from_env()
         self.port = 0
         self.metrics_port = 0
+        self.health_port = 0
         self.draining = False
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._watch: asyncio.Task | None = None
 
     @property
@@ -79,7 +80,7 @@ class ReadingServer:
             ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
             # bounded connection life: rotated or revoked client certificates take effect,
             # and clients spread over new replicas after a rolling upgrade
-            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+            ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
             ("grpc.max_connection_age_grace_ms", int(config.drain_grace_s * 1000))])
         reading_pb2_grpc.add_ReadingServiceServicer_to_server(
             ReadingServicer(self.pipelines, gate, config), self._server)
@@ -92,6 +93,11 @@ class ReadingServer:
         await self._set_health(False)
         self.port = self._bind(f"{config.host}:{config.port}")
         await self._server.start()
+        if config.health_port >= 0:  # health only, plaintext: the kubelet's gRPC probes
+            self._health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(f"{config.host}:{config.health_port}")
+            await self._health_server.start()
         if config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(config.host, config.metrics_port)
         self._watch = asyncio.create_task(self._watch_triton())
@@ -170,6 +176,9 @@ class ReadingServer:
             await asyncio.sleep(0.05)
         await self._server.stop(max(0.0, deadline - time.monotonic()))
         self._server = None
+        if self._health_server is not None:  # answered NOT_SERVING until the port closed
+            await self._health_server.stop(0)
+            self._health_server = None
         await self.triton.close()
         self.pipelines.close()
         self.metrics.stop()

@@ -608,19 +608,28 @@ def test_services():
 
 
 def test_reading_probes():
+    """The kubelet's own gRPC probe on the frontend's plaintext health-only port: no
+    interpreter started every 10 s, no certificate needed by the probe."""
     docs = render("reading")
     frontend, triton = container(docs, "frontend"), container(docs, "triton")
-    grpc_port = next(p["containerPort"] for p in frontend["ports"] if p["name"] == "grpc")
+    ports = {p["name"]: p["containerPort"] for p in frontend["ports"]}
+    env = effective_env(docs, "frontend")
+    assert env["PERCOLATE_READING_HEALTH_PORT"] == str(ports["health"]) != str(ports["grpc"])
+    from reading_frontend.config import FrontendConfig
+
+    config = FrontendConfig.from_env(env)
+    assert (config.health_port, config.max_connection_age_s) == (ports["health"], 600)
     for probe in ("startupProbe", "readinessProbe"):
-        command = frontend[probe]["exec"]["command"]
-        assert command[:2] == ["python", "/etc/percolate/probe/health_probe.py"]
-        assert f"--address=127.0.0.1:{grpc_port}" in command
-        assert {"--ca=/etc/percolate/tls/ca.crt", "--cert=/etc/percolate/tls/tls.crt",
-                "--key=/etc/percolate/tls/tls.key"} <= set(command)
+        assert frontend[probe]["grpc"] == {"port": ports["health"]} and "exec" not in frontend[probe]
     assert frontend["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
-    assert {"name": "probe", "mountPath": "/etc/percolate/probe", "readOnly": True} in frontend["volumeMounts"]
-    probe_map = one(docs, "ConfigMap", "-probe")
-    assert probe_map["data"]["health_probe.py"] == (CHARTS["reading"] / "files" / "health_probe.py").read_text().rstrip("\n")
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-probe")]
+    # nobody but the kubelet (the node's own traffic, which NetworkPolicy does not filter) asks it
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pod = workload(docs)["spec"]["template"]["metadata"]["labels"]
+    node = dict(_pod("tenant-a", {"app.kubernetes.io/name": "percolate-node"}), namespace_labels={
+        "kubernetes.io/metadata.name": "tenant-a", "percolate.dev/tenant": "tenant-a"})
+    for peer in (node, _pod("monitoring", {"app": "prometheus"}), _pod(READING_NAMESPACE, {"app": "x"})):
+        assert not policy_allows(policies, READING_NAMESPACE, pod, "Ingress", peer, ports["health"]), peer
     for probe, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready"),
                         ("livenessProbe", "/v2/health/live")):
         assert triton[probe]["httpGet"] == {"path": path, "port": "triton-http"}
@@ -630,7 +639,7 @@ def test_reading_server_certificate():
     docs = render("reading")
     certificate = one(docs, "Certificate")
     spec = certificate["spec"]
-    assert {"server auth", "client auth"} <= set(spec["usages"])  # client auth: the probe presents it
+    assert "server auth" in spec["usages"] and "client auth" not in spec["usages"]  # no probe presents it
     assert {"percolate-reading", "percolate-reading-headless.percolate-reading.svc.cluster.local",
             "percolate-reading.percolate-reading.svc", "localhost"} <= set(spec["dnsNames"])
     tls_volume = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "tls")

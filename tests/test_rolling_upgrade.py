@@ -33,7 +33,7 @@ import grpc
 from percolate.reading.v1 import reading_pb2 as pb
 from percolate.reading.v1 import reading_pb2_grpc
 from percolate_certs.tls import channel_credentials
-from tests.test_helm import CHARTS, container, effective_env, node_values, pod_spec, render
+from tests.test_helm import container, effective_env, node_values, pod_spec, render
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = 4
@@ -41,7 +41,7 @@ MAX_REQUESTS = 50_000
 MAX_LOAD_S = 60.0
 CALL_TIMEOUT_S = 20.0
 # overridden per process: where it listens and what it talks to on this machine
-LOCAL_SETTINGS = ("HOST", "PORT", "METRICS_PORT", "TRITON_URL", "TRITON_METRICS_URL",
+LOCAL_SETTINGS = ("HOST", "PORT", "METRICS_PORT", "HEALTH_PORT", "TRITON_URL", "TRITON_METRICS_URL",
                   "TLS_CERT", "TLS_KEY", "TLS_CLIENT_CA")
 
 
@@ -52,7 +52,7 @@ class Chart:
     drain_grace_s: float
     pre_stop_s: int
     termination_grace_s: int
-    probe_command: list[str]
+    probe: dict
     service_config: dict
 
     @classmethod
@@ -64,7 +64,7 @@ class Chart:
         return cls(frontend_env=env, drain_grace_s=float(env["PERCOLATE_READING_DRAIN_GRACE_S"]),
                    pre_stop_s=frontend["lifecycle"]["preStop"]["sleep"]["seconds"],
                    termination_grace_s=pod_spec(reading)["terminationGracePeriodSeconds"],
-                   probe_command=frontend["readinessProbe"]["exec"]["command"],
+                   probe=frontend["readinessProbe"]["grpc"],
                    service_config=json.loads(node_env["PERCOLATE_READING_SERVICE_CONFIG"]))
 
 
@@ -73,8 +73,12 @@ class Frontend:
 
     def __init__(self, name: str, chart: Chart, triton, pki, logs: Path) -> None:
         self.name = name
+        from tests.chart_harness import free_port
+
+        self.health_port = free_port()  # the chart's health port, here one free on loopback
         env = {**os.environ, **{k: v for k, v in chart.frontend_env.items()
-                                if k.removeprefix("PERCOLATE_READING_") not in LOCAL_SETTINGS}}
+                                if k.removeprefix("PERCOLATE_READING_") not in LOCAL_SETTINGS},
+               "PERCOLATE_READING_HEALTH_PORT": str(self.health_port)}
         command = [sys.executable, "-m", "reading_frontend.cli", "serve", "--host", "127.0.0.1",
                    "--port", "0", "--metrics-port", "0", "--triton-url", triton.grpc_url,
                    "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
@@ -93,16 +97,18 @@ class Frontend:
         self.statuses: dict[str, float] = {}
 
     def probe(self, chart: Chart, pki) -> bool:
-        """The chart's readiness probe, run for real against this process. In the pod it
-        presents the server certificate (issued with clientAuth); here a tenant's."""
-        client = pki.tenants["tenant-a"]
-        options = dict(arg.split("=", 1) for arg in chart.probe_command[2:])
-        local = {"--address": self.address, "--ca": pki.ca.cert, "--cert": client.cert, "--key": client.key}
-        assert set(local) <= set(options), chart.probe_command
-        options.update(local)  # the pod's address and mounted files -> this machine's
-        script = CHARTS["reading"] / "files" / Path(chart.probe_command[1]).name
-        command = [sys.executable, str(script), *(f"{k}={v}" for k, v in options.items())]
-        return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+        """The chart's readiness probe as the kubelet runs it: plaintext gRPC health on
+        the health-only port (the chart's port number -> this process's)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        assert chart.probe["port"] == int(chart.frontend_env["PERCOLATE_READING_HEALTH_PORT"]), chart.probe
+        with grpc.insecure_channel(f"127.0.0.1:{self.health_port}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=chart.probe.get("service", "")), timeout=10)
+            except grpc.RpcError:
+                return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     def wait_ready(self, chart: Chart, pki, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s

@@ -104,17 +104,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* gRPC health over mutual TLS with the pod's own certificate (files/health_probe.py). */}}
-{{- define "percolate-reading.healthProbe" -}}
-command:
-  - python
-  - /etc/percolate/probe/health_probe.py
-  - --address=127.0.0.1:{{ .Values.frontend.port }}
-  - --server-name=localhost
-  - --ca=/etc/percolate/tls/ca.crt
-  - --cert=/etc/percolate/tls/tls.crt
-  - --key=/etc/percolate/tls/tls.key
-{{- end }}
 
 {{/* The shared TensorRT engine cache is on (triton.engineCache.type=persistentVolumeClaim). */}}
 {{- define "percolate-reading.engineCacheShared" -}}
