@@ -61,6 +61,15 @@ VALUE_SETS: dict[str, tuple[str, dict]] = {
         "modelRepository": {"source": "objectStorage",
                             "objectStorage": {"url": "s3://models/percolate", "credentialsSecret": "s3-creds"}},
         "serviceMonitor": {"enabled": True}, "autoscaling": {"enabled": False}}),
+    "reading-dns-nodelocal": ("reading", {"networkPolicy": {"dns": {"to": [
+        {"ipBlock": {"cidr": "169.254.20.10/32"}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+         "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]}}}),
+    "reading-dns-openshift": ("reading", {"networkPolicy": {"dns": {
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openshift-dns"}},
+                "podSelector": {"matchLabels": {"dns.operator.openshift.io/daemonset-dns": "default"}}}],
+        "ports": [{"port": 5353, "protocol": "UDP"}, {"port": 5353, "protocol": "TCP"}]}},
+        "topologySpread": {"zone": "DoNotSchedule"}}),
     "reading-engine-cache-shared": ("reading", {"gpu": {"tier": "L4"}, "triton": {"engineCache": {
         "type": "persistentVolumeClaim", "storageClassName": "efs-sc"}}}),
     "node-tenant-a": ("node", node_values("tenant-a")),
@@ -485,6 +494,42 @@ def test_reading_egress_is_dns_and_the_model_store_only(value_set):
             (other, port)
 
 
+@pytest.mark.parametrize("value_set", ["reading-dns-nodelocal", "reading-dns-openshift"])
+def test_reading_dns_egress_follows_the_cluster_dns(value_set):
+    """NodeLocal DNSCache answers on a link-local address on every node (not a pod);
+    OpenShift's DNS pods listen on 5353 in openshift-dns. Either is reachable, nothing else
+    is (the cloud metadata address, a link-local neighbour of the cache, kube-dns on 443)."""
+    docs = render(*VALUE_SETS[value_set])
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pod = workload(docs)["spec"]["template"]["metadata"]["labels"]
+    kube_dns = _pod("kube-system", {"k8s-app": "kube-dns"})
+    openshift = _pod("openshift-dns", {"dns.operator.openshift.io/daemonset-dns": "default"})
+    nodelocal = value_set == "reading-dns-nodelocal"
+    cases = [({"ip": "169.254.20.10"}, 53, "UDP", nodelocal), ({"ip": "169.254.20.10"}, 53, "TCP", nodelocal),
+             ({"ip": "169.254.20.10"}, 80, "TCP", False), ({"ip": "169.254.169.254"}, 53, "UDP", False),
+             ({"ip": "169.254.169.254"}, 80, "TCP", False), (kube_dns, 53, "UDP", nodelocal),
+             (openshift, 5353, "UDP", not nodelocal), (openshift, 5353, "TCP", not nodelocal),
+             (openshift, 53, "UDP", False), (kube_dns, 443, "TCP", False),
+             (_pod("openshift-dns", {"app": "other"}), 5353, "UDP", False)]
+    for other, port, protocol, allowed in cases:
+        assert policy_allows(policies, READING_NAMESPACE, pod, "Egress", other, port, protocol) == allowed, \
+            (other, port, protocol)
+
+
+@pytest.mark.parametrize("value_set, zone", [("reading-defaults", "ScheduleAnyway"),
+                                             ("reading-dns-openshift", "DoNotSchedule")])
+def test_reading_pods_spread_over_zones_and_nodes(value_set, zone):
+    docs = render(*VALUE_SETS[value_set])
+    labels = workload(docs)["spec"]["template"]["metadata"]["labels"]
+    constraints = {c["topologyKey"]: c for c in pod_spec(docs)["topologySpreadConstraints"]}
+    assert set(constraints) == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    assert constraints["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == zone
+    assert constraints["kubernetes.io/hostname"]["whenUnsatisfiable"] == "ScheduleAnyway"
+    for c in constraints.values():
+        assert c["maxSkew"] == 1 and selects(c["labelSelector"]["matchLabels"], labels)
+        assert c["matchLabelKeys"] == ["pod-template-hash"]  # a rollout's new pods spread among themselves
+
+
 def test_reading_clients_are_node_pods_in_tenant_namespaces_only():
     docs = render("reading")
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
@@ -598,7 +643,8 @@ def test_rolling_update_and_drain_fit_the_grace_period():
 def test_services():
     docs = render("reading")
     service = one(docs, "Service", "percolate-reading")
-    assert service["spec"]["sessionAffinity"] == "ClientIP"
+    # no affinity: a connection closed at its max age may reconnect to another pod
+    assert service["spec"]["sessionAffinity"] == "None" and "sessionAffinityConfig" not in service["spec"]
     assert service["spec"]["ports"][0] == {"name": "grpc", "port": 50051, "targetPort": "grpc",
                                            "protocol": "TCP", "appProtocol": "grpc"}
     headless = one(docs, "Service", "-headless")
