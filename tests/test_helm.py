@@ -1008,6 +1008,22 @@ def test_node_policies_admit_exactly_the_intended_peers(value_set):
         assert policy_allows(policies, "tenant-a", pod, "Egress", other, port, protocol) == allowed, (other, port)
 
 
+def test_node_gateway_peers_by_cidr():
+    """Gateways that are not pods (a load balancer, host-network proxies) by address
+    range: the gRPC port only, nothing else from there, nothing from outside the range."""
+    docs = render("node", node_values("tenant-a", networkPolicy={"gateway": {"cidrs": ["10.20.0.0/16"]}}))
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pod = workload(docs)["spec"]["template"]["metadata"]["labels"]
+    named = {p["name"]: p["containerPort"] for p in container(docs, "node")["ports"]}
+    for other, port, allowed in [({"ip": "10.20.3.4"}, named["grpc"], True), ({"ip": "10.21.3.4"}, named["grpc"], False),
+                                 ({"ip": "10.20.3.4"}, named["metrics"], False),
+                                 ({"ip": "10.20.3.4"}, named["health"], False),
+                                 (_pod("gateway-system", {"app": "envoy"}), named["grpc"], True)]:
+        assert policy_allows(policies, "tenant-a", pod, "Ingress", other, port, named_ports=named) == allowed, other
+    assert not policy_allows([d for d in render("node", node_values("tenant-a")) if d["kind"] == "NetworkPolicy"],
+                             "tenant-a", pod, "Ingress", {"ip": "10.20.3.4"}, named["grpc"], named_ports=named)
+
+
 def test_node_and_reading_policies_agree():
     """The node's egress reaches the reading pods on their gRPC port, and the reading
     pods' ingress admits the node's pods."""
