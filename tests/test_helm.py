@@ -707,6 +707,8 @@ def test_node_server_certificate_names_the_route_host(tenant):
     assert env["PERCOLATE_NODE_TLS_CERT"] == "/etc/percolate/server-tls/tls.crt"
     assert env["PERCOLATE_NODE_TLS_CLIENT_CA"] == "/etc/percolate/server-tls/ca.crt"
 
+
+def test_reading_server_certificate_from_an_existing_secret():
     off = render("reading", VALUE_SETS["reading-cert-manager-off"][1])
     assert not [d for d in off if d["kind"] == "Certificate"]
     assert next(v for v in pod_spec(off)["volumes"] if v["name"] == "tls")["secret"]["secretName"] == "reading-server-tls"
@@ -801,22 +803,6 @@ def test_tenant_certificate_has_only_the_tenant_uri_san(tenant):
     assert tls_volume["secret"]["secretName"] == spec["secretName"]
     env = effective_env(docs, "node")
     assert env["PERCOLATE_NODE_READING_CERT"] == "/etc/percolate/client-tls/tls.crt"
-
-
-@pytest.mark.parametrize("tenant", ["tenant-a", "tenant-b", "tenant-c"])
-def test_node_server_certificate_names_the_route_host(tenant):
-    """TLS passes through the gateway: tenants' clients check the node's own certificate
-    against <id>.<domain>, so it is a server certificate with that DNS name."""
-    docs = render(*VALUE_SETS[f"node-{tenant}"])
-    spec = one(docs, "Certificate", "-server")["spec"]
-    assert spec["usages"] == ["server auth", "digital signature", "key encipherment"]
-    assert spec["dnsNames"][0] == f"{tenant}.{DOMAIN}" == one(docs, "TLSRoute")["spec"]["hostnames"][0]
-    assert "uris" not in spec
-    volume = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "server-tls")
-    assert volume["secret"]["secretName"] == spec["secretName"]
-    env = effective_env(docs, "node")
-    assert env["PERCOLATE_NODE_TLS_CERT"] == "/etc/percolate/server-tls/tls.crt"
-    assert env["PERCOLATE_NODE_TLS_CLIENT_CA"] == "/etc/percolate/server-tls/ca.crt"
 
 
 def _policy_approves(policy: dict, namespace: str, issuer: dict, uris: list[str], dns: list[str],
