@@ -188,6 +188,12 @@ def _replica_status() -> int:
         mode = "synchronous" if s.synchronous else "ASYNCHRONOUS (going on alone)"
         print(f"standby: {s.standby or '(none connected)'}  confirmed LSN: {s.acked_lsn}  lag: {s.lag_records} "
               f"records, {s.lag_seconds:.2f} s  mode: {mode}{' (strict)' if s.strict else ''}")
+    if s.lease_refused:
+        print(f"may not take the lease: {s.lease_refused}")
+    if s.replication_error:
+        print(f"REPLICATION PROBLEM: {s.replication_error}")
+    for path in s.diverged_copies:
+        print(f"DIVERGED COPY kept (records the active does not hold; inspect, then remove): {path}")
     print(f"failovers to this replica: {s.failovers}")
     return 0
 

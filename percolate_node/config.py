@@ -78,6 +78,10 @@ class NodeConfig:
     (asynchronous) until it has caught up."""
     ha_strict: bool = False
     """Refuse writes (UNAVAILABLE) rather than accept them without a standby's confirmation."""
+    ha_bootstrap_replica: str = ""
+    """The one replica whose empty copy may take a lease that was never held (the chart: ordinal 0,
+    which holds the data when HA is enabled on an existing node). Empty: an empty copy waits two
+    lease durations for a copy with data to claim the lease first."""
     replica_id: str = ""
     """This replica's name in the lease (the pod name)."""
     replication_host: str = ""
@@ -151,7 +155,8 @@ class NodeConfig:
             ha_lease_url=get("HA_LEASE_URL", ""), ha_lease_name=get("HA_LEASE_NAME", ""),
             ha_lease_duration_s=get("HA_LEASE_DURATION_S", cls.ha_lease_duration_s, float),
             ha_standby_timeout_s=get("HA_STANDBY_TIMEOUT_S", cls.ha_standby_timeout_s, float),
-            ha_strict=get("HA_STRICT", False, _flag), replica_id=get("REPLICA_ID", env.get("HOSTNAME", "")),
+            ha_strict=get("HA_STRICT", False, _flag), ha_bootstrap_replica=get("HA_BOOTSTRAP_REPLICA", ""),
+            replica_id=get("REPLICA_ID", env.get("HOSTNAME", "")),
             replication_host=get("REPLICATION_HOST", ""), replication_port=get("REPLICATION_PORT", 0, int),
             replication_advertise=get("REPLICATION_ADVERTISE", ""),
             replica_cert=get("REPLICA_CERT", None, Path), replica_key=get("REPLICA_KEY", None, Path),
@@ -161,11 +166,15 @@ class NodeConfig:
         )
 
 
+MAX_REQUEST_BYTES = 80 << 20
+"""The largest request the node's API accepts (and reply it sends); replication sizes its messages from it."""
+
 BACKUP_FIELDS = ("backup_url", "backup_region", "backup_replica_url", "backup_replica_region",
                  "backup_credentials_dir", "backup_snapshot_interval_s", "backup_ship_interval_s",
                  "backup_keep_snapshots", "backup_log_retention_s")
 
 HA_FIELDS = ("ha_lease_url", "ha_lease_name", "ha_lease_duration_s", "ha_standby_timeout_s", "ha_strict",
+             "ha_bootstrap_replica",
              "replica_id", "replication_host", "replication_port", "replication_advertise", "replica_cert",
              "replica_key", "replica_ca", "replication_server_name", "ha_kubernetes_dir")
 

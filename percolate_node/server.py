@@ -21,7 +21,7 @@ from percolate_common.decoding import RejectUndecodableRequests
 from percolate_common.health import HealthServicer
 
 from .auth import NodeAuthenticator
-from .config import NodeConfig
+from .config import MAX_REQUEST_BYTES, NodeConfig
 from .durability.agent import trim_unshipped_log
 from .durability.wiring import backup_agent
 from .memory import NodeMemory
@@ -67,7 +67,7 @@ class NodeServer:
         self.backup = None if config.ha_lease_url else backup_agent(config, self.memory.store, self.metrics.registry)
         authenticator = NodeAuthenticator(config.tenant_id, config.token_file, config.key_files_group_readable)
         self._server = grpc.aio.server(interceptors=[RejectUndecodableRequests()], options=[
-            ("grpc.max_receive_message_length", 80 << 20), ("grpc.max_send_message_length", 80 << 20)])
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES), ("grpc.max_send_message_length", MAX_REQUEST_BYTES)])
         self.servicer = NodeServicer(self.memory, authenticator, self.metrics, lambda: self.backup,
                                      lambda: self.replication)
         node_pb2_grpc.add_NodeServiceServicer_to_server(self.servicer, self._server)
@@ -126,7 +126,9 @@ class NodeServer:
                 for kind in ("documents", "resources", "entities", "moments"):
                     self.metrics.records.labels(tenant, kind).set(stats[kind])
                 await self._report_integrity()
-                if self.backup is None and self.replication is None:  # nothing consumes the change log
+                if self.replication is not None:  # bounded by what the standby confirmed or applied
+                    await asyncio.to_thread(self.replication.trim_log)
+                elif self.backup is None:  # nothing consumes the change log
                     await asyncio.to_thread(trim_unshipped_log, self.memory.store)
             except Exception:  # the next round tries again; the node goes on serving
                 log.exception("refreshing the node's metrics failed")

@@ -236,6 +236,7 @@ def replica_config(root: Path, name: str, lease_url: str, pki, replicas, **overr
     config = NodeConfig(tenant_id=TENANT, data_dir=root / name / "data", kek_file=kek, token_file=token,
                         reading_url="127.0.0.1:9", metrics_port=-1, ha_lease_url=lease_url, replica_id=name,
                         replica_cert=creds.cert, replica_key=creds.key, replica_ca=creds.ca,
-                        ha_lease_duration_s=3.0, ha_standby_timeout_s=3.0, graph_save_interval_s=0)
+                        ha_lease_duration_s=3.0, ha_standby_timeout_s=3.0, graph_save_interval_s=0,
+                        ha_bootstrap_replica="a")  # as the chart names ordinal 0
     (root / name).mkdir(parents=True, exist_ok=True)
     return replace(config, **overrides)

@@ -31,7 +31,7 @@ from percolate_node.durability.errors import FencedError
 from percolate_node.replication.lease import LeaseElector, LeaseRecord
 from percolate_node.server import NodeServer
 from percolate_node.store import EncryptedStore, Put
-from percolate_node.store.layout import DOCUMENTS
+from percolate_node.store.layout import DOCUMENTS, URIS
 from tests.durability_fixtures import free_port
 from tests.replication_fixtures import TENANT, EtcdServer, LeaseApiServer, replica_config, replica_pki
 from tests.test_node import Caller
@@ -610,6 +610,249 @@ def test_standby_index_is_warm_promoted_node_searches_without_a_rebuild(tmp_path
         on_b = [promoted.Search(pb.SearchRequest(query=q, mode=m), timeout=120).hits for q, m in queries]
         assert [[h.resource_id for h in hits] for hits in on_b] == on_a
         assert "clover" in on_b[0][0].text and "ledger" in on_b[1][0].text
+    finally:
+        for node in (a, b):
+            if node is not None:
+                node.stop()
+
+
+# -- no copy without the data takes the lease; no copy is deleted for being ahead --------------------
+
+
+def entity_count(node: NodeProcess, token: str) -> int:
+    try:
+        return Caller(grpc.insecure_channel(node.address), token).Stats(pb.StatsRequest(), timeout=30).entities
+    except grpc.RpcError:
+        return -1
+
+
+def refused(node: NodeProcess, token: str) -> str:
+    """Why the replica declines the lease now ("" : it does not, or it is not up yet)."""
+    try:
+        return replica_status(node, token).lease_refused
+    except grpc.RpcError:
+        return ""
+
+
+def last_lsn(node: NodeProcess, token: str) -> int:
+    try:
+        return Caller(grpc.insecure_channel(node.address), token).Stats(pb.StatsRequest(), timeout=30).last_lsn
+    except grpc.RpcError:
+        return -1
+
+
+def test_active_restarted_on_an_empty_volume_never_takes_the_lease_back(tmp_path, lease_url, certs):
+    """kill -9 of the active and its volume lost: it restarts empty under the same name. It must
+    not take its own lease back (the synchronous standby holds every acknowledged write): the
+    standby takes over once the lease expires, and the empty replica follows it and gets the data."""
+    import shutil
+
+    configs, nodes = pair(tmp_path, lease_url, certs)
+    token = (tmp_path / "token").read_text()
+    try:
+        wait_for(lambda: replica_status(nodes["a"], token).standby == "b", "b to connect")
+        a = Caller(grpc.insecure_channel(nodes["a"].address), token)
+        ids = [a.PutEntity(pb.PutEntityRequest(type="note", name=f"n{i}"), timeout=30).id for i in range(20)]
+        nodes["a"].kill()
+        shutil.rmtree(configs["a"].data_dir)
+        nodes["a"] = NodeProcess(configs["a"], tmp_path / "a2.log")
+        wait_for(lambda: "empty" in refused(nodes["a"], token), "the empty a to decline the lease")
+        wait_for(lambda: nodes["b"].status() == health_pb2.HealthCheckResponse.SERVING, "b to take over")
+        assert nodes["a"].status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        target = last_lsn(nodes["b"], token)
+        wait_for(lambda: last_lsn(nodes["a"], token) == target, "a to follow b")
+        assert entity_count(nodes["b"], token) == 20 and entity_count(nodes["a"], token) == 20
+        b = Caller(grpc.insecure_channel(nodes["b"].address), token)
+        assert all(_has(b, i) for i in ids)
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def test_enabling_ha_on_an_existing_node_keeps_its_data(tmp_path, lease_url, certs):
+    """A single node with data becomes replica a; the new replica b starts first, empty. b must not
+    take the never-held lease (a, the bootstrap replica, holds the data): a takes it, b follows."""
+    from dataclasses import replace
+
+    pki, replicas = certs
+    configs = {name: replica_config(tmp_path, name, lease_url, pki, replicas, port=free_port(),
+                                    replication_port=free_port(), ha_lease_duration_s=4.0) for name in ("a", "b")}
+    token = (tmp_path / "token").read_text()
+    single = NodeProcess(replace(configs["a"], ha_lease_url=""), tmp_path / "single.log")
+    nodes = {}
+    try:
+        wait_for(lambda: single.status() == health_pb2.HealthCheckResponse.SERVING, "the single node")
+        caller = Caller(grpc.insecure_channel(single.address), token)
+        for i in range(20):
+            caller.PutEntity(pb.PutEntityRequest(type="note", name=f"existing {i}"), timeout=30)
+    finally:
+        single.stop()
+    try:
+        nodes["b"] = NodeProcess(configs["b"], tmp_path / "b.log")
+        wait_for(lambda: "empty" in refused(nodes["b"], token), "the empty b to decline the lease")
+        assert nodes["b"].status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        nodes["a"] = NodeProcess(configs["a"], tmp_path / "a.log")
+        wait_for(lambda: nodes["a"].status() == health_pb2.HealthCheckResponse.SERVING, "a (with the data) active")
+        target = last_lsn(nodes["a"], token)
+        wait_for(lambda: last_lsn(nodes["b"], token) == target, "b to follow a")
+        assert entity_count(nodes["a"], token) == 20 and entity_count(nodes["b"], token) == 20
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def test_after_a_double_failure_a_replica_behind_waits_for_the_one_with_the_acknowledged_writes(
+        tmp_path, lease_url, certs):
+    """kill -9 of the standby; the active goes on alone and acknowledges 5 writes (each recorded in
+    the lease first); kill -9 of the active. The old standby restarts first: it is behind what the
+    lease says was acknowledged, so it does not take over. The old active restarts, takes the
+    lease, and the standby follows: the 5 writes are on both."""
+    configs, nodes = pair(tmp_path, lease_url, certs)
+    token = (tmp_path / "token").read_text()
+    try:
+        wait_for(lambda: replica_status(nodes["a"], token).standby == "b", "b to connect")
+        a = Caller(grpc.insecure_channel(nodes["a"].address), token)
+        first = a.PutEntity(pb.PutEntityRequest(type="note", name="synchronous"), timeout=30).id
+        nodes["b"].kill()
+        alone = [a.PutEntity(pb.PutEntityRequest(type="note", name=f"alone {i}"), timeout=30).id for i in range(5)]
+        nodes["a"].kill()
+        nodes["b"] = NodeProcess(configs["b"], tmp_path / "b2.log")
+        wait_for(lambda: "acknowledged" in refused(nodes["b"], token), "b to decline the lease")
+        assert nodes["b"].status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        nodes["a"] = NodeProcess(configs["a"], tmp_path / "a2.log")
+        wait_for(lambda: nodes["a"].status() == health_pb2.HealthCheckResponse.SERVING, "a to take the lease back")
+        target = last_lsn(nodes["a"], token)
+        wait_for(lambda: last_lsn(nodes["b"], token) == target, "b to follow a")
+        for name in ("a", "b"):
+            caller = Caller(grpc.insecure_channel(nodes[name].address), token)
+            assert all(_has(caller, i) for i in [first, *alone]), name
+        assert not replica_status(nodes["b"], token).diverged_copies  # b was behind, not diverged
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def test_a_copy_ahead_of_the_active_is_moved_aside_and_kept(tmp_path, lease_url, certs):
+    """A replica whose copy holds a record the active never had (an unacknowledged tail) gets the
+    active's snapshot, and its own copy is moved aside beside the data directory, kept and
+    reported (admin status), never deleted."""
+    pki, replicas = certs
+    a = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas))
+    c = None
+    try:
+        wait_for(lambda: role(a) == "active", "a to become active")
+        caller = Caller(grpc.insecure_channel(a.address), (tmp_path / "token").read_text())
+        for i in range(5):
+            caller.PutEntity(pb.PutEntityRequest(type="note", name=f"n{i}"))
+        config_c = replica_config(tmp_path, "c", lease_url, pki, replicas)
+        a.server.memory.store.checkpoint(config_c.data_dir)
+        with EncryptedStore.open(config_c.data_dir, TENANT, tmp_path / "kek.bin", create=False) as tail:
+            tail.write([Put(URIS, b"the-tail", b"committed, never acknowledged")])
+            ahead = tail.last_lsn
+        assert ahead > a.server.memory.store.last_lsn
+        c = start_node(config_c)
+        wait_for(lambda: c.server.replication.diverged_copies(), "c to move its copy aside")
+        wait_for(lambda: c.server.memory.store.last_lsn == a.server.memory.store.last_lsn, "c to follow a")
+        kept = c.server.replication.diverged_copies()
+        assert len(kept) == 1 and f"lsn{ahead}" in kept[0]
+        assert c.server.replication.status()["diverged_copies"] == kept
+        assert c.server.memory.store.get(URIS, b"the-tail") is None
+    finally:
+        for node in (a, c):
+            if node is not None:
+                node.stop()
+    with EncryptedStore.open(Path(kept[0]), TENANT, tmp_path / "kek.bin", create=False) as old:
+        assert old.get(URIS, b"the-tail") == b"committed, never acknowledged"
+
+
+# -- replication messages: batches by bytes; a record too large for one message is not left behind --
+
+
+def test_large_records_reach_the_standby_in_batches_by_bytes(tmp_path, lease_url, certs):
+    """25 writes of 3 MiB while the standby is away (75 MiB of records, over what one message may
+    carry): the returning standby catches up (batches are cut by bytes) and the pair is
+    synchronous again."""
+    pki, replicas = certs
+    a = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas))
+    b = None
+    try:
+        wait_for(lambda: role(a) == "active", "a to become active")
+        b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas))
+        wait_for(lambda: a.server.replication.source.standby == "b", "b to follow a")
+        b.stop()
+        b = None
+        caller = Caller(grpc.insecure_channel(a.address), (tmp_path / "token").read_text())
+        blob = "x" * (3 << 20)
+        ids = [caller.PutEntity(pb.PutEntityRequest(type="note", name=f"big {i}", properties={"blob": blob}),
+                                timeout=120).id for i in range(25)]
+        b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas))
+        wait_for(lambda: b.server.memory.store.last_lsn == a.server.memory.store.last_lsn, "b to catch up", 300)
+        wait_for(lambda: a.server.replication.status()["synchronous"], "the pair to be synchronous again")
+        assert all(b.server.memory.repository.get_entity(i) is not None for i in ids)
+    finally:
+        for node in (a, b):
+            if node is not None:
+                node.stop()
+
+
+def test_a_record_over_the_message_limit_is_sent_as_a_snapshot_and_reported(tmp_path, lease_url, certs,
+                                                                            monkeypatch):
+    """A record that no replication message can carry (the limit lowered here to 1 MiB, the
+    record 2 MiB) must not stop replication for good: the standby gets a snapshot holding it, the
+    write is acknowledged synchronously, and the active reports it (admin status, metric, log)."""
+    from percolate_node.replication import source
+
+    monkeypatch.setattr(source, "MAX_MESSAGE_BYTES", 1 << 20)
+    pki, replicas = certs
+    a = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas))
+    b = None
+    try:
+        wait_for(lambda: role(a) == "active", "a to become active")
+        b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas))
+        wait_for(lambda: a.server.replication.source.standby == "b", "b to follow a")
+        caller = Caller(grpc.insecure_channel(a.address), (tmp_path / "token").read_text())
+        small = caller.PutEntity(pb.PutEntityRequest(type="note", name="small")).id
+        big = caller.PutEntity(pb.PutEntityRequest(type="note", name="big", properties={"blob": "x" * (2 << 20)}),
+                               timeout=120).id
+        status = a.server.replication.status()
+        assert status["synchronous"] and "over the replication limit" in status["replication_error"], status
+        assert b.server.memory.repository.get_entity(big) is not None  # synchronous: on b before the ack
+        after = caller.PutEntity(pb.PutEntityRequest(type="note", name="after")).id
+        assert b.server.memory.repository.get_entity(after) is not None
+        assert b.server.memory.repository.get_entity(small) is not None
+        metrics = a.server.metrics.registry.get_sample_value("percolate_replication_oversized_records_total",
+                                                             {"tenant_id": TENANT})
+        assert metrics and metrics >= 1
+    finally:
+        for node in (a, b):
+            if node is not None:
+                node.stop()
+
+
+def test_the_change_log_stays_bounded_on_both_replicas(tmp_path, lease_url, certs, monkeypatch):
+    """Without backups the active trims its log past what the standby confirmed, the standby past
+    what it applied, each keeping a window (``LOG_KEEP``, lowered here to 20 records)."""
+    from percolate_node import server
+    from percolate_node.replication import controller
+
+    monkeypatch.setattr(controller, "LOG_KEEP", 20)
+    monkeypatch.setattr(server, "METRICS_REFRESH_S", 0.2)
+    pki, replicas = certs
+    a = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas))
+    b = None
+    try:
+        wait_for(lambda: role(a) == "active", "a to become active")
+        b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas))
+        wait_for(lambda: a.server.replication.source.standby == "b", "b to follow a")
+        caller = Caller(grpc.insecure_channel(a.address), (tmp_path / "token").read_text())
+        for i in range(80):
+            caller.PutEntity(pb.PutEntityRequest(type="note", name=f"n{i}"))
+        last = a.server.memory.store.last_lsn
+        for node in (a, b):
+            wait_for(lambda: node.server.memory.store.first_lsn() >= last - 20, "the log to be trimmed")
+            assert node.server.memory.store.first_lsn() > 1
+        # the standby keeps its window: a new standby of b could still follow from 20 records back
+        assert b.server.memory.store.first_lsn() <= last - 19
     finally:
         for node in (a, b):
             if node is not None:

@@ -10,7 +10,12 @@
   after the standby confirmed it (``ReplicationSource.confirm``) and the lease is still
   valid then. Losing the lease (or failing to renew before the deadline) demotes:
   NOT_SERVING, backups stopped, streams ended, and this replica follows the new active
-  (its unacknowledged tail is replaced by a snapshot of the new active).
+  (a copy with an unacknowledged tail gets a snapshot of the new active; its own copy is
+  moved aside beside the data directory, ``<data>.diverged-*``, kept for the operator and
+  reported in ``percolate admin status`` and ``percolate_replication_diverged_copies``).
+- who may take the lease at all: ``lease.ineligible`` (this copy's epoch and LSN against
+  what the last holder published as acknowledged); the active publishes it on every
+  renewal, and before acknowledging any write while it goes on alone.
 """
 from __future__ import annotations
 
@@ -32,11 +37,16 @@ from percolate_common.files import sync_folder, sync_tree
 
 from .errors import HandoverError, LeaseUnavailableError, NotActiveError
 from .follower import Follower
-from .lease import LeaseElector, open_backend
-from .source import ReplicationSource
+from .lease import AckState, CopyPosition, LeaseElector, open_backend
+from .source import MAX_MESSAGE_BYTES, ReplicationSource
 
 log = logging.getLogger("percolate.replication")
 ROLES = ("active", "standby")
+LOG_KEEP = 10_000
+"""Log records kept behind what the standby confirmed (active) or applied (standby: it becomes
+the source of a new standby after a promotion, and a short gap then needs no snapshot)."""
+ACTIVE_LOG_MAX = 100_000
+"""The most records an active keeps for a standby that stays away (past it the standby gets a snapshot)."""
 
 
 class ReplicaController:
@@ -56,6 +66,8 @@ class ReplicaController:
         self._writes = 0                 # writes between check_write and their acknowledgement
         self._handing_over = False
         self._abstain_until = 0.0        # after a handover: let the peer take the lease first
+        self._publish_lock: asyncio.Lock | None = None
+        self.replication_error = ""      # the last replication problem an operator must see
 
     @property
     def memory(self):
@@ -72,7 +84,7 @@ class ReplicaController:
                                         standby_timeout_s=config.ha_standby_timeout_s)
         self.memory.store.add_log_listener(self.source.on_commit)
         self.follower = Follower(self)
-        self._server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 << 20)])
+        self._server = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         replication_pb2_grpc.add_ReplicationServiceServicer_to_server(self.source, self._server)
         paths = CertPaths(cert=config.replica_cert, key=config.replica_key, ca=config.replica_ca)
         self.port = self._server.add_secure_port(f"{config.replication_host or config.host}:{config.replication_port}",
@@ -82,9 +94,11 @@ class ReplicaController:
         if self.elector is None:
             self.elector = LeaseElector(open_backend(config.ha_lease_url, self.tenant_id, config.ha_lease_name,
                                                      config.ha_kubernetes_dir),
-                                        config.replica_id, advertise, config.ha_lease_duration_s)
+                                        config.replica_id, advertise, config.ha_lease_duration_s,
+                                        bootstrap=config.ha_bootstrap_replica)
         else:
             self.elector.address = advertise
+        self._publish_lock = asyncio.Lock()
         self._setup_metrics()
         await self._set_health(False)
         self._loop_task = asyncio.create_task(self._run())
@@ -102,7 +116,7 @@ class ReplicaController:
             await self.follower.stop()
         if release and self.role == "active":
             try:
-                await asyncio.to_thread(self.elector.release)
+                await asyncio.to_thread(self.elector.release, self._ack_state())
             except Exception as error:
                 log.warning("releasing the lease failed (%s); the peer takes over when it expires", error)
         self.role = "standby"
@@ -150,6 +164,70 @@ class ReplicaController:
                 + (f"; the active is {holder}" if holder and holder != self.config.replica_id else "")
                 + ": retry (the tenant's Service routes to the active)")
 
+    async def publish_acked(self, lsn: int) -> None:
+        """Going on alone: record in the lease that writes up to ``lsn`` (and everything committed
+        so far) are acknowledged, before they are: a copy without them may then never take the
+        lease. One lease write covers every write waiting meanwhile."""
+        async with self._publish_lock:
+            if self.elector.state.acked_lsn >= lsn:
+                return
+            try:
+                ok = await asyncio.to_thread(self.elector.renew, AckState(self.memory.store.last_lsn, False, ""))
+            except LeaseUnavailableError as error:
+                log.warning("lease service: %s", error)
+                ok = False
+            if not ok or self.elector.state.acked_lsn < lsn:
+                raise NotActiveError("going on without a standby, this replica could not record the write as "
+                                     "acknowledged in the lease; it is not acknowledged (retry)")
+
+    def _ack_state(self) -> AckState:
+        """What the lease says this active acknowledged (see ``lease.LeaseRecord``)."""
+        source = self.source
+        if source.synchronous and source.sync_peer:
+            return AckState(source.acked_lsn, True, source.sync_peer)
+        return AckState(self.elector.state.acked_lsn, False, "")
+
+    def copy_position(self) -> CopyPosition:
+        """This copy's newest epoch (of the store, or of its last record) and last LSN."""
+        store = self.memory.store
+        epoch, last = store.epoch, store.last_lsn
+        if last:
+            found = store.log_records(last - 1, 1)
+            if found and found[0][0] == last:
+                epoch = max(epoch, store.open_log_record(*found[0]).epoch)
+        return CopyPosition(epoch, last)
+
+    def report_oversized(self, lsn: int, size: int, limit: int) -> None:
+        """A record too large for one replication message: said loudly; the standby gets a snapshot instead."""
+        self.replication_error = (f"log record {lsn} needs a {size}-byte message, over the replication limit of "
+                                  f"{limit}: the standby is sent a snapshot instead")
+        log.error("replication: %s", self.replication_error)
+        if self._metrics_ready:
+            self._oversized.labels(self.tenant_id).inc()
+
+    def report_stream_error(self, address: str, code: str, details: str) -> None:
+        error = f"the replication stream from {address} failed: {code} {details}"
+        if error != self.replication_error:
+            log.error("replication: %s", error)
+        self.replication_error = error
+        if self._metrics_ready:
+            self._stream_errors.labels(self.tenant_id, code).inc()
+
+    def trim_log(self) -> int:
+        """Keep the change log bounded (the node calls this periodically). The active trims only
+        past what its standby confirmed (and, with backups, the agent trims past what was shipped
+        and confirmed: ``on_standby_ack``), at most ``ACTIVE_LOG_MAX`` records behind; the standby
+        keeps ``LOG_KEEP`` records behind what it applied."""
+        store = self.memory.store
+        last = store.last_lsn
+        if self.role == "active":
+            if self.node.backup is not None:
+                return 0
+            through = max(min(self.source.confirmed_lsn, last - LOG_KEEP), last - ACTIVE_LOG_MAX)
+        else:
+            through = last - LOG_KEEP
+        return store.trim_log(through) if through > 0 else 0
+
     def on_standby_ack(self, lsn: int) -> None:
         agent = self.node.backup
         if agent is not None:
@@ -161,9 +239,9 @@ class ReplicaController:
         while True:
             try:
                 if self._handing_over:  # still ours until released: keep it valid meanwhile
-                    await asyncio.to_thread(self.elector.renew)
+                    await asyncio.to_thread(self.elector.renew, self._ack_state())
                 elif self.role == "active":
-                    await asyncio.to_thread(self.elector.renew)
+                    await asyncio.to_thread(self.elector.renew, self._ack_state())
                     if not self.elector.valid():
                         await self._demote("the lease could not be renewed in time or another replica holds it")
                 elif time.monotonic() < self._abstain_until:
@@ -171,7 +249,8 @@ class ReplicaController:
                     if record is not None and record.holder and record.holder != self.config.replica_id:
                         self._abstain_until = 0.0
                         self.follower.follow(record.address)
-                elif await asyncio.to_thread(self.elector.try_acquire, self.memory.store.epoch):
+                elif await asyncio.to_thread(self.elector.try_acquire, self.memory.store.epoch,
+                                             await asyncio.to_thread(self.copy_position)):
                     await self._promote()
                 else:
                     current = self.elector.current
@@ -245,7 +324,8 @@ class ReplicaController:
                                     f"{timeout_s:.0f} s; this replica stays active")
             self.memory.standby = True
             self._abstain_until = time.monotonic() + max(timeout_s, 3 * self.elector.duration_s)
-            await asyncio.to_thread(self.elector.release)
+            # the standby confirmed every record: it may take the lease, whatever its epoch
+            await asyncio.to_thread(self.elector.release, AckState(lsn, True, self.source.standby or ""))
         finally:
             self._handing_over = False
         await self.node.stop_backups()
@@ -267,18 +347,33 @@ class ReplicaController:
             if resource is not None:
                 memory.index.update_meta(record_id, memory._meta(resource, entity_types=types))
 
-    async def install_snapshot(self, staging: Path, epoch: int) -> None:
-        """Replace our copy with the active's checkpoint in ``staging`` and reopen (standby only)."""
+    async def install_snapshot(self, staging: Path, epoch: int, keep_old: bool = False, reason: str = "") -> None:
+        """Replace our copy with the active's checkpoint in ``staging`` and reopen (standby only).
+        ``keep_old``: our copy may hold what the active's does not; it is moved aside, never deleted."""
         if self.role == "active":
             raise NotActiveError("refusing a snapshot while active")
         from percolate_node.durability.epoch import write_epoch
 
         data_dir = Path(self.config.data_dir)
-        old = data_dir.parent / f".{data_dir.name}.replica-old"
+        store = self.memory.store
+        keep_old = keep_old and store.last_lsn > 0
+        if keep_old:
+            old = data_dir.parent / f"{data_dir.name}.diverged-epoch{store.epoch}-lsn{store.last_lsn}-{time.time_ns()}"
+        else:
+            old = data_dir.parent / f".{data_dir.name}.replica-old"
         await asyncio.to_thread(sync_tree, staging)
-        await self.node.reopen_memory(lambda: _swap(data_dir, staging, old), epoch)
+        await self.node.reopen_memory(lambda: _swap(data_dir, staging, old, keep_old), epoch)
         write_epoch(data_dir, epoch)
         self.memory.store.add_log_listener(self.source.on_commit)
+        if keep_old:
+            log.error("replication: this replica's copy held records the active's does not (%s); it was moved "
+                      "aside to %s and kept (never deleted): inspect it, then remove it", reason, old)
+            self._update_metrics()
+
+    def diverged_copies(self) -> list[str]:
+        """Copies of this replica moved aside because the active's snapshot replaced them."""
+        data_dir = Path(self.config.data_dir)
+        return sorted(str(path) for path in data_dir.parent.glob(f"{data_dir.name}.diverged-*"))
 
     # -- health and metrics ---------------------------------------------------------------------
 
@@ -309,6 +404,18 @@ class ReplicaController:
                             ["tenant_id"], registry=registry)
         self._failovers = Counter("percolate_failovers", "Times this replica became the active one",
                                   ["tenant_id"], registry=registry)
+        self._diverged = Gauge("percolate_replication_diverged_copies",
+                               "Copies of this replica moved aside (kept) when the active's snapshot replaced them",
+                               ["tenant_id"], registry=registry)
+        self._oversized = Counter("percolate_replication_oversized_records",
+                                  "Log records too large for a replication message (sent as a snapshot)",
+                                  ["tenant_id"], registry=registry)
+        self._stream_errors = Counter("percolate_replication_stream_errors",
+                                      "Replication streams this standby saw fail (other than the active going away)",
+                                      ["tenant_id", "code"], registry=registry)
+        self._refused = Gauge("percolate_replication_lease_refused",
+                              "1 while this replica's copy may not take the lease (empty or behind)",
+                              ["tenant_id"], registry=registry)
         self._metrics_ready = True
 
     def _update_metrics(self) -> None:
@@ -322,6 +429,8 @@ class ReplicaController:
         self._lag_seconds.labels(self.tenant_id).set(seconds)
         self._mode.labels(self.tenant_id).set(1 if self.source.synchronous else 0)
         self._epoch.labels(self.tenant_id).set(store.epoch)
+        self._diverged.labels(self.tenant_id).set(len(self.diverged_copies()))
+        self._refused.labels(self.tenant_id).set(1 if self.elector.refused and self.role != "active" else 0)
 
     def status(self) -> dict:
         store = self.memory.store
@@ -334,13 +443,17 @@ class ReplicaController:
                 "synchronous": self.source.synchronous, "lag_records": records, "lag_seconds": seconds,
                 "failovers": self.failovers, "strict": self.source.strict,
                 "lease_holder": lease.holder if lease else "", "lease_epoch": lease.epoch if lease else 0,
-                "lease_valid_seconds": self.elector.remaining_s() if active else 0.0}
+                "lease_valid_seconds": self.elector.remaining_s() if active else 0.0,
+                "lease_refused": "" if active else self.elector.refused,
+                "diverged_copies": self.diverged_copies(), "replication_error": self.replication_error}
 
 
-def _swap(data_dir: Path, staging: Path, old: Path) -> None:
-    shutil.rmtree(old, ignore_errors=True)
+def _swap(data_dir: Path, staging: Path, old: Path, keep_old: bool) -> None:
+    if not keep_old:
+        shutil.rmtree(old, ignore_errors=True)
     if data_dir.exists():
         os.rename(data_dir, old)
     os.rename(staging, data_dir)
     sync_folder(data_dir.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    if not keep_old:
+        shutil.rmtree(old, ignore_errors=True)

@@ -24,7 +24,7 @@ from percolate_node.rem.codec import decode
 from percolate_node.rem.model import Resource
 from percolate_node.store.layout import RESOURCES
 
-from .source import record_digest
+from .source import MAX_MESSAGE_BYTES, record_digest
 
 log = logging.getLogger("percolate.replication")
 RETRY_S = 0.5
@@ -75,7 +75,11 @@ class Follower:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as error:
-                log.info("replication: stream from %s ended: %s %s", address, error.code().name, error.details())
+                code = error.code()
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):  # the active went away
+                    log.info("replication: stream from %s ended: %s %s", address, code.name, error.details())
+                else:  # something an operator must see: it repeats until fixed
+                    self.controller.report_stream_error(address, code.name, error.details())
             except Exception:
                 log.exception("replication: following %s failed", address)
             self.connected.clear()
@@ -84,7 +88,7 @@ class Follower:
     async def _follow(self, address: str) -> None:
         config = self.controller.config
         credentials = channel_credentials(config.replica_ca, config.replica_cert, config.replica_key)
-        options = [("grpc.max_receive_message_length", 64 << 20)]
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         if config.replication_server_name:  # the peer's certificate names the headless Service
             options.append(("grpc.ssl_target_name_override", config.replication_server_name))
         async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
@@ -105,10 +109,12 @@ class Follower:
                 kind = response.WhichOneof("kind")
                 if kind == "records":
                     changed = await asyncio.to_thread(self._apply, response.records.records)
+                    self.controller.replication_error = ""
                     await call.write(pb.ReplicateRequest(ack=pb.ReplicaAck(durable_lsn=self.applied_lsn)))
                     if changed:
                         await asyncio.to_thread(self._index, changed)
                 elif kind == "heartbeat":
+                    await asyncio.to_thread(self._adopt_epoch, response.heartbeat)
                     await call.write(pb.ReplicateRequest(ack=pb.ReplicaAck(
                         durable_lsn=self.controller.memory.store.last_lsn)))
                 elif kind == "snapshot_chunk":
@@ -120,13 +126,26 @@ class Follower:
                     end = response.snapshot_end
                     if staging is None:
                         staging = self._staging()
-                    await self.controller.install_snapshot(staging, end.epoch)
+                    keep = end.diverged or self.controller.memory.store.last_lsn > end.lsn
+                    await self.controller.install_snapshot(staging, end.epoch, keep, end.reason)
                     staging = None
                     self._keys.clear()
                     self.applied_lsn = self.controller.memory.store.last_lsn
                     log.info("replication: installed the active's snapshot at LSN %d (%d files, %.1f MB)",
                              end.lsn, end.files, end.bytes / 1e6)
                     await call.write(pb.ReplicateRequest(ack=pb.ReplicaAck(durable_lsn=self.applied_lsn)))
+
+    def _adopt_epoch(self, heartbeat) -> None:
+        """Caught up with the active (same timeline, same LSN): this copy is the active's copy at
+        its epoch, even before a record of that epoch arrived; written beside the store so the
+        lease's check (``lease.ineligible``) sees it after a restart too."""
+        from percolate_node.durability.epoch import write_epoch
+
+        with self.apply_lock:
+            store = self.controller.memory.store
+            if heartbeat.epoch > store.epoch and store.last_lsn == heartbeat.last_lsn:
+                store.epoch = heartbeat.epoch
+                write_epoch(self.controller.config.data_dir, heartbeat.epoch)
 
     def _staging(self) -> Path:
         data_dir = Path(self.controller.config.data_dir)

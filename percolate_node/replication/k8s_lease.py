@@ -2,7 +2,8 @@
 
 ``spec.holderIdentity`` names the holder, ``spec.leaseTransitions`` is the epoch,
 ``spec.leaseDurationSeconds`` the duration and ``spec.renewTime`` the last renewal; the
-holder's replication address is an annotation. Compare-and-swap is a replace carrying the
+holder's replication address and what it acknowledged (LSN, synchronous standby) are
+annotations. Compare-and-swap is a replace carrying the
 ``resourceVersion`` that was read: the API server answers 409 Conflict when another
 replica wrote in between (create: 409 when it exists).
 """
@@ -14,6 +15,9 @@ from .errors import LeaseUnavailableError
 from .lease import LeaseRecord
 
 ADDRESS_ANNOTATION = "percolate.dev/replication-address"
+ACKED_ANNOTATION = "percolate.dev/acked-lsn"
+SYNCHRONOUS_ANNOTATION = "percolate.dev/synchronous"
+STANDBY_ANNOTATION = "percolate.dev/synchronous-standby"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
@@ -61,7 +65,10 @@ class KubernetesLease:
         renewed = spec.renew_time
         return (LeaseRecord(spec.holder_identity or "", annotations.get(ADDRESS_ANNOTATION, ""),
                             int(spec.lease_transitions or 0), float(spec.lease_duration_seconds or 0),
-                            int(renewed.timestamp() * 1e9) if renewed else 0),
+                            int(renewed.timestamp() * 1e9) if renewed else 0,
+                            int(annotations.get(ACKED_ANNOTATION) or 0),
+                            annotations.get(SYNCHRONOUS_ANNOTATION, "") == "true",
+                            annotations.get(STANDBY_ANNOTATION, "")),
                 lease.metadata.resource_version)
 
     def write(self, record: LeaseRecord, version: str | None) -> bool:
@@ -71,7 +78,10 @@ class KubernetesLease:
         now = dt.datetime.fromtimestamp(record.renewed_ns / 1e9, dt.timezone.utc)
         body = client.V1Lease(
             metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace, resource_version=version,
-                                         annotations={ADDRESS_ANNOTATION: record.address}),
+                                         annotations={ADDRESS_ANNOTATION: record.address,
+                                                      ACKED_ANNOTATION: str(record.acked_lsn),
+                                                      SYNCHRONOUS_ANNOTATION: str(record.synchronous).lower(),
+                                                      STANDBY_ANNOTATION: record.standby}),
             spec=client.V1LeaseSpec(holder_identity=record.holder or None, lease_transitions=record.epoch,
                                     lease_duration_seconds=max(1, round(record.duration_s)),
                                     renew_time=now, acquire_time=now))

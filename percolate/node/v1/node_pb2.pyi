@@ -454,7 +454,7 @@ class ReplicaStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatusResponse(_message.Message):
-    __slots__ = ("replica_id", "role", "epoch", "lease_holder", "lease_epoch", "lease_valid_seconds", "last_lsn", "standby", "acked_lsn", "lag_records", "lag_seconds", "synchronous", "strict", "failovers")
+    __slots__ = ("replica_id", "role", "epoch", "lease_holder", "lease_epoch", "lease_valid_seconds", "last_lsn", "standby", "acked_lsn", "lag_records", "lag_seconds", "synchronous", "strict", "failovers", "lease_refused", "diverged_copies", "replication_error")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -469,6 +469,9 @@ class ReplicaStatusResponse(_message.Message):
     SYNCHRONOUS_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
     FAILOVERS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    DIVERGED_COPIES_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_ERROR_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     role: str
     epoch: int
@@ -483,7 +486,10 @@ class ReplicaStatusResponse(_message.Message):
     synchronous: bool
     strict: bool
     failovers: int
-    def __init__(self, replica_id: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., lease_holder: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., lease_valid_seconds: _Optional[float] = ..., last_lsn: _Optional[int] = ..., standby: _Optional[str] = ..., acked_lsn: _Optional[int] = ..., lag_records: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., synchronous: bool = ..., strict: bool = ..., failovers: _Optional[int] = ...) -> None: ...
+    lease_refused: str
+    diverged_copies: _containers.RepeatedScalarFieldContainer[str]
+    replication_error: str
+    def __init__(self, replica_id: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., lease_holder: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., lease_valid_seconds: _Optional[float] = ..., last_lsn: _Optional[int] = ..., standby: _Optional[str] = ..., acked_lsn: _Optional[int] = ..., lag_records: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., synchronous: bool = ..., strict: bool = ..., failovers: _Optional[int] = ..., lease_refused: _Optional[str] = ..., diverged_copies: _Optional[_Iterable[str]] = ..., replication_error: _Optional[str] = ...) -> None: ...
 
 class FailoverRequest(_message.Message):
     __slots__ = ("timeout_seconds",)

@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#percolate/node/v1/replication.proto\x12\x11percolate.node.v1\"z\n\x10ReplicateRequest\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1f.percolate.node.v1.ReplicaStartH\x00\x12,\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1d.percolate.node.v1.ReplicaAckH\x00\x42\x06\n\x04kind\"r\n\x0cReplicaStart\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x10\n\x08last_lsn\x18\x03 \x01(\x04\x12\x1a\n\x12last_record_sha256\x18\x04 \x01(\x0c\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\"!\n\nReplicaAck\x12\x13\n\x0b\x64urable_lsn\x18\x01 \x01(\x04\"\xfb\x01\n\x11ReplicateResponse\x12\x30\n\x07records\x18\x01 \x01(\x0b\x32\x1d.percolate.node.v1.LogRecordsH\x00\x12:\n\x0esnapshot_chunk\x18\x02 \x01(\x0b\x32 .percolate.node.v1.SnapshotChunkH\x00\x12\x36\n\x0csnapshot_end\x18\x03 \x01(\x0b\x32\x1e.percolate.node.v1.SnapshotEndH\x00\x12\x38\n\theartbeat\x18\x04 \x01(\x0b\x32#.percolate.node.v1.ReplicaHeartbeatH\x00\x42\x06\n\x04kind\"(\n\tLogRecord\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x0e\n\x06sealed\x18\x02 \x01(\x0c\"J\n\nLogRecords\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12-\n\x07records\x18\x02 \x03(\x0b\x32\x1c.percolate.node.v1.LogRecord\";\n\rSnapshotChunk\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"G\n\x0bSnapshotEnd\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\r\n\x05\x66iles\x18\x03 \x01(\x04\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\"3\n\x10ReplicaHeartbeat\x12\x10\n\x08last_lsn\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x32p\n\x12ReplicationService\x12Z\n\tReplicate\x12#.percolate.node.v1.ReplicateRequest\x1a$.percolate.node.v1.ReplicateResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#percolate/node/v1/replication.proto\x12\x11percolate.node.v1\"z\n\x10ReplicateRequest\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1f.percolate.node.v1.ReplicaStartH\x00\x12,\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1d.percolate.node.v1.ReplicaAckH\x00\x42\x06\n\x04kind\"r\n\x0cReplicaStart\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x10\n\x08last_lsn\x18\x03 \x01(\x04\x12\x1a\n\x12last_record_sha256\x18\x04 \x01(\x0c\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\"!\n\nReplicaAck\x12\x13\n\x0b\x64urable_lsn\x18\x01 \x01(\x04\"\xfb\x01\n\x11ReplicateResponse\x12\x30\n\x07records\x18\x01 \x01(\x0b\x32\x1d.percolate.node.v1.LogRecordsH\x00\x12:\n\x0esnapshot_chunk\x18\x02 \x01(\x0b\x32 .percolate.node.v1.SnapshotChunkH\x00\x12\x36\n\x0csnapshot_end\x18\x03 \x01(\x0b\x32\x1e.percolate.node.v1.SnapshotEndH\x00\x12\x38\n\theartbeat\x18\x04 \x01(\x0b\x32#.percolate.node.v1.ReplicaHeartbeatH\x00\x42\x06\n\x04kind\"(\n\tLogRecord\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x0e\n\x06sealed\x18\x02 \x01(\x0c\"J\n\nLogRecords\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12-\n\x07records\x18\x02 \x03(\x0b\x32\x1c.percolate.node.v1.LogRecord\";\n\rSnapshotChunk\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"i\n\x0bSnapshotEnd\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\r\n\x05\x66iles\x18\x03 \x01(\x04\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\x12\x10\n\x08\x64iverged\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\"3\n\x10ReplicaHeartbeat\x12\x10\n\x08last_lsn\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x32p\n\x12ReplicationService\x12Z\n\tReplicate\x12#.percolate.node.v1.ReplicateRequest\x1a$.percolate.node.v1.ReplicateResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_SNAPSHOTCHUNK']._serialized_start=705
   _globals['_SNAPSHOTCHUNK']._serialized_end=764
   _globals['_SNAPSHOTEND']._serialized_start=766
-  _globals['_SNAPSHOTEND']._serialized_end=837
-  _globals['_REPLICAHEARTBEAT']._serialized_start=839
-  _globals['_REPLICAHEARTBEAT']._serialized_end=890
-  _globals['_REPLICATIONSERVICE']._serialized_start=892
-  _globals['_REPLICATIONSERVICE']._serialized_end=1004
+  _globals['_SNAPSHOTEND']._serialized_end=871
+  _globals['_REPLICAHEARTBEAT']._serialized_start=873
+  _globals['_REPLICAHEARTBEAT']._serialized_end=924
+  _globals['_REPLICATIONSERVICE']._serialized_start=926
+  _globals['_REPLICATIONSERVICE']._serialized_end=1038
 # @@protoc_insertion_point(module_scope)

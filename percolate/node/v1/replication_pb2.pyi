@@ -72,16 +72,20 @@ class SnapshotChunk(_message.Message):
     def __init__(self, file: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotEnd(_message.Message):
-    __slots__ = ("lsn", "epoch", "files", "bytes")
+    __slots__ = ("lsn", "epoch", "files", "bytes", "diverged", "reason")
     LSN_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIVERGED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     lsn: int
     epoch: int
     files: int
     bytes: int
-    def __init__(self, lsn: _Optional[int] = ..., epoch: _Optional[int] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+    diverged: bool
+    reason: str
+    def __init__(self, lsn: _Optional[int] = ..., epoch: _Optional[int] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., diverged: bool = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ReplicaHeartbeat(_message.Message):
     __slots__ = ("last_lsn", "epoch")
