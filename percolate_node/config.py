@@ -95,6 +95,14 @@ class NodeConfig:
     replication_server_name: str = ""
     """The name the peer's replica certificate is checked against (the chart: its headless
     Service's name); empty: the host of the address dialled."""
+    ha_etcd_ca: Path | None = None
+    """etcd over TLS (``etcd+https://``): the CA of etcd's server certificate, and this node's client
+    certificate and key (etcd's ``--client-cert-auth``)."""
+    ha_etcd_cert: Path | None = None
+    ha_etcd_key: Path | None = None
+    ha_etcd_user: str = ""
+    """etcd authentication: user, and a file holding its password (a mounted Secret)."""
+    ha_etcd_password_file: Path | None = None
     ha_kubernetes_dir: Path | None = None
     """Folder with the service-account ``token``, ``ca.crt`` and ``namespace`` for the Lease
     API (the chart's projected volume); default: the kubelet's automount folder."""
@@ -163,6 +171,9 @@ class NodeConfig:
             replica_ca=get("REPLICA_CA", tls_ca, Path),
             replication_server_name=get("REPLICATION_SERVER_NAME", ""),
             ha_kubernetes_dir=get("HA_KUBERNETES_DIR", None, Path),
+            ha_etcd_ca=get("HA_ETCD_CA", None, Path), ha_etcd_cert=get("HA_ETCD_CERT", None, Path),
+            ha_etcd_key=get("HA_ETCD_KEY", None, Path), ha_etcd_user=get("HA_ETCD_USER", ""),
+            ha_etcd_password_file=get("HA_ETCD_PASSWORD_FILE", None, Path),
         )
 
 
@@ -176,7 +187,8 @@ BACKUP_FIELDS = ("backup_url", "backup_region", "backup_replica_url", "backup_re
 HA_FIELDS = ("ha_lease_url", "ha_lease_name", "ha_lease_duration_s", "ha_standby_timeout_s", "ha_strict",
              "ha_bootstrap_replica",
              "replica_id", "replication_host", "replication_port", "replication_advertise", "replica_cert",
-             "replica_key", "replica_ca", "replication_server_name", "ha_kubernetes_dir")
+             "replica_key", "replica_ca", "replication_server_name", "ha_kubernetes_dir", "ha_etcd_ca",
+             "ha_etcd_cert", "ha_etcd_key", "ha_etcd_user", "ha_etcd_password_file")
 
 
 def _flag(raw: str) -> bool:

@@ -131,6 +131,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def _run(self, method: str, context, work: Callable[[], Awaitable]):
         started = time.perf_counter()
         status = "OK"
+        memory = self.memory
         try:
             self.authenticator.check(context)
             replica = self._replication() if method in WRITES else None
@@ -141,6 +142,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             return result
         except Exception as error:  # every failure becomes a status; none escapes as a trace
             code, message = status_for(error)
+            replica = self._replication()
+            if replica is not None and code == grpc.StatusCode.FAILED_PRECONDITION and (
+                    memory is not self.memory or replica.installing):  # a standby swapping in a snapshot
+                code, message = grpc.StatusCode.UNAVAILABLE, "this standby is installing the active's snapshot; retry"
             status = code.name
             if code == grpc.StatusCode.DATA_LOSS:
                 self.memory.note_damage(error)

@@ -424,6 +424,26 @@ def test_ha_render_two_replicas_lease_rbac_pdb_probes_and_replication_policy():
     assert "replication" not in [p["name"] for p in one(docs, "Service", "-node")["spec"]["ports"]]
 
 
+def test_ha_chart_refuses_colliding_ports_names_the_bootstrap_replica_and_probes_readiness_often():
+    """ha.replicationPort equal to another of the node's ports fails the render; ordinal 0 is the
+    only replica whose empty copy may start the tenant (enabling HA on an existing node keeps its
+    data); the promoted standby turns Ready within 2 s; `create` on Leases only when asked."""
+    from tests.test_helm import container, render_error, workload
+
+    for port in (50061, 9090, 50062):  # node.port, node.metricsPort, node.healthPort
+        error = render_error("node", node_values(TENANT, ha={"enabled": True, "replicationPort": port}))
+        assert "ha.replicationPort" in error and "must differ" in error, error
+    docs = ha_docs()
+    node = container(docs, "node")
+    env = {item["name"]: item.get("value") for item in node["env"]}
+    assert env["PERCOLATE_NODE_HA_BOOTSTRAP_REPLICA"] == f"{workload(docs)['metadata']['name']}-0"
+    assert node["readinessProbe"]["periodSeconds"] <= 2
+    assert all("create" not in rule["verbs"] for rule in one(docs, "Role", "-lease")["rules"])
+    created = render("node", node_values(TENANT, ha={"enabled": True, "leaseCreate": True}))
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]} in \
+        one(created, "Role", "-lease")["rules"]
+
+
 def test_rendered_ha_pair_elects_one_active_replicates_and_fails_over_on_kill_9(tmp_path, pki):
     """Two pods of the rendered StatefulSet, run with the rendered command, env, volumes and
     probes, against a Lease API double over HTTPS that enforces the rendered Role: one becomes

@@ -857,3 +857,141 @@ def test_the_change_log_stays_bounded_on_both_replicas(tmp_path, lease_url, cert
         for node in (a, b):
             if node is not None:
                 node.stop()
+
+
+# -- the standby checks who it follows and what it is sent -------------------------------------------
+
+
+class RogueActive:
+    """A replication server the lease points at, with a certificate of the shared CA; it sends a
+    snapshot chunk named ``chunk_name`` to whoever starts a stream."""
+
+    def __init__(self, creds, chunk_name: str, end_files: int = 1) -> None:
+        import asyncio
+
+        from percolate_certs.ca import CertPaths
+        from percolate_certs.tls import server_credentials
+
+        self.starts = []
+        self.port = free_port()
+        outer = self
+
+        class Servicer(replication_pb2_grpc.ReplicationServiceServicer):
+            async def Replicate(self, request_iterator, context):
+                first = await context.read()
+                outer.starts.append(first.start.replica_id)
+                await context.write(rpb.ReplicateResponse(snapshot_chunk=rpb.SnapshotChunk(
+                    file=chunk_name, offset=0, data=b"outside the staging folder\n")))
+                await context.write(rpb.ReplicateResponse(snapshot_end=rpb.SnapshotEnd(lsn=1, epoch=99, files=end_files,
+                                                                                       bytes=27)))
+                await asyncio.sleep(30)
+
+        async def serve():
+            server = grpc.aio.server()
+            replication_pb2_grpc.add_ReplicationServiceServicer_to_server(Servicer(), server)
+            server.add_secure_port(f"127.0.0.1:{self.port}",
+                                   server_credentials(CertPaths(cert=creds.cert, key=creds.key, ca=creds.ca)))
+            await server.start()
+            await server.wait_for_termination()
+
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=lambda: self.loop.run_until_complete(serve()), daemon=True).start()
+
+
+@pytest.mark.parametrize("rogue_tenant,chunk,end_files,expected", [
+    ("tenant-b", "abs", 1, "not a replica of tenant"),
+    ("tenant-a", "abs", 1, "not a plain file name"),
+    ("tenant-a", "000001.sst", 2, "not installed")])
+def test_standby_follows_only_its_tenants_replica_and_checks_the_snapshot(
+        tmp_path, lease_url, certs, rogue_tenant, chunk, end_files, expected):
+    """The lease names a server that is not this tenant's replica (tenant-b's replica certificate
+    from the shared CA): the standby never sends it a start message. A server with this tenant's
+    certificate that sends a snapshot file named by an absolute path: refused, nothing written
+    outside the staging folder. A snapshot whose end names other counts than what came: not
+installed. Each is reported in admin status."""
+    from urllib.parse import urlparse
+
+    from percolate_node.replication.etcd_lease import EtcdLease
+
+    pki, replicas = certs
+    target = tmp_path / "written-by-a-rogue-active"
+    rogue = RogueActive(replicas[rogue_tenant], str(target) if chunk == "abs" else chunk, end_files)
+    url = urlparse(lease_url)
+    backend = EtcdLease("127.0.0.1", url.port, f"/{url.path.strip('/')}/tenants/{TENANT}/lease")
+    assert backend.write(LeaseRecord("evil", f"127.0.0.1:{rogue.port}", 99, 3600.0, time.time_ns()), None)
+    node = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas))
+    try:
+        wait_for(lambda: expected in node.server.replication.status()["replication_error"], "the refusal")
+        assert not target.exists()
+        if rogue_tenant == "tenant-b":
+            assert rogue.starts == []
+        assert role(node) == "standby" and node.server.memory.store.last_lsn == 0
+    finally:
+        node.stop()
+    assert not target.exists()
+
+
+def test_snapshot_file_names_must_be_plain_names():
+    from percolate_node.replication.follower import plain_file_name
+    from percolate_node.replication.errors import ReplicationError
+
+    for bad in ("", ".", "..", "../x", "/etc/passwd", "a/b", "a\\b", "x\0y"):
+        with pytest.raises(ReplicationError):
+            plain_file_name(bad)
+    assert plain_file_name("000012.sst") == "000012.sst"
+
+
+def test_kubernetes_lease_keeps_the_charts_labels_and_annotations():
+    """Acquiring and renewing replace the Lease with its metadata carried over: Helm's ownership
+    annotations, the keep policy and the chart's labels stay (a full replace erased them)."""
+    api = LeaseApiServer()
+    try:
+        metadata = {"name": "percolate-node-tenant-a", "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                    "annotations": {"helm.sh/resource-policy": "keep", "meta.helm.sh/release-name": "t1"}}
+        api.apply({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": {}},
+                  "tenants")
+        elector = LeaseElector(api.backend(), "a", "127.0.0.1:1", duration_s=3.0)
+        assert elector.try_acquire() and elector.renew()
+        stored = api.leases[("tenants", "percolate-node-tenant-a")]["metadata"]
+        assert stored["labels"] == metadata["labels"]
+        assert {k: stored["annotations"][k] for k in metadata["annotations"]} == metadata["annotations"]
+        assert stored["annotations"]["percolate.dev/replication-address"] == "127.0.0.1:1"
+        assert api.holder("tenants", "percolate-node-tenant-a") == ("a", elector.epoch)
+    finally:
+        api.stop()
+
+
+def test_reads_on_a_standby_installing_a_snapshot_answer_unavailable(tmp_path, lease_url, certs, monkeypatch):
+    """While a standby swaps in the active's snapshot its store is closed: a read then answers
+    UNAVAILABLE (clients retry), not FAILED_PRECONDITION."""
+    from percolate_node.replication import controller
+
+    swapping, proceed = threading.Event(), threading.Event()
+    original = controller._swap
+
+    def held_swap(*args):
+        swapping.set()
+        proceed.wait(120)
+        return original(*args)
+
+    monkeypatch.setattr(controller, "_swap", held_swap)
+    pki, replicas = certs
+    a = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas))
+    b = None
+    try:
+        wait_for(lambda: role(a) == "active", "a to become active")
+        caller = Caller(grpc.insecure_channel(a.address), (tmp_path / "token").read_text())
+        entity = caller.PutEntity(pb.PutEntityRequest(type="note", name="n"))
+        b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas))
+        wait_for(swapping.is_set, "b to install a's snapshot")
+        standby = Caller(grpc.insecure_channel(b.address), (tmp_path / "token").read_text())
+        with pytest.raises(grpc.RpcError) as refused:
+            standby.GetEntity(pb.GetRequest(id=entity.id), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+        proceed.set()
+        wait_for(lambda: _has(standby, entity.id), "b to serve the read after the install")
+    finally:
+        proceed.set()
+        for node in (a, b):
+            if node is not None:
+                node.stop()

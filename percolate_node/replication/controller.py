@@ -68,6 +68,7 @@ class ReplicaController:
         self._abstain_until = 0.0        # after a handover: let the peer take the lease first
         self._publish_lock: asyncio.Lock | None = None
         self.replication_error = ""      # the last replication problem an operator must see
+        self.installing = False          # a snapshot is being swapped in: reads answer UNAVAILABLE
 
     @property
     def memory(self):
@@ -92,8 +93,11 @@ class ReplicaController:
         await self._server.start()
         advertise = config.replication_advertise or f"{config.replication_host or config.host}:{self.port}"
         if self.elector is None:
+            password = config.ha_etcd_password_file.read_text().strip() if config.ha_etcd_password_file else ""
             self.elector = LeaseElector(open_backend(config.ha_lease_url, self.tenant_id, config.ha_lease_name,
-                                                     config.ha_kubernetes_dir),
+                                                     config.ha_kubernetes_dir,
+                                                     (config.ha_etcd_ca, config.ha_etcd_cert, config.ha_etcd_key),
+                                                     config.ha_etcd_user, password),
                                         config.replica_id, advertise, config.ha_lease_duration_s,
                                         bootstrap=config.ha_bootstrap_replica)
         else:
@@ -362,7 +366,11 @@ class ReplicaController:
         else:
             old = data_dir.parent / f".{data_dir.name}.replica-old"
         await asyncio.to_thread(sync_tree, staging)
-        await self.node.reopen_memory(lambda: _swap(data_dir, staging, old, keep_old), epoch)
+        self.installing = True
+        try:
+            await self.node.reopen_memory(lambda: _swap(data_dir, staging, old, keep_old), epoch)
+        finally:
+            self.installing = False
         write_epoch(data_dir, epoch)
         self.memory.store.add_log_listener(self.source.on_commit)
         if keep_old:

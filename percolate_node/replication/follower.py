@@ -1,7 +1,10 @@
 """The standby side: follow the active's log into our own encrypted copy, warm.
 
 The standby dials the lease holder's replication address with its replica certificate,
-installs a snapshot when the active sends one, applies records in order
+first checks in a TLS handshake of its own that the server's certificate chains to the
+tenant CA and names ``spiffe://percolate/tenant/<this tenant>/replica`` (gRPC's client
+checks only the host name, and another tenant's replica shares the CA), installs a snapshot
+(file names must be plain names; the end's file and byte counts must match what came) when the active sends one, applies records in order
 (``store.apply_log_record``: same KEK, older epochs refused) and acknowledges the LSN it
 has made durable before it indexes: search indexes are kept warm here, record by record
 (a resource written or tombstoned is added to or dropped from the index), so a promotion
@@ -24,6 +27,7 @@ from percolate_node.rem.codec import decode
 from percolate_node.rem.model import Resource
 from percolate_node.store.layout import RESOURCES
 
+from .errors import ReplicationError
 from .source import MAX_MESSAGE_BYTES, record_digest
 
 log = logging.getLogger("percolate.replication")
@@ -80,6 +84,8 @@ class Follower:
                     log.info("replication: stream from %s ended: %s %s", address, code.name, error.details())
                 else:  # something an operator must see: it repeats until fixed
                     self.controller.report_stream_error(address, code.name, error.details())
+            except (ReplicationError, PermissionError) as error:
+                self.controller.report_stream_error(address, type(error).__name__, str(error))
             except Exception:
                 log.exception("replication: following %s failed", address)
             self.connected.clear()
@@ -87,6 +93,7 @@ class Follower:
 
     async def _follow(self, address: str) -> None:
         config = self.controller.config
+        await asyncio.to_thread(verify_active, address, config)
         credentials = channel_credentials(config.replica_ca, config.replica_cert, config.replica_key)
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         if config.replication_server_name:  # the peer's certificate names the headless Service
@@ -101,6 +108,7 @@ class Follower:
                 tenant_id=config.tenant_id, replica_id=config.replica_id, last_lsn=last if digest else 0,
                 last_record_sha256=digest, epoch=store.epoch)))
             staging: Path | None = None
+            received: dict[str, int] = {}  # snapshot file -> bytes received
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:
@@ -120,12 +128,19 @@ class Follower:
                 elif kind == "snapshot_chunk":
                     chunk = response.snapshot_chunk
                     if staging is None:
-                        staging = self._staging()
-                    await asyncio.to_thread(_write_chunk, staging / chunk.file, chunk.offset, chunk.data)
+                        staging, received = self._staging(), {}
+                    name = plain_file_name(chunk.file)
+                    received[name] = received.get(name, 0) + len(chunk.data)
+                    await asyncio.to_thread(_write_chunk, staging / name, chunk.offset, chunk.data)
                 elif kind == "snapshot_end":
                     end = response.snapshot_end
                     if staging is None:
-                        staging = self._staging()
+                        staging, received = self._staging(), {}
+                    if end.files != len(received) or end.bytes != sum(received.values()):
+                        shutil.rmtree(staging, ignore_errors=True)
+                        raise ReplicationError(f"the snapshot's end names {end.files} files and {end.bytes} bytes; "
+                                               f"{len(received)} files and {sum(received.values())} bytes came: "
+                                               "not installed")
                     keep = end.diverged or self.controller.memory.store.last_lsn > end.lsn
                     await self.controller.install_snapshot(staging, end.epoch, keep, end.reason)
                     staging = None
@@ -186,6 +201,44 @@ class Follower:
                 continue
             memory.index.add(resource.id, resource.embedding, resource.text, memory._meta(resource))
             memory._graph_version += 1
+
+
+def plain_file_name(name: str) -> str:
+    """A snapshot file's name as sent: a plain name in the staging folder, nothing else."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or Path(name).name != name:
+        raise ReplicationError(f"the active sent a snapshot file named {name[:200]!r}: not a plain file name")
+    return name
+
+
+def verify_active(address: str, config, timeout_s: float = 10.0) -> None:
+    """A TLS handshake with our replica certificate: the server's certificate must chain to the
+    tenant CA and carry exactly the URI SAN of this tenant's replica; PermissionError otherwise."""
+    import socket
+    import ssl
+
+    from cryptography import x509
+
+    from percolate_certs.identity import replica_uri
+
+    host, _, port = address.rpartition(":")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False  # gRPC checks the name; this checks the identity
+    context.load_verify_locations(str(config.replica_ca))
+    context.load_cert_chain(str(config.replica_cert), str(config.replica_key))
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as raw:
+        with context.wrap_socket(raw, server_hostname=config.replication_server_name or host.strip("[]")) as tls:
+            der = tls.getpeercert(binary_form=True)
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    expected = replica_uri(config.tenant_id)
+    if uris != [expected]:
+        raise PermissionError(f"the server at {address} is not a replica of tenant {config.tenant_id}: its "
+                              f"certificate names {uris or 'no URI'}, not {expected}; not following it")
 
 
 def _write_chunk(path: Path, offset: int, data: bytes) -> None:

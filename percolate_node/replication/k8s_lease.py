@@ -5,7 +5,9 @@
 holder's replication address and what it acknowledged (LSN, synchronous standby) are
 annotations. Compare-and-swap is a replace carrying the
 ``resourceVersion`` that was read: the API server answers 409 Conflict when another
-replica wrote in between (create: 409 when it exists).
+replica wrote in between (create: 409 when it exists). The replace carries over the
+metadata that was read (labels, other annotations, owner references): the chart's Lease keeps
+Helm's ownership and ``helm.sh/resource-policy: keep``.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class KubernetesLease:
         self.api = client.CoordinationV1Api(api_client)
         self.namespace = namespace
         self.name = name
+        self._read = None  # the Lease as read last: its metadata goes into the next replace
 
     @classmethod
     def in_cluster(cls, namespace: str | None, name: str, credentials_dir: str | None = None) -> "KubernetesLease":
@@ -60,6 +63,7 @@ class KubernetesLease:
             raise LeaseUnavailableError(f"{self.describe()}: {error.status} {error.reason}") from None
         except Exception as error:
             raise LeaseUnavailableError(f"{self.describe()}: {error}") from None
+        self._read = lease
         spec = lease.spec
         annotations = lease.metadata.annotations or {}
         renewed = spec.renew_time
@@ -76,12 +80,23 @@ class KubernetesLease:
         from kubernetes.client.rest import ApiException
 
         now = dt.datetime.fromtimestamp(record.renewed_ns / 1e9, dt.timezone.utc)
+        read = None
+        if version is not None:
+            read = self._read
+            if read is None or read.metadata.resource_version != version:
+                self.read()  # the metadata to carry over; a newer version now is a conflict
+                read = self._read
+                if read is None or read.metadata.resource_version != version:
+                    return False
+        metadata = client.V1ObjectMeta(name=self.name, namespace=self.namespace, resource_version=version,
+                                       labels=read.metadata.labels if read else None,
+                                       owner_references=read.metadata.owner_references if read else None,
+                                       annotations=dict((read.metadata.annotations or {}) if read else {}))
+        metadata.annotations.update({ADDRESS_ANNOTATION: record.address, ACKED_ANNOTATION: str(record.acked_lsn),
+                                     SYNCHRONOUS_ANNOTATION: str(record.synchronous).lower(),
+                                     STANDBY_ANNOTATION: record.standby})
         body = client.V1Lease(
-            metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace, resource_version=version,
-                                         annotations={ADDRESS_ANNOTATION: record.address,
-                                                      ACKED_ANNOTATION: str(record.acked_lsn),
-                                                      SYNCHRONOUS_ANNOTATION: str(record.synchronous).lower(),
-                                                      STANDBY_ANNOTATION: record.standby}),
+            metadata=metadata,
             spec=client.V1LeaseSpec(holder_identity=record.holder or None, lease_transitions=record.epoch,
                                     lease_duration_seconds=max(1, round(record.duration_s)),
                                     renew_time=now, acquire_time=now))

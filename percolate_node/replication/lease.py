@@ -252,8 +252,10 @@ class LeaseElector:
         self._valid_until = 0.0
 
 
-def open_backend(url: str, tenant_id: str, name: str = "", credentials_dir=None):
-    """``etcd://host:port[/prefix]`` or ``kubernetes[://namespace]`` (in-cluster credentials)."""
+def open_backend(url: str, tenant_id: str, name: str = "", credentials_dir=None, etcd_tls=None,
+                 etcd_user: str = "", etcd_password: str = ""):
+    """``etcd://host:port[/prefix]`` (``etcd+https://`` with ``etcd_tls`` = (ca, cert, key) files,
+    any of them None) or ``kubernetes[://namespace]`` (in-cluster credentials)."""
     from urllib.parse import urlparse
 
     parsed = urlparse(url)
@@ -261,8 +263,10 @@ def open_backend(url: str, tenant_id: str, name: str = "", credentials_dir=None)
         from .etcd_lease import EtcdLease
 
         prefix = parsed.path.strip("/") or "percolate"
+        ca, cert, key = (str(path) if path else None for path in (etcd_tls or (None, None, None)))
         return EtcdLease(parsed.hostname or "127.0.0.1", parsed.port or 2379, f"/{prefix}/tenants/{tenant_id}/lease",
-                         protocol="https" if parsed.scheme == "etcd+https" else "http")
+                         protocol="https" if parsed.scheme == "etcd+https" else "http", ca=ca, cert=cert,
+                         key_file=key, user=etcd_user, password=etcd_password)
     if parsed.scheme == "kubernetes" or url == "kubernetes":
         from .k8s_lease import KubernetesLease
 
