@@ -769,8 +769,8 @@ def test_a_copy_ahead_of_the_active_is_moved_aside_and_kept(tmp_path, lease_url,
 
 
 def test_large_records_reach_the_standby_in_batches_by_bytes(tmp_path, lease_url, certs):
-    """25 writes of 3 MiB while the standby is away (75 MiB of records, over what one message may
-    carry): the returning standby catches up (batches are cut by bytes) and the pair is
+    """30 writes of 3 MiB (incompressible) while the standby is away (over 64 MiB of records, once
+    the whole message limit): the returning standby catches up (batches are cut by bytes) and the pair is
     synchronous again."""
     pki, replicas = certs
     a = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas))
@@ -782,9 +782,13 @@ def test_large_records_reach_the_standby_in_batches_by_bytes(tmp_path, lease_url
         b.stop()
         b = None
         caller = Caller(grpc.insecure_channel(a.address), (tmp_path / "token").read_text())
-        blob = "x" * (3 << 20)
-        ids = [caller.PutEntity(pb.PutEntityRequest(type="note", name=f"big {i}", properties={"blob": blob}),
-                                timeout=120).id for i in range(25)]
+        import base64
+
+        first = a.server.memory.store.last_lsn
+        ids = [caller.PutEntity(pb.PutEntityRequest(type="note", name=f"big {i}", properties={
+            "blob": base64.b64encode(os.urandom(9 << 18)).decode()}), timeout=120).id for i in range(30)]
+        sizes = [len(sealed) for _, sealed in a.server.memory.store.log_records(first, 1000)]
+        assert sum(sizes) > 64 << 20, "the records must exceed what one message could carry before"
         b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas))
         wait_for(lambda: b.server.memory.store.last_lsn == a.server.memory.store.last_lsn, "b to catch up", 300)
         wait_for(lambda: a.server.replication.status()["synchronous"], "the pair to be synchronous again")
