@@ -6,7 +6,8 @@ Parse and Transcribe (``jfk.flac``: ``PERCOLATE_DEMO_AUDIO``, default
 ``data/jfk.flac`` in the repository) as a tenant node would, and shows that
 another tenant's name is refused. Then a tenant node over an encrypted RocksDB ingests
 generated files (text PDF, scanned PDF, DOCX, XLSX, PNG, the audio) through the
-reading service and answers searches.
+reading service and answers searches. Last, two replicas of the tenant with the lease in etcd:
+a synchronous standby, ``kill -9`` of the active, the standby serving every acknowledged write.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from reading_frontend.config import FrontendConfig
 from reading_frontend.embedded import EmbeddedReading
 
 from . import samples
+from .failover_demo import demo_failover
 from .node_demo import demo_node
 
 TENANT = "demo-tenant"
@@ -168,6 +170,7 @@ def main() -> int:
                     demo_identity(stub)
                 demo_node(reading.address, pki, TENANT, paths.cache / "demo" / "node", demo_audio_path(),
                           heading)
+                demo_failover(reading.address, pki, TENANT, paths.cache / "demo" / "failover", heading)
         heading("Done")
         print(f"Node, frontend and Triton stopped after {time.perf_counter() - started:.0f} s. "
               "`make test` runs the suite; `make bench` the benchmarks.")
