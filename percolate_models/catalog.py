@@ -59,6 +59,11 @@ class ModelSpec:
     gpu: TargetSettings
     variants: tuple[str, ...] = ("fp32",)
     """Selectable weight variants; the first is the reference the others are measured against."""
+    batch_dependent_variants: tuple[str, ...] = ()
+    """Variants whose output for one input depends on the other inputs in its batch (dynamic
+    int8 quantisation scales activations over the whole batch, and Triton batches requests of
+    different tenants together): never chosen automatically, only by an explicit ``--variant``,
+    so one tenant's texts cannot shift another's embeddings."""
     default_variant: str = ""
     """The variant installed when no ``--variant`` names one (empty: the first). Not part of
     the build cache key: every variant is built anyway, this only picks the installed file."""
@@ -104,6 +109,7 @@ TEXT_EMBEDDING = ModelSpec(
     gpu=TargetSettings(max_batch_size=256, preferred_batch_sizes=(64, 128, 256),
                        max_queue_delay_us=500, instance_count=2),
     variants=("fp32", "optimized", "int8"),
+    batch_dependent_variants=("int8",),
 )
 
 OCR_DET = ModelSpec(

@@ -93,8 +93,8 @@ def choose(spec: ModelSpec, entry_dir: Path, entry: dict, cache: Path, say: Say 
 def pick(spec: ModelSpec, measured: dict) -> dict:
     """The fastest variant that keeps the floor (the reference variant when none is faster)."""
     floor = FLOORS[spec.name]
-    passing = [v for v in spec.variants
-               if all(measured["accuracy"][v][k] >= floor[k] for k in floor)]
+    passing = [v for v in spec.variants if v not in spec.batch_dependent_variants
+               and all(measured["accuracy"][v][k] >= floor[k] for k in floor)]
     if not passing:
         passing = [spec.variants[0]]
     at_threads = {v: measured["timings_ms"][v][str(THREADS)] for v in spec.variants}
@@ -103,8 +103,13 @@ def pick(spec: ModelSpec, measured: dict) -> dict:
     reason = (f"chose {chosen}: fastest at {THREADS} threads ({at_threads[chosen]:.1f} ms per "
               f"{TIMING_SENTENCES} sentences) of those within the floor (cosine mean >= {floor['cosine_mean']}, "
               f"min >= {floor['cosine_min']} vs {measured['reference']})")
+    dependent = [v for v in failed if v in spec.batch_dependent_variants]
+    failed = [v for v in failed if v not in dependent]
     if failed:
         reason += f"; below the floor: {', '.join(failed)}"
+    if dependent:
+        reason += (f"; not chosen automatically: {', '.join(dependent)} (its output depends on the other "
+                   "requests batched with it; --variant installs it anyway)")
     return {"variant": chosen, "reason": reason, "floor": floor, "reference": measured["reference"],
             "accuracy": measured["accuracy"], "timings_ms": measured["timings_ms"]}
 

@@ -26,11 +26,22 @@ def measured(int8_accuracy: dict, ms: dict[str, float]) -> dict:
 
 
 def test_pick_takes_the_fastest_variant_within_the_floor():
+    from dataclasses import replace
+
+    independent = replace(TEXT_EMBEDDING, batch_dependent_variants=())  # the rule alone
     fast_int8 = measured(CLOSE, {"fp32": 240, "optimized": 200, "int8": 100})
-    assert tune.pick(TEXT_EMBEDDING, fast_int8)["variant"] == "int8"
-    poor_int8 = tune.pick(TEXT_EMBEDDING, measured(POOR, {"fp32": 240, "optimized": 200, "int8": 100}))
+    assert tune.pick(independent, fast_int8)["variant"] == "int8"
+    poor_int8 = tune.pick(independent, measured(POOR, {"fp32": 240, "optimized": 200, "int8": 100}))
     assert poor_int8["variant"] == "optimized" and "below the floor: int8" in poor_int8["reason"]
-    assert tune.pick(TEXT_EMBEDDING, measured(POOR, {"fp32": 150, "optimized": 200, "int8": 100}))["variant"] == "fp32"
+    assert tune.pick(independent, measured(POOR, {"fp32": 150, "optimized": 200, "int8": 100}))["variant"] == "fp32"
+
+
+def test_a_batch_dependent_variant_is_never_chosen_automatically():
+    """Dynamic int8 scales activations over the whole batch, and Triton batches tenants together:
+    one tenant's texts would shift another's embeddings."""
+    chosen = tune.pick(TEXT_EMBEDDING, measured(CLOSE, {"fp32": 240, "optimized": 200, "int8": 100}))
+    assert chosen["variant"] == "optimized"
+    assert "not chosen automatically: int8" in chosen["reason"]
 
 
 @pytest.fixture
@@ -58,21 +69,21 @@ def test_build_installs_the_measured_choice_once_per_machine_and_variant_wins(sc
     only = BuildOptions(models=("text_embedding",))
     build(scratch, only, say=lambda _: None)
     installed = json.loads(scratch.manifest.read_text())["models"]["text_embedding"]
-    assert installed["variant"] == installed["choice"]["variant"] == "int8"
+    assert installed["variant"] == installed["choice"]["variant"] == "fp32"  # int8 is batch dependent
     assert "fastest at 2 threads" in installed["choice"]["reason"]
     assert installed["choice"]["timings_ms"]["int8"] == {"1": 200, "2": 100}
     assert installed["choice"]["machine"]["cpu"]
     key = installed["cache_key"]
     served = scratch.model_repository / "text_embedding" / "1" / "model.onnx"
-    assert sha256_file(served) == sha256_file(scratch.cache / "models" / "text_embedding" / key / "int8.onnx")
+    assert sha256_file(served) == sha256_file(scratch.cache / "models" / "text_embedding" / key / "fp32.onnx")
     lines = []
     build(scratch, only, say=lines.append)
     assert len(calls) == 1 and lines[-1].startswith("nothing to do"), "measured once, then read from the cache"
     assert list((scratch.cache / "tune").glob(f"text_embedding-{key}-{tune.machine_key()}.json"))
 
-    build(scratch, BuildOptions(models=("text_embedding",), variants={"text_embedding": "fp32"}), say=lambda _: None)
+    build(scratch, BuildOptions(models=("text_embedding",), variants={"text_embedding": "int8"}), say=lambda _: None)
     installed = json.loads(scratch.manifest.read_text())["models"]["text_embedding"]
-    assert installed["variant"] == "fp32" and installed["choice"]["reason"] == "named by --variant"
+    assert installed["variant"] == "int8" and installed["choice"]["reason"] == "named by --variant"
     assert len(calls) == 1
 
     build(scratch, BuildOptions(models=("text_embedding",), tune=False), say=lambda _: None)
