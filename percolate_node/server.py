@@ -50,6 +50,7 @@ class NodeServer:
         self.health_port = 0
         self._refresh: asyncio.Task | None = None
         self._graph_saver: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -113,8 +114,18 @@ class NodeServer:
         paths = CertPaths(cert=config.tls_cert, key=config.tls_key, ca=config.tls_client_ca)
         return self._server.add_secure_port(address, server_credentials(paths, require_client_auth=True))
 
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless the node is stopping; True when it is."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     async def _refresh_metrics(self) -> None:
-        while True:
+        # Ends at stop between rounds (never cancelled inside one): a cancelled to_thread would
+        # leave its thread reading the store, and a live iterator keeps RocksDB's LOCK after close.
+        while not self._stopping.is_set():
             try:
                 stats = await asyncio.get_running_loop().run_in_executor(None, self.memory.stats)
                 tenant = self.config.tenant_id
@@ -132,7 +143,8 @@ class NodeServer:
                     await asyncio.to_thread(trim_unshipped_log, self.memory.store)
             except Exception:  # the next round tries again; the node goes on serving
                 log.exception("refreshing the node's metrics failed")
-            await asyncio.sleep(METRICS_REFRESH_S)
+            if await self._pause(METRICS_REFRESH_S):
+                return
 
     async def _report_integrity(self) -> None:
         damaged = bool(self.memory.damage)
@@ -142,8 +154,7 @@ class NodeServer:
     async def _save_graph_periodically(self) -> None:
         """Save a changed search graph every ``graph_save_interval_s`` (on a thread: about
         0.5 s at 100k chunks, searches and ingests going on)."""
-        while True:
-            await asyncio.sleep(self.config.graph_save_interval_s)
+        while not await self._pause(self.config.graph_save_interval_s):
             if self.memory.graph_unsaved:
                 try:
                     await asyncio.to_thread(self.memory.save_graph)
@@ -180,9 +191,10 @@ class NodeServer:
         await self.health.enter_graceful_shutdown()
         if self.replication is not None:  # hands the lease back so the standby takes over at once
             await self.replication.stop()
-        for task in (self._refresh, self._graph_saver):
+        self._stopping.set()
+        for task in (self._refresh, self._graph_saver):  # each ends after its current round
             if task is not None:
-                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._server.stop(self.config.drain_grace_s if grace_s is None else grace_s)
         self._server = None
         if self._health_server is not None:
