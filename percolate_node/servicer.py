@@ -263,7 +263,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 tenant_id=self.memory.tenant_id, documents=s["documents"], resources=s["resources"],
                 entities=s["entities"], moments=s["moments"], storage_bytes=s["storage_bytes"],
                 index_entries=s["index_entries"], index_rebuild_seconds=s["index_rebuild_seconds"],
-                last_lsn=self.memory.store.last_lsn,
+                last_lsn=self.memory.store.last_lsn, dek_seals=s["dek_seals"], dek_seal_limit=s["dek_seal_limit"],
                 shipped_lsn=agent.shipped_lsn if (agent := self._backup()) is not None else 0)
         return await self._run("Stats", context, work)
 

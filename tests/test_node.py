@@ -135,6 +135,8 @@ def test_bad_requests_and_corrupt_files_write_nothing(node_env):
                   grpc.StatusCode.INVALID_ARGUMENT, "depth")
     after = caller.Stats(pb.StatsRequest())
     assert (after.documents, after.resources, after.moments) == (before.documents, before.resources, before.moments)
+    # the data key's seal count is in Stats (`percolate stats`), reserved ahead of the seals
+    assert 0 < after.dek_seals <= after.dek_seal_limit == 2**31
 
 
 def test_callers_must_authenticate(node_env):

@@ -404,7 +404,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("tenant_id", "documents", "resources", "entities", "moments", "storage_bytes", "index_entries", "index_rebuild_seconds", "last_lsn", "shipped_lsn")
+    __slots__ = ("tenant_id", "documents", "resources", "entities", "moments", "storage_bytes", "index_entries", "index_rebuild_seconds", "last_lsn", "shipped_lsn", "dek_seals", "dek_seal_limit")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -415,6 +415,8 @@ class StatsResponse(_message.Message):
     INDEX_REBUILD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LAST_LSN_FIELD_NUMBER: _ClassVar[int]
     SHIPPED_LSN_FIELD_NUMBER: _ClassVar[int]
+    DEK_SEALS_FIELD_NUMBER: _ClassVar[int]
+    DEK_SEAL_LIMIT_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     documents: int
     resources: int
@@ -425,7 +427,9 @@ class StatsResponse(_message.Message):
     index_rebuild_seconds: float
     last_lsn: int
     shipped_lsn: int
-    def __init__(self, tenant_id: _Optional[str] = ..., documents: _Optional[int] = ..., resources: _Optional[int] = ..., entities: _Optional[int] = ..., moments: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., index_entries: _Optional[int] = ..., index_rebuild_seconds: _Optional[float] = ..., last_lsn: _Optional[int] = ..., shipped_lsn: _Optional[int] = ...) -> None: ...
+    dek_seals: int
+    dek_seal_limit: int
+    def __init__(self, tenant_id: _Optional[str] = ..., documents: _Optional[int] = ..., resources: _Optional[int] = ..., entities: _Optional[int] = ..., moments: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., index_entries: _Optional[int] = ..., index_rebuild_seconds: _Optional[float] = ..., last_lsn: _Optional[int] = ..., shipped_lsn: _Optional[int] = ..., dek_seals: _Optional[int] = ..., dek_seal_limit: _Optional[int] = ...) -> None: ...
 
 class CreateSnapshotRequest(_message.Message):
     __slots__ = ()
