@@ -771,13 +771,14 @@ def test_a_copy_ahead_of_the_active_is_moved_aside_and_kept(tmp_path, lease_url,
 def test_large_records_reach_the_standby_in_batches_by_bytes(tmp_path, lease_url, certs):
     """30 writes of 3 MiB (incompressible) while the standby is away (over 64 MiB of records, once
     the whole message limit): the returning standby catches up (batches are cut by bytes) and the pair is
-    synchronous again."""
+    synchronous again. The standby runs as its own process, restarted as an operator would."""
     pki, replicas = certs
     a = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas))
+    b_config = replica_config(tmp_path, "b", lease_url, pki, replicas, port=free_port(), replication_port=free_port())
     b = None
     try:
         wait_for(lambda: role(a) == "active", "a to become active")
-        b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas))
+        b = NodeProcess(b_config, tmp_path / "b.log")
         wait_for(lambda: a.server.replication.source.standby == "b", "b to follow a")
         b.stop()
         b = None
@@ -789,14 +790,15 @@ def test_large_records_reach_the_standby_in_batches_by_bytes(tmp_path, lease_url
             "blob": base64.b64encode(os.urandom(9 << 18)).decode()}), timeout=120).id for i in range(30)]
         sizes = [len(sealed) for _, sealed in a.server.memory.store.log_records(first, 1000)]
         assert sum(sizes) > 64 << 20, "the records must exceed what one message could carry before"
-        b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas))
-        wait_for(lambda: b.server.memory.store.last_lsn == a.server.memory.store.last_lsn, "b to catch up", 300)
-        wait_for(lambda: a.server.replication.status()["synchronous"], "the pair to be synchronous again")
-        assert all(b.server.memory.repository.get_entity(i) is not None for i in ids)
+        b = NodeProcess(b_config, tmp_path / "b.log")
+        wait_for(lambda: a.server.replication.source.standby == "b" and a.server.replication.status()["synchronous"],
+                 "b to catch up and the pair to be synchronous again", 300)
+        reader = Caller(grpc.insecure_channel(b.address), (tmp_path / "token").read_text())
+        assert all(reader.GetEntity(pb.GetRequest(id=i), timeout=60).id == i for i in ids)  # standby reads
     finally:
-        for node in (a, b):
-            if node is not None:
-                node.stop()
+        if b is not None:
+            b.stop()
+        a.stop()
 
 
 def test_a_record_over_the_message_limit_is_sent_as_a_snapshot_and_reported(tmp_path, lease_url, certs,
