@@ -2,7 +2,7 @@
 
 An audit hook (PEP 578) watches every ``open``, directory listing and subprocess start in
 the test process. A path inside something that already lay beside the checkout when the
-session started (``../shared/...``, a sibling clone) is refused with ``PermissionError`` at
+session started (notes or data kept next to the clone, a sibling clone) is refused with ``PermissionError`` at
 once, so the offending test fails where it happens, and it is recorded, so the session
 fails even if the caller swallowed the error. What the session creates itself (temporary
 folders, even when the checkout sits in ``/tmp``), the Python installation and hidden tool

@@ -189,27 +189,27 @@ def test_engine_cache_key_follows_the_repository_and_old_keys_are_pruned(tmp_pat
     (repository / "m" / "configs" / "gpu.pbtxt").write_text(
         'parameters { key: "trt_engine_cache_path" value: "/tmp/triton_trt_cache/m" }')
     (repository / "m" / "1" / "model.onnx").write_bytes(b"weights-1")
-    shared = tmp_path / "shared"
+    claim = tmp_path / "engine-claim"  # the ReadWriteMany claim pods share
 
     def restore(local: str) -> Path:
         subprocess.run([sys.executable, str(script), "restore", f"--repository={repository}",
                         "--cache-path=/tmp/triton_trt_cache", f"--local={tmp_path / local}",
-                        f"--shared={shared}", "--release=r1", "--keep-days=1"], check=True)
+                        f"--shared={claim}", "--release=r1", "--keep-days=1"], check=True)
         return tmp_path / local
 
     first = restore("one")
-    (key,) = [p.name for p in (shared / "r1").iterdir()]
-    snapshot = shared / "r1" / key / "snapshots" / "20240101T000000Z-pod"
+    (key,) = [p.name for p in (claim / "r1").iterdir()]
+    snapshot = claim / "r1" / key / "snapshots" / "20240101T000000Z-pod"
     (snapshot / "m").mkdir(parents=True)
     (snapshot / "m" / "e.engine").write_bytes(b"engine")
     assert _engine_files(restore("two")) == {"m/e.engine": b"engine"} and _engine_files(first) == {}
     (repository / "m" / "1" / "model.onnx").write_bytes(b"weights-2")  # same graph, new weights
     assert _engine_files(restore("three")) == {}
-    assert len(list((shared / "r1").iterdir())) == 2
+    assert len(list((claim / "r1").iterdir())) == 2
     old = time.time() - 2 * 86400
-    os.utime(shared / "r1" / key / "last-used", (old, old))
+    os.utime(claim / "r1" / key / "last-used", (old, old))
     restore("four")
-    assert key not in [p.name for p in (shared / "r1").iterdir()]
+    assert key not in [p.name for p in (claim / "r1").iterdir()]
 
 
 def test_node_passes_its_probes(node_pod):
