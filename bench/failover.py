@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import common  # noqa: E402  (puts the project root on sys.path)
@@ -44,6 +45,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from percolate.node.v1 import node_pb2 as pb
 from percolate.node.v1 import node_pb2_grpc
+from percolate_common import processes
+from percolate_common.processes import stop_process
 from tests.durability_fixtures import free_port
 from tests.replication_fixtures import EtcdServer, replica_config, replica_pki
 
@@ -75,23 +78,11 @@ class Node:
         self.process.wait()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process, 60)
         self.log.close()
 
 
-def wait_for(condition, what: str, deadline_s: float = 120.0):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise RuntimeError(f"timed out waiting for {what}")
+wait_for = partial(processes.wait_for, error=RuntimeError)
 
 
 class Client:

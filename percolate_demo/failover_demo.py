@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -22,6 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from percolate.node.v1 import node_pb2 as npb
 from percolate_certs.ca import issue_replica_cert
+from percolate_common import processes
+from percolate_common.processes import stop_process
 from percolate_node.client import NodeClient, NodeTarget
 from percolate_node.config import NodeConfig
 from percolate_node.store import generate_kek
@@ -29,6 +32,7 @@ from percolate_node.store import generate_kek
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 DEADLINE_S = 90.0
+wait_for = partial(processes.wait_for, deadline_s=DEADLINE_S, error=RuntimeError)
 NOTES = [("ha-runbook.md", "# Failover runbook\n\nThe standby takes the lease once it expires and it holds "
           "every acknowledged write; the old active rejoins as standby."),
          ("ha-lease.md", "# The lease\n\nThe lease generation is the epoch written into every change-log "
@@ -45,16 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(condition, what: str):
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {DEADLINE_S:.0f} s waiting for {what}")
 
 
 def health(address: str) -> int | None:
@@ -89,9 +83,7 @@ class Etcd:
         wait_for(healthy, "etcd")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
+        stop_process(self.process)
         self.log.close()
 
 
@@ -111,13 +103,7 @@ class Replica:
         self.process.wait()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.log.close()
 
 

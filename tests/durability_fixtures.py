@@ -14,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.request import Request, urlopen
 
+from percolate_common.processes import stop_process
+
 S3_ENV = {"AWS_ACCESS_KEY_ID": "percolate-test", "AWS_SECRET_ACCESS_KEY": "percolate-test-secret",
           "AWS_REGION": "us-east-1"}
 
@@ -51,12 +53,7 @@ class MotoServer:
         boto3.client("s3", endpoint_url=self.endpoint, **_boto_args()).create_bucket(Bucket=name)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process)
 
 
 def _boto_args() -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.request import urlopen
 
 from percolate_certs.ca import dev_pki, issue_replica_cert
+from percolate_common.processes import stop_process
 from percolate_node.config import NodeConfig
 from percolate_node.store import generate_kek
 from tests.durability_fixtures import free_port
@@ -59,12 +60,7 @@ class EtcdServer:
         return f"etcd://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process)
         self.log.close()
 
 

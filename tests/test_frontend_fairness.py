@@ -8,7 +8,6 @@ ended the parse workers must be idle: the processes that ran A's parses are gone
 """
 from __future__ import annotations
 
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,19 +16,11 @@ import pytest
 
 from percolate.reading.v1 import reading_pb2 as pb
 from percolate.reading.v1 import reading_pb2_grpc
+from percolate_common.processes import wait_for
 from tests.conftest import frontend_config, tenant_channel
 from tests.pathological_docs import html_nested_divs
 
 GENEROUS_S = 60.0
-
-
-def wait_for(condition, what: str, deadline_s: float = GENEROUS_S) -> None:
-    """Poll observable state until it holds; fail with ``what`` after a generous deadline."""
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"not reached within {deadline_s:.0f} s: {what}")
-        time.sleep(0.05)
 
 
 def metric(port: int, name: str) -> float:

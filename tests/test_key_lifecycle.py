@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from percolate_node.store import (EncryptedStore, KekFile, Put, StoreError, Tamp
 from percolate_node.store.crypto import Sealer
 from percolate_node.store.keyring import Keyring, write_keyring_file
 from percolate_node.store.layout import DOCUMENTS, KEYS, LOG
+from percolate_common.processes import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,14 +35,6 @@ def raw_family(path: Path, cf: str) -> dict[bytes, bytes]:
     view.close()
     db.close()
     return found
-
-
-def wait_for(condition, what: str, deadline_s: float = 120) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 # 1. seals per DEK: counted, persisted, bounded -----------------------------------------------------

@@ -174,7 +174,7 @@ def test_reading_outage_writes_nothing_then_recovers(triton, pki, paths, tmp_pat
 
     from contextlib import ExitStack
 
-    from tests.test_reading_lifecycle import wait_for
+    from percolate_common.processes import wait_for
 
     with ExitStack() as stack:  # whatever fails, every server started here stops
         reading = stack.enter_context(EmbeddedReading(frontend_config(triton, pki, metrics_port=-1), paths))
@@ -194,7 +194,7 @@ def test_reading_outage_writes_nothing_then_recovers(triton, pki, paths, tmp_pat
             except grpc.RpcError as err:
                 assert err.code() == grpc.StatusCode.UNAVAILABLE
                 return None
-        assert wait_for(retry_ingest, timeout_s=30, what="ingest after the outage").created
+        assert wait_for(retry_ingest, "ingest after the outage", 30).created
         assert caller.Stats(pb.StatsRequest()).documents == 1
 
 

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from percolate.reading.v1 import reading_pb2 as pb
 from percolate.reading.v1 import reading_pb2_grpc
+from percolate_common.processes import wait_for
 from percolate_triton import TritonConfig, TritonServer, TritonStartError
 from reading_frontend.embedded import EmbeddedReading
 from tests.conftest import frontend_config, tenant_channel
@@ -32,16 +33,6 @@ from tests.test_ocr_pipeline import CASES
 def health_status(channel, service: str = "") -> int:
     stub = health_pb2_grpc.HealthStub(channel)
     return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
-
-
-def wait_for(predicate, timeout_s: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout_s} s")
 
 
 def test_health_and_reflection(reading, pki):

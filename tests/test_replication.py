@@ -27,6 +27,7 @@ from percolate.node.v1 import replication_pb2 as rpb
 from percolate.node.v1 import replication_pb2_grpc
 from percolate_certs.tls import channel_credentials
 from percolate_common.background import BackgroundServer
+from percolate_common.processes import stop_process, wait_for
 from percolate_node.durability.errors import FencedError
 from percolate_node.replication.lease import LeaseElector, LeaseRecord
 from percolate_node.server import NodeServer
@@ -35,18 +36,6 @@ from percolate_node.store.layout import DOCUMENTS, URIS
 from tests.durability_fixtures import free_port
 from tests.replication_fixtures import TENANT, EtcdServer, LeaseApiServer, replica_config, replica_pki
 from tests.test_node import Caller
-
-DEADLINE_S = 90.0
-
-
-def wait_for(condition, what: str, deadline_s: float = DEADLINE_S):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -270,12 +259,7 @@ class NodeProcess:
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process, 60)
         self.log.close()
 
 

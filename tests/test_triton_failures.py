@@ -10,11 +10,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from percolate_common.processes import wait_for
 from percolate_models.errors import RepositoryError
 from percolate_triton import PortInUseError, TritonConfig, TritonServer, TritonStartError
 
@@ -105,16 +105,6 @@ def _children(pid: int) -> list[int]:
     return children
 
 
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout_s} s")
-
-
 def test_launcher_exits_non_zero_when_its_triton_dies(paths, tmp_path):
     """kill -9 of tritonserver: the launcher exits non-zero (its orchestrator restarts it)
     and takes the backend stub processes with it."""
@@ -130,13 +120,13 @@ def test_launcher_exits_non_zero_when_its_triton_dies(paths, tmp_path):
             raise AssertionError("the launcher printed nothing in 300 s") from None
         assert ready.startswith("Triton ready"), ready + launcher.stderr.read()
         (triton_pid,) = _children(launcher.pid)
-        stubs = _wait_for(lambda: [p for p in _process_group(triton_pid) if p != triton_pid], 60,
-                          "a backend stub process")
+        stubs = wait_for(lambda: [p for p in _process_group(triton_pid) if p != triton_pid],
+                         "a backend stub process")
         os.kill(triton_pid, signal.SIGKILL)
         code = launcher.wait(timeout=120)
         assert code != 0, launcher.stderr.read()
         assert "tritonserver exited unexpectedly" in launcher.stderr.read()
-        _wait_for(lambda: not _process_group(triton_pid), 60, f"the stubs {stubs} gone")
+        wait_for(lambda: not _process_group(triton_pid), f"the stubs {stubs} gone", 60)
     finally:
         if launcher.poll() is None:
             launcher.kill()
