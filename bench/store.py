@@ -14,6 +14,10 @@ Put rounds alternate which side goes first; get rounds alternate sides every 1,0
 so that load from other processes hits both. Figures are medians over rounds; the ratio
 is the median of the per-round ratios (encrypted / plaintext).
 
+A second table splits one 64 B x 1,000 put batch into its parts (Put objects, sealing,
+the change-log record, the synced write, and the same write without the record), so the
+cost of each is visible; it reaches into the store's internals for that and nothing else.
+
     python bench/store.py [--quick]
 """
 from __future__ import annotations
@@ -139,6 +143,59 @@ def measure(count: int, size: int | tuple[int, ...], batch: int, rounds: int,
     return result
 
 
+def breakdown(batches: int, size: int = 64, batch: int = 1000) -> list[list]:
+    """Median milliseconds per ``batch``-value put, part by part (plaintext first)."""
+    from percolate_node.durability import changelog
+    from percolate_node.store.layout import LOG
+    from percolate_node.store.store import Delete
+
+    rng = random.Random(size + batch)
+    parts: dict[str, list[float]] = {}
+
+    def timed(name: str, work):
+        started = time.perf_counter()
+        result = work()
+        parts.setdefault(name, []).append((time.perf_counter() - started) * 1e3)
+        return result
+
+    kek = os.urandom(32)
+    with tempfile.TemporaryDirectory(prefix="bench-store-parts-") as tmp:
+        plain = Plain(Path(tmp) / "plain")
+        sealed = EncryptedStore.open(Path(tmp) / "sealed", "bench", kek)
+        unlogged = EncryptedStore.open(Path(tmp) / "unlogged", "bench", kek)
+        for store in (sealed, unlogged):
+            store._reserve(batches * (batch + 2))
+        lsn = 1
+        for _ in range(batches):
+            items = [(rng.randbytes(16), rng.randbytes(size)) for _ in range(batch)]
+            timed("plaintext: WriteBatch.put loop + synced write", lambda: plain.put(items))
+            ops = timed("encrypted: Put objects", lambda: [Put(RESOURCES, k, v) for k, v in items])
+            keys = sealed._sealer.keys
+            wb = WriteBatch(raw_mode=True)
+            framed = timed("encrypted: seal_batch (seal, WriteBatch.put, log framing)",
+                           lambda: keys.seal_batch(ops, sealed._batch_targets, Put, Delete, wb.put, wb.delete))
+
+            def log_record() -> None:
+                key = changelog.lsn_key(lsn)
+                record = changelog.encode_framed(lsn, 1, time.time_ns(), *framed)
+                wb.put(key, keys.seal(sealed._log_context, key, record), sealed._handles[LOG])
+
+            timed("encrypted: change-log record (encode, seal)", log_record)
+            lsn += 1
+            timed("encrypted: synced write, with the change-log record", lambda: sealed._db.write(wb, sealed._sync))
+            other = WriteBatch(raw_mode=True)
+            unlogged._sealer.keys.seal_batch(ops, unlogged._batch_targets, Put, Delete, other.put, other.delete)
+            timed("counterfactual: synced write without the record", lambda: unlogged._db.write(other, unlogged._sync))
+        plain.close()
+        sealed.close()
+        unlogged.close()
+    medians = {name: statistics.median(values) for name, values in parts.items()}
+    total = sum(v for name, v in medians.items() if name.startswith("encrypted"))
+    rows = [[name, f"{ms:.3f}"] for name, ms in medians.items()]
+    rows.append(["encrypted: sum of its parts", f"{total:.3f}"])
+    return rows
+
+
 def main() -> None:
     args = common.arguments(__doc__.splitlines()[0])
     count, rounds = (20_000, 3) if args.quick else (100_000, 5)
@@ -159,9 +216,12 @@ def main() -> None:
     common.print_table(f"Encrypted store vs plaintext rocksdict ({count:,} values, median of {rounds} rounds, "
                        f"synced batches; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)",
                        columns, rows)
+    parts = breakdown(20 if args.quick else 60)
+    common.print_table("Where one 64 B x 1,000 put batch goes (median ms per batch)", ["part", "ms"], parts)
     common.write_results("store", {
         "quick": args.quick, "rounds": rounds, "values": count, "floor": FLOOR,
         "rows": [dict(zip(columns, row)) for row in rows],
+        "breakdown_64B_x1000_ms": {name: float(ms) for name, ms in parts},
     })
 
 
