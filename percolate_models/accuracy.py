@@ -1,4 +1,5 @@
-"""Agreement of embedding variants with a reference, measured the same way everywhere.
+"""Agreement of embedding variants with a reference, measured the same way everywhere, and
+whether a variant's embedding of a text depends on the other texts batched with it.
 
 The build records these figures in the manifest; tests and ``bench/embed.py`` reuse
 ``sample_sentences`` so every number comes from a known, reproducible text set.
@@ -43,3 +44,42 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     cos = cosine_rows(reference, candidate)
     return {"cosine_mean": round(float(cos.mean()), 6), "cosine_min": round(float(cos.min()), 6),
             "sentences": int(len(cos))}
+
+
+BATCH_INDEPENDENCE_MIN_COSINE = 0.9999
+"""How closely a text's embedding must agree alone and inside a batch of other texts.
+
+fp32 and the per-token int8 variant agree at >= 0.9999999 (only float summation order
+differs with the batch shape; a rare tie could move one activation by one quantisation
+step, well inside this bound); int8 with one activation scale per batch fell to about
+0.989-0.991, a hundred times further than this bound allows."""
+
+BATCH_MATES = [
+    "ok",
+    "42",
+    "URGENT!!! WIRE TRANSFER 9,999,999.99 USD TO ACCOUNT 0000-1111-2222-3333 BEFORE 23:59 UTC!!!",
+    "Die Quartalszahlen wurden gestern veröffentlicht; der Umsatz stieg um zwölf Prozent.",
+    " ".join(["The long report describes, section by section and with many digressions, how the "
+              "old bridge was surveyed, closed, rebuilt and reopened, who paid for which part, "
+              "and why the second inspection found cracks the first one had missed."] * 3),
+    "def f(x): return {k: v for k, v in x.items() if v is not None}  # 0x7fff_ffff",
+]
+"""Texts that differ from ordinary sentences in every way a batch can: length (so padding),
+script, digits, capitals and code."""
+
+
+def batch_independence(texts: list[str], tokenizer, run) -> dict[str, float]:
+    """Agreement of each text embedded alone (its own padding) with the same text embedded
+    inside one batch together with ``BATCH_MATES`` (padded to the longest of them).
+
+    ``tokenizer`` is a ``reading_frontend.text.TextTokenizer``, ``run`` an ``EmbedFn``."""
+    alone = np.concatenate([run(*_ids_mask(tokenizer, [text])) for text in texts])
+    mixed = run(*_ids_mask(tokenizer, BATCH_MATES[:3] + texts + BATCH_MATES[3:]))[3:3 + len(texts)]
+    cos = cosine_rows(alone, mixed)
+    return {"cosine_min": round(float(cos.min()), 9), "max_abs_diff": float(np.abs(alone - mixed).max()),
+            "texts": len(texts)}
+
+
+def _ids_mask(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    batch = tokenizer.encode(texts, truncate=True)
+    return batch.input_ids, batch.attention_mask

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import configs, export, tune, whisper_convert
+from . import configs, export, quantize, tune, whisper_convert
 from .accuracy import agreement, sample_sentences
 from .catalog import ASSETS, MODELS, AssetSpec, ModelSpec, model_by_name
 from .errors import BuildError, RepositoryError
@@ -111,6 +111,8 @@ def cache_key(spec: ModelSpec, source_sha256: str) -> str:
 
 def _export_code(spec: ModelSpec) -> list:
     """The modules whose code determines ``spec``'s built weights."""
+    if spec.kind == "sentence_transformer":
+        return [export, quantize]
     return [export, whisper_convert] if spec.kind.startswith("whisper_") else [export]
 
 
@@ -169,10 +171,13 @@ def _produce(spec: ModelSpec, source: Path, out: Path, say: Say, cache: Path) ->
     exported = export.export_sentence_transformer(source, out / "export", out / "export.log")
     os.replace(exported, out / "fp32.onnx")
     shutil.rmtree(out / "export")
-    say("optimising (onnxruntime transformer fusions) and quantising to int8 (per channel)")
+    say("optimising (onnxruntime transformer fusions) and quantising to int8 (per channel; "
+        "activations per batch and per token)")
     with export.quiet(out / "export.log"):
         export.optimize_bert(out / "fp32.onnx", out / "optimized.onnx", source)
         export.quantize_int8(out / "fp32.onnx", out / "int8.onnx")
+        if "int8_token" in spec.variants:
+            export.quantize_int8_per_token(out / "fp32.onnx", out / "int8_token.onnx")
     say(f"measuring each variant against fp32 on {ACCURACY_SENTENCES} sentences")
     return _measure_variants(spec, out, source / "tokenizer.json")
 

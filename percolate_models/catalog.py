@@ -108,7 +108,9 @@ TEXT_EMBEDDING = ModelSpec(
                        max_queue_delay_us=2000, instance_count=1),
     gpu=TargetSettings(max_batch_size=256, preferred_batch_sizes=(64, 128, 256),
                        max_queue_delay_us=500, instance_count=2),
-    variants=("fp32", "optimized", "int8"),
+    # int8: onnxruntime's dynamic quantisation, one activation scale per batch (batch dependent);
+    # int8_token: one activation scale per token (percolate_models/quantize.py), batch independent
+    variants=("fp32", "optimized", "int8", "int8_token"),
     batch_dependent_variants=("int8",),
 )
 

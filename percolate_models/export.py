@@ -74,6 +74,9 @@ def optimize_bert(src: Path, dst: Path, model_dir: Path) -> None:
 def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantisation of the MatMul weights, one scale per output channel.
 
+    Its activations get one scale per tensor, i.e. per Triton batch: batch dependent, so it
+    is served only when named (``quantize_int8_per_token`` is the batch-independent one).
+
     Quantising only MatMuls per channel keeps cosine agreement with fp32 near 0.99;
     the naive default (all ops, per tensor) drops it to about 0.94 on this model.
     """
@@ -81,6 +84,14 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                      op_types_to_quantize=["MatMul"])
+
+
+def quantize_int8_per_token(src: Path, dst: Path) -> None:
+    """int8 MatMuls with one activation scale per token, so a text's embedding does not
+    depend on the rest of its batch (``quantize.py`` says how and why)."""
+    from .quantize import quantize_per_token
+
+    quantize_per_token(src, dst)
 
 
 def rename_tensors(src: Path, dst: Path, renames: dict[str, str]) -> None:

@@ -5,7 +5,9 @@ graph and its int8 kernels (fast where the CPU has VNNI) rank differently from o
 to the next, so the build does not assume one. For each tuned model ``choose`` keeps the
 variants whose embeddings pass the accuracy floor against the reference, times them on
 this machine the way the cpu target runs them (onnxruntime, the config's thread count),
-and picks the fastest. The result is cached per model build and machine type (CPU model,
+and picks the fastest among those whose embedding of a text does not depend on the other
+texts in its batch (Triton batches different tenants' requests together; measured here, and
+``ModelSpec.batch_dependent_variants`` excludes a variant whatever the measurement). The result is cached per model build and machine type (CPU model,
 its flags, core count, onnxruntime version) in ``<cache>/tune/``: the first build on a
 machine type pays a few seconds, every later build reads the file. An explicit
 ``--variant`` skips all of this (``build.py``).
@@ -26,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from .accuracy import agreement, sample_sentences
+from .accuracy import BATCH_INDEPENDENCE_MIN_COSINE, agreement, batch_independence, sample_sentences
 from .catalog import MINILM, ModelSpec
 
 TUNED = ("text_embedding",)
@@ -35,7 +37,7 @@ FLOORS = {"text_embedding": {"cosine_mean": 0.99, "cosine_min": 0.97}}
 """Accuracy a variant must keep against the reference to be served (issue 13)."""
 TIMING_SENTENCES = 64
 ACCURACY_SENTENCES = 256
-ROUNDS = 5
+ROUNDS = 7
 THREADS = 2  # the cpu target's intra-op threads (configs.py)
 
 Say = Callable[[str], None]
@@ -70,7 +72,8 @@ def choose(spec: ModelSpec, entry_dir: Path, entry: dict, cache: Path, say: Say 
     """The tuned choice for ``spec`` from its build entry: cached, or measured now.
 
     ``measure`` (tests) returns {"accuracy": {variant: agreement}, "timings_ms": {variant:
-    {threads: ms}}, "reference": str}; the default runs ``measure_embedding_variants``.
+    {threads: ms}}, "batch_independence": {variant: {"cosine_min", "max_abs_diff"}},
+    "reference": str}; the default runs ``measure_embedding_variants``.
     """
     info = machine()
     path = cache / "tune" / f"{spec.name}-{entry['key']}-{machine_key(info)}.json"
@@ -91,9 +94,13 @@ def choose(spec: ModelSpec, entry_dir: Path, entry: dict, cache: Path, say: Say 
 
 
 def pick(spec: ModelSpec, measured: dict) -> dict:
-    """The fastest variant that keeps the floor (the reference variant when none is faster)."""
+    """The fastest batch-independent variant that keeps the floor (the reference variant when
+    none is faster)."""
     floor = FLOORS[spec.name]
-    passing = [v for v in spec.variants if v not in spec.batch_dependent_variants
+    mixing = measured.get("batch_independence", {})
+    dependent = [v for v in spec.variants if v in spec.batch_dependent_variants
+                 or mixing.get(v, {}).get("cosine_min", 1.0) < BATCH_INDEPENDENCE_MIN_COSINE]
+    passing = [v for v in spec.variants if v not in dependent
                and all(measured["accuracy"][v][k] >= floor[k] for k in floor)]
     if not passing:
         passing = [spec.variants[0]]
@@ -103,21 +110,24 @@ def pick(spec: ModelSpec, measured: dict) -> dict:
     reason = (f"chose {chosen}: fastest at {THREADS} threads ({at_threads[chosen]:.1f} ms per "
               f"{TIMING_SENTENCES} sentences) of those within the floor (cosine mean >= {floor['cosine_mean']}, "
               f"min >= {floor['cosine_min']} vs {measured['reference']})")
-    dependent = [v for v in failed if v in spec.batch_dependent_variants]
+    dependent = [v for v in failed if v in dependent]
     failed = [v for v in failed if v not in dependent]
     if failed:
         reason += f"; below the floor: {', '.join(failed)}"
     if dependent:
         reason += (f"; not chosen automatically: {', '.join(dependent)} (its output depends on the other "
-                   "requests batched with it; --variant installs it anyway)")
+                   f"requests batched with it: alone vs in a batch below cosine {BATCH_INDEPENDENCE_MIN_COSINE} "
+                   "or declared so in the catalog; --variant installs it anyway)")
     return {"variant": chosen, "reason": reason, "floor": floor, "reference": measured["reference"],
-            "accuracy": measured["accuracy"], "timings_ms": measured["timings_ms"]}
+            "accuracy": measured["accuracy"], "timings_ms": measured["timings_ms"],
+            "batch_independence": mixing}
 
 
 def measure_embedding_variants(spec: ModelSpec, entry_dir: Path) -> dict:
     """Accuracy of each variant against sentence-transformers (the fp32 ONNX export where
-    it is not installed: it agrees with it at cosine >= 0.999, tests/test_embedding.py), and
-    the median time of one batch at 1 and 2 threads."""
+    it is not installed: it agrees with it at cosine >= 0.999, tests/test_embedding.py),
+    whether its embedding of a text changes with the batch around it, and the median time
+    of one batch at 1 and 2 threads."""
     import onnxruntime as ort
 
     from reading_frontend.text import TextTokenizer, embed_texts, onnx_embed_fn
@@ -134,27 +144,34 @@ def measure_embedding_variants(spec: ModelSpec, entry_dir: Path) -> dict:
             "sentence-transformers"
     except ImportError:
         reference, reference_name = None, "the fp32 ONNX export"
-    accuracy, timings = {}, {}
+    accuracy, timings, mixing = {}, {}, {}
+    probes = sample_sentences(8, seed=5)
     batch = tokenizer.encode(sample_sentences(TIMING_SENTENCES, seed=11))
+    feed = {"input_ids": batch.input_ids.astype(np.int64), "attention_mask": batch.attention_mask.astype(np.int64)}
+    sessions = {}
     for variant in spec.variants:
         model = entry_dir / f"{variant}.onnx"
         vectors = embed_texts(sentences, tokenizer, onnx_embed_fn(model))
         if reference is None:
             reference = vectors  # the first variant is fp32
         accuracy[variant] = agreement(reference, vectors)
-        timings[variant] = {}
+        mixing[variant] = batch_independence(probes, tokenizer, onnx_embed_fn(model, threads=THREADS))
         for threads in (1, THREADS):
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-            feed = {"input_ids": batch.input_ids.astype(np.int64),
-                    "attention_mask": batch.attention_mask.astype(np.int64)}
-            session.run(None, feed)  # warm up
-            times = []
-            for _ in range(ROUNDS):
-                started = time.perf_counter()
-                session.run(None, feed)
-                times.append((time.perf_counter() - started) * 1e3)
-            timings[variant][str(threads)] = round(statistics.median(times), 2)
-    return {"accuracy": accuracy, "timings_ms": timings, "reference": reference_name}
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as served
+            sessions[variant, threads] = ort.InferenceSession(str(model), options,
+                                                              providers=["CPUExecutionProvider"])
+            sessions[variant, threads].run(None, feed)  # warm up
+    # Round robin, so a burst of load from other processes hits every variant alike
+    times: dict[tuple[str, int], list[float]] = {k: [] for k in sessions}
+    for _ in range(ROUNDS):
+        for key, session in sessions.items():
+            started = time.perf_counter()
+            session.run(None, feed)
+            times[key].append((time.perf_counter() - started) * 1e3)
+    for (variant, threads), values in times.items():
+        timings.setdefault(variant, {})[str(threads)] = round(statistics.median(values), 2)
+    return {"accuracy": accuracy, "timings_ms": timings, "batch_independence": mixing,
+            "reference": reference_name}
