@@ -7,9 +7,10 @@ variants whose embeddings pass the accuracy floor against the reference, times t
 this machine the way the cpu target runs them (onnxruntime, the config's thread count),
 and picks the fastest among those whose embedding of a text does not depend on the other
 texts in its batch (Triton batches different tenants' requests together; measured here, and
-``ModelSpec.batch_dependent_variants`` excludes a variant whatever the measurement). The result is cached per model build and machine type (CPU model,
-its flags, core count, onnxruntime version) in ``<cache>/tune/``: the first build on a
-machine type pays a few seconds, every later build reads the file. An explicit
+``ModelSpec.batch_dependent_variants`` excludes a variant whatever the measurement). The
+result is cached per model build and machine type (CPU model, its flags, core count,
+onnxruntime version) in ``<cache>/tune/``: the first build on a machine type pays about
+half a minute, every later build reads the file. An explicit
 ``--variant`` skips all of this (``build.py``).
 
 Thread and instance counts are timed for the record only: they live in the committed

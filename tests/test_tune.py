@@ -20,28 +20,49 @@ CLOSE = {"cosine_mean": 0.993, "cosine_min": 0.988, "sentences": 256}
 POOR = {"cosine_mean": 0.95, "cosine_min": 0.86, "sentences": 256}
 
 
-def measured(int8_accuracy: dict, ms: dict[str, float]) -> dict:
-    return {"accuracy": {"fp32": GOOD, "optimized": GOOD, "int8": int8_accuracy},
-            "timings_ms": {v: {"1": 2 * t, "2": t} for v, t in ms.items()}, "reference": "stand-in"}
+ALONE = {"cosine_min": 1.0, "max_abs_diff": 3e-8, "texts": 8}
+MIXED = {"cosine_min": 0.989, "max_abs_diff": 2.5e-2, "texts": 8}
+
+
+def measured(int8_accuracy: dict, ms: dict[str, float], token_accuracy: dict = CLOSE,
+             mixing: dict | None = None) -> dict:
+    ms = {"int8_token": 120, **ms}
+    return {"accuracy": {"fp32": GOOD, "optimized": GOOD, "int8": int8_accuracy, "int8_token": token_accuracy},
+            "timings_ms": {v: {"1": 2 * t, "2": t} for v, t in ms.items()},
+            "batch_independence": {v: ALONE for v in ms} | {"int8": MIXED} | (mixing or {}),
+            "reference": "stand-in"}
 
 
 def test_pick_takes_the_fastest_variant_within_the_floor():
     from dataclasses import replace
 
     independent = replace(TEXT_EMBEDDING, batch_dependent_variants=())  # the rule alone
-    fast_int8 = measured(CLOSE, {"fp32": 240, "optimized": 200, "int8": 100})
+    unmixed = {"int8": ALONE}
+    fast_int8 = measured(CLOSE, {"fp32": 240, "optimized": 200, "int8": 100}, mixing=unmixed)
     assert tune.pick(independent, fast_int8)["variant"] == "int8"
-    poor_int8 = tune.pick(independent, measured(POOR, {"fp32": 240, "optimized": 200, "int8": 100}))
-    assert poor_int8["variant"] == "optimized" and "below the floor: int8" in poor_int8["reason"]
-    assert tune.pick(independent, measured(POOR, {"fp32": 150, "optimized": 200, "int8": 100}))["variant"] == "fp32"
+    poor = tune.pick(independent, measured(POOR, {"fp32": 240, "optimized": 200, "int8": 100}, POOR, unmixed))
+    assert poor["variant"] == "optimized" and "below the floor: int8, int8_token" in poor["reason"]
+    slow = {"fp32": 150, "optimized": 200, "int8": 100, "int8_token": 160}
+    assert tune.pick(independent, measured(POOR, slow, mixing=unmixed))["variant"] == "fp32"
 
 
 def test_a_batch_dependent_variant_is_never_chosen_automatically():
     """Dynamic int8 scales activations over the whole batch, and Triton batches tenants together:
     one tenant's texts would shift another's embeddings."""
     chosen = tune.pick(TEXT_EMBEDDING, measured(CLOSE, {"fp32": 240, "optimized": 200, "int8": 100}))
-    assert chosen["variant"] == "optimized"
+    assert chosen["variant"] == "int8_token"  # per-token scales: batch independent, next fastest
     assert "not chosen automatically: int8" in chosen["reason"]
+    assert chosen["batch_independence"]["int8_token"] == ALONE
+
+
+def test_a_variant_measured_batch_dependent_is_not_chosen_even_if_the_catalog_misses_it():
+    from dataclasses import replace
+
+    undeclared = replace(TEXT_EMBEDDING, batch_dependent_variants=())
+    chosen = tune.pick(undeclared, measured(CLOSE, {"fp32": 240, "optimized": 200, "int8": 100},
+                                            mixing={"int8_token": MIXED}))
+    assert chosen["variant"] == "optimized"
+    assert "not chosen automatically: int8, int8_token" in chosen["reason"]
 
 
 @pytest.fixture
@@ -63,13 +84,14 @@ def test_build_installs_the_measured_choice_once_per_machine_and_variant_wins(sc
 
     def measure(spec, entry_dir):
         calls.append(entry_dir)
-        return measured(CLOSE, {"fp32": 240, "optimized": 260, "int8": 100})
+        return measured(CLOSE, {"fp32": 240, "optimized": 260, "int8": 100, "int8_token": 300})
 
     monkeypatch.setattr(tune, "measure_embedding_variants", measure)
     only = BuildOptions(models=("text_embedding",))
     build(scratch, only, say=lambda _: None)
     installed = json.loads(scratch.manifest.read_text())["models"]["text_embedding"]
     assert installed["variant"] == installed["choice"]["variant"] == "fp32"  # int8 is batch dependent
+    assert installed["choice"]["batch_independence"]["int8"] == MIXED
     assert "fastest at 2 threads" in installed["choice"]["reason"]
     assert installed["choice"]["timings_ms"]["int8"] == {"1": 200, "2": 100}
     assert installed["choice"]["machine"]["cpu"]
