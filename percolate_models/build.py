@@ -156,9 +156,9 @@ def _produce(spec: ModelSpec, source: Path, out: Path, say: Say, cache: Path) ->
         part = "encoder_model.onnx" if spec.kind == "whisper_encoder" else "decoder_model_merged.onnx"
         shutil.copyfile(exported / part, out / "fp32.onnx")
         if "int8" in spec.variants:
-            say("quantising the decoder's output projection to int8 (dynamic, per channel)")
+            say("quantising the weight MatMuls to int8 (per channel, batch independent)")
             with export.quiet(out / "export.log"):
-                whisper_convert.quantize_projection_int8(out / "fp32.onnx", out / "int8.onnx")
+                whisper_convert.quantize_int8(spec.kind, out / "fp32.onnx", out / "int8.onnx")
         return {}
     if spec.kind == "onnx":
         say("copying the packaged ONNX graph with the repository's tensor names")

@@ -53,8 +53,10 @@ class BlsRunner:
         return [_numpy(pb_utils.get_output_tensor_by_name(response, name)) for name in outputs]
 
     def encode(self, features: np.ndarray) -> dict:
-        (hidden,) = self._call(self.encoder_model, [pb_utils.Tensor("input_features", features)],
-                               ["last_hidden_state"])
+        # one window per request, as OrtRunner.encode: an int8 encoder's scale is per call
+        hidden = np.concatenate([
+            self._call(self.encoder_model, [pb_utils.Tensor("input_features", row)],
+                       ["last_hidden_state"])[0] for row in np.split(features, features.shape[0])])
         return {"hidden": hidden, "past": {}}
 
     def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:

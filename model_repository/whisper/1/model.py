@@ -176,7 +176,11 @@ class OrtRunner:
         self.cross_names = [n for n in self.kv_names if ".encoder." in n]
 
     def encode(self, features: np.ndarray) -> dict:
-        hidden = self.encoder.run(["last_hidden_state"], {"input_features": features})[0]
+        # One window per call: the int8 encoder scales its activations per call, so a
+        # window's result must not depend on the others in the batch (a batch gains
+        # nothing on CPU anyway: one window is already 1500 rows).
+        hidden = np.concatenate([self.encoder.run(["last_hidden_state"], {"input_features": row})[0]
+                                 for row in np.split(features, features.shape[0])])
         return {"hidden": hidden, "past": {}}
 
     def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
@@ -237,8 +241,10 @@ class BlsRunner:
         return [_numpy(pb_utils.get_output_tensor_by_name(response, name)) for name in outputs]
 
     def encode(self, features: np.ndarray) -> dict:
-        (hidden,) = self._call(self.encoder_model, [pb_utils.Tensor("input_features", features)],
-                               ["last_hidden_state"])
+        # one window per request, as OrtRunner.encode: an int8 encoder's scale is per call
+        hidden = np.concatenate([
+            self._call(self.encoder_model, [pb_utils.Tensor("input_features", row)],
+                       ["last_hidden_state"])[0] for row in np.split(features, features.shape[0])])
         return {"hidden": hidden, "past": {}}
 
     def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
