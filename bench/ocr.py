@@ -5,15 +5,24 @@ with --quick) go through
   (f) Ocr over mutual TLS to the reading frontend (its own process), which decodes,
       runs detection/classification/recognition on Triton and post-processes;
       1 and 2 concurrent clients;
+  (p) diagnostic: reading_frontend.ocr in this process on the served graphs with
+      onnxruntime at the cpu target's settings (2 threads, no spinning): the models'
+      own cost, without gRPC, Triton or the frontend;
   (r) rapidocr-onnxruntime in this process, the reference.
-Figures are medians of several rounds; accuracy is 1 - edit distance / length of the
-known text, whitespace ignored (PP-OCR drops some spaces), averaged over images.
+Rounds are interleaved (r, p, f1, f2, r, p, ...) so that load from other work on a
+shared machine falls on every system alike; figures are medians. Accuracy is
+1 - edit distance / length of the known text, whitespace ignored (PP-OCR drops some
+spaces), averaged over images. Triton's own statistics over the full-path rounds split
+each image's time into the three models' queue and compute; the rest is the frontend,
+gRPC and the client.
 
     python bench/ocr.py [--quick]
 """
 from __future__ import annotations
 
 import io
+import statistics
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -27,6 +36,7 @@ from percolate_triton import TritonConfig, TritonServer
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 WORDS = ("invoice total memory tenant private reading service triton chunk page table "
          "report quarterly storage encrypted keys search hybrid semantic node shared").split()
+OCR_MODELS = ("ocr_det", "ocr_cls", "ocr_rec")
 
 
 def make_images(count: int, seed: int = 3) -> list[tuple[bytes, str]]:
@@ -51,10 +61,49 @@ def accuracy(found: list[str], expected: str) -> float:
     return max(0.0, 1 - edit_distance(text, expected) / len(expected))
 
 
+def in_process_pipeline(repository):
+    """reading_frontend.ocr on the repository's built graphs, onnxruntime as the cpu
+    target's backend runs them (2 threads, no spinning)."""
+    import onnxruntime as ort
+
+    from percolate_models.paths import ProjectPaths
+    from reading_frontend import ocr
+
+    sessions = {}
+    for name in OCR_MODELS:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sessions[name] = ort.InferenceSession(str(repository / name / "1" / "model.onnx"), options,
+                                              providers=["CPUExecutionProvider"])
+
+    def infer(model: str, batch: np.ndarray) -> np.ndarray:
+        session = sessions[model]
+        return session.run(None, {session.get_inputs()[0].name: batch})[0]
+
+    characters = ocr.load_character_list(ProjectPaths.from_env().assets / "ocr" / "ppocr_keys.txt")
+    return lambda image: [line.text for line in ocr.run_ocr(image, infer, characters)]
+
+
+def triton_stats(client) -> dict[str, dict[str, float]]:
+    """Cumulative queue/compute nanoseconds and request counts of the OCR models."""
+    stats = {}
+    for model in client.get_inference_statistics(as_json=True)["model_stats"]:
+        if model["name"] in OCR_MODELS:
+            inference = model["inference_stats"]
+            stats[model["name"]] = {
+                part: float(inference[part].get("ns", 0))
+                for part in ("queue", "compute_input", "compute_infer", "compute_output")}
+            stats[model["name"]]["requests"] = float(inference["success"].get("count", 0))
+    return stats
+
+
 def main() -> None:
     args = common.arguments(__doc__.splitlines()[0])
-    count, rounds = (8, 2) if args.quick else (24, 3)
+    count, rounds = (8, 3) if args.quick else (24, 5)
     images = make_images(count)
+    import tritonclient.grpc as grpcclient
     from rapidocr_onnxruntime import RapidOCR
 
     from percolate.reading.v1 import reading_pb2 as pb
@@ -66,8 +115,11 @@ def main() -> None:
         result = rapid(image)[0] or []
         return [text for _, text, _ in result]
 
-    with TritonServer(TritonConfig.from_env()) as triton, common.FrontendProcess(triton.grpc_url) as frontend:
+    config = TritonConfig.from_env()
+    pipeline = in_process_pipeline(config.model_repository)
+    with TritonServer(config) as triton, common.FrontendProcess(triton.grpc_url) as frontend:
         stubs = [reading_pb2_grpc.ReadingServiceStub(frontend.channel()) for _ in range(2)]
+        stats_client = grpcclient.InferenceServerClient(triton.grpc_url)
 
         def full_read(image: bytes, client: int = 0) -> list[str]:
             return [line.text for line in stubs[client].Ocr(pb.OcrRequest(image=image), timeout=120).lines]
@@ -81,26 +133,48 @@ def main() -> None:
 
         systems = {
             "rapidocr in process (r)": lambda: [rapid_read(image) for image, _ in images],
+            "pipeline in process (p)": lambda: [pipeline(image) for image, _ in images],
             "full path, 1 client (f)": concurrent(1),
             "full path, 2 clients (f)": concurrent(2),
         }
-        for run in systems.values():
-            run()  # warm-up
-        figures = {}
-        for name, run in systems.items():
-            found = run()
-            rate, rates = common.median_rate(lambda: len(run()), rounds)
-            figures[name] = {"images_per_s": round(rate, 3), "rounds": [round(r, 3) for r in rates],
-                             "accuracy": round(float(np.mean([accuracy(f, e) for f, (_, e) in
-                                                              zip(found, images)])), 5)}
+        found = {name: run() for name, run in systems.items()}  # warm-up, and what each reads
+        rates: dict[str, list[float]] = {name: [] for name in systems}
+        before = triton_stats(stats_client)
+        for _ in range(rounds):
+            for name, run in systems.items():
+                started = time.perf_counter()
+                run()
+                rates[name].append(len(images) / (time.perf_counter() - started))
+        after = triton_stats(stats_client)
+        # the 2-client rounds ran too: per image, Triton's time is over both full-path systems
+        full_images = 2 * rounds * len(images)
+        stages = {model: {part: round((after[model][part] - before[model][part]) / 1e6 / full_images, 1)
+                          for part in ("queue", "compute_input", "compute_infer", "compute_output")}
+                  for model in after}
+        for model in stages:
+            stages[model]["requests_per_image"] = round(
+                (after[model]["requests"] - before[model]["requests"]) / full_images, 2)
+    figures = {}
+    for name in systems:
+        figures[name] = {
+            "images_per_s": round(statistics.median(rates[name]), 3),
+            "rounds": [round(r, 3) for r in rates[name]],
+            "accuracy": round(float(np.mean([accuracy(f, e) for f, (_, e) in zip(found[name], images)])), 5)}
     reference = figures["rapidocr in process (r)"]
     rows = []
     for name, fig in figures.items():
         fig["ratio_to_rapidocr"] = round(fig["images_per_s"] / reference["images_per_s"], 3)
         rows.append([name, fig["images_per_s"], f"{fig['ratio_to_rapidocr']:.2f}x", fig["accuracy"]])
-    common.print_table(f"PP-OCRv4, {count} generated 1200x800 images, median of {rounds} rounds",
+    common.print_table(f"PP-OCRv4, {count} generated 1200x800 images, median of {rounds} interleaved rounds",
                        ["system", "images/s", "vs (r)", "char accuracy"], rows)
-    common.write_results("ocr", {"images": count, "rounds": rounds, "systems": figures})
+    one_client_ms = 1000 / figures["full path, 1 client (f)"]["images_per_s"]
+    stage_rows = [[model, s["queue"], s["compute_input"] + s["compute_output"], s["compute_infer"],
+                   s["requests_per_image"]] for model, s in sorted(stages.items())]
+    common.print_table(f"Triton per image over the full-path rounds (ms; one image on 1 client took "
+                       f"{one_client_ms:.0f} ms in all)",
+                       ["model", "queue", "tensors in/out", "compute", "requests/image"], stage_rows)
+    common.write_results("ocr", {"images": count, "rounds": rounds, "systems": figures,
+                                 "triton_ms_per_image": stages})
 
 
 if __name__ == "__main__":

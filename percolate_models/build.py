@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import configs, export, quantize, tune, whisper_convert
+from . import configs, export, ocr_graphs, quantize, tune, whisper_convert
 from .accuracy import agreement, sample_sentences
 from .catalog import ASSETS, MODELS, AssetSpec, ModelSpec, model_by_name
 from .errors import BuildError, RepositoryError
@@ -111,6 +111,8 @@ def cache_key(spec: ModelSpec, source_sha256: str) -> str:
 
 def _export_code(spec: ModelSpec) -> list:
     """The modules whose code determines ``spec``'s built weights."""
+    if spec.name in ocr_graphs.EDITS:
+        return [export, ocr_graphs]
     if spec.kind == "sentence_transformer":
         return [export, quantize]
     return [export, whisper_convert] if spec.kind.startswith("whisper_") else [export]
@@ -162,8 +164,7 @@ def _produce(spec: ModelSpec, source: Path, out: Path, say: Say, cache: Path) ->
         return {}
     if spec.kind == "onnx":
         say("copying the packaged ONNX graph with the repository's tensor names")
-        renames = {t.onnx_name: t.name for t in spec.inputs + spec.outputs if t.onnx_name}
-        export.rename_tensors(source, out / "fp32.onnx", renames)
+        ocr_graphs.served_onnx(spec, source, out / "fp32.onnx")  # + uint8 det input, argmax rec output
         return {}
     if spec.kind != "sentence_transformer":
         raise BuildError(f"{spec.name} has unknown kind {spec.kind!r}", "fix the catalog")

@@ -21,6 +21,12 @@ class TensorSpec:
     onnx_name: str = ""
     """Name in the packaged ONNX graph when it differs (renamed by the build)."""
 
+    @property
+    def numpy_dtype(self) -> str:
+        """numpy's name for ``data_type`` (callers cast their arrays to it)."""
+        return {"TYPE_FP32": "float32", "TYPE_UINT8": "uint8", "TYPE_INT64": "int64",
+                "TYPE_INT32": "int32", "TYPE_BOOL": "bool"}[self.data_type]
+
 
 @dataclass(frozen=True)
 class TargetSettings:
@@ -92,7 +98,8 @@ RAPIDOCR = WeightsSource("rapidocr-onnxruntime", "rapidocr_onnxruntime", "models
 
 EMBEDDING_DIM = 384
 OCR_REC_CLASSES = 6625
-"""PP-OCRv4 recognition: 6623 dictionary characters + CTC blank + space."""
+"""PP-OCRv4 recognition: 6623 dictionary characters + CTC blank + space (the served model
+returns only the best class index of each step, below this)."""
 
 TEXT_EMBEDDING = ModelSpec(
     name="text_embedding",
@@ -116,11 +123,12 @@ TEXT_EMBEDDING = ModelSpec(
 
 OCR_DET = ModelSpec(
     name="ocr_det",
-    description="PP-OCRv4 text detection (DB); probability map at input resolution",
+    description="PP-OCRv4 text detection (DB); probability map at input resolution. Takes the "
+                "resized BGR image as uint8 HWC and normalises in the graph (ocr_graphs.py)",
     source=WeightsSource(RAPIDOCR.distribution, RAPIDOCR.module,
                          "models/ch_PP-OCRv4_det_infer.onnx"),
     kind="onnx",
-    inputs=(TensorSpec("image", "TYPE_FP32", (3, -1, -1), onnx_name="x"),),
+    inputs=(TensorSpec("image", "TYPE_UINT8", (-1, -1, 3), onnx_name="x"),),
     outputs=(TensorSpec("probability_map", "TYPE_FP32", (1, -1, -1),
                         onnx_name="sigmoid_0.tmp_0"),),
     cpu=TargetSettings(max_batch_size=4, preferred_batch_sizes=(4,),
@@ -146,12 +154,13 @@ OCR_CLS = ModelSpec(
 
 OCR_REC = ModelSpec(
     name="ocr_rec",
-    description="PP-OCRv4 text recognition; per-step character probabilities for CTC",
+    description="PP-OCRv4 text recognition; per step the best of its classes and that class's "
+                "probability, all greedy CTC decoding reads (ocr_graphs.py)",
     source=WeightsSource(RAPIDOCR.distribution, RAPIDOCR.module,
                          "models/ch_PP-OCRv4_rec_infer.onnx"),
     kind="onnx",
     inputs=(TensorSpec("image", "TYPE_FP32", (3, 48, -1), onnx_name="x"),),
-    outputs=(TensorSpec("probabilities", "TYPE_FP32", (-1, OCR_REC_CLASSES),
+    outputs=(TensorSpec("best_classes", "TYPE_FP32", (-1, 2),
                         onnx_name="softmax_11.tmp_0"),),
     cpu=TargetSettings(max_batch_size=32, preferred_batch_sizes=(6, 32),
                        max_queue_delay_us=1000, instance_count=1),

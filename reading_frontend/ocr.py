@@ -20,7 +20,10 @@ import pyclipper
 from PIL import Image
 
 InferFn = Callable[[str, np.ndarray], np.ndarray]
-"""``infer(model_name, float32 NCHW batch) -> the model's single output``."""
+"""``infer(model_name, batch) -> the model's single output``, as the repository serves them
+(``percolate_models/ocr_graphs.py``): ``ocr_det`` takes uint8 [N, H, W, 3] BGR and
+normalises in the graph; ``ocr_cls`` and ``ocr_rec`` take float32 NCHW; ``ocr_rec``
+returns [N, T, 2] (best class index, its probability) per step, not all 6625 classes."""
 
 DET_MODEL = "ocr_det"
 CLS_MODEL = "ocr_cls"
@@ -231,16 +234,26 @@ _MIN_BOX_SIDE = 3
 
 
 def det_preprocess(image: np.ndarray, params: OcrParams = OcrParams()) -> np.ndarray:
-    """Upscale so the short side reaches the limit (sides multiple of 32), normalise to NCHW."""
+    """Upscale so the short side reaches the limit (sides multiple of 32), as uint8 [1, H, W, 3].
+
+    The served ``ocr_det`` normalises in its graph, bit for bit as :func:`det_normalize`:
+    a quarter of the bytes cross to Triton and the frontend does no float work.
+    """
     height, width = image.shape[:2]
     scale = 1.0
     if min(height, width) < params.det_limit_side_len:
         scale = params.det_limit_side_len / min(height, width)
     resize_h, resize_w = _snap_to_32(height, width, scale)
     resized = cv2.resize(image, (resize_w, resize_h))
+    return np.ascontiguousarray(resized[np.newaxis])
+
+
+def det_normalize(batch: np.ndarray) -> np.ndarray:
+    """Upstream's normalisation of a uint8 NHWC batch to float32 NCHW in [-1, 1] (for the
+    packaged graph, which the served one wraps)."""
     # float32 * (1/255), then float64 mean/std: the same dtype path as upstream.
-    normalized = (resized.astype("float32") * (1 / 255.0) - _DB_MEAN) / _DB_STD
-    return np.expand_dims(normalized.transpose((2, 0, 1)), axis=0).astype(np.float32)
+    normalized = (batch.astype("float32") * (1 / 255.0) - _DB_MEAN) / _DB_STD
+    return normalized.transpose((0, 3, 1, 2)).astype(np.float32)
 
 
 def det_postprocess(
@@ -490,13 +503,24 @@ def ctc_decode(probs: np.ndarray, characters: Sequence[str]) -> list[tuple[str, 
 
     Class 0 is the CTC blank and the last class is a space appended to ``characters``.
     """
-    alphabet = ["blank", *characters, " "]
-    if probs.shape[-1] != len(alphabet):
+    if probs.shape[-1] != len(characters) + 2:
         raise ValueError(
-            f"rec output has {probs.shape[-1]} classes but the dictionary gives {len(alphabet)}"
+            f"rec output has {probs.shape[-1]} classes but the dictionary gives {len(characters) + 2}"
         )
-    indices = probs.argmax(axis=2)
-    step_probs = probs.max(axis=2)
+    best = np.stack([probs.argmax(axis=2).astype(np.float32), probs.max(axis=2)], axis=2)
+    return ctc_decode_best(best, characters)
+
+
+def ctc_decode_best(best: np.ndarray, characters: Sequence[str]) -> list[tuple[str, float]]:
+    """Greedy CTC decode of [N, T, 2] (best class index, its probability) per step, what
+    the served ``ocr_rec`` returns; same results as :func:`ctc_decode` on the full output."""
+    alphabet = ["blank", *characters, " "]
+    indices = best[..., 0].astype(np.int64)
+    step_probs = best[..., 1]
+    if indices.size and (indices.min() < 0 or indices.max() >= len(alphabet)):
+        raise ValueError(
+            f"rec output names class {int(indices.max())} but the dictionary gives {len(alphabet)}"
+        )
     results = []
     for seq, seq_probs in zip(indices, step_probs):
         keep = np.ones(len(seq), dtype=bool)
@@ -518,7 +542,7 @@ def recognize_text(
     results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
     for indices in aspect_sorted_batches(crops, params.rec_batch_num):
         batch = rec_preprocess([crops[i] for i in indices], params)
-        decoded = ctc_decode(np.asarray(infer(REC_MODEL, batch)), characters)
+        decoded = ctc_decode_best(np.asarray(infer(REC_MODEL, batch)), characters)
         for i, result in zip(indices, decoded):
             results[i] = result
     return results

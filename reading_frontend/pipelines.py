@@ -136,7 +136,7 @@ class ReadingPipelines:
         """An ``InferFn`` for worker threads: runs each model call on the event loop."""
         def infer(model: str, batch: np.ndarray) -> np.ndarray:
             spec = model_by_name(model)
-            call = self.triton.infer(model, {spec.inputs[0].name: batch.astype(np.float32, copy=False)},
+            call = self.triton.infer(model, {spec.inputs[0].name: batch.astype(spec.inputs[0].numpy_dtype, copy=False)},
                                      [spec.outputs[0].name], self._timeout(deadline))
             return asyncio.run_coroutine_threadsafe(call, loop).result()[spec.outputs[0].name]
         return infer

@@ -33,7 +33,7 @@ class TritonModels:
         """Run one of the OCR models on an NCHW float32 batch; returns its only output."""
         spec = model_by_name(model)
         (output,) = spec.outputs
-        return self.infer(model, {spec.inputs[0].name: batch.astype(np.float32, copy=False)},
+        return self.infer(model, {spec.inputs[0].name: batch.astype(spec.inputs[0].numpy_dtype, copy=False)},
                           [output.name])[output.name]
 
     def close(self) -> None:

@@ -1,7 +1,9 @@
 """reading_frontend.ocr must give exactly what RapidOCR gives on the same models.
 
 Models run through local onnxruntime sessions behind the InferFn interface, the
-way the Triton client calls them; RapidOCR itself is the reference.
+way the Triton client calls them, as the repository serves them (the packaged graphs
+renamed and edited by ``percolate_models/ocr_graphs.py``, written here by the build's own
+function); RapidOCR itself, on the packaged graphs, is the reference.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import rapidocr_onnxruntime
 from PIL import Image, ImageDraw, ImageFont
 from rapidocr_onnxruntime import RapidOCR
 
+from percolate_models import ocr_graphs
+from percolate_models.catalog import model_by_name
 from reading_frontend import ocr
 
 FONT_PATH = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
@@ -40,7 +44,8 @@ PAGE_LINES = [
 
 
 @pytest.fixture(scope="module")
-def sessions() -> dict[str, ort.InferenceSession]:
+def packaged() -> dict[str, ort.InferenceSession]:
+    """The graphs as rapidocr ships them (input ``x``, all 6625 classes out of rec)."""
     return {
         name: ort.InferenceSession(str(MODELS_DIR / file), providers=["CPUExecutionProvider"])
         for name, file in MODEL_FILES.items()
@@ -48,10 +53,21 @@ def sessions() -> dict[str, ort.InferenceSession]:
 
 
 @pytest.fixture(scope="module")
+def sessions(tmp_path_factory) -> dict[str, ort.InferenceSession]:
+    """The graphs as the repository serves them, written by the build's function."""
+    folder = tmp_path_factory.mktemp("served")
+    served = {}
+    for name in MODEL_FILES:
+        ocr_graphs.served_onnx(model_by_name(name), MODELS_DIR / MODEL_FILES[name], folder / f"{name}.onnx")
+        served[name] = ort.InferenceSession(str(folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    return served
+
+
+@pytest.fixture(scope="module")
 def infer(sessions) -> ocr.InferFn:
     def run(model_name: str, batch: np.ndarray) -> np.ndarray:
         session = sessions[model_name]
-        (output,) = session.run(None, {"x": batch})
+        (output,) = session.run(None, {session.get_inputs()[0].name: batch})
         return output
 
     return run
@@ -286,3 +302,50 @@ def test_rec_preprocess_pads_batch_to_widest_crop():
 
     assert batch.shape == (2, 3, 48, 960) and batch.dtype == np.float32
     assert np.all(batch[0, :, :, 96:] == 0) and np.all(batch[0, :, :, :96] == -1)
+
+
+# --------------------------------------------------------------------------- served graphs
+
+
+def test_served_det_normalises_bit_for_bit_as_upstream(sessions, packaged):
+    """uint8 HWC in, normalised in the graph: the same probability map, bit for bit."""
+    image = ocr.decode_image(rgb_jpeg()[0])  # JPEG: every grey level occurs
+    batch = ocr.det_preprocess(ocr.prepare_image(image).image)
+    assert batch.dtype == np.uint8 and batch.shape[0] == 1 and batch.shape[3] == 3
+
+    (served,) = sessions[ocr.DET_MODEL].run(None, {"image": batch})
+    (reference,) = packaged[ocr.DET_MODEL].run(None, {"x": ocr.det_normalize(batch)})
+
+    np.testing.assert_array_equal(served, reference)
+
+
+def test_det_normalize_is_upstreams_normalisation():
+    """det_normalize is rapidocr's DetPreProcess normalisation, transposed to NCHW."""
+    from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
+
+    pixels = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    upstream_step = DetPreProcess()
+    upstream = upstream_step.permute(upstream_step.normalize(pixels))[np.newaxis].astype(np.float32)
+
+    np.testing.assert_array_equal(ocr.det_normalize(pixels[np.newaxis]), upstream)
+
+
+def test_served_rec_returns_best_class_and_its_probability(sessions, packaged, characters):
+    crops = [ocr.decode_image(encode(draw_page([text], size=(900, 120))))[40:110, 40:860]
+             for text in PAGE_LINES[:3]]
+    batch = ocr.rec_preprocess(crops)
+
+    (best,) = sessions[ocr.REC_MODEL].run(None, {"image": batch})
+    (probs,) = packaged[ocr.REC_MODEL].run(None, {"x": batch})
+
+    assert best.shape == probs.shape[:2] + (2,)
+    np.testing.assert_array_equal(best[..., 0], probs.argmax(axis=2))
+    np.testing.assert_array_equal(best[..., 1], probs.max(axis=2))
+    assert ocr.ctc_decode_best(best, characters) == ocr.ctc_decode(probs, characters)
+
+
+def test_ctc_decode_best_rejects_a_class_beyond_the_dictionary():
+    best = np.array([[[1, 0.9], [7, 0.8]]], dtype=np.float32)
+
+    with pytest.raises(ValueError, match="class 7"):
+        ocr.ctc_decode_best(best, ["a", "b"])
