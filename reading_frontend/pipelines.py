@@ -166,9 +166,10 @@ class ReadingPipelines:
     async def transcribe(self, audio: bytes, *, language: str = "",
                          deadline: float | None = None) -> TranscribeResult:
         """Decode, resample and log-mel in the frontend, then one Triton call per
-        non-silent window of at most 30 s (``speech.WindowPlanner``). The windows of one
-        recording follow each other (each starts where the previous transcript ended,
-        as in Whisper); Triton batches the windows of concurrent requests."""
+        non-silent window of at most 30 s (``speech.WindowPlanner``). Each window starts
+        where the previous transcript ended, as in Whisper; windows cut inside a pause are
+        decoded together (``speech.transcribe_windows``), and Triton batches them with the
+        windows of concurrent requests."""
         if language.lower() not in ("", "en", "english"):
             raise InvalidInputError(f"language {language!r} is not served: the model (Whisper "
                                     "tiny.en) transcribes English only; send \"en\" or nothing")
@@ -182,25 +183,20 @@ class ReadingPipelines:
         except speech.UnreadableAudioError as err:
             raise InvalidInputError(str(err)) from None
         decoded = prepared.audio
-        planner = prepared.planner
-        segments: list[speech.Segment] = []
-        windows, seek = 0, 0
-        while seek < planner.content:
-            window = planner.window(windows, seek)
-            windows += 1
-            found: list[speech.Segment] = []
-            if not window.silent:
-                features = speech.window_features(prepared.features, window)[None]
-                out = await self.triton.infer(SPEECH_MODEL, {"input_features": features},
-                                              ["tokens", "no_speech_prob", "avg_logprob"],
-                                              self._timeout(deadline))
-                if not speech.is_no_speech(float(out["no_speech_prob"][0, 0]),
-                                           float(out["avg_logprob"][0, 0])):
-                    tokens = [int(t) for t in out["tokens"][0] if t >= 0]
-                    found = speech.segments_from_tokens(tokens, window, decoded.duration,
-                                                        self.whisper_tokenizer)
-            kept, seek = planner.advance(window, found)
-            segments += kept
+
+        async def decode(window: speech.Window) -> list[speech.Segment]:
+            if window.silent:
+                return []
+            features = speech.window_features(prepared.features, window)[None]
+            out = await self.triton.infer(SPEECH_MODEL, {"input_features": features},
+                                          ["tokens", "no_speech_prob", "avg_logprob"],
+                                          self._timeout(deadline))
+            if speech.is_no_speech(float(out["no_speech_prob"][0, 0]), float(out["avg_logprob"][0, 0])):
+                return []
+            tokens = [int(t) for t in out["tokens"][0] if t >= 0]
+            return speech.segments_from_tokens(tokens, window, decoded.duration, self.whisper_tokenizer)
+
+        segments, windows = await speech.transcribe_windows(prepared.planner, decode)
         return TranscribeResult(
             text=" ".join(s.text for s in segments), segments=segments, language="en",
             duration=decoded.duration, windows=windows, source_rate=decoded.source_rate,

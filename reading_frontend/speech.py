@@ -16,10 +16,12 @@
 """
 from __future__ import annotations
 
+import asyncio
 import gc
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -40,6 +42,13 @@ NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 """faster-whisper's defaults: a window whose no-speech probability is above 0.6 and
 whose average log probability is below -1 is treated as silence."""
+PAUSE_RELATIVE_RMS = 0.05
+"""A pause: louder than nothing in 50 ms than 5% (-26 dB) of the recording's loud frames
+(95th percentile), or digital silence."""
+PAUSE_FRAMES = 20
+"""A window cut with a pause 0.2 s either side of it counts as cut in a pause."""
+PAUSE_MARGIN_FRAMES = 20
+"""Allowance (0.2 s) for a segment's end timestamp falling before its last word ends."""
 STFT_BLOCK_FRAMES = 30_000
 """Frames per STFT block (5 minutes of audio)."""
 AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3", "m4a", "webm", "aiff")
@@ -263,6 +272,12 @@ class WindowPlanner:
         self.content = features.shape[-1] - 1  # as faster-whisper counts content frames
         energy = features.mean(axis=0)
         self.energy = np.convolve(energy, np.ones(10, np.float32) / 10, mode="same")
+        # loudness per 10 ms frame, its maximum over 50 ms, and what counts as quiet
+        frames = samples[:len(samples) // HOP * HOP].reshape(-1, HOP).astype(np.float64)
+        rms = np.sqrt(np.mean(np.square(frames), axis=1)) if frames.size else np.zeros(1)
+        self.loudness = np.lib.stride_tricks.sliding_window_view(
+            np.pad(rms, (2, 2), mode="edge"), 5).max(axis=1)
+        self.quiet_level = max(SILENCE_RMS, PAUSE_RELATIVE_RMS * float(np.percentile(rms, 95)))
 
     def window(self, index: int, seek: int) -> Window:
         end = seek + WINDOW_FRAMES
@@ -274,13 +289,27 @@ class WindowPlanner:
         silent = _rms(self.samples[seek * HOP:end * HOP]) < SILENCE_RMS
         return Window(index, seek, end, silent)
 
+    def quiet(self, start_frame: int, end_frame: int) -> bool:
+        """Whether nothing louder than a pause lies between the two frames."""
+        span = self.loudness[max(0, start_frame):max(0, end_frame)]
+        return span.size == 0 or float(span.max()) < self.quiet_level
+
+    def ends_in_pause(self, window: Window) -> bool:
+        """Whether ``window`` is cut inside a pause (known before decoding): then the next
+        window most likely starts at its end (``advance``), and both can be decoded at once."""
+        return window.end_frame < self.content and self.quiet(
+            window.end_frame - PAUSE_FRAMES, window.end_frame + PAUSE_FRAMES)
+
     def advance(self, window: Window, segments: list["Segment"]) -> tuple[list["Segment"], int]:
         """The segments to keep from ``window`` and where the next window starts.
 
         As Whisper's own loop does, the next window starts where the last finished
         segment ended, so words the model left out at the end of a window (it often
         closes its transcript early) or an unfinished last segment are decoded again,
-        with what follows as context. At least one second is always consumed.
+        with what follows as context. At least one second is always consumed. When
+        only a pause lies between the last finished segment (plus ``PAUSE_MARGIN_S`` for
+        its timestamp's imprecision) and the window's end, nothing was left out: the next
+        window starts at the end, which ``transcribe_windows`` can know in advance.
         """
         if window.end_frame >= self.content or not segments:
             return segments, window.end_frame
@@ -288,9 +317,48 @@ class WindowPlanner:
         if len(segments) > 1 and segments[-1].end >= window.end - 0.005:
             keep = segments[:-1]  # unfinished at the window's end: decode it again
         seek = int(round(keep[-1].end * FRAMES_PER_SECOND))
+        if keep is segments and self.quiet(seek + PAUSE_MARGIN_FRAMES, window.end_frame):
+            return segments, window.end_frame
         if seek - window.start_frame < FRAMES_PER_SECOND:
             return segments, window.end_frame
         return keep, min(seek, window.end_frame)
+
+
+PARALLEL_WINDOWS = 4
+"""Windows of one recording decoded at once (Triton batches them: a decoder step costs
+about the same for several rows as for one)."""
+
+
+async def transcribe_windows(planner: WindowPlanner,
+                             decode: Callable[[Window], Awaitable[list["Segment"]]],
+                             parallel: int = PARALLEL_WINDOWS) -> tuple[list["Segment"], int]:
+    """Every window of one recording, ``parallel`` at a time; returns the segments kept and
+    the number of windows decoded in order (``Transcribe``'s ``windows``).
+
+    Whisper's seek makes each window start where the previous transcript ended, which is
+    known only after decoding it. But a window cut inside a pause (``ends_in_pause``,
+    known from the audio alone) is almost always followed by one that starts at its end
+    (``advance``), so such windows are planned ahead and decoded together; then ``advance``
+    is applied in order, and at the first window whose next start differs the rest of the
+    guess is dropped and planning resumes from the real seek. The result is exactly the
+    sequential one (``parallel=1``) as long as a window's tokens do not depend on what it
+    is batched with (the served int8 models scale activations per window and per row for
+    that reason). Continuous speech, with no pause at a cut, is decoded one window at a time.
+    """
+    segments: list[Segment] = []
+    windows, seek = 0, 0
+    while seek < planner.content:
+        plan = [planner.window(windows, seek)]
+        while len(plan) < parallel and planner.ends_in_pause(plan[-1]):
+            plan.append(planner.window(windows + len(plan), plan[-1].end_frame))
+        found = await asyncio.gather(*(decode(w) for w in plan))
+        for window, window_segments in zip(plan, found):
+            kept, seek = planner.advance(window, window_segments)
+            segments += kept
+            windows += 1
+            if seek != window.end_frame:
+                break  # the transcript stopped short: the next windows start elsewhere
+    return segments, windows
 
 
 def plan_windows(features: np.ndarray, samples: np.ndarray) -> list[Window]:

@@ -65,3 +65,12 @@ def wav_pcm16(samples: np.ndarray, rate: int) -> bytes:
 def jfk_times(count: int) -> bytes:
     """jfk.flac repeated ``count`` times back to back (16 kHz mono FLAC)."""
     return encode(np.tile(jfk_at(16000, "mono"), (1, count)), 16000, "flac", "flac")
+
+
+@lru_cache(maxsize=None)
+def jfk_with_pauses(count: int, pause_s: float = 2.0) -> bytes:
+    """jfk.flac ``count`` times, each followed by ``pause_s`` of silence (16 kHz mono FLAC):
+    a long recording with pauses, as speech usually has (``count`` 8: 104 s)."""
+    speech = jfk_at(16000, "mono")
+    gap = np.zeros((1, int(pause_s * 16000)), np.float32)
+    return encode(np.concatenate([speech, gap] * count, axis=1), 16000, "flac", "flac")

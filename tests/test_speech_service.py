@@ -250,3 +250,36 @@ def test_whisper_model_rejects_a_wrong_shape(triton_models):
 
     with pytest.raises(InferenceServerException, match="input_features|shape|dims"):
         triton_models.infer("whisper", {"input_features": np.zeros((1, 80, 100), np.float32)}, ["tokens"])
+
+
+def test_long_recording_with_pauses_equals_the_sequential_loop(reading_stub, triton_models):
+    """104 s with pauses: the service decodes windows cut in pauses together (batched in
+    Triton); its segments equal the one-window-at-a-time loop over the same served model,
+    and every word is right."""
+    import asyncio
+
+    from tests.audio_fixtures import jfk_with_pauses
+    from percolate_models.paths import ProjectPaths
+
+    audio = jfk_with_pauses(8, 2.0)
+    response = transcribe(reading_stub, audio)
+    decoded = speech.decode_audio(audio, 7200)
+    features = speech.log_mel(decoded.samples)
+    planner = speech.WindowPlanner(features, decoded.samples)
+    tokenizer = speech.WhisperTokenizer(ProjectPaths.from_env().assets / "whisper" / "tokenizer.json")
+
+    async def decode(window):
+        if window.silent:
+            return []
+        out = triton_models.infer("whisper", {"input_features": speech.window_features(features, window)[None]},
+                                  ["tokens", "no_speech_prob", "avg_logprob"])
+        if speech.is_no_speech(float(out["no_speech_prob"][0, 0]), float(out["avg_logprob"][0, 0])):
+            return []
+        return speech.segments_from_tokens([int(t) for t in out["tokens"][0] if t >= 0], window,
+                                           decoded.duration, tokenizer)
+
+    segments, windows = asyncio.run(speech.transcribe_windows(planner, decode, parallel=1))
+    assert response.windows == windows
+    assert [(s.start, s.end, s.text, s.window) for s in response.segments] == \
+        [(pytest.approx(s.start, abs=1e-3), pytest.approx(s.end, abs=1e-3), s.text, s.window) for s in segments]
+    assert speech.word_error_rate(" ".join([JFK_TEXT] * 8), response.text) == 0
