@@ -6,13 +6,14 @@ with --quick) go through
       runs detection/classification/recognition on Triton and post-processes;
       1 and 2 concurrent clients;
   (p) diagnostic: reading_frontend.ocr in this process on the served graphs with
-      onnxruntime at the cpu target's settings (2 threads, no spinning): the models'
-      own cost, without gRPC, Triton or the frontend;
+      onnxruntime at the cpu target's settings (2 threads, no spinning, rows one at a
+      time where the backend runs them so): the models' own cost, without gRPC, Triton
+      or the frontend;
   (r) rapidocr-onnxruntime in this process, the reference.
 Rounds are interleaved (r, p, f1, f2, r, p, ...) so that load from other work on a
 shared machine falls on every system alike; figures are medians. Accuracy is
 1 - edit distance / length of the known text, whitespace ignored (PP-OCR drops some
-spaces), averaged over images. Triton's own statistics over the full-path rounds split
+spaces), averaged over images. Triton's own statistics over the 1-client rounds split
 each image's time into the three models' queue and compute; the rest is the frontend,
 gRPC and the client.
 
@@ -21,6 +22,7 @@ gRPC and the client.
 from __future__ import annotations
 
 import io
+import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +68,7 @@ def in_process_pipeline(repository):
     target's backend runs them (2 threads, no spinning)."""
     import onnxruntime as ort
 
+    from percolate_models.catalog import model_by_name
     from percolate_models.paths import ProjectPaths
     from reading_frontend import ocr
 
@@ -78,9 +81,13 @@ def in_process_pipeline(repository):
         sessions[name] = ort.InferenceSession(str(repository / name / "1" / "model.onnx"), options,
                                               providers=["CPUExecutionProvider"])
 
+    rows = {name: int(dict(model_by_name(name).cpu.parameters).get("max_rows_per_run", 0)) or 1 << 30
+            for name in OCR_MODELS}
+
     def infer(model: str, batch: np.ndarray) -> np.ndarray:
-        session = sessions[model]
-        return session.run(None, {session.get_inputs()[0].name: batch})[0]
+        session, step = sessions[model], rows[model]  # as many rows at a time as the backend runs
+        return np.concatenate([session.run(None, {session.get_inputs()[0].name: batch[i:i + step]})[0]
+                               for i in range(0, len(batch), step)])
 
     characters = ocr.load_character_list(ProjectPaths.from_env().assets / "ocr" / "ppocr_keys.txt")
     return lambda image: [line.text for line in ocr.run_ocr(image, infer, characters)]
@@ -139,21 +146,27 @@ def main() -> None:
         }
         found = {name: run() for name, run in systems.items()}  # warm-up, and what each reads
         rates: dict[str, list[float]] = {name: [] for name in systems}
-        before = triton_stats(stats_client)
+        one_client = "full path, 1 client (f)"
+        spent = {model: dict.fromkeys(("queue", "compute_input", "compute_infer", "compute_output",
+                                       "requests"), 0.0) for model in OCR_MODELS}
+        load = [os.getloadavg()[0]]
         for _ in range(rounds):
             for name, run in systems.items():
+                before = triton_stats(stats_client)
                 started = time.perf_counter()
                 run()
                 rates[name].append(len(images) / (time.perf_counter() - started))
-        after = triton_stats(stats_client)
-        # the 2-client rounds ran too: per image, Triton's time is over both full-path systems
-        full_images = 2 * rounds * len(images)
-        stages = {model: {part: round((after[model][part] - before[model][part]) / 1e6 / full_images, 1)
-                          for part in ("queue", "compute_input", "compute_infer", "compute_output")}
-                  for model in after}
-        for model in stages:
-            stages[model]["requests_per_image"] = round(
-                (after[model]["requests"] - before[model]["requests"]) / full_images, 2)
+                if name == one_client:  # Triton's share of the 1-client rounds only
+                    after = triton_stats(stats_client)
+                    for model, parts in spent.items():
+                        for part in parts:
+                            parts[part] += after[model][part] - before[model][part]
+            load.append(os.getloadavg()[0])
+        full_images = rounds * len(images)
+        stages = {model: {part: round(value / 1e6 / full_images, 1) for part, value in parts.items()
+                          if part != "requests"} for model, parts in spent.items()}
+        for model, parts in spent.items():
+            stages[model]["requests_per_image"] = round(parts["requests"] / full_images, 2)
     figures = {}
     for name in systems:
         figures[name] = {
@@ -165,16 +178,18 @@ def main() -> None:
     for name, fig in figures.items():
         fig["ratio_to_rapidocr"] = round(fig["images_per_s"] / reference["images_per_s"], 3)
         rows.append([name, fig["images_per_s"], f"{fig['ratio_to_rapidocr']:.2f}x", fig["accuracy"]])
-    common.print_table(f"PP-OCRv4, {count} generated 1200x800 images, median of {rounds} interleaved rounds",
+    common.print_table(f"PP-OCRv4, {count} generated 1200x800 images, median of {rounds} interleaved rounds "
+                       f"(1-minute load average {min(load):.1f}-{max(load):.1f} on {os.cpu_count()} CPUs)",
                        ["system", "images/s", "vs (r)", "char accuracy"], rows)
     one_client_ms = 1000 / figures["full path, 1 client (f)"]["images_per_s"]
     stage_rows = [[model, s["queue"], s["compute_input"] + s["compute_output"], s["compute_infer"],
                    s["requests_per_image"]] for model, s in sorted(stages.items())]
-    common.print_table(f"Triton per image over the full-path rounds (ms; one image on 1 client took "
-                       f"{one_client_ms:.0f} ms in all)",
+    common.print_table(f"Triton per image in the 1-client rounds (ms; one image took {one_client_ms:.0f} ms "
+                       "in all: the rest is the frontend, gRPC and the client)",
                        ["model", "queue", "tensors in/out", "compute", "requests/image"], stage_rows)
     common.write_results("ocr", {"images": count, "rounds": rounds, "systems": figures,
-                                 "triton_ms_per_image": stages})
+                                 "triton_ms_per_image_1_client": stages,
+                                 "load_average_1min": [round(v, 2) for v in load]})
 
 
 if __name__ == "__main__":

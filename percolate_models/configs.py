@@ -93,7 +93,7 @@ def model_config(spec: ModelSpec, target: str) -> mc.ModelConfig:
         config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
     group = config.instance_group.add()
     group.count = settings.instance_count
-    for key, value in spec.parameters:
+    for key, value in spec.parameters + settings.parameters:
         config.parameters[key].string_value = value
     if spec.kind == "whisper_loop":
         config.backend = "python"

@@ -73,6 +73,10 @@ class OnnxRuntimeModel:
         self.batched = int(config.get("max_batch_size", 0)) > 0
         """Without Triton batching (max_batch_size 0) the batch dimension is the caller's
         own and each request runs alone."""
+        self.rows_per_run = int(params.get("max_rows_per_run", "0"))
+        """Run a gathered batch this many rows at a time (0: all at once). The OCR models
+        run faster one image or line at a time on CPU (``ocr_rec``: 5 lines of a page 1.3-1.6x
+        faster row by row, bit for bit the same output; see catalog.py)."""
         self.input_names = [t["name"] for t in config["input"]]
         self.output_names = [t["name"] for t in config["output"]]
         self.output_dtypes = {
@@ -97,8 +101,7 @@ class OnnxRuntimeModel:
             }
             large = sum(a.nbytes for a in feed.values()) > TRIM_AFTER_BYTES
             try:
-                outputs = self.session.run(self.output_names, feed,
-                                           self.shrink if large else None)
+                outputs = self._run(feed, self.shrink if large else None)
             except Exception as err:
                 error = pb_utils.TritonError(f"inference failed: {err}")
                 for i in indices:
@@ -118,6 +121,16 @@ class OnnxRuntimeModel:
         if moved > TRIM_AFTER_BYTES and self.trim:
             _TRIM(0)  # what the batch freed goes back to the OS, not to this heap
         return responses
+
+    def _run(self, feed: dict, run_options) -> list:
+        rows = next(iter(feed.values())).shape[0]
+        if not self.rows_per_run or rows <= self.rows_per_run:
+            return self.session.run(self.output_names, feed, run_options)
+        parts = [self.session.run(self.output_names,
+                                  {name: array[start:start + self.rows_per_run]
+                                   for name, array in feed.items()}, run_options)
+                 for start in range(0, rows, self.rows_per_run)]
+        return [np.concatenate(outs) for outs in zip(*parts)]
 
     def finalize(self) -> None:
         self.session = None

@@ -2,6 +2,7 @@
 rapidocr-onnxruntime gives in process, on the repository's renamed models."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from rapidocr_onnxruntime import RapidOCR
 
@@ -20,3 +21,25 @@ def test_triton_ocr_matches_rapidocr(case, triton_models, characters):
     lines = ocr.run_ocr(image_bytes, triton_models.run_image_model, characters)
     assert_same_as_rapidocr(lines, RapidOCR()(image_bytes)[0])
     assert [squash(line.text) for line in lines] == [squash(text) for text in expected_lines]
+
+
+def test_served_rec_runs_lines_one_at_a_time_with_the_batchs_output(triton_models, triton_client):
+    """The cpu target runs ``ocr_rec``'s rows one at a time (faster on CPU); a batch
+    gathered from several lines, or from several tenants' requests, must still come back
+    bit for bit as each line run alone."""
+    config = triton_client.get_model_config("ocr_rec", as_json=True)["config"]
+    assert config["parameters"]["max_rows_per_run"]["string_value"] == "1"
+
+    image_bytes, _ = CASES["rgb_png"]()
+    image = ocr.decode_image(image_bytes)
+    prepared = ocr.prepare_image(image)
+    prob_map = triton_models.run_image_model(ocr.DET_MODEL, ocr.det_preprocess(prepared.image))
+    crops = ocr.crop_text_regions(prepared.image, ocr.det_postprocess(prob_map[0, 0], prepared.image.shape[:2]))
+    batch = ocr.rec_preprocess(crops)
+    assert len(batch) == 5
+
+    together = triton_models.run_image_model(ocr.REC_MODEL, batch)
+    alone = np.concatenate([triton_models.run_image_model(ocr.REC_MODEL, batch[i:i + 1])
+                            for i in range(len(batch))])
+
+    np.testing.assert_array_equal(together, alone)
