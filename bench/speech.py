@@ -1,9 +1,8 @@
 """Speech: real-time factor and WER of the full path beside faster-whisper, same files, same run.
 
 Files: jfk.flac (11 s, 44.1 kHz stereo), the same at 8 kHz mono WAV, and jfk.flac eight
-times with 2 s pauses (104 s, 16 kHz FLAC: a long recording whose windows are cut in
-pauses, so the frontend decodes them together); the full run adds jfk.flac six times back
-to back (66 s, continuous speech: windows one at a time). Each system transcribes every
+times with 2 s pauses (104 s, 16 kHz FLAC: a long recording, five windows); the full run
+adds jfk.flac six times back to back (66 s, continuous speech, three windows). Each system transcribes every
 file; the figure is the median over rounds of (processing seconds / audio seconds) over
 all files (and per file), and the WER of each transcript against the reference
 (lower-cased, punctuation stripped).
@@ -140,13 +139,14 @@ def onnx_in_process_system(paths: ProjectPaths, variant: str):
         decoded = speech.decode_audio(data, 7200)
         features = speech.log_mel(decoded.samples)
 
-        async def decode(window: speech.Window) -> list[speech.Segment]:
+        async def decode(windows: list[speech.Window]) -> list[list[speech.Segment]]:
+            (window,) = windows
             if window.silent:
-                return []
+                return [[]]
             (result,) = greedy_decode(runner, speech.window_features(features, window)[None])
             if speech.is_no_speech(result.no_speech_prob, result.avg_logprob):
-                return []
-            return speech.segments_from_tokens(result.tokens, window, decoded.duration, tokenizer)
+                return [[]]
+            return [speech.segments_from_tokens(result.tokens, window, decoded.duration, tokenizer)]
 
         planner = speech.WindowPlanner(features, decoded.samples)
         segments, _ = asyncio.run(speech.transcribe_windows(planner, decode, parallel=1))

@@ -165,11 +165,11 @@ class ReadingPipelines:
 
     async def transcribe(self, audio: bytes, *, language: str = "",
                          deadline: float | None = None) -> TranscribeResult:
-        """Decode, resample and log-mel in the frontend, then one Triton call per
-        non-silent window of at most 30 s (``speech.WindowPlanner``). Each window starts
-        where the previous transcript ended, as in Whisper; windows cut inside a pause are
-        decoded together (``speech.transcribe_windows``), and Triton batches them with the
-        windows of concurrent requests."""
+        """Decode, resample and log-mel in the frontend, then Triton calls for the
+        non-silent windows of at most 30 s (``speech.WindowPlanner``). Each window starts
+        where the previous transcript ended, as in Whisper; windows cut inside a pause go
+        in one call (``speech.transcribe_windows``), and Triton batches the windows of
+        concurrent requests."""
         if language.lower() not in ("", "en", "english"):
             raise InvalidInputError(f"language {language!r} is not served: the model (Whisper "
                                     "tiny.en) transcribes English only; send \"en\" or nothing")
@@ -184,17 +184,22 @@ class ReadingPipelines:
             raise InvalidInputError(str(err)) from None
         decoded = prepared.audio
 
-        async def decode(window: speech.Window) -> list[speech.Segment]:
-            if window.silent:
-                return []
-            features = speech.window_features(prepared.features, window)[None]
+        async def decode(windows: list[speech.Window]) -> list[list[speech.Segment]]:
+            found: list[list[speech.Segment]] = [[] for _ in windows]
+            sent = [i for i, window in enumerate(windows) if not window.silent]
+            if not sent:
+                return found
+            features = np.stack([speech.window_features(prepared.features, windows[i]) for i in sent])
             out = await self.triton.infer(SPEECH_MODEL, {"input_features": features},
                                           ["tokens", "no_speech_prob", "avg_logprob"],
                                           self._timeout(deadline))
-            if speech.is_no_speech(float(out["no_speech_prob"][0, 0]), float(out["avg_logprob"][0, 0])):
-                return []
-            tokens = [int(t) for t in out["tokens"][0] if t >= 0]
-            return speech.segments_from_tokens(tokens, window, decoded.duration, self.whisper_tokenizer)
+            for row, i in enumerate(sent):
+                if not speech.is_no_speech(float(out["no_speech_prob"][row, 0]),
+                                           float(out["avg_logprob"][row, 0])):
+                    tokens = [int(t) for t in out["tokens"][row] if t >= 0]
+                    found[i] = speech.segments_from_tokens(tokens, windows[i], decoded.duration,
+                                                           self.whisper_tokenizer)
+            return found
 
         segments, windows = await speech.transcribe_windows(prepared.planner, decode)
         return TranscribeResult(

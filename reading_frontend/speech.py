@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import asyncio
 import gc
 import io
 from dataclasses import dataclass
@@ -324,16 +323,20 @@ class WindowPlanner:
         return keep, min(seek, window.end_frame)
 
 
-PARALLEL_WINDOWS = 4
-"""Windows of one recording decoded at once (Triton batches them: a decoder step costs
-about the same for several rows as for one)."""
+PARALLEL_WINDOWS = 1
+"""Windows of one recording sent in one Triton request at most. 1 by measurement: the
+guess ahead rarely holds (Whisper usually leaves the last phrase before a cut for the
+next window, so the next window starts before the cut), and a failed guess costs the
+windows decoded for nothing; on jfk x8 with 2 s pauses, 4 was no faster than 1 here
+(README, Speech). Larger values give the same transcript (tests/test_speech_audio.py)."""
 
 
 async def transcribe_windows(planner: WindowPlanner,
-                             decode: Callable[[Window], Awaitable[list["Segment"]]],
+                             decode: Callable[[list[Window]], Awaitable[list[list["Segment"]]]],
                              parallel: int = PARALLEL_WINDOWS) -> tuple[list["Segment"], int]:
-    """Every window of one recording, ``parallel`` at a time; returns the segments kept and
-    the number of windows decoded in order (``Transcribe``'s ``windows``).
+    """Every window of one recording; returns the segments kept and the number of windows
+    decoded in order (``Transcribe``'s ``windows``). ``decode`` gets up to ``parallel``
+    consecutive windows and returns each one's segments (one model call for all of them).
 
     Whisper's seek makes each window start where the previous transcript ended, which is
     known only after decoding it. But a window cut inside a pause (``ends_in_pause``,
@@ -351,8 +354,8 @@ async def transcribe_windows(planner: WindowPlanner,
         plan = [planner.window(windows, seek)]
         while len(plan) < parallel and planner.ends_in_pause(plan[-1]):
             plan.append(planner.window(windows + len(plan), plan[-1].end_frame))
-        found = await asyncio.gather(*(decode(w) for w in plan))
-        for window, window_segments in zip(plan, found):
+        found = await decode(plan)
+        for window, window_segments in zip(plan, found, strict=True):
             kept, seek = planner.advance(window, window_segments)
             segments += kept
             windows += 1

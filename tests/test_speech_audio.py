@@ -204,19 +204,14 @@ def test_too_long_without_a_declared_duration_stops_while_decoding(decoded_sampl
 
 def _scripted_decoder(planner: speech.WindowPlanner, speech_spans: list[tuple[float, float]]):
     """A stand-in for the model that 'hears' the given spans (seconds) of each window and
-    returns one finished segment per span inside it; records how many calls overlap."""
-    import asyncio
+    returns one finished segment per span inside it; records the windows of each call."""
+    state = {"calls": []}
 
-    state = {"in_flight": 0, "most": 0, "calls": []}
-
-    async def decode(window: speech.Window) -> list[speech.Segment]:
-        state["calls"].append(window.start_frame)
-        state["in_flight"] += 1
-        state["most"] = max(state["most"], state["in_flight"])
-        await asyncio.sleep(0)  # let the other windows of the plan start
-        state["in_flight"] -= 1
-        return [speech.Segment(max(a, window.start), min(b, window.end), f"{a:.0f}", window.index)
-                for a, b in speech_spans if a < window.end and b > window.start and b <= window.end]
+    async def decode(windows: list[speech.Window]) -> list[list[speech.Segment]]:
+        state["calls"].append([w.start_frame for w in windows])
+        return [[speech.Segment(max(a, w.start), min(b, w.end), f"{a:.0f}", w.index)
+                 for a, b in speech_spans if a < w.end and b > w.start and b <= w.end]
+                for w in windows]
 
     return decode, state
 
@@ -231,25 +226,24 @@ def _long_recording(pause_s: float) -> tuple[speech.WindowPlanner, list[tuple[fl
 
 
 def test_windows_cut_in_pauses_are_decoded_together_with_the_sequential_result():
-    """104 s of speech with 2 s pauses: windows cut inside a pause are decoded at once
-    (several calls in flight), and the segments and window count equal the one-at-a-time
-    loop's."""
+    """104 s of speech with 2 s pauses: windows cut inside a pause go to the model in one
+    call, and the segments and window count equal the one-at-a-time loop's."""
     import asyncio
 
     planner, spans = _long_recording(2.0)
     decode, state = _scripted_decoder(planner, spans)
     sequential = asyncio.run(speech.transcribe_windows(planner, decode, parallel=1))
-    assert state["most"] == 1
+    assert max(len(c) for c in state["calls"]) == 1
     decode, state = _scripted_decoder(planner, spans)
     parallel = asyncio.run(speech.transcribe_windows(planner, decode, parallel=4))
     assert parallel == sequential
-    assert state["most"] > 1
+    assert max(len(c) for c in state["calls"]) > 1
     assert sequential[1] >= 4 and len(sequential[0]) == 8
 
 
 def test_continuous_speech_is_not_guessed_ahead():
     """Without a pause at the cut, the next window's start depends on the transcript:
-    one window at a time, no call wasted."""
+    one window at a time, no window decoded for nothing."""
     import asyncio
 
     decoded = speech.decode_audio(jfk_times(6), 7200)
@@ -258,7 +252,7 @@ def test_continuous_speech_is_not_guessed_ahead():
     spans = [(i * 11.0 + 0.3, i * 11.0 + 10.8) for i in range(6)]
     decode, state = _scripted_decoder(planner, spans)
     segments, windows = asyncio.run(speech.transcribe_windows(planner, decode, parallel=4))
-    assert state["most"] == 1 and len(state["calls"]) == windows
+    assert all(len(c) == 1 for c in state["calls"]) and len(state["calls"]) == windows
 
 
 def test_a_pause_only_counts_when_it_is_quiet():

@@ -252,10 +252,10 @@ def test_whisper_model_rejects_a_wrong_shape(triton_models):
         triton_models.infer("whisper", {"input_features": np.zeros((1, 80, 100), np.float32)}, ["tokens"])
 
 
-def test_long_recording_with_pauses_equals_the_sequential_loop(reading_stub, triton_models):
-    """104 s with pauses: the service decodes windows cut in pauses together (batched in
-    Triton); its segments equal the one-window-at-a-time loop over the same served model,
-    and every word is right."""
+def test_long_recording_with_pauses_windows_batched_equal_the_service(reading_stub, triton_models):
+    """104 s with pauses: windows cut in pauses sent to the served ``whisper`` model in one
+    request (decoded as one batch) give the service's segments, window for window, and
+    every word is right."""
     import asyncio
 
     from tests.audio_fixtures import jfk_with_pauses
@@ -267,18 +267,21 @@ def test_long_recording_with_pauses_equals_the_sequential_loop(reading_stub, tri
     features = speech.log_mel(decoded.samples)
     planner = speech.WindowPlanner(features, decoded.samples)
     tokenizer = speech.WhisperTokenizer(ProjectPaths.from_env().assets / "whisper" / "tokenizer.json")
+    batches = []
 
-    async def decode(window):
-        if window.silent:
-            return []
-        out = triton_models.infer("whisper", {"input_features": speech.window_features(features, window)[None]},
+    async def decode(windows):
+        assert not any(w.silent for w in windows)
+        batches.append(len(windows))
+        batch = np.stack([speech.window_features(features, w) for w in windows])
+        out = triton_models.infer("whisper", {"input_features": batch},
                                   ["tokens", "no_speech_prob", "avg_logprob"])
-        if speech.is_no_speech(float(out["no_speech_prob"][0, 0]), float(out["avg_logprob"][0, 0])):
-            return []
-        return speech.segments_from_tokens([int(t) for t in out["tokens"][0] if t >= 0], window,
-                                           decoded.duration, tokenizer)
+        return [[] if speech.is_no_speech(float(out["no_speech_prob"][i, 0]), float(out["avg_logprob"][i, 0]))
+                else speech.segments_from_tokens([int(t) for t in out["tokens"][i] if t >= 0], w,
+                                                 decoded.duration, tokenizer)
+                for i, w in enumerate(windows)]
 
-    segments, windows = asyncio.run(speech.transcribe_windows(planner, decode, parallel=1))
+    segments, windows = asyncio.run(speech.transcribe_windows(planner, decode, parallel=4))
+    assert max(batches) > 1
     assert response.windows == windows
     assert [(s.start, s.end, s.text, s.window) for s in response.segments] == \
         [(pytest.approx(s.start, abs=1e-3), pytest.approx(s.end, abs=1e-3), s.text, s.window) for s in segments]
