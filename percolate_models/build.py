@@ -263,17 +263,21 @@ def _install_model(spec: ModelSpec, variant: str, entry_dir: Path, entry: dict,
     for relative, text in configs.repository_files(spec).items():
         if _write_if_changed(repo / relative, text):
             report.actions.append(f"wrote {relative}")
-    target = repo / spec.name / "1" / "model.onnx"
-    wanted = entry["files"][variant]
-    if not (target.is_file() and sha256_file(target) == wanted):
-        action = (f"installed {spec.name}/1/model.onnx ({variant})" if not target.exists() else
-                  f"replaced {spec.name}/1/model.onnx ({variant}): it differed from the build")
-        _atomic_copy(entry_dir / f"{variant}.onnx", target)
-        report.actions.append(action)
+    artefacts = {}
+    for file_name, installed in (("model.onnx", variant), (configs.GPU_MODEL_FILE, spec.gpu_variant)):
+        target = repo / spec.name / "1" / file_name
+        wanted = entry["files"][installed]
+        if not (target.is_file() and sha256_file(target) == wanted):
+            action = (f"installed {spec.name}/1/{file_name} ({installed})" if not target.exists() else
+                      f"replaced {spec.name}/1/{file_name} ({installed}): it differed from the build")
+            _atomic_copy(entry_dir / f"{installed}.onnx", target)
+            report.actions.append(action)
+        artefacts[file_name] = {"path": str(target.relative_to(repo)), "sha256": wanted,
+                                "bytes": target.stat().st_size, "variant": installed}
     return {
         "variant": variant, "cache_key": entry["key"], "source": entry["source"],
-        "artefact": {"path": str(target.relative_to(repo)), "sha256": wanted,
-                     "bytes": target.stat().st_size},
+        "artefact": artefacts["model.onnx"],
+        "gpu_artefact": artefacts[configs.GPU_MODEL_FILE],
         "accuracy_vs_fp32": entry["accuracy"],
         "variants_available": list(spec.variants),
     }
@@ -317,11 +321,14 @@ def verify(paths: ProjectPaths) -> list[str]:
         return [f"{paths.manifest} is missing: run `percolate-models build`"]
     problems = []
     for name, model in manifest["models"].items():
-        path = paths.model_repository / model["artefact"]["path"]
-        if not path.is_file():
-            problems.append(f"{path} is missing")
-        elif sha256_file(path) != model["artefact"]["sha256"]:
-            problems.append(f"{path} does not match the manifest (corrupt or edited)")
+        for artefact in (model["artefact"], model.get("gpu_artefact")):
+            if artefact is None:  # a python-backend model, or a manifest from before per-target files
+                continue
+            path = paths.model_repository / artefact["path"]
+            if not path.is_file():
+                problems.append(f"{path} is missing")
+            elif sha256_file(path) != artefact["sha256"]:
+                problems.append(f"{path} does not match the manifest (corrupt or edited)")
     for asset in manifest["assets"]:
         path = paths.assets / asset["path"]
         if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != asset["sha256"]:

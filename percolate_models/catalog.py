@@ -85,6 +85,16 @@ class ModelSpec:
         return self.default_variant or self.variants[0]
 
     @property
+    def gpu_variant(self) -> str:
+        """The weights the gpu target serves (``1/model.gpu.onnx``): the reference variant.
+
+        TensorRT builds its own FP16 engine from full-precision weights, and the int8
+        variants lean on onnxruntime's CPU integer kernels (``MatMulInteger``,
+        ``MatMulIntegerToFloat``), so what tuning picks for the CPU is never what a GPU gets.
+        """
+        return self.variants[0]
+
+    @property
     def has_weights(self) -> bool:
         """Whether the build produces a ``model.onnx`` for this model."""
         return self.kind != "whisper_loop"

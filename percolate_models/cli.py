@@ -9,6 +9,7 @@ from .build import BuildOptions, build, stale_repository_files, verify
 from .catalog import MODELS
 from .errors import PercolateError
 from .paths import ProjectPaths
+from .tune import TUNED
 
 
 def _variant(text: str) -> tuple[str, str]:
@@ -26,10 +27,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="build only this model (repeatable)")
     b.add_argument("--variant", action="append", default=[], type=_variant,
                    metavar="MODEL=VARIANT",
-                   help="weight variant to install, e.g. text_embedding=int8 "
-                        "(text_embedding: fp32, optimized, int8, default: the fastest on this machine "
-                        "within the accuracy floor, measured once per machine type; whisper_decoder: "
-                        "fp32, int8, default int8)")
+                   help="weight variant to install for the cpu target, e.g. text_embedding=fp32 ("
+                        + "; ".join(f"{m.name}: {', '.join(m.variants)}, default "
+                                    + ("the fastest on this machine within the accuracy floor"
+                                       if m.name in TUNED else m.default)
+                                    for m in MODELS if len(m.variants) > 1)
+                        + "); the gpu target always gets the fp32 reference")
     b.add_argument("--no-tune", action="store_true",
                    help="install the catalog's default variants instead of timing them on this machine")
     sub.add_parser("verify", help="check the repository against the manifest")

@@ -82,7 +82,7 @@ def choose(spec: ModelSpec, entry_dir: Path, entry: dict, cache: Path, say: Say 
         return json.loads(path.read_text())
     except (OSError, ValueError):
         pass
-    say(f"{spec.name}: timing variants {', '.join(spec.variants)} on this machine ({info['cpu']}; cached after)")
+    say(f"timing variants {', '.join(spec.variants)} on this machine ({info['cpu']}; cached after)")
     measured = (measure or measure_embedding_variants)(spec, entry_dir)
     choice = pick(spec, measured)
     choice["machine"] = info
@@ -90,7 +90,7 @@ def choose(spec: ModelSpec, entry_dir: Path, entry: dict, cache: Path, say: Say 
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     partial.write_text(json.dumps(choice, indent=2, sort_keys=True) + "\n")
     os.replace(partial, path)
-    say(f"{spec.name}: {choice['reason']}")
+    say(f"{choice['reason']}")
     return choice
 
 

@@ -2,17 +2,18 @@
 interruption, and fails with one actionable line when weights are missing."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 
-from percolate_models import export
-from percolate_models.build import BuildOptions, build, verify
-from percolate_models.catalog import WeightsSource
+from percolate_models import configs, export
+from percolate_models.build import BuildOptions, BuildReport, _install_model, build, verify
+from percolate_models.catalog import MODELS, WeightsSource
 from percolate_models.errors import BuildError, MissingPackageError
 from percolate_models.paths import ProjectPaths
-from percolate_models.sources import locate
+from percolate_models.sources import locate, sha256_file
 
 SMALL = BuildOptions(models=("ocr_cls",))
 
@@ -105,3 +106,49 @@ def test_missing_weights_package_from_the_command_line(tmp_path):
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert "percolate-absent-weights" in lines[0] and "make setup" in lines[0]
 
+
+
+INTEGER_OPS = {"MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
+               "QLinearMatMul", "ConvInteger", "QLinearConv"}
+
+
+@pytest.mark.parametrize("spec", [m for m in MODELS if m.has_weights], ids=lambda s: s.name)
+def test_gpu_config_serves_the_reference_weights_whatever_the_cpu_runs(spec, paths):
+    """Tuning picks int8 for the CPU where it is faster; TensorRT and the CUDA provider must
+    still get full-precision weights (onnxruntime's integer kernels are CPU ones)."""
+    import onnx
+
+    gpu = configs.parse((paths.model_repository / spec.name / "configs" / "gpu.pbtxt").read_text())
+    assert gpu.default_model_filename == configs.GPU_MODEL_FILE
+    manifest = json.loads(paths.manifest.read_text())["models"][spec.name]
+    served = paths.model_repository / spec.name / "1" / configs.GPU_MODEL_FILE
+    assert manifest["gpu_artefact"]["variant"] == spec.variants[0] == "fp32"
+    assert sha256_file(served) == manifest["gpu_artefact"]["sha256"]
+    ops = {node.op_type for node in onnx.load(str(served), load_external_data=False).graph.node}
+    assert not ops & INTEGER_OPS, f"{served} has integer ops {ops & INTEGER_OPS}"
+
+
+def test_cpu_and_gpu_files_are_installed_and_verified_apart(scratch):
+    """An explicit int8 choice installs int8 as model.onnx and still fp32 as model.gpu.onnx;
+    verify names whichever of the two is damaged."""
+    spec = next(m for m in MODELS if len(m.variants) > 1)
+    entry_dir = scratch.cache / "entry"
+    entry_dir.mkdir(parents=True)
+    files = {}
+    for variant in spec.variants:
+        (entry_dir / f"{variant}.onnx").write_bytes(f"weights of {variant}".encode())
+        files[variant] = sha256_file(entry_dir / f"{variant}.onnx")
+    entry = {"key": "k", "source": {}, "accuracy": {}, "files": files}
+    report = BuildReport()
+    model = _install_model(spec, spec.variants[-1], entry_dir, entry, scratch, report)
+    folder = scratch.model_repository / spec.name / "1"
+    assert (folder / "model.onnx").read_bytes() == f"weights of {spec.variants[-1]}".encode()
+    assert (folder / configs.GPU_MODEL_FILE).read_bytes() == b"weights of fp32"
+    assert model["gpu_artefact"]["variant"] == "fp32" and model["artefact"]["variant"] == spec.variants[-1]
+    scratch.manifest.parent.mkdir(parents=True, exist_ok=True)
+    scratch.manifest.write_text(json.dumps({"models": {spec.name: model}, "assets": []}))
+    assert verify(scratch) == []
+    (folder / configs.GPU_MODEL_FILE).write_bytes(b"edited")
+    assert verify(scratch) == [f"{folder / configs.GPU_MODEL_FILE} does not match the manifest (corrupt or edited)"]
+    (folder / configs.GPU_MODEL_FILE).unlink()
+    assert verify(scratch) == [f"{folder / configs.GPU_MODEL_FILE} is missing"]
