@@ -20,4 +20,4 @@ bench: setup
 	@cd bench && for b in embed ocr parse speech store search ingest node_memory perf_triton perf_frontend backup retrieval failover model_memory frontend_memory parse_scaling; do ../$(VENV)/bin/python $$b.py --quick || exit 1; done
 
 clean-cache:
-	rm -rf .cache model_assets model_repository/*/1/model.onnx
+	rm -rf .cache model_assets model_repository/*/1/*.onnx
