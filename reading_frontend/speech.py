@@ -308,11 +308,14 @@ class WindowPlanner:
         only a pause lies between the last finished segment (plus ``PAUSE_MARGIN_S`` for
         its timestamp's imprecision) and the window's end, nothing was left out: the next
         window starts at the end, which ``transcribe_windows`` can know in advance.
+        The last window is no exception: the model often stops before the recording ends,
+        and what it left out is decoded again from its last segment's end.
         """
-        if window.end_frame >= self.content or not segments:
+        if not segments:
             return segments, window.end_frame
         keep = segments
-        if len(segments) > 1 and segments[-1].end >= window.end - 0.005:
+        if (window.end_frame < self.content and len(segments) > 1
+                and segments[-1].end >= window.end - 0.005):
             keep = segments[:-1]  # unfinished at the window's end: decode it again
         seek = int(round(keep[-1].end * FRAMES_PER_SECOND))
         if keep is segments and self.quiet(seek + PAUSE_MARGIN_FRAMES, window.end_frame):
