@@ -40,9 +40,11 @@ NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 """faster-whisper's defaults: a window whose no-speech probability is above 0.6 and
 whose average log probability is below -1 is treated as silence."""
-PAUSE_RELATIVE_RMS = 0.05
-"""A pause: louder than nothing in 50 ms than 5% (-26 dB) of the recording's loud frames
-(95th percentile), or digital silence."""
+PAUSE_RELATIVE_RMS = 10 ** (-45 / 20)
+"""A pause: nothing in 50 ms louder than -45 dB below the recording's loud frames (95th
+percentile), or digital silence. Near-silence only: at -26 dB (the first try) speech
+30 dB quieter than the rest counted as a pause and was never decoded. The rule does not
+depend on ``PARALLEL_WINDOWS``, so batched and one-at-a-time transcripts stay equal."""
 PAUSE_FRAMES = 20
 """A window cut with a pause 0.2 s either side of it counts as cut in a pause."""
 PAUSE_MARGIN_FRAMES = 20

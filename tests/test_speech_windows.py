@@ -47,3 +47,13 @@ def test_the_last_window_is_decoded_again_where_the_model_stopped(transcribe_sam
     samples = speech.decode_audio(jfk_with_pauses(10, 3.0), 7200).samples
     text = transcribe_samples(samples)
     assert speech.word_error_rate(" ".join([JFK_TEXT] * 10), text) < 0.01
+
+
+def test_speech_30_db_quieter_is_not_taken_for_a_pause(transcribe_samples):
+    """jfk, jfk, jfk at -30 dB, jfk: a pause threshold relative to the loud speech
+    (-26 dB) skipped the quiet phrase's start ("And so my fellow Americans")."""
+    jfk = jfk_at(16000, "mono")[0]
+    samples = np.concatenate([jfk, jfk, jfk * 10 ** (-30 / 20), jfk]).astype(np.float32)
+    text = transcribe_samples(samples)
+    assert text.count("my fellow American") == 4
+    assert speech.word_error_rate(" ".join([JFK_TEXT] * 4), text) < 0.05
