@@ -260,6 +260,20 @@ def _rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
 
 
+def _frame_rms(samples: np.ndarray) -> np.ndarray:
+    """RMS of each 10 ms frame, in float32 blocks of ``STFT_BLOCK_FRAMES`` so that a long
+    recording needs no float64 copy of itself (2 hours: 1.8 GB)."""
+    count = len(samples) // HOP
+    if count == 0:
+        return np.zeros(1, np.float32)
+    rms = np.empty(count, np.float32)
+    for first in range(0, count, STFT_BLOCK_FRAMES):
+        last = min(count, first + STFT_BLOCK_FRAMES)
+        block = np.asarray(samples[first * HOP:last * HOP], np.float32).reshape(-1, HOP)
+        np.sqrt(np.einsum("ij,ij->i", block, block) / HOP, out=rms[first:last])
+    return rms
+
+
 class WindowPlanner:
     """Chooses each window of one recording (at most 30 s, from ``seek``).
 
@@ -273,8 +287,7 @@ class WindowPlanner:
         energy = features.mean(axis=0)
         self.energy = np.convolve(energy, np.ones(10, np.float32) / 10, mode="same")
         # loudness per 10 ms frame, its maximum over 50 ms, and what counts as quiet
-        frames = samples[:len(samples) // HOP * HOP].reshape(-1, HOP).astype(np.float64)
-        rms = np.sqrt(np.mean(np.square(frames), axis=1)) if frames.size else np.zeros(1)
+        rms = _frame_rms(samples)
         self.loudness = np.lib.stride_tricks.sliding_window_view(
             np.pad(rms, (2, 2), mode="edge"), 5).max(axis=1)
         self.quiet_level = max(SILENCE_RMS, PAUSE_RELATIVE_RMS * float(np.percentile(rms, 95)))
