@@ -204,8 +204,12 @@ WHISPER_ENCODER = ModelSpec(
     kind="whisper_encoder",
     inputs=(TensorSpec("input_features", "TYPE_FP32", (WHISPER_MEL_BINS, WHISPER_FRAMES)),),
     outputs=(TensorSpec("last_hidden_state", "TYPE_FP32", (1500, WHISPER_D_MODEL)),),
+    # one window per onnxruntime run: int8 dynamic quantisation scales a run's activations
+    # as one tensor, so windows Triton gathered from different requests would change each
+    # other's hidden states
     cpu=TargetSettings(max_batch_size=8, preferred_batch_sizes=(4, 8),
-                       max_queue_delay_us=2000, instance_count=1),
+                       max_queue_delay_us=2000, instance_count=1,
+                       parameters=(("max_rows_per_run", "1"),)),
     gpu=TargetSettings(max_batch_size=32, preferred_batch_sizes=(8, 16, 32),
                        max_queue_delay_us=1000, instance_count=1),
     variants=("fp32", "int8"),

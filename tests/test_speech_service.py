@@ -286,3 +286,23 @@ def test_long_recording_with_pauses_windows_batched_equal_the_service(reading_st
     assert [(s.start, s.end, s.text, s.window) for s in response.segments] == \
         [(pytest.approx(s.start, abs=1e-3), pytest.approx(s.end, abs=1e-3), s.text, s.window) for s in segments]
     assert speech.word_error_rate(" ".join([JFK_TEXT] * 8), response.text) == 0
+
+
+def test_served_encoder_window_does_not_depend_on_its_batch(triton_models):
+    """The cpu ``whisper_encoder`` is int8 with dynamic quantisation (one activation scale
+    per onnxruntime run), and Triton joins concurrent requests into one run: jfk.flac beside
+    a loud 3 kHz tone must give bit for bit the hidden states it gives alone
+    (``max_rows_per_run`` 1; before, their maximum hidden difference was far from 0)."""
+    decoded = speech.decode_audio(jfk_flac(), 100)
+    features = speech.log_mel(decoded.samples)
+    (window,) = speech.plan_windows(features, decoded.samples)
+    jfk = speech.window_features(features, window)
+    tone = (0.9 * np.sin(2 * np.pi * 3000 * np.arange(16000 * 30) / 16000)).astype(np.float32)
+    tone_features = speech.log_mel(tone)
+    tone_window = speech.window_features(tone_features, speech.Window(0, 0, speech.WINDOW_FRAMES, False))
+    alone = triton_models.infer("whisper_encoder", {"input_features": jfk[None]}, ["last_hidden_state"])
+    # one request holding both windows: what the dynamic batcher hands the backend when two
+    # requests arrive together (it concatenates same-shape requests into one run)
+    both = triton_models.infer("whisper_encoder", {"input_features": np.stack([jfk, tone_window])},
+                               ["last_hidden_state"])
+    np.testing.assert_array_equal(both["last_hidden_state"][0], alone["last_hidden_state"][0])
