@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from . import configs, export, ocr_graphs, quantize, tune, whisper_convert
 from .accuracy import agreement, sample_sentences
 from .catalog import ASSETS, MODELS, AssetSpec, ModelSpec, model_by_name
-from .errors import BuildError, RepositoryError
+from .errors import BuildError, MissingPackageError, RepositoryError
 from .paths import ProjectPaths
 from .sources import distribution_version, locate, sha256_file, sha256_tree
 
@@ -107,6 +107,15 @@ def cache_key(spec: ModelSpec, source_sha256: str) -> str:
     payload = json.dumps({"spec": description, "source": source_sha256, "code": code,
                           "tools": export.tool_versions(spec.kind)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def current_key(spec: ModelSpec) -> str | None:
+    """The cache key this code and the installed weights give ``spec``; None where its weights
+    package is not installed (a runtime image holds the built repository, not the sources)."""
+    try:
+        return cache_key(spec, sha256_tree(locate(spec.source)))
+    except MissingPackageError:
+        return None
 
 
 def _export_code(spec: ModelSpec) -> list:
@@ -321,8 +330,20 @@ def verify(paths: ProjectPaths) -> list[str]:
         return [f"{paths.manifest} is missing: run `percolate-models build`"]
     problems = []
     for name, model in manifest["models"].items():
+        spec = next((m for m in MODELS if m.name == name), None)
+        if spec is None:
+            problems.append(f"{name} is in the manifest but not in the catalog: run `percolate-models build`")
+            continue
+        if spec.has_weights:
+            if "gpu_artefact" not in model:
+                problems.append(f"{name} was built before the gpu target had its own weights file "
+                                f"(1/{configs.GPU_MODEL_FILE}): run `percolate-models build`")
+            key = current_key(spec)
+            if key is not None and model.get("cache_key") != key:
+                problems.append(f"{name} was built by other code or from other weights (cache key "
+                                f"{model.get('cache_key')}, the current one is {key}): run `percolate-models build`")
         for artefact in (model["artefact"], model.get("gpu_artefact")):
-            if artefact is None:  # a python-backend model, or a manifest from before per-target files
+            if artefact is None:  # a python-backend model
                 continue
             path = paths.model_repository / artefact["path"]
             if not path.is_file():

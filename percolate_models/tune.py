@@ -64,6 +64,20 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
 
 
+def rules_key() -> str:
+    """Hash of the code that measures and picks (this module, the floors and probes in
+    ``accuracy.py``, the tokenizer and pooling in ``reading_frontend/text.py``): a change to
+    any of them measures again instead of reading an older choice."""
+    from reading_frontend import text
+
+    from . import accuracy
+
+    digest = hashlib.sha256()
+    for module in (__file__, accuracy.__file__, text.__file__):
+        digest.update(Path(module).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def machine_key(info: dict | None = None) -> str:
     return hashlib.sha256(json.dumps(info or machine(), sort_keys=True).encode()).hexdigest()[:16]
 
@@ -77,7 +91,7 @@ def choose(spec: ModelSpec, entry_dir: Path, entry: dict, cache: Path, say: Say 
     "reference": str}; the default runs ``measure_embedding_variants``.
     """
     info = machine()
-    path = cache / "tune" / f"{spec.name}-{entry['key']}-{machine_key(info)}.json"
+    path = cache / "tune" / f"{spec.name}-{entry['key']}-{machine_key(info)}-{rules_key()}.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from percolate_models import configs, export
-from percolate_models.build import BuildOptions, BuildReport, _install_model, build, verify
+from percolate_models.build import BuildOptions, BuildReport, _install_model, build, current_key, verify
 from percolate_models.catalog import MODELS, WeightsSource
 from percolate_models.errors import BuildError, MissingPackageError
 from percolate_models.paths import ProjectPaths
@@ -138,7 +138,7 @@ def test_cpu_and_gpu_files_are_installed_and_verified_apart(scratch):
     for variant in spec.variants:
         (entry_dir / f"{variant}.onnx").write_bytes(f"weights of {variant}".encode())
         files[variant] = sha256_file(entry_dir / f"{variant}.onnx")
-    entry = {"key": "k", "source": {}, "accuracy": {}, "files": files}
+    entry = {"key": current_key(spec), "source": {}, "accuracy": {}, "files": files}
     report = BuildReport()
     model = _install_model(spec, spec.variants[-1], entry_dir, entry, scratch, report)
     folder = scratch.model_repository / spec.name / "1"
@@ -152,3 +152,18 @@ def test_cpu_and_gpu_files_are_installed_and_verified_apart(scratch):
     assert verify(scratch) == [f"{folder / configs.GPU_MODEL_FILE} does not match the manifest (corrupt or edited)"]
     (folder / configs.GPU_MODEL_FILE).unlink()
     assert verify(scratch) == [f"{folder / configs.GPU_MODEL_FILE} is missing"]
+
+
+def test_verify_names_a_repository_built_by_other_code(scratch):
+    """A repository built before a change to the export code (say, the OCR graph edits) would
+    fail on its first request; verify says so instead, and the build repairs it."""
+    build(scratch, SMALL, say=lambda _: None)
+    manifest = json.loads(scratch.manifest.read_text())
+    manifest["models"]["ocr_cls"]["cache_key"] = "0123456789abcdef"
+    del manifest["models"]["ocr_cls"]["gpu_artefact"]
+    scratch.manifest.write_text(json.dumps(manifest))
+    problems = verify(scratch)
+    assert any("built by other code" in p and "0123456789abcdef" in p for p in problems), problems
+    assert any("before the gpu target had its own weights file" in p for p in problems), problems
+    build(scratch, SMALL, say=lambda _: None)
+    assert verify(scratch) == []

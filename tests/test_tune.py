@@ -101,12 +101,15 @@ def test_build_installs_the_measured_choice_once_per_machine_and_variant_wins(sc
     lines = []
     build(scratch, only, say=lines.append)
     assert len(calls) == 1 and lines[-1].startswith("nothing to do"), "measured once, then read from the cache"
-    assert list((scratch.cache / "tune").glob(f"text_embedding-{key}-{tune.machine_key()}.json"))
+    assert list((scratch.cache / "tune").glob(f"text_embedding-{key}-{tune.machine_key()}-{tune.rules_key()}.json"))
+    monkeypatch.setattr(tune, "rules_key", lambda: "other-rules")
+    build(scratch, only, say=lambda _: None)
+    assert len(calls) == 2, "a change to the code that measures and picks measures again"
 
     build(scratch, BuildOptions(models=("text_embedding",), variants={"text_embedding": "int8"}), say=lambda _: None)
     installed = json.loads(scratch.manifest.read_text())["models"]["text_embedding"]
     assert installed["variant"] == "int8" and installed["choice"]["reason"] == "named by --variant"
-    assert len(calls) == 1
+    assert len(calls) == 2
 
     build(scratch, BuildOptions(models=("text_embedding",), tune=False), say=lambda _: None)
     assert json.loads(scratch.manifest.read_text())["models"]["text_embedding"]["variant"] == "fp32"
