@@ -53,10 +53,12 @@ class BlsRunner:
         return [_numpy(pb_utils.get_output_tensor_by_name(response, name)) for name in outputs]
 
     def encode(self, features: np.ndarray) -> dict:
-        # one window per request, as OrtRunner.encode: an int8 encoder's scale is per call
-        hidden = np.concatenate([
-            self._call(self.encoder_model, [pb_utils.Tensor("input_features", row)],
-                       ["last_hidden_state"])[0] for row in np.split(features, features.shape[0])])
+        # The whole batch in one request: the gpu target serves the fp32 encoder
+        # (1/model.gpu.onnx), whose rows do not depend on each other, and a blocking BLS
+        # call per window would serialise them (the cpu target's int8 encoder runs one row
+        # per onnxruntime call itself: ``max_rows_per_run``).
+        (hidden,) = self._call(self.encoder_model, [pb_utils.Tensor("input_features", features)],
+                               ["last_hidden_state"])
         return {"hidden": hidden, "past": {}}
 
     def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:

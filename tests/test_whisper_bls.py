@@ -5,6 +5,7 @@ machine too: a second Triton on a copy of the repository whose loop config says
 from __future__ import annotations
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
 from percolate_models import configs
 from percolate_models.catalog import WHISPER, WHISPER_DECODER, WHISPER_ENCODER
@@ -39,6 +40,14 @@ def test_bls_loop_matches_the_in_process_loop(paths, tmp_path, triton_models):
     with TritonServer(TritonConfig(model_repository=repo, log_dir=tmp_path / "logs")) as triton:
         with TritonModels(triton.grpc_url) as models:
             got = models.infer("whisper", {"input_features": batch}, outputs)
+        client = grpcclient.InferenceServerClient(triton.grpc_url)
+        try:
+            (encoder,) = client.get_inference_statistics(WHISPER_ENCODER.name, as_json=True)["model_stats"]
+        finally:
+            client.close()
+    # the loop's windows went to the encoder in one BLS request, not one blocking call each
+    assert int(encoder["inference_stats"]["success"]["count"]) == 1
+    assert int(encoder["inference_count"]) == len(batch) > 1
     np.testing.assert_array_equal(got["tokens"], expected["tokens"])
     np.testing.assert_allclose(got["no_speech_prob"], expected["no_speech_prob"], atol=1e-5)
     np.testing.assert_allclose(got["avg_logprob"], expected["avg_logprob"], atol=1e-4)
