@@ -2,7 +2,8 @@
 
 Files: jfk.flac (11 s, 44.1 kHz stereo), the same at 8 kHz mono WAV, and jfk.flac eight
 times with 2 s pauses (104 s, 16 kHz FLAC: a long recording, five windows); the full run
-adds jfk.flac six times back to back (66 s, continuous speech, three windows). Each system transcribes every
+adds jfk.flac six times back to back (66 s, continuous speech, three windows) and ten
+times with 3 s pauses (140 s: the model stops early in the last window). Each system transcribes every
 file; the figure is the median over rounds of (processing seconds / audio seconds) over
 all files (and per file), and the WER of each transcript against the reference
 (lower-cased, punctuation stripped).
@@ -56,6 +57,8 @@ def files(quick: bool) -> list[tuple[str, bytes, str]]:
              ("jfk x8 with 2 s pauses (104 s)", jfk_with_pauses(8, 2.0), " ".join([JFK_TEXT] * 8))]
     if not quick:
         items.append(("jfk x6 FLAC (66 s)", jfk_times(6), " ".join([JFK_TEXT] * 6)))
+        items.append(("jfk x10 with 3 s pauses (140 s)", jfk_with_pauses(10, 3.0),
+                      " ".join([JFK_TEXT] * 10)))
     return items
 
 
