@@ -17,8 +17,9 @@ all files (and per file), and the WER of each transcript against the reference
   (o)  the default ONNX files and loop in this process, one window at a time (no Triton,
        no gRPC);
   (fw) faster-whisper on the original CTranslate2 weights, greedy (beam 1, temperature
-       0 without fallback: the same decoding as ours; its default fallback re-decodes
-       the repetitive 66 s file at higher temperatures), int8 and fp32, 2 threads, in
+       0 without fallback, no previous text as prompt: the same decoding as ours; its
+       default fallback re-decodes the repetitive 66 s file at higher temperatures, and
+       our loop has no prompt), int8 and fp32, 2 threads, in
        this process.
 
 The systems take turns within each round (the machine is shared and its load drifts),
@@ -102,7 +103,8 @@ def faster_whisper_system(compute_type: str):
 
     def run(data: bytes) -> str:
         segments, _ = model.transcribe(io.BytesIO(data), beam_size=1, language="en",
-                                       vad_filter=False, temperature=0.0)
+                                       vad_filter=False, temperature=0.0,
+                                       condition_on_previous_text=False)
         return " ".join(s.text.strip() for s in segments)
     return run
 
