@@ -88,10 +88,12 @@ def in_process_pipeline(repository):
     rows = {name: int(dict(model_by_name(name).cpu.parameters).get("max_rows_per_run", 0)) or 1 << 30
             for name in OCR_MODELS}
 
-    def infer(model: str, batch: np.ndarray) -> np.ndarray:
+    def infer(model: str, batch: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         session, step = sessions[model], rows[model]  # as many rows at a time as the backend runs
-        return np.concatenate([session.run(None, {session.get_inputs()[0].name: batch[i:i + step]})[0]
-                               for i in range(0, len(batch), step)])
+        parts = [session.run(None, {session.get_inputs()[0].name: batch[i:i + step]})
+                 for i in range(0, len(batch), step)]
+        outputs = tuple(np.concatenate(column) for column in zip(*parts))
+        return outputs[0] if len(outputs) == 1 else outputs  # ocr_rec: (best_class, best_probability)
 
     characters = ocr.load_character_list(ProjectPaths.from_env().assets / "ocr" / "ppocr_keys.txt")
     return lambda image: [line.text for line in ocr.run_ocr(image, infer, characters)]

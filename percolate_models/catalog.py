@@ -174,8 +174,10 @@ OCR_REC = ModelSpec(
                          "models/ch_PP-OCRv4_rec_infer.onnx"),
     kind="onnx",
     inputs=(TensorSpec("image", "TYPE_FP32", (3, 48, -1), onnx_name="x"),),
-    outputs=(TensorSpec("best_classes", "TYPE_FP32", (-1, 2),
-                        onnx_name="softmax_11.tmp_0"),),
+    # per CTC step; the class index is INT32 on its own, never a float (fp16 under TensorRT
+    # would round classes above 2048); the packaged softmax is replaced in ocr_graphs.py
+    outputs=(TensorSpec("best_class", "TYPE_INT32", (-1,)),
+             TensorSpec("best_probability", "TYPE_FP32", (-1,))),
     # onnxruntime on CPU runs a page's lines 1.3-1.6x faster one at a time than as one
     # [5, 3, 48, ~840] batch (measured on the 2-core EPYC), with bit for bit the same output
     cpu=TargetSettings(max_batch_size=32, preferred_batch_sizes=(6, 32),

@@ -13,9 +13,13 @@ decoding reads only the best class and its probability per step. So:
   float64 cast back: ``2v - 1`` is exact in float64, and one float32 subtraction of exact
   operands rounds it the same way). ``v + v`` (not ``v * 2``) keeps onnxruntime from
   folding the two multiplications into one differently rounded constant.
-- ``ocr_rec`` returns [W/8, 2] per line: (best class index, its probability), from ArgMax
-  (first maximum, as numpy's argmax) and ReduceMax over the softmax. Indices are below
-  2^24, so exact in float32; one output keeps the frontend's one-output model calls.
+- ``ocr_rec`` returns two [W/8] outputs per line: ``best_class`` (INT32, from ArgMax: the
+  first maximum, as numpy's argmax) and ``best_probability`` (FLOAT, ReduceMax over the
+  softmax). The index is its own integer tensor, not a float beside the probability: the
+  gpu target runs this graph under TensorRT with FP16 precision, and fp16 holds integers
+  exactly only up to 2048 (class 3333 't' would come back as 3332 'e').
+- The uint8 input is cast to float before the transpose: TensorRT supports uint8 little
+  beyond inputs and Cast, and the output is bit for bit the same.
 
 The build runs these after renaming the packaged tensors (``build._produce``); this module
 is part of the OCR models' cache key, so an edit here rebuilds them.
@@ -61,9 +65,9 @@ def uint8_hwc_input(model: onnx.ModelProto, name: str, path: Path) -> None:
         numpy_helper.from_array(np.array(1.0, np.float32), f"{name}_one"),
     ])
     nodes = [
-        helper.make_node("Transpose", [name], [f"{name}_nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Cast", [f"{name}_nchw"], [f"{name}_f32"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", [f"{name}_f32", f"{name}_scale"], [f"{name}_unit"]),
+        helper.make_node("Cast", [name], [f"{name}_f32"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", [f"{name}_f32"], [f"{name}_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Mul", [f"{name}_nchw", f"{name}_scale"], [f"{name}_unit"]),
         helper.make_node("Add", [f"{name}_unit", f"{name}_unit"], [f"{name}_twice"]),
         helper.make_node("Sub", [f"{name}_twice", f"{name}_one"], [normalized]),
     ]
@@ -73,26 +77,32 @@ def uint8_hwc_input(model: onnx.ModelProto, name: str, path: Path) -> None:
         name, TensorProto.UINT8, ["batch", "height", "width", 3]))
 
 
-def best_class_output(model: onnx.ModelProto, name: str, path: Path) -> None:
-    """Replace [N, T, C] probabilities output ``name`` by [N, T, 2] (argmax, max)."""
+REC_PROBABILITIES = "softmax_11.tmp_0"
+"""The packaged rec graph's [N, T, C] softmax output, which the edit replaces."""
+
+
+def best_class_outputs(model: onnx.ModelProto, probs: str, index: str, prob: str, path: Path) -> None:
+    """Replace [N, T, C] probabilities output ``probs`` by [N, T] ``index`` (INT32 argmax)
+    and [N, T] ``prob`` (FLOAT max)."""
     graph = model.graph
-    old = _single(graph.output, name, "output", path)
+    old = _single(graph.output, probs, "output", path)
     graph.output.remove(old)
-    probs = f"{name}_all"
-    _internal_name(graph, name, probs)
     graph.node.extend([
-        helper.make_node("ArgMax", [probs], [f"{name}_index"], axis=2, keepdims=1,
+        helper.make_node("ArgMax", [probs], [f"{index}_int64"], axis=2, keepdims=0,
                          select_last_index=0),
-        helper.make_node("Cast", [f"{name}_index"], [f"{name}_index_f32"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMax", [probs], [f"{name}_max"], axes=[2], keepdims=1),
-        helper.make_node("Concat", [f"{name}_index_f32", f"{name}_max"], [name], axis=2),
+        helper.make_node("Cast", [f"{index}_int64"], [index], to=TensorProto.INT32),
+        helper.make_node("ReduceMax", [probs], [prob], axes=[2], keepdims=0),
     ])
-    graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "steps", 2]))
+    graph.output.extend([
+        helper.make_tensor_value_info(index, TensorProto.INT32, ["batch", "steps"]),
+        helper.make_tensor_value_info(prob, TensorProto.FLOAT, ["batch", "steps"]),
+    ])
 
 
 EDITS = {
     "ocr_det": lambda model, path: uint8_hwc_input(model, "image", path),
-    "ocr_rec": lambda model, path: best_class_output(model, "best_classes", path),
+    "ocr_rec": lambda model, path: best_class_outputs(
+        model, REC_PROBABILITIES, "best_class", "best_probability", path),
 }
 """Model name -> the edit its built graph gets (models not named are served as packaged)."""
 

@@ -19,11 +19,13 @@ import numpy as np
 import pyclipper
 from PIL import Image
 
-InferFn = Callable[[str, np.ndarray], np.ndarray]
-"""``infer(model_name, batch) -> the model's single output``, as the repository serves them
+InferFn = Callable[[str, np.ndarray], np.ndarray | tuple[np.ndarray, ...]]
+"""``infer(model_name, batch) -> the model's output`` (its outputs in catalog order, as a
+tuple, when it has several), as the repository serves them
 (``percolate_models/ocr_graphs.py``): ``ocr_det`` takes uint8 [N, H, W, 3] BGR and
 normalises in the graph; ``ocr_cls`` and ``ocr_rec`` take float32 NCHW; ``ocr_rec``
-returns [N, T, 2] (best class index, its probability) per step, not all 6625 classes."""
+returns (``best_class`` int32 [N, T], ``best_probability`` float32 [N, T]) per step, not
+all 6625 classes."""
 
 DET_MODEL = "ocr_det"
 CLS_MODEL = "ocr_cls"
@@ -507,19 +509,21 @@ def ctc_decode(probs: np.ndarray, characters: Sequence[str]) -> list[tuple[str, 
         raise ValueError(
             f"rec output has {probs.shape[-1]} classes but the dictionary gives {len(characters) + 2}"
         )
-    best = np.stack([probs.argmax(axis=2).astype(np.float32), probs.max(axis=2)], axis=2)
-    return ctc_decode_best(best, characters)
+    return ctc_decode_best(probs.argmax(axis=2), probs.max(axis=2), characters)
 
 
-def ctc_decode_best(best: np.ndarray, characters: Sequence[str]) -> list[tuple[str, float]]:
-    """Greedy CTC decode of [N, T, 2] (best class index, its probability) per step, what
-    the served ``ocr_rec`` returns; same results as :func:`ctc_decode` on the full output."""
+def ctc_decode_best(
+    indices: np.ndarray, step_probs: np.ndarray, characters: Sequence[str]
+) -> list[tuple[str, float]]:
+    """Greedy CTC decode of [N, T] best class indices and their probabilities, what the
+    served ``ocr_rec`` returns; same results as :func:`ctc_decode` on the full output."""
     alphabet = ["blank", *characters, " "]
-    indices = best[..., 0].astype(np.int64)
-    step_probs = best[..., 1]
-    if indices.size and (indices.min() < 0 or indices.max() >= len(alphabet)):
+    indices = np.asarray(indices).astype(np.int64, copy=False)
+    step_probs = np.asarray(step_probs)
+    bad = indices[(indices < 0) | (indices >= len(alphabet))]
+    if bad.size:
         raise ValueError(
-            f"rec output names class {int(indices.max())} but the dictionary gives {len(alphabet)}"
+            f"rec output names class {int(bad[0])} but the dictionary gives {len(alphabet)}"
         )
     results = []
     for seq, seq_probs in zip(indices, step_probs):
@@ -542,7 +546,8 @@ def recognize_text(
     results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
     for indices in aspect_sorted_batches(crops, params.rec_batch_num):
         batch = rec_preprocess([crops[i] for i in indices], params)
-        decoded = ctc_decode_best(np.asarray(infer(REC_MODEL, batch)), characters)
+        best_class, best_probability = infer(REC_MODEL, batch)
+        decoded = ctc_decode_best(best_class, best_probability, characters)
         for i, result in zip(indices, decoded):
             results[i] = result
     return results

@@ -134,11 +134,13 @@ class ReadingPipelines:
 
     def _sync_ocr_models(self, loop: asyncio.AbstractEventLoop, deadline: float | None):
         """An ``InferFn`` for worker threads: runs each model call on the event loop."""
-        def infer(model: str, batch: np.ndarray) -> np.ndarray:
+        def infer(model: str, batch: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
             spec = model_by_name(model)
+            names = [output.name for output in spec.outputs]
             call = self.triton.infer(model, {spec.inputs[0].name: batch.astype(spec.inputs[0].numpy_dtype, copy=False)},
-                                     [spec.outputs[0].name], self._timeout(deadline))
-            return asyncio.run_coroutine_threadsafe(call, loop).result()[spec.outputs[0].name]
+                                     names, self._timeout(deadline))
+            result = asyncio.run_coroutine_threadsafe(call, loop).result()
+            return result[names[0]] if len(names) == 1 else tuple(result[name] for name in names)
         return infer
 
     def _ocr_sync(self, image: bytes, infer) -> OcrResult:

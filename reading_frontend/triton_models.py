@@ -29,12 +29,14 @@ class TritonModels:
         return self.infer("text_embedding", {"input_ids": input_ids, "attention_mask": attention_mask},
                           ["sentence_embedding"])["sentence_embedding"]
 
-    def run_image_model(self, model: str, batch: np.ndarray) -> np.ndarray:
-        """Run one of the OCR models on an NCHW float32 batch; returns its only output."""
+    def run_image_model(self, model: str, batch: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Run one of the OCR models on a batch; returns its output (its outputs in catalog
+        order, as a tuple, when it has several: ``reading_frontend.ocr.InferFn``)."""
         spec = model_by_name(model)
-        (output,) = spec.outputs
-        return self.infer(model, {spec.inputs[0].name: batch.astype(spec.inputs[0].numpy_dtype, copy=False)},
-                          [output.name])[output.name]
+        names = [output.name for output in spec.outputs]
+        result = self.infer(model, {spec.inputs[0].name: batch.astype(spec.inputs[0].numpy_dtype, copy=False)},
+                            names)
+        return result[names[0]] if len(names) == 1 else tuple(result[name] for name in names)
 
     def close(self) -> None:
         self._client.close()

@@ -34,8 +34,11 @@ def test_fresh_build_serves_the_edited_graphs(scratch):
     assert det_input.name == "image" and det_input.type.tensor_type.elem_type == TensorProto.UINT8
     assert _shape(det_input)[3] == 3  # HWC
     rec = onnx.load(str(scratch.model_repository / "ocr_rec" / "1" / "model.onnx"))
-    (rec_output,) = rec.graph.output
-    assert rec_output.name == "best_classes" and _shape(rec_output)[2] == 2
+    class_output, probability_output = rec.graph.output
+    assert class_output.name == "best_class" and class_output.type.tensor_type.elem_type == TensorProto.INT32
+    assert probability_output.name == "best_probability"
+    assert probability_output.type.tensor_type.elem_type == TensorProto.FLOAT
+    assert len(_shape(class_output)) == 2  # [batch, steps]
     assert "character" in {p.key for p in rec.metadata_props}  # the dictionary is kept
 
     assert not build(scratch, options, say=lambda line: None).changed

@@ -14,6 +14,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import rapidocr_onnxruntime
@@ -65,10 +66,10 @@ def sessions(tmp_path_factory) -> dict[str, ort.InferenceSession]:
 
 @pytest.fixture(scope="module")
 def infer(sessions) -> ocr.InferFn:
-    def run(model_name: str, batch: np.ndarray) -> np.ndarray:
+    def run(model_name: str, batch: np.ndarray):
         session = sessions[model_name]
-        (output,) = session.run(None, {session.get_inputs()[0].name: batch})
-        return output
+        outputs = tuple(session.run(None, {session.get_inputs()[0].name: batch}))
+        return outputs[0] if len(outputs) == 1 else outputs  # as ocr.InferFn
 
     return run
 
@@ -331,21 +332,42 @@ def test_det_normalize_is_upstreams_normalisation():
 
 
 def test_served_rec_returns_best_class_and_its_probability(sessions, packaged, characters):
+    """Class indices come back as int32, apart from the probabilities: never as floats
+    (the gpu target's TensorRT FP16 holds integers exactly only up to 2048, and the Latin
+    letters sit above it: 't' is class 3333, 'e' 3332)."""
     crops = [ocr.decode_image(encode(draw_page([text], size=(900, 120))))[40:110, 40:860]
              for text in PAGE_LINES[:3]]
     batch = ocr.rec_preprocess(crops)
 
-    (best,) = sessions[ocr.REC_MODEL].run(None, {"image": batch})
+    best_class, best_probability = sessions[ocr.REC_MODEL].run(None, {"image": batch})
     (probs,) = packaged[ocr.REC_MODEL].run(None, {"x": batch})
 
-    assert best.shape == probs.shape[:2] + (2,)
-    np.testing.assert_array_equal(best[..., 0], probs.argmax(axis=2))
-    np.testing.assert_array_equal(best[..., 1], probs.max(axis=2))
-    assert ocr.ctc_decode_best(best, characters) == ocr.ctc_decode(probs, characters)
+    assert [o.name for o in sessions[ocr.REC_MODEL].get_outputs()] == ["best_class", "best_probability"]
+    assert best_class.dtype == np.int32 and best_probability.dtype == np.float32
+    assert best_class.shape == best_probability.shape == probs.shape[:2]
+    assert best_class.max() > 2048  # the lines hold classes fp16 could not carry
+    np.testing.assert_array_equal(best_class, probs.argmax(axis=2))
+    np.testing.assert_array_equal(best_probability, probs.max(axis=2))
+    assert (ocr.ctc_decode_best(best_class, best_probability, characters)
+            == ocr.ctc_decode(probs, characters))
 
 
-def test_ctc_decode_best_rejects_a_class_beyond_the_dictionary():
-    best = np.array([[[1, 0.9], [7, 0.8]]], dtype=np.float32)
+def test_served_graphs_keep_uint8_and_integer_classes_out_of_float_layers(sessions, tmp_path):
+    """For TensorRT (gpu target): det's uint8 input goes straight into a Cast (TensorRT
+    supports uint8 little beyond that), and rec's class index is an integer output."""
+    det = tmp_path / "det.onnx"
+    ocr_graphs.served_onnx(model_by_name(ocr.DET_MODEL), MODELS_DIR / MODEL_FILES[ocr.DET_MODEL], det)
+    graph = onnx.load(str(det)).graph
+    consumers = [node for node in graph.node if "image" in node.input]
+    assert [node.op_type for node in consumers] == ["Cast"]
+    rec_outputs = {o.name: o.type for o in sessions[ocr.REC_MODEL].get_outputs()}
+    assert rec_outputs == {"best_class": "tensor(int32)", "best_probability": "tensor(float)"}
 
-    with pytest.raises(ValueError, match="class 7"):
-        ocr.ctc_decode_best(best, ["a", "b"])
+
+@pytest.mark.parametrize("bad", [7, -1])
+def test_ctc_decode_best_rejects_a_class_beyond_the_dictionary(bad):
+    indices = np.array([[1, bad, 2]], dtype=np.int32)
+    probs = np.array([[0.9, 0.8, 0.7]], dtype=np.float32)
+
+    with pytest.raises(ValueError, match=f"class {bad} "):
+        ocr.ctc_decode_best(indices, probs, ["a", "b"])

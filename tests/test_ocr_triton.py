@@ -39,7 +39,8 @@ def test_served_rec_runs_lines_one_at_a_time_with_the_batchs_output(triton_model
     assert len(batch) == 5
 
     together = triton_models.run_image_model(ocr.REC_MODEL, batch)
-    alone = np.concatenate([triton_models.run_image_model(ocr.REC_MODEL, batch[i:i + 1])
-                            for i in range(len(batch))])
+    alone = [triton_models.run_image_model(ocr.REC_MODEL, batch[i:i + 1]) for i in range(len(batch))]
 
-    np.testing.assert_array_equal(together, alone)
+    for output, name in enumerate(("best_class", "best_probability")):
+        np.testing.assert_array_equal(together[output], np.concatenate([one[output] for one in alone]),
+                                      err_msg=name)

@@ -49,8 +49,9 @@ def test_ocr_det_cls_rec_shapes(triton_models):
     assert cls.shape == (5, 2)
     np.testing.assert_allclose(cls.sum(axis=1), 1.0, atol=1e-4)
     rec = triton_models.infer("ocr_rec", {"image": rng.standard_normal((3, 3, 48, 320), np.float32)},
-                ["best_classes"])["best_classes"]
-    assert rec.shape == (3, 320 // 8, 2)  # per step: best class index, its probability
-    classes = rec[..., 0]
-    assert np.all(classes == np.round(classes)) and 0 <= classes.min() and classes.max() < OCR_REC_CLASSES
-    assert np.all((0 < rec[..., 1]) & (rec[..., 1] <= 1))
+                ["best_class", "best_probability"])
+    classes, probabilities = rec["best_class"], rec["best_probability"]
+    assert classes.shape == probabilities.shape == (3, 320 // 8)  # per step
+    assert classes.dtype == np.int32  # never a float: fp16 (TensorRT) rounds classes above 2048
+    assert 0 <= classes.min() and classes.max() < OCR_REC_CLASSES
+    assert np.all((0 < probabilities) & (probabilities <= 1))
