@@ -66,7 +66,10 @@ def test_pathological_parses_do_not_stall_another_tenants_embed(guarded, pki):
 
         # one with a short deadline first: it must be stopped when its deadline passes
         short = calls.submit(parse, 1.5)
-        wait_for(lambda: pool.busy >= 1, "tenant A's first parse running in a worker")
+        # On a loaded machine the 1.5 s can pass before the request reaches a worker; then it
+        # never runs, which is right too. Whichever happens first decides what is expected below.
+        first = wait_for(lambda: ("worker" if pool.busy >= 1 else "deadline" if short.done() else None),
+                         "tenant A's first parse running in a worker, or its deadline passing")
         long = [calls.submit(parse, 120) for _ in range(2)]
         wait_for(lambda: pool.busy == 2, "both parse workers busy with tenant A's documents")
 
@@ -84,7 +87,8 @@ def test_pathological_parses_do_not_stall_another_tenants_embed(guarded, pki):
     # A's calls have ended: no worker busy, none waiting, every worker that ran A's
     # documents stopped (so nothing burns CPU for a caller that is gone) and replaced
     wait_for(lambda: pool.busy == 0 and pool.waiting == 0, "the parse pool idle")
-    wait_for(lambda: pool.replaced >= 3, "the deadline and both budget overruns stopped their workers")
+    stopped = 3 if first == "worker" else 2
+    wait_for(lambda: pool.replaced >= stopped, f"the deadline and both budget overruns stopped {stopped} workers")
     wait_for(lambda: not any(alive(pid) for pid in pids_before), "A's worker processes gone")
     assert len(pool.worker_pids()) == 2
     assert metric(guarded.server.metrics_port, "percolate_reading_parse_workers_busy") == 0
