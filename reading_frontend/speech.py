@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -324,9 +324,14 @@ class WindowPlanner:
         its timestamp's imprecision) and the window's end, nothing was left out: the next
         window starts at the end, which ``transcribe_windows`` can know in advance.
         The last window is no exception: the model often stops before the recording ends,
-        and what it left out is decoded again from its last segment's end.
+        and what it left out is decoded again from its last segment's end, unless the
+        model closed its transcript with one timestamp (``closes_window``), which is when
+        Whisper's loop, too, takes the window as done (decoding the last second of
+        jfk.flac again gave "Okay.").
         """
         if not segments:
+            return segments, window.end_frame
+        if window.end_frame >= self.content and segments[-1].closes_window:
             return segments, window.end_frame
         keep = segments
         if (window.end_frame < self.content and len(segments) > 1
@@ -405,6 +410,9 @@ class Segment:
     end: float
     text: str
     window: int
+    closes_window: bool = False
+    """The last segment of a window whose tokens end with one timestamp (Whisper's
+    ``single_timestamp_ending``): the model says nothing follows it in the window."""
 
 
 class WhisperTokenizer:
@@ -448,6 +456,9 @@ def segments_from_tokens(tokens: list[int], window: Window, duration: float,
             text.append(token)
     if text:
         close(limit)
+    spoken = [t for t in tokens if t < EOT or t >= TIMESTAMP_BEGIN]
+    if segments and len(spoken) >= 2 and spoken[-1] >= TIMESTAMP_BEGIN and spoken[-2] < EOT:
+        segments[-1] = replace(segments[-1], closes_window=True)
     return segments
 
 

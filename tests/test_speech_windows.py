@@ -49,6 +49,15 @@ def test_the_last_window_is_decoded_again_where_the_model_stopped(transcribe_sam
     assert speech.word_error_rate(" ".join([JFK_TEXT] * 10), text) < 0.01
 
 
+def test_a_last_window_the_model_closed_is_not_decoded_again(transcribe_samples):
+    """jfk.flac: the tokens end with one timestamp, so the model is done with the window
+    (as Whisper's loop reads it); decoding its last 0.4 s again gave "Okay."."""
+    from tests.audio_fixtures import jfk_flac
+
+    text = transcribe_samples(speech.decode_audio(jfk_flac(), 7200).samples)
+    assert speech.word_error_rate(JFK_TEXT, text) == 0
+
+
 def test_speech_30_db_quieter_is_not_taken_for_a_pause(transcribe_samples):
     """jfk, jfk, jfk at -30 dB, jfk: a pause threshold relative to the loud speech
     (-26 dB) skipped the quiet phrase's start ("And so my fellow Americans")."""
