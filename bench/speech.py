@@ -29,7 +29,6 @@ and the frontends and idle Tritons stay up throughout.
 """
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import shutil
@@ -134,28 +133,15 @@ def variant_repository(paths: ProjectPaths, root: Path, variant: str) -> Path:
 
 
 def onnx_in_process_system(paths: ProjectPaths, variant: str):
-    from percolate_models.whisper_decode import OrtRunner, greedy_decode
+    from percolate_models.whisper_decode import OrtRunner
 
     runner = OrtRunner(variant_file(paths, "whisper_encoder", variant),
                        variant_file(paths, "whisper_decoder", variant), threads=2)
     tokenizer = speech.WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
 
     def run(data: bytes) -> str:
-        decoded = speech.decode_audio(data, 7200)
-        features = speech.log_mel(decoded.samples)
-
-        async def decode(windows: list[speech.Window]) -> list[list[speech.Segment]]:
-            (window,) = windows
-            if window.silent:
-                return [[]]
-            (result,) = greedy_decode(runner, speech.window_features(features, window)[None])
-            if speech.is_no_speech(result.no_speech_prob, result.avg_logprob):
-                return [[]]
-            return [speech.segments_from_tokens(result.tokens, window, decoded.duration, tokenizer)]
-
-        planner = speech.WindowPlanner(features, decoded.samples)
-        segments, _ = asyncio.run(speech.transcribe_windows(planner, decode, parallel=1))
-        return " ".join(s.text for s in segments)
+        samples = speech.decode_audio(data, 7200).samples
+        return " ".join(s.text for s in speech.transcribe_in_process(runner, samples, tokenizer))
     return run
 
 

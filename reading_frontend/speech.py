@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import io
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -480,3 +481,24 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     if not ref:
         return float(bool(hyp))
     return edit_distance(ref, hyp) / len(ref)
+
+
+def transcribe_in_process(runner, samples: np.ndarray, tokenizer: WhisperTokenizer) -> list[Segment]:
+    """The service's window loop on ``samples`` with an in-process ``whisper_decode.OrtRunner``
+    (no Triton): what bench/speech.py's in-process row and the window tests run."""
+    from percolate_models.whisper_decode import greedy_decode
+
+    features = log_mel(samples)
+    duration = len(samples) / SAMPLE_RATE
+
+    async def decode(windows: list[Window]) -> list[list[Segment]]:
+        (window,) = windows
+        if window.silent:
+            return [[]]
+        (result,) = greedy_decode(runner, window_features(features, window)[None])
+        if is_no_speech(result.no_speech_prob, result.avg_logprob):
+            return [[]]
+        return [segments_from_tokens(result.tokens, window, duration, tokenizer)]
+
+    segments, _ = asyncio.run(transcribe_windows(WindowPlanner(features, samples), decode, parallel=1))
+    return segments

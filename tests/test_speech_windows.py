@@ -4,13 +4,11 @@ the tail after the model stops early and quiet speech are transcribed, and plann
 long recording needs no float64 copy of it."""
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 
 from tests.audio_fixtures import JFK_TEXT, jfk_at, jfk_with_pauses
-from percolate_models.whisper_decode import OrtRunner, greedy_decode
+from percolate_models.whisper_decode import OrtRunner
 from reading_frontend import speech
 
 
@@ -22,21 +20,7 @@ def transcribe_samples(paths):
     tokenizer = speech.WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
 
     def run(samples: np.ndarray) -> str:
-        features = speech.log_mel(samples)
-        duration = len(samples) / speech.SAMPLE_RATE
-
-        async def decode(windows):
-            (window,) = windows
-            if window.silent:
-                return [[]]
-            (result,) = greedy_decode(runner, speech.window_features(features, window)[None])
-            if speech.is_no_speech(result.no_speech_prob, result.avg_logprob):
-                return [[]]
-            return [speech.segments_from_tokens(result.tokens, window, duration, tokenizer)]
-
-        planner = speech.WindowPlanner(features, samples)
-        segments, _ = asyncio.run(speech.transcribe_windows(planner, decode, parallel=1))
-        return " ".join(s.text for s in segments)
+        return " ".join(s.text for s in speech.transcribe_in_process(runner, samples, tokenizer))
 
     return run
 
