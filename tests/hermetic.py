@@ -66,7 +66,8 @@ def _hook(event: str, args: tuple) -> None:
             continue
         bad = outside_checkout(candidate)
         if bad is not None:
-            message = (f"hermetic test guard: {event} of {bad}, beside the checkout {ROOT}; "
+            test = os.environ.get("PYTEST_CURRENT_TEST", "outside any test").rsplit(" (", 1)[0]
+            message = (f"hermetic test guard: {event} of {bad}, beside the checkout {ROOT}, in {test}; "
                        f"carry the file in the repository or generate it in the test")
             violations.append(message)
             raise PermissionError(message)
