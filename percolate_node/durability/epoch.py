@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from percolate_common.files import sync_folder
+
 FILE = "percolate-epoch"
 
 
@@ -43,3 +45,4 @@ def write_epoch(data_dir: Path, epoch: int, start_lsn: int | None = None) -> Non
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temp, path)
+    sync_folder(path.parent)  # the fencing token: the rename itself must survive a crash
