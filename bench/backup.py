@@ -37,13 +37,10 @@ from percolate_node.durability.objstore import LocalObjectStore, RemoteObjectSto
 from percolate_node.durability.restore import Target, restore
 from percolate_node.durability.snapshots import take_snapshot
 from percolate_node.memory import NodeMemory
-from percolate_node.rem import Document, MemoryRepository, Resource, document_id
 from percolate_node.store import generate_kek
 from tests.durability_fixtures import S3_ENV, MotoServer, new_bucket, s3_options
 
-WORDS = ("memory tenant private encrypted search chunk reading service triton pipeline document page "
-         "table report quarterly budget invoice contract meeting summary harbour glacier orchard").split()
-PER_DOCUMENT = 100
+from node_memory import WORDS, ingest_chunks  # noqa: E402  (the same chunks as that bench)
 
 
 class QueryOnly:
@@ -60,16 +57,6 @@ class QueryOnly:
 def unit(rng, rows: int) -> np.ndarray:
     vectors = rng.standard_normal((rows, 384)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def fill(repository: MemoryRepository, start_doc: int, chunks: int, rng) -> None:
-    for d in range(start_doc, start_doc + chunks // PER_DOCUMENT):
-        uri = f"file://bench/{d}.txt"
-        doc_id = document_id(uri.encode())
-        vectors = unit(rng, PER_DOCUMENT)
-        resources = [Resource(document_id=doc_id, uri=uri, ordinal=i, embedding=vectors[i],
-                              text=" ".join(rng.choice(WORDS, 40)), page_span=(1, 1)) for i in range(PER_DOCUMENT)]
-        repository.ingest(Document(id=doc_id, uri=uri, title=f"doc {d}", format="text"), resources)
 
 
 def agent(memory, objects) -> BackupAgent:
@@ -193,7 +180,7 @@ def run(target: str, chunks: int, scratch: Path, moto) -> dict:
     memory = NodeMemory.open(NodeConfig(tenant_id="bench", data_dir=root / "data", kek_file=root / "kek.bin"),
                              QueryOnly(unit(rng, 64)))
     try:
-        fill(memory.repository, 0, chunks, rng)
+        ingest_chunks(memory.repository, chunks, rng)
         memory.rebuild_index()
         for family in ("resources", "documents", "document_resources"):
             memory.store.flush(family)

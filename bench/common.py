@@ -40,6 +40,17 @@ def median_rate(work: Callable[[], int], rounds: int) -> tuple[float, list[float
     return statistics.median(rates), rates
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` in MiB (0 once it has exited)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
 def print_table(title: str, columns: list[str], rows: list[list]) -> None:
     cells = [[_fmt(v) for v in row] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]

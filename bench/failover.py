@@ -95,13 +95,6 @@ class Client:
         return self.stub.PutEntity(pb.PutEntityRequest(type="note", name=name), metadata=self.metadata,
                                    timeout=timeout).id
 
-    def has(self, entity_id: str) -> bool:
-        try:
-            self.stub.GetEntity(pb.GetRequest(id=entity_id), metadata=self.metadata, timeout=30)
-            return True
-        except grpc.RpcError:
-            return False
-
     def status(self):
         return self.stub.ReplicaStatus(pb.ReplicaStatusRequest(), metadata=self.metadata, timeout=10)
 
@@ -160,7 +153,7 @@ class Pair:
 def failover_rounds(pair: Pair, rounds: int) -> dict:
     """``rounds`` kills of the active once the pair is synchronous: RTO and lost acknowledged writes."""
     rto: list[float] = []
-    lost_total = acked_total = checked = 0
+    checked = 0
     lost_seen: set[str] = set()
     writer = Writer(pair.clients)
     writer.start()
@@ -182,7 +175,7 @@ def failover_rounds(pair: Pair, rounds: int) -> dict:
             sample = random.Random(number).sample(range(checked), min(500, checked))
             lost = [acked[i] for i in list(range(checked, len(acked))) + sample if not _present(pair, other, acked[i])]
             lost_seen |= set(lost)
-            acked_total, checked = len(acked), len(acked)
+            checked = len(acked)
             pair.nodes[active] = pair.start(active)
             wait_for(lambda: pair.nodes[active].health() == NOT_SERVING, f"{active} to rejoin as standby", 180)
             print(f"  round {number + 1}/{rounds}: killed {active} (active), RTO {rto[-1]:.2f} s, "
@@ -193,9 +186,8 @@ def failover_rounds(pair: Pair, rounds: int) -> dict:
     active = wait_for(lambda: _one_active(pair), "one active replica")
     acked = [entity for _, _, entity in list(writer.acked)]
     lost_seen |= {e for e in acked if not _present(pair, active, e)}  # every acknowledged write, at the end
-    lost_total, acked_total = len(lost_seen), len(acked)
     return {"rounds": rounds, "rto_s": rto, "rto_median_s": statistics.median(rto) if rto else None,
-            "rto_max_s": max(rto) if rto else None, "acknowledged": acked_total, "lost": lost_total}
+            "rto_max_s": max(rto) if rto else None, "acknowledged": len(acked), "lost": len(lost_seen)}
 
 
 def soak_rounds(pair: Pair, rounds: int, seed: int = 11) -> dict:

@@ -17,7 +17,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 
@@ -34,12 +33,6 @@ SETTINGS = {
 }
 SETTLE_S = 5.0
 
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 PAYLOADS = {
@@ -91,7 +84,7 @@ def _run(name: str, count: int, size: int) -> dict:
     with common.FrontendProcess("127.0.0.1:1") as frontend:
         pid = frontend.process.pid
         flood(frontend, ("bench-a",), 1, PAYLOADS["invalid"](MIB))  # warm-up: workers up
-        idle = rss_mb(pid)
+        idle = common.rss_mb(pid)
         result = {"idle_mb": idle}
         for kind, tenants in [(kind, tenants) for kind in PAYLOADS
                               for tenants in (("bench-a",), ("bench-a", "bench-b"))]:
@@ -100,7 +93,7 @@ def _run(name: str, count: int, size: int) -> dict:
 
             def sample() -> None:
                 while not stop.is_set():
-                    peak[0] = max(peak[0], rss_mb(pid))
+                    peak[0] = max(peak[0], common.rss_mb(pid))
                     time.sleep(0.05)
             sampler = threading.Thread(target=sample)
             sampler.start()
@@ -110,7 +103,7 @@ def _run(name: str, count: int, size: int) -> dict:
             sampler.join()
             time.sleep(SETTLE_S)
             label = f"{kind}, {len(tenants)} tenant(s)"
-            result[label] = {"peak_mb": peak[0], "settled_mb": rss_mb(pid),
+            result[label] = {"peak_mb": peak[0], "settled_mb": common.rss_mb(pid),
                              "outcomes": dict(outcomes)}
             print(f"{name}, {label}: {dict(outcomes)}", flush=True)
     return result

@@ -62,15 +62,6 @@ def page(index: int) -> bytes:
     return out.getvalue()
 
 
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return 0.0
-
 
 def stack(triton_pid: int, frontend_pid: int) -> dict[str, int]:
     """name -> pid: tritonserver, each model's stub (from its command line), the frontend."""
@@ -91,7 +82,7 @@ def stack(triton_pid: int, frontend_pid: int) -> dict[str, int]:
 
 
 def measure(pids: dict[str, int]) -> dict[str, float]:
-    values = {name: rss_mb(pid) for name, pid in pids.items()}
+    values = {name: common.rss_mb(pid) for name, pid in pids.items()}
     values["total"] = sum(values.values())
     return values
 

@@ -53,21 +53,24 @@ print(json.dumps({"seconds": seconds, "rss_before": before, "rss_after": rss(), 
 """
 
 
+def ingest_chunks(repository: MemoryRepository, chunks: int, rng: np.random.Generator) -> None:
+    """``chunks`` random chunks (unit vectors, 40 words each) in documents of ``PER_DOCUMENT``."""
+    for d in range(chunks // PER_DOCUMENT):
+        uri = f"file://bench/{d}.txt"
+        doc_id = document_id(uri.encode())
+        vectors = rng.standard_normal((PER_DOCUMENT, 384)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        resources = [Resource(document_id=doc_id, uri=uri, ordinal=i, embedding=vectors[i],
+                              text=" ".join(rng.choice(WORDS, 40)), page_span=(1, 1))
+                     for i in range(PER_DOCUMENT)]
+        repository.ingest(Document(id=doc_id, uri=uri, title=f"doc {d}", format="text"), resources)
+
+
 def fill(root: Path, chunks: int) -> float:
     generate_kek(root / "kek.bin")
-    rng = np.random.default_rng(0)
     started = time.perf_counter()
     with EncryptedStore.open(root / "data", "bench", load_kek(root / "kek.bin")) as store:
-        repository = MemoryRepository(store)
-        for d in range(chunks // PER_DOCUMENT):
-            uri = f"file://bench/{d}.txt"
-            doc_id = document_id(uri.encode())
-            vectors = rng.standard_normal((PER_DOCUMENT, 384)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            resources = [Resource(document_id=doc_id, uri=uri, ordinal=i, embedding=vectors[i],
-                                  text=" ".join(rng.choice(WORDS, 40)), page_span=(1, 1))
-                         for i in range(PER_DOCUMENT)]
-            repository.ingest(Document(id=doc_id, uri=uri, title=f"doc {d}", format="text"), resources)
+        ingest_chunks(MemoryRepository(store), chunks, np.random.default_rng(0))
     return time.perf_counter() - started
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import random
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field

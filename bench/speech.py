@@ -30,7 +30,6 @@ and the frontends and idle Tritons stay up throughout.
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import statistics
 import sys
@@ -109,9 +108,7 @@ def faster_whisper_system(compute_type: str):
 
 
 def variant_file(paths: ProjectPaths, model: str, variant: str) -> Path:
-    manifest = json.loads(paths.manifest.read_text())
-    key = manifest["models"][model]["cache_key"]
-    return paths.cache / "models" / model / key / f"{variant}.onnx"
+    return paths.build_entry(model) / f"{variant}.onnx"
 
 
 def variant_repository(paths: ProjectPaths, root: Path, variant: str) -> Path:

@@ -20,6 +20,10 @@ _TAILS = ["before the deadline", "without telling anyone", "in less than an hour
           "despite the noise", "after a long debate", "on a Sunday afternoon", ""]
 
 
+ACCURACY_SENTENCES = 256
+"""Sentences each variant is compared on (the build's accuracy record and the tune's floor)."""
+
+
 def sample_sentences(count: int, seed: int = 0) -> list[str]:
     """``count`` varied English sentences of about 6 to 24 words, reproducible by seed."""
     rng = np.random.default_rng(seed)

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import configs, export, ocr_graphs, quantize, tune, whisper_convert
-from .accuracy import agreement, sample_sentences
+from .accuracy import ACCURACY_SENTENCES, agreement, sample_sentences
 from .catalog import ASSETS, MODELS, AssetSpec, ModelSpec, model_by_name
 from .errors import BuildError, MissingPackageError, RepositoryError
 from .paths import ProjectPaths
 from .sources import distribution_version, locate, sha256_file, sha256_tree
 
 Say = Callable[[str], None]
-ACCURACY_SENTENCES = 256
 ENTRY_FILE = "entry.json"
 
 
@@ -109,13 +108,19 @@ def cache_key(spec: ModelSpec, source_sha256: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def current_key(spec: ModelSpec) -> str | None:
+def current_key(spec: ModelSpec, source_hashes: dict[Path, str] | None = None) -> str | None:
     """The cache key this code and the installed weights give ``spec``; None where its weights
-    package is not installed (a runtime image holds the built repository, not the sources)."""
+    package is not installed (a runtime image holds the built repository, not the sources).
+    ``source_hashes`` memoises the weights' hashes across models that share a source (Whisper's
+    encoder and decoder)."""
     try:
-        return cache_key(spec, sha256_tree(locate(spec.source)))
+        source = locate(spec.source)
     except MissingPackageError:
         return None
+    hashes = {} if source_hashes is None else source_hashes
+    if source not in hashes:
+        hashes[source] = sha256_tree(source)
+    return cache_key(spec, hashes[source])
 
 
 def _export_code(spec: ModelSpec) -> list:
@@ -329,16 +334,18 @@ def verify(paths: ProjectPaths) -> list[str]:
     if manifest is None:
         return [f"{paths.manifest} is missing: run `percolate-models build`"]
     problems = []
+    source_hashes: dict[Path, str] = {}
     for name, model in manifest["models"].items():
-        spec = next((m for m in MODELS if m.name == name), None)
-        if spec is None:
+        try:
+            spec = model_by_name(name)
+        except KeyError:
             problems.append(f"{name} is in the manifest but not in the catalog: run `percolate-models build`")
             continue
         if spec.has_weights:
             if "gpu_artefact" not in model:
                 problems.append(f"{name} was built before the gpu target had its own weights file "
                                 f"(1/{configs.GPU_MODEL_FILE}): run `percolate-models build`")
-            key = current_key(spec)
+            key = current_key(spec, source_hashes)
             if key is not None and model.get("cache_key") != key:
                 problems.append(f"{name} was built by other code or from other weights (cache key "
                                 f"{model.get('cache_key')}, the current one is {key}): run `percolate-models build`")

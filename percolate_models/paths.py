@@ -25,6 +25,14 @@ class ProjectPaths:
     def manifest(self) -> Path:
         return self.assets / "manifest.json"
 
+    def build_entry(self, model: str) -> Path:
+        """The build cache folder of ``model``'s installed build (every variant's ``<variant>.onnx``),
+        as the manifest's cache key names it."""
+        import json
+
+        key = json.loads(self.manifest.read_text())["models"][model]["cache_key"]
+        return self.cache / "models" / model / key
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ProjectPaths":
         env = os.environ if env is None else env

@@ -29,17 +29,17 @@ from typing import Callable
 
 import numpy as np
 
-from .accuracy import BATCH_INDEPENDENCE_MIN_COSINE, agreement, batch_independence, sample_sentences
+from .accuracy import ACCURACY_SENTENCES, BATCH_INDEPENDENCE_MIN_COSINE, agreement, batch_independence, sample_sentences
 from .catalog import MINILM, ModelSpec
+from .configs import CPU_INTRA_OP_THREADS
 
 TUNED = ("text_embedding",)
 """Models whose installed variant is chosen by measurement (when no ``--variant`` names one)."""
 FLOORS = {"text_embedding": {"cosine_mean": 0.99, "cosine_min": 0.97}}
 """Accuracy a variant must keep against the reference to be served (issue 13)."""
 TIMING_SENTENCES = 64
-ACCURACY_SENTENCES = 256
 ROUNDS = 7
-THREADS = 2  # the cpu target's intra-op threads (configs.py)
+THREADS = CPU_INTRA_OP_THREADS
 
 Say = Callable[[str], None]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from percolate_models.catalog import EMBEDDING_DIM, MODELS, model_by_name
+from percolate_models.catalog import EMBEDDING_DIM, MODELS
 from percolate_models.paths import ProjectPaths
 
 from . import ocr as ocr_lib
@@ -28,6 +28,7 @@ from .parse_pool import ParseJob, ParsePool
 from .parsing import Block, Chunk, Page, ParsedDocument, ParseLimits, chunk_document
 from .text import TextTokenizer
 from .triton_client import AsyncTriton
+from .triton_models import image_model_request, image_model_result
 
 EMBEDDING_MODEL = "text_embedding"
 EMBED_BATCH = 32
@@ -135,12 +136,9 @@ class ReadingPipelines:
     def _sync_ocr_models(self, loop: asyncio.AbstractEventLoop, deadline: float | None):
         """An ``InferFn`` for worker threads: runs each model call on the event loop."""
         def infer(model: str, batch: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
-            spec = model_by_name(model)
-            names = [output.name for output in spec.outputs]
-            call = self.triton.infer(model, {spec.inputs[0].name: batch.astype(spec.inputs[0].numpy_dtype, copy=False)},
-                                     names, self._timeout(deadline))
-            result = asyncio.run_coroutine_threadsafe(call, loop).result()
-            return result[names[0]] if len(names) == 1 else tuple(result[name] for name in names)
+            inputs, names = image_model_request(model, batch)
+            call = self.triton.infer(model, inputs, names, self._timeout(deadline))
+            return image_model_result(asyncio.run_coroutine_threadsafe(call, loop).result(), names)
         return infer
 
     def _ocr_sync(self, image: bytes, infer) -> OcrResult:

@@ -13,6 +13,19 @@ from percolate_models.catalog import model_by_name
 from .triton_client import infer_inputs
 
 
+def image_model_request(model: str, batch: np.ndarray) -> tuple[dict[str, np.ndarray], list[str]]:
+    """An OCR model call's inputs (the batch cast to the model's declared input type: uint8
+    pages for ``ocr_det``) and the names of its outputs, in catalog order."""
+    spec = model_by_name(model)
+    return ({spec.inputs[0].name: batch.astype(spec.inputs[0].numpy_dtype, copy=False)},
+            [output.name for output in spec.outputs])
+
+
+def image_model_result(result: dict[str, np.ndarray], names: list[str]) -> np.ndarray | tuple[np.ndarray, ...]:
+    """What ``reading_frontend.ocr.InferFn`` returns: the output, or the outputs as a tuple."""
+    return result[names[0]] if len(names) == 1 else tuple(result[name] for name in names)
+
+
 class TritonModels:
     def __init__(self, url: str, timeout_s: float = 60.0) -> None:
         self.url = url
@@ -32,11 +45,8 @@ class TritonModels:
     def run_image_model(self, model: str, batch: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         """Run one of the OCR models on a batch; returns its output (its outputs in catalog
         order, as a tuple, when it has several: ``reading_frontend.ocr.InferFn``)."""
-        spec = model_by_name(model)
-        names = [output.name for output in spec.outputs]
-        result = self.infer(model, {spec.inputs[0].name: batch.astype(spec.inputs[0].numpy_dtype, copy=False)},
-                            names)
-        return result[names[0]] if len(names) == 1 else tuple(result[name] for name in names)
+        inputs, names = image_model_request(model, batch)
+        return image_model_result(self.infer(model, inputs, names), names)
 
     def close(self) -> None:
         self._client.close()

@@ -61,6 +61,7 @@ import grpc
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.durability_fixtures import free_port
 from tests.test_helm import DOCKERFILES, ROOT, dockerfile_instructions, one, pod_spec, workload
 
 VENV_BIN = Path(sys.executable).parent
@@ -106,12 +107,6 @@ def image_config(image: str) -> tuple[list[str], list[str], dict[str, str], str]
     # the image's venv is this venv: its PATH is ours
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
     return entrypoint, cmd, env, workdir
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- cert-manager stand-in ---------------------------------------------------------------

@@ -109,3 +109,14 @@ def store(tmp_path, kek):
 
     with EncryptedStore.open(tmp_path / "db", "tenant-a", kek) as store:
         yield store
+
+
+@pytest.fixture(scope="session")
+def moto():
+    """One real S3 server (moto_server) for the session; every test takes a bucket of its own
+    (``durability_fixtures.new_bucket``)."""
+    from tests.durability_fixtures import MotoServer
+
+    server = MotoServer()
+    yield server
+    server.stop()

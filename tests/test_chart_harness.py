@@ -300,15 +300,6 @@ def test_node_reading_client_picks_up_a_renewed_certificate(reading_pod, pki, tm
     asyncio.run(scenario())
 
 
-@pytest.fixture(scope="module")
-def moto():
-    from tests.durability_fixtures import MotoServer
-
-    server = MotoServer()
-    yield server
-    server.stop()
-
-
 def test_node_with_backups_ships_a_snapshot_to_object_storage(tmp_path, pki, reading_pod, cluster, moto):
     """backup.* rendered into the node's environment and a mounted credentials Secret
     (as an operator would create it) reach a real S3 server: the node's agent uploads its

@@ -36,13 +36,6 @@ from tests.test_node import Caller, node_config
 TENANT = "tenant-a"
 
 
-@pytest.fixture(scope="session")
-def moto():
-    server = MotoServer()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["local", "s3"])
 def objects(request, tmp_path):
     """A fresh, empty object store of each kind."""

@@ -36,8 +36,7 @@ def tokenizer(paths) -> TextTokenizer:
 
 @pytest.fixture(scope="module")
 def entry(paths):
-    installed = json.loads(paths.manifest.read_text())["models"]["text_embedding"]
-    return paths.cache / "models" / "text_embedding" / installed["cache_key"]
+    return paths.build_entry("text_embedding")
 
 
 def _two_matmuls(path) -> None:

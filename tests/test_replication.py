@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -113,6 +114,24 @@ def start_node(config):
 
 def role(node) -> str:
     return node.server.replication.role
+
+
+@contextmanager
+def following_pair(tmp_path, lease_url, certs, **overrides):
+    """Replicas a (active) and b (its standby, connected), both in this process; stopped after
+    (stopping one twice is harmless, so a test may stop either on the way)."""
+    pki, replicas = certs
+    a = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas, **overrides))
+    b = None
+    try:
+        wait_for(lambda: role(a) == "active", "a to become active")
+        b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas, **overrides))
+        wait_for(lambda: a.server.replication.source.standby == "b", "b to follow a")
+        yield a, b
+    finally:
+        for node in (a, b):
+            if node is not None:
+                node.stop()
 
 
 def test_synchronous_writes_are_on_the_standby_before_they_are_acknowledged(tmp_path, lease_url, certs):
@@ -566,13 +585,7 @@ def test_standby_index_is_warm_promoted_node_searches_without_a_rebuild(tmp_path
     creds = pki.tenants[TENANT]
     through_reading = dict(reading_url=reading.address, reading_ca=creds.ca, reading_cert=creds.cert,
                            reading_key=creds.key)
-    replica_pki_, replicas = certs
-    a = start_node(replica_config(tmp_path, "a", lease_url, replica_pki_, replicas, **through_reading))
-    b = None
-    try:
-        wait_for(lambda: role(a) == "active", "a to become active")
-        b = start_node(replica_config(tmp_path, "b", lease_url, replica_pki_, replicas, **through_reading))
-        wait_for(lambda: a.server.replication.source.standby == "b", "b to follow a")
+    with following_pair(tmp_path, lease_url, certs, **through_reading) as (a, b):
         caller = Caller(grpc.insecure_channel(a.address), (tmp_path / "token").read_text())
         texts = {"tides.txt": b"The harbour master logs the spring tides every fortnight at dawn.",
                  "bees.txt": b"Honey bees dance to tell the hive where the clover fields are.",
@@ -587,17 +600,12 @@ def test_standby_index_is_warm_promoted_node_searches_without_a_rebuild(tmp_path
         on_a = [[h.resource_id for h in caller.Search(pb.SearchRequest(query=q, mode=m), timeout=120).hits]
                 for q, m in queries]
         a.stop()  # a planned stop hands the lease over
-        a = None
         wait_for(lambda: role(b) == "active", "b to take over")
         assert b.server.memory is memory and memory.index is index, "the promoted node rebuilt its memory"
         promoted = Caller(grpc.insecure_channel(b.address), (tmp_path / "token").read_text())
         on_b = [promoted.Search(pb.SearchRequest(query=q, mode=m), timeout=120).hits for q, m in queries]
         assert [[h.resource_id for h in hits] for hits in on_b] == on_a
         assert "clover" in on_b[0][0].text and "ledger" in on_b[1][0].text
-    finally:
-        for node in (a, b):
-            if node is not None:
-                node.stop()
 
 
 # -- no copy without the data takes the lease; no copy is deleted for being ahead --------------------
@@ -793,13 +801,7 @@ def test_a_record_over_the_message_limit_is_sent_as_a_snapshot_and_reported(tmp_
     from percolate_node.replication import source
 
     monkeypatch.setattr(source, "MAX_MESSAGE_BYTES", 1 << 20)
-    pki, replicas = certs
-    a = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas))
-    b = None
-    try:
-        wait_for(lambda: role(a) == "active", "a to become active")
-        b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas))
-        wait_for(lambda: a.server.replication.source.standby == "b", "b to follow a")
+    with following_pair(tmp_path, lease_url, certs) as (a, b):
         caller = Caller(grpc.insecure_channel(a.address), (tmp_path / "token").read_text())
         small = caller.PutEntity(pb.PutEntityRequest(type="note", name="small")).id
         big = caller.PutEntity(pb.PutEntityRequest(type="note", name="big", properties={"blob": "x" * (2 << 20)}),
@@ -813,10 +815,6 @@ def test_a_record_over_the_message_limit_is_sent_as_a_snapshot_and_reported(tmp_
         metrics = a.server.metrics.registry.get_sample_value("percolate_replication_oversized_records_total",
                                                              {"tenant_id": TENANT})
         assert metrics and metrics >= 1
-    finally:
-        for node in (a, b):
-            if node is not None:
-                node.stop()
 
 
 def test_the_change_log_stays_bounded_on_both_replicas(tmp_path, lease_url, certs, monkeypatch):
@@ -827,13 +825,7 @@ def test_the_change_log_stays_bounded_on_both_replicas(tmp_path, lease_url, cert
 
     monkeypatch.setattr(controller, "LOG_KEEP", 20)
     monkeypatch.setattr(server, "METRICS_REFRESH_S", 0.2)
-    pki, replicas = certs
-    a = start_node(replica_config(tmp_path, "a", lease_url, pki, replicas))
-    b = None
-    try:
-        wait_for(lambda: role(a) == "active", "a to become active")
-        b = start_node(replica_config(tmp_path, "b", lease_url, pki, replicas))
-        wait_for(lambda: a.server.replication.source.standby == "b", "b to follow a")
+    with following_pair(tmp_path, lease_url, certs) as (a, b):
         caller = Caller(grpc.insecure_channel(a.address), (tmp_path / "token").read_text())
         for i in range(80):
             caller.PutEntity(pb.PutEntityRequest(type="note", name=f"n{i}"))
@@ -843,10 +835,6 @@ def test_the_change_log_stays_bounded_on_both_replicas(tmp_path, lease_url, cert
             assert node.server.memory.store.first_lsn() > 1
         # the standby keeps its window: a new standby of b could still follow from 20 records back
         assert b.server.memory.store.first_lsn() <= last - 19
-    finally:
-        for node in (a, b):
-            if node is not None:
-                node.stop()
 
 
 # -- the standby checks who it follows and what it is sent -------------------------------------------

@@ -68,8 +68,8 @@ def test_a_variant_measured_batch_dependent_is_not_chosen_even_if_the_catalog_mi
 @pytest.fixture
 def scratch(tmp_path, paths) -> ProjectPaths:
     """A repository of its own whose cache holds the built text_embedding entry (linked)."""
-    key = json.loads(paths.manifest.read_text())["models"]["text_embedding"]["cache_key"]
-    built = paths.cache / "models" / "text_embedding" / key
+    built = paths.build_entry("text_embedding")
+    key = built.name
     scratch = ProjectPaths(model_repository=tmp_path / "repo", assets=tmp_path / "assets", cache=tmp_path / "cache")
     entry = scratch.cache / "models" / "text_embedding" / key
     entry.mkdir(parents=True)

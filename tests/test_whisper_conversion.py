@@ -107,10 +107,7 @@ def test_converted_torch_model_decodes_like_ctranslate2(model_dir, reference, ti
 
 def variant_file(paths, model: str, variant: str):
     """A built variant of ``model``, from the build cache entry the manifest names."""
-    import json
-
-    key = json.loads(paths.manifest.read_text())["models"][model]["cache_key"]
-    return paths.cache / "models" / model / key / f"{variant}.onnx"
+    return paths.build_entry(model) / f"{variant}.onnx"
 
 
 def decoder_file(paths, variant: str):

@@ -22,6 +22,7 @@ from percolate_node.durability.errors import BackupError, CorruptObjectError
 from percolate_node.durability.logchain import chain, records_after
 from percolate_node.durability.objstore import ObjectStore
 from percolate_node.durability.snapshots import SnapshotInfo, download_snapshot, list_snapshots
+from percolate_node.store.kek import kek_source
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def restore(objects: ObjectStore, tenant_id: str, kek, into: Path, target: Targe
         else:
             download_snapshot(objects, snapshot, partial)
         applied, last_ns = 0, snapshot.commit_time_ns
-        keks = [_as_source(k) for k in (kek, *previous_keks)]  # the store keeps these very objects
+        keks = [kek_source(k) for k in (kek, *previous_keks)]  # the store keeps these very objects
         with _open_with_any(partial, tenant_id, keks) as store:
             store.epoch = snapshot.epoch
             through = target.value if target.kind == "lsn" else None
@@ -141,12 +142,6 @@ def restore(objects: ObjectStore, tenant_id: str, kek, into: Path, target: Targe
         f"{datetime.fromtimestamp(last_ns / 1e9).astimezone().isoformat(timespec='milliseconds')}), "
         f"{verified} values verified, new epoch {epoch}, in {report.seconds:.1f} s")
     return report
-
-
-def _as_source(kek):
-    from percolate_node.store.kek import KekFile
-
-    return KekFile(Path(kek)) if isinstance(kek, (str, Path)) else kek
 
 
 def _open_with_any(path: Path, tenant_id: str, keks: list):

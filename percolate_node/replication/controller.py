@@ -34,6 +34,7 @@ from percolate.node.v1 import replication_pb2_grpc
 from percolate_certs.ca import CertPaths
 from percolate_certs.tls import server_credentials
 from percolate_common.files import sync_folder, sync_tree
+from percolate_node.durability.agent import LOCAL_LOG_KEEP, trim_unshipped_log
 
 from .errors import HandoverError, LeaseUnavailableError, NotActiveError
 from .follower import Follower
@@ -42,7 +43,7 @@ from .source import MAX_MESSAGE_BYTES, ReplicationSource
 
 log = logging.getLogger("percolate.replication")
 ROLES = ("active", "standby")
-LOG_KEEP = 10_000
+LOG_KEEP = LOCAL_LOG_KEEP
 """Log records kept behind what the standby confirmed (active) or applied (standby: it becomes
 the source of a new standby after a promotion, and a short gap then needs no snapshot)."""
 ACTIVE_LOG_MAX = 100_000
@@ -81,7 +82,7 @@ class ReplicaController:
         if None in (config.replica_cert, config.replica_key, config.replica_ca):
             raise ValueError("replication needs PERCOLATE_NODE_REPLICA_CERT, _KEY and _CA (a replica "
                              "certificate of the tenant's CA: percolate-certs replica)")
-        self.source = ReplicationSource(self, sync=True, strict=config.ha_strict,
+        self.source = ReplicationSource(self, strict=config.ha_strict,
                                         standby_timeout_s=config.ha_standby_timeout_s)
         self.memory.store.add_log_listener(self.source.on_commit)
         self.follower = Follower(self)
@@ -158,7 +159,7 @@ class ReplicaController:
     async def confirm_write(self) -> None:
         """After a write committed locally: acknowledge only once the standby has it and we are still active."""
         await self.source.confirm(self.memory.store.last_lsn)
-        if not (self.is_active() or (self._handing_over and self.elector.valid())):
+        if not self.may_stream():
             raise NotActiveError("this replica lost its lease before the write was confirmed; it is not "
                                  "acknowledged (retry: the new active has it if the standby received it)")
 
@@ -228,9 +229,8 @@ class ReplicaController:
             if self.node.backup is not None:
                 return 0
             through = max(min(self.source.confirmed_lsn, last - LOG_KEEP), last - ACTIVE_LOG_MAX)
-        else:
-            through = last - LOG_KEEP
-        return store.trim_log(through) if through > 0 else 0
+            return store.trim_log(through) if through > 0 else 0
+        return trim_unshipped_log(store, LOG_KEEP)
 
     def on_standby_ack(self, lsn: int) -> None:
         agent = self.node.backup

@@ -73,17 +73,15 @@ def needs_snapshot(store, last_lsn: int, digest: bytes) -> tuple[str, bool] | No
 class ReplicationSource(replication_pb2_grpc.ReplicationServiceServicer):
     """Serves ``Replicate`` on the active; ``controller`` says whether we are it."""
 
-    def __init__(self, controller, sync: bool = True, strict: bool = False, standby_timeout_s: float = 5.0) -> None:
+    def __init__(self, controller, strict: bool = False, standby_timeout_s: float = 5.0) -> None:
         self.controller = controller
-        self.sync = sync
         self.strict = strict
         self.standby_timeout_s = standby_timeout_s
         self.acked_lsn = 0
         self.standby: str | None = None      # the replica id streaming now
-        self.last_standby = ""              # the replica id that streamed last
         self.sync_peer = ""                 # the standby whose acks this active's synchronous writes waited for
         self.confirmed_lsn = 0              # the newest LSN a standby confirmed since this replica's promotion
-        self.synchronous = sync             # False while going on alone
+        self.synchronous = True             # False while going on alone
         self.last_contact = time.monotonic()
         self._stream = 0                    # id of the newest stream: an older one ends
         self._acked = asyncio.Event()
@@ -104,12 +102,12 @@ class ReplicationSource(replication_pb2_grpc.ReplicationServiceServicer):
         the timeout for it would only add to the outage, so (unless strict) the new active
         starts asynchronous and turns synchronous once the peer is back and caught up."""
         self.acked_lsn = acked_lsn
-        self.synchronous = self.sync
+        self.synchronous = True
         self.sync_peer = ""
         self.confirmed_lsn = 0
         self.last_contact = time.monotonic()
         self._commits.clear()
-        if peer_presumed_dead and self.sync and not self.strict:
+        if peer_presumed_dead and not self.strict:
             self.last_contact -= self.standby_timeout_s
             self._go_async(self.standby_timeout_s)
 
@@ -121,8 +119,6 @@ class ReplicationSource(replication_pb2_grpc.ReplicationServiceServicer):
     async def confirm(self, lsn: int) -> None:
         """Wait until the standby made ``lsn`` durable (synchronous mode), or the standby
         has been silent past the timeout (then asynchronous; strict: refused)."""
-        if not self.sync:
-            return
         while self.acked_lsn < lsn:
             if not self.synchronous and not self.strict:
                 await self.controller.publish_acked(lsn)
@@ -155,7 +151,7 @@ class ReplicationSource(replication_pb2_grpc.ReplicationServiceServicer):
         self.confirmed_lsn = max(self.confirmed_lsn, min(lsn, store.last_lsn))
         while self._commits and self._commits[0][0] <= self.acked_lsn:
             self._commits.popleft()
-        if not self.synchronous and self.sync and self.acked_lsn >= store.last_lsn:
+        if not self.synchronous and self.acked_lsn >= store.last_lsn:
             self.synchronous = True
             log.warning("replication: the standby %s caught up at LSN %d: synchronous again", self.standby,
                         self.acked_lsn)
@@ -190,7 +186,7 @@ class ReplicationSource(replication_pb2_grpc.ReplicationServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "this replica is not the active one; follow the lease")
         self._stream += 1
         stream = self._stream
-        self.standby = self.last_standby = start.replica_id or "standby"
+        self.standby = start.replica_id or "standby"
         self.last_contact = time.monotonic()
         store = self.controller.memory.store
         reader = asyncio.create_task(self._read_acks(context, store, stream))

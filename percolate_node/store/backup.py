@@ -33,7 +33,8 @@ from rocksdict import Checkpoint, Rdict
 
 from percolate_node.store import rocks
 from percolate_node.store.errors import StoreError, WrongKeyError
-from percolate_node.store.keyring import Keyring, read_keyring_file, sync_folder
+from percolate_common.files import sync_folder
+from percolate_node.store.keyring import Keyring, read_keyring_file
 from percolate_node.store.layout import COLUMN_FAMILIES, KEYS
 
 MANIFEST = "percolate-backup.json"

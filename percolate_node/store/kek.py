@@ -77,6 +77,18 @@ class KekFile:
         return load_kek(self.path, self.allow_group_read)
 
 
+def kek_source(kek: bytes | Path | str | KekFile) -> bytes | KekFile:
+    """A KEK as the store keeps it: a path becomes a ``KekFile`` (read when needed), a key or a
+    ``KekFile`` stays as it is."""
+    return KekFile(Path(kek)) if isinstance(kek, (str, Path)) else kek
+
+
+def kek_bytes(source: bytes | Path | str | KekFile) -> bytes:
+    """The key itself, read now where ``source`` names a file."""
+    source = kek_source(source)
+    return source.read() if isinstance(source, KekFile) else source
+
+
 def generate_kek(path: Path | str) -> bytes:
     """Write a new random KEK to ``path`` (mode 0600), never over an existing file."""
     path = Path(path)
@@ -112,6 +124,6 @@ def destroy_kek_file(path: Path | str) -> None:
     finally:
         os.close(fd)
     path.unlink()
-    from percolate_node.store.keyring import sync_folder
+    from percolate_common.files import sync_folder
 
     sync_folder(path.parent)

@@ -30,7 +30,7 @@ from percolate_node.store import _gcm, rocks
 from percolate_node.store.crypto import KEY_BYTES, Sealer, seal_error, sealed_dek_id, sealing_context, unwrap
 from percolate_node.store.errors import (CorruptBlockError, DataLossError, StoreError, TamperedValueError,
                                         WrongKeyError)
-from percolate_node.store.kek import KekFile
+from percolate_node.store.kek import KekFile, kek_bytes, kek_source
 from percolate_node.store.keyring import (HMAC, SHREDDED, Keyring, dek_record, seals_record, shredded_marker,
                                           write_keyring_file)
 from percolate_node.store.layout import COLUMN_FAMILIES, DATA_FAMILIES, KEYS, LOG, UNLOGGED_FAMILIES
@@ -100,7 +100,7 @@ class EncryptedStore:
         self._seal_block = min(seal_block, seal_limit)
         self._db = db
         self._keyring: Keyring | None = keyring
-        self._kek: bytes | KekFile | None = KekFile(Path(kek)) if isinstance(kek, (str, Path)) else kek
+        self._kek: bytes | KekFile | None = kek_source(kek)
         self._sealer = Sealer(keyring.tenant_id, keyring.deks, budget=0)  # reserve before sealing
         self._views = {cf: db.get_column_family(cf) for cf in COLUMN_FAMILIES}
         self._handles = {cf: db.get_column_family_handle(cf) for cf in COLUMN_FAMILIES}
@@ -139,8 +139,8 @@ class EncryptedStore:
         data_dir = Path(data_dir)
         if not TENANT_ID.fullmatch(tenant_id):
             raise StoreError(f"tenant id {tenant_id!r} does not match {TENANT_ID.pattern}")
-        source = KekFile(Path(kek)) if isinstance(kek, (str, Path)) else kek
-        kek = source.read() if isinstance(source, KekFile) else source
+        source = kek_source(kek)
+        kek = kek_bytes(source)
         _check_kek(kek)
         keyring = None
         if (data_dir / "CURRENT").exists():
@@ -339,8 +339,8 @@ class EncryptedStore:
         until this returns: a crash in between leaves the store openable with one of them.
         Given a file, the store reads the KEK from it from now on.
         """
-        source = KekFile(Path(new_kek)) if isinstance(new_kek, (str, Path)) else new_kek
-        kek = source.read() if isinstance(source, KekFile) else source
+        source = kek_source(new_kek)
+        kek = kek_bytes(source)
         _check_kek(kek)
         with self._lock:
             self._check_open()
@@ -497,10 +497,8 @@ class EncryptedStore:
         records = dict(self._views[KEYS].items())
         error: Exception | None = None
         for source in candidates:
-            key = source.read() if isinstance(source, KekFile) else source
-            if isinstance(key, (str, Path)):
-                source = KekFile(Path(key))
-                key = source.read()
+            source = kek_source(source)
+            key = kek_bytes(source)
             try:
                 keyring = Keyring.from_records(self.tenant_id, key, records)
             except WrongKeyError as wrong:

@@ -40,8 +40,26 @@ class Ruling:
         return abs(self.x1 - self.x0) < abs(self.y1 - self.y0)
 
 
+class _SpanExtent:
+    """Vertical extent and font size of a group of spans (``self.spans``), PDF y upwards."""
+
+    spans: list[Span]
+
+    @property
+    def top(self) -> float:
+        return max(s.top for s in self.spans)
+
+    @property
+    def bottom(self) -> float:
+        return min(s.bottom for s in self.spans)
+
+    @property
+    def size(self) -> float:
+        return max(s.size for s in self.spans)
+
+
 @dataclass
-class Segment:
+class Segment(_SpanExtent):
     """Spans of one row close enough to read as one run of text."""
 
     spans: list[Span]
@@ -59,40 +77,16 @@ class Segment:
         return max(s.x1 for s in self.spans)
 
     @property
-    def size(self) -> float:
-        return max(s.size for s in self.spans)
-
-    @property
     def bold(self) -> bool:
         return sum(len(s.text) for s in self.spans if s.bold) * 2 > sum(len(s.text) for s in self.spans)
 
-    @property
-    def top(self) -> float:
-        return max(s.top for s in self.spans)
-
-    @property
-    def bottom(self) -> float:
-        return min(s.bottom for s in self.spans)
-
 
 @dataclass
-class Row:
+class Row(_SpanExtent):
     """Spans sharing a baseline, cut into segments at gaps wider than ``SEGMENT_GAP`` ems."""
 
     spans: list[Span]
     segments: list[Segment] = field(default_factory=list)
-
-    @property
-    def top(self) -> float:
-        return max(s.top for s in self.spans)
-
-    @property
-    def bottom(self) -> float:
-        return min(s.bottom for s in self.spans)
-
-    @property
-    def size(self) -> float:
-        return max(s.size for s in self.spans)
 
 
 SEGMENT_GAP = 1.5
