@@ -7,7 +7,7 @@ with --quick) go through
       1 and 2 concurrent clients;
   (p) diagnostic: reading_frontend.ocr in this process on the served graphs with
       onnxruntime at the cpu target's settings (2 threads, no spinning, rows one at a
-      time where the backend runs them so): the models' own cost, without gRPC, Triton
+      time and two at once on 1-thread sessions where the backend runs them so): the models' own cost, without gRPC, Triton
       or the frontend;
   (r) rapidocr-onnxruntime in this process, the reference, with its defaults (onnxruntime
       threads on every core, spinning);
@@ -76,22 +76,28 @@ def in_process_pipeline(repository):
     from percolate_models.paths import ProjectPaths
     from reading_frontend import ocr
 
-    sessions = {}
-    for name in OCR_MODELS:
+    def session(name: str, threads: int):
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions[name] = ort.InferenceSession(str(repository / name / "1" / "model.onnx"), options,
-                                              providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(repository / name / "1" / "model.onnx"), options,
+                                    providers=["CPUExecutionProvider"])
 
-    rows = {name: int(dict(model_by_name(name).cpu.parameters).get("max_rows_per_run", 0)) or 1 << 30
-            for name in OCR_MODELS}
+    params = {name: dict(model_by_name(name).cpu.parameters) for name in OCR_MODELS}
+    rows = {name: int(params[name].get("max_rows_per_run", 0)) or 1 << 30 for name in OCR_MODELS}
+    parallel = {name: int(params[name].get("parallel_rows", 0)) for name in OCR_MODELS}
+    sessions = {name: session(name, 2) for name in OCR_MODELS}
+    row_sessions = {name: session(name, 1) for name in OCR_MODELS if parallel[name] > 1}
+    pool = ThreadPoolExecutor(max(parallel.values()) or 1)
 
     def infer(model: str, batch: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
-        session, step = sessions[model], rows[model]  # as many rows at a time as the backend runs
-        parts = [session.run(None, {session.get_inputs()[0].name: batch[i:i + step]})
-                 for i in range(0, len(batch), step)]
+        step = rows[model]  # as many rows at a time as the backend runs, in parallel where it does
+        feeds = [{"image": batch[i:i + step]} for i in range(0, len(batch), step)]
+        if len(feeds) > 1 and model in row_sessions:
+            parts = list(pool.map(lambda feed: row_sessions[model].run(None, feed), feeds))
+        else:
+            parts = [sessions[model].run(None, feed) for feed in feeds]
         outputs = tuple(np.concatenate(column) for column in zip(*parts))
         return outputs[0] if len(outputs) == 1 else outputs  # ocr_rec: (best_class, best_probability)
 

@@ -24,11 +24,13 @@ def test_triton_ocr_matches_rapidocr(case, triton_models, characters):
 
 
 def test_served_rec_runs_lines_one_at_a_time_with_the_batchs_output(triton_models, triton_client):
-    """The cpu target runs ``ocr_rec``'s rows one at a time (faster on CPU); a batch
-    gathered from several lines, or from several tenants' requests, must still come back
-    bit for bit as each line run alone."""
+    """The cpu target runs ``ocr_rec``'s rows one at a time, two at once on one-thread
+    sessions (faster on CPU); a batch gathered from several lines, or from several
+    tenants' requests, must still come back bit for bit as each line run alone (on the
+    main session with two intra-op threads)."""
     config = triton_client.get_model_config("ocr_rec", as_json=True)["config"]
     assert config["parameters"]["max_rows_per_run"]["string_value"] == "1"
+    assert config["parameters"]["parallel_rows"]["string_value"] == "2"
 
     image_bytes, _ = CASES["rgb_png"]()
     image = ocr.decode_image(image_bytes)
@@ -44,3 +46,18 @@ def test_served_rec_runs_lines_one_at_a_time_with_the_batchs_output(triton_model
     for output, name in enumerate(("best_class", "best_probability")):
         np.testing.assert_array_equal(together[output], np.concatenate([one[output] for one in alone]),
                                       err_msg=name)
+
+
+def test_served_det_runs_pages_in_parallel_with_each_pages_output(triton_models, triton_client):
+    """Two pages in one ``ocr_det`` run go to the row pool (one thread each); each page's
+    probability map is bit for bit what it gets alone on the main session."""
+    config = triton_client.get_model_config("ocr_det", as_json=True)["config"]
+    assert config["parameters"]["parallel_rows"]["string_value"] == "2"
+    pages = []
+    for case in ("rgb_png", "rotated_180"):
+        prepared = ocr.prepare_image(ocr.decode_image(CASES[case]()[0]))
+        pages.append(ocr.det_preprocess(prepared.image))
+    assert pages[0].shape == pages[1].shape  # one batch needs one shape
+    together = triton_models.run_image_model(ocr.DET_MODEL, np.concatenate(pages))
+    alone = [triton_models.run_image_model(ocr.DET_MODEL, page) for page in pages]
+    np.testing.assert_array_equal(together, np.concatenate(alone))
