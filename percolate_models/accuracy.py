@@ -23,6 +23,27 @@ _TAILS = ["before the deadline", "without telling anyone", "in less than an hour
 ACCURACY_SENTENCES = 256
 """Sentences each variant is compared on (the build's accuracy record and the tune's floor)."""
 
+SHORT_TEXTS = [
+    # single words
+    "cat", "ok", "yes", "no", "why", "hi", "the", "I", "blue", "invoice", "password", "dentist",
+    "budget", "recipe", "flight", "urgent", "tomorrow", "meeting", "coffee", "insurance",
+    # two or three words
+    "tax return", "dog food", "meeting notes", "password reset", "hello world", "bank account",
+    "flight to Berlin", "dentist appointment", "Q3 revenue", "birthday gift ideas",
+    "car insurance renewal", "python list sort",
+    # numbers and codes
+    "42", "2024", "3.14", "100%", "+1 555 0100", "ISBN 978-3-16",
+    # names
+    "Paris", "Angela Merkel", "John Smith", "New York City", "Zürich", "Ada Lovelace",
+    # other languages
+    "Schadenfreude", "café", "mañana", "東京", "привет", "bonjour", "Steuererklärung", "gracias",
+]
+"""Search queries as users type them: one to three words, numbers, names, other scripts.
+After mean pooling such a text is mostly [CLS] and [SEP], whose activations hold this
+model's outlier channels, so quantisation errors show here first: plain per-token int8
+kept the floor on sentences (0.997) but fell to 0.992 on the single words. The tune's
+floor holds on both groups (``short_agreement``)."""
+
 
 def sample_sentences(count: int, seed: int = 0) -> list[str]:
     """``count`` varied English sentences of about 6 to 24 words, reproducible by seed."""
@@ -48,6 +69,20 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     cos = cosine_rows(reference, candidate)
     return {"cosine_mean": round(float(cos.mean()), 6), "cosine_min": round(float(cos.min()), 6),
             "sentences": int(len(cos))}
+
+
+def short_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """``agreement`` on ``SHORT_TEXTS``, reported beside the sentences' under "short_texts"."""
+    cos = cosine_rows(reference, candidate)
+    return {"cosine_mean": round(float(cos.mean()), 6), "cosine_min": round(float(cos.min()), 6),
+            "texts": int(len(cos))}
+
+
+def meets_floor(accuracy: dict, floor: dict[str, float]) -> bool:
+    """Whether an accuracy record keeps ``floor`` on the sentences and on the short texts (a
+    record without the short texts' figures does not)."""
+    groups = (accuracy, accuracy.get("short_texts"))
+    return all(g is not None and all(g[k] >= floor[k] for k in floor) for g in groups)
 
 
 BATCH_INDEPENDENCE_MIN_COSINE = 0.9999

@@ -192,7 +192,7 @@ def _produce(spec: ModelSpec, source: Path, out: Path, say: Say, cache: Path) ->
         export.optimize_bert(out / "fp32.onnx", out / "optimized.onnx", source)
         export.quantize_int8(out / "fp32.onnx", out / "int8.onnx")
         if "int8_token" in spec.variants:
-            export.quantize_int8_per_token(out / "fp32.onnx", out / "int8_token.onnx")
+            export.quantize_int8_per_token(out / "fp32.onnx", out / "int8_token.onnx", source / "tokenizer.json")
     say(f"measuring each variant against fp32 on {ACCURACY_SENTENCES} sentences")
     return _measure_variants(spec, out, source / "tokenizer.json")
 

@@ -86,12 +86,13 @@ def quantize_int8(src: Path, dst: Path) -> None:
                      op_types_to_quantize=["MatMul"])
 
 
-def quantize_int8_per_token(src: Path, dst: Path) -> None:
+def quantize_int8_per_token(src: Path, dst: Path, tokenizer_json: Path) -> None:
     """int8 MatMuls with one activation scale per token, so a text's embedding does not
-    depend on the rest of its batch (``quantize.py`` says how and why)."""
-    from .quantize import quantize_per_token
+    depend on the rest of its batch, smoothed on texts the tokenizer encodes (``quantize.py``
+    says how and why)."""
+    from .quantize import calibration_feeds, quantize_per_token
 
-    quantize_per_token(src, dst)
+    quantize_per_token(src, dst, calibration_feeds(tokenizer_json))
 
 
 def rename_tensors(src: Path, dst: Path, renames: dict[str, str]) -> None:

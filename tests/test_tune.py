@@ -15,9 +15,15 @@ from percolate_models.catalog import TEXT_EMBEDDING
 from percolate_models.paths import ProjectPaths
 from percolate_models.sources import sha256_file
 
-GOOD = {"cosine_mean": 1.0, "cosine_min": 1.0, "sentences": 256}
-CLOSE = {"cosine_mean": 0.993, "cosine_min": 0.988, "sentences": 256}
-POOR = {"cosine_mean": 0.95, "cosine_min": 0.86, "sentences": 256}
+GOOD = {"cosine_mean": 1.0, "cosine_min": 1.0, "sentences": 256,
+        "short_texts": {"cosine_mean": 1.0, "cosine_min": 1.0, "texts": 52}}
+CLOSE = {"cosine_mean": 0.993, "cosine_min": 0.988, "sentences": 256,
+         "short_texts": {"cosine_mean": 0.995, "cosine_min": 0.985, "texts": 52}}
+POOR = {"cosine_mean": 0.95, "cosine_min": 0.86, "sentences": 256,
+        "short_texts": {"cosine_mean": 0.94, "cosine_min": 0.85, "texts": 52}}
+SHORT_POOR = {"cosine_mean": 0.997, "cosine_min": 0.995, "sentences": 256,
+              "short_texts": {"cosine_mean": 0.9896, "cosine_min": 0.975, "texts": 52}}
+"""Within the floor on sentences, under it on short texts (plain per-token int8 on single words)."""
 
 
 ALONE = {"cosine_min": 1.0, "max_abs_diff": 3e-8, "texts": 8}
@@ -44,6 +50,18 @@ def test_pick_takes_the_fastest_variant_within_the_floor():
     assert poor["variant"] == "optimized" and "below the floor: int8, int8_token" in poor["reason"]
     slow = {"fp32": 150, "optimized": 200, "int8": 100, "int8_token": 160}
     assert tune.pick(independent, measured(POOR, slow, mixing=unmixed))["variant"] == "fp32"
+
+
+def test_the_floor_holds_on_short_texts_too():
+    """Users search with one to three words; a variant that only keeps the floor on sentences
+    is not served, nor one whose record lacks the short texts' figures."""
+    chosen = tune.pick(TEXT_EMBEDDING, measured(CLOSE, {"fp32": 240, "optimized": 200, "int8": 100}, SHORT_POOR))
+    assert chosen["variant"] == "optimized" and "below the floor: int8_token" in chosen["reason"]
+    sentences_only = {k: v for k, v in CLOSE.items() if k != "short_texts"}
+    chosen = tune.pick(TEXT_EMBEDDING, measured(CLOSE, {"fp32": 240, "optimized": 200, "int8": 100}, sentences_only))
+    assert chosen["variant"] == "optimized"
+    assert tune.pick(TEXT_EMBEDDING, measured(CLOSE, {"fp32": 240, "optimized": 200, "int8": 100}))["variant"] \
+        == "int8_token"
 
 
 def test_a_batch_dependent_variant_is_never_chosen_automatically():
