@@ -18,9 +18,9 @@ arena stays on: without it the same burst took twice as long. Each is a model pa
 Rows in parallel (``parallel_rows``, the OCR models on cpu): onnxruntime's intra-op
 threads split one row's operators, which pays badly for OCR's many small convolutions.
 When a run has two or more rows (after ``max_rows_per_run`` splitting, across all shape
-groups of the gathered batch), they run ``parallel_rows`` at a time from a thread pool on
-a second session with one intra-op thread each; a single row still runs on the main
-session with all its threads. On the 2-core EPYC five recognition lines took 184 ms that
+groups of the gathered batch), the largest run ``parallel_rows`` at a time from a thread
+pool on a second session with one intra-op thread each; what cannot fill a round (a
+single row, the fifth line of a page) runs on the main session with all its threads. On the 2-core EPYC five recognition lines took 184 ms that
 way against 244 ms on two intra-op threads. The output is bit for bit the same either
 way (``tests/test_ocr_triton.py``). The second session holds its own copy of the weights
 and its own arena (both shrunk and trimmed as above): ``ocr_rec`` 10 MB, ``ocr_det`` 5 MB.
@@ -152,17 +152,27 @@ class OnnxRuntimeModel:
             for start in range(0, rows, step):
                 part = feed if step >= rows else {n: a[start:start + step] for n, a in feed.items()}
                 calls.append((f, part, options))
-        parallel = self.pool is not None and len(calls) > 1
-        session = self.row_session if parallel else self.session
 
-        def call(item):
+        def call(session, item):
             _, part, options = item
             try:
                 return session.run(self.output_names, part, options)
             except Exception as err:  # reported on that feed's requests only
                 return err
 
-        outs = list(self.pool.map(call, calls)) if parallel else [call(item) for item in calls]
+        outs: list = [None] * len(calls)
+        pooled: list[int] = []
+        if self.pool is not None and len(calls) > 1:
+            # the largest rows in rounds of parallel_rows on the row pool; the remainder that
+            # cannot fill a round (the smallest) then runs with every thread of the main session
+            by_size = sorted(range(len(calls)), key=lambda c: -sum(
+                a.nbytes for a in calls[c][1].values()))
+            pooled = by_size[:len(calls) - len(calls) % self.parallel_rows]
+            for c, out in zip(pooled, self.pool.map(
+                    lambda c: call(self.row_session, calls[c]), pooled)):
+                outs[c] = out
+        for c in sorted(set(range(len(calls))) - set(pooled)):
+            outs[c] = call(self.session, calls[c])
         per_feed: list[list] = [[] for _ in feeds]
         for (f, _, _), out in zip(calls, outs):
             per_feed[f].append(out)
