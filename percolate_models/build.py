@@ -169,12 +169,11 @@ def _produce(spec: ModelSpec, source: Path, out: Path, say: Say, cache: Path) ->
     """Write ``<variant>.onnx`` for each variant of ``spec`` into ``out``."""
     if spec.kind in ("whisper_encoder", "whisper_decoder"):
         exported = _whisper_export(source, cache, say)
-        part = "encoder_model.onnx" if spec.kind == "whisper_encoder" else "decoder_model_merged.onnx"
-        shutil.copyfile(exported / part, out / "fp32.onnx")
+        shutil.copyfile(exported / whisper_convert.ONNX_FILES[spec.name], out / "fp32.onnx")
         if "int8" in spec.variants:
             say("quantising the weight MatMuls to int8 (per channel, batch independent)")
             with export.quiet(out / "export.log"):
-                whisper_convert.quantize_int8(spec.kind, out / "fp32.onnx", out / "int8.onnx")
+                whisper_convert.quantize_int8(spec.name, out / "fp32.onnx", out / "int8.onnx")
         return {}
     if spec.kind == "onnx":
         say("copying the packaged ONNX graph with the repository's tensor names")
@@ -203,7 +202,7 @@ WHISPER_EXPORT = "_whisper_export"
 
 def _whisper_export(source: Path, cache: Path, say: Say) -> Path:
     """CTranslate2 tiny.en -> Hugging Face -> ONNX, once per content hash; returns the
-    folder holding ``encoder_model.onnx`` and ``decoder_model_merged.onnx``."""
+    folder holding the files of ``whisper_convert.ONNX_FILES``."""
     from .whisper_decode import SUPPRESS_IDS, SUPPRESS_IDS_BEGIN
 
     ct2_config = json.loads((source / "config.json").read_text())
@@ -216,7 +215,7 @@ def _whisper_export(source: Path, cache: Path, say: Say) -> Path:
     key = hashlib.sha256(payload.encode()).hexdigest()[:16]
     root = cache / "models" / WHISPER_EXPORT
     done = root / key
-    files = ("encoder_model.onnx", "decoder_model_merged.onnx")
+    files = tuple(whisper_convert.ONNX_FILES.values())
     if all((done / f).is_file() for f in files) and (done / ENTRY_FILE).is_file():
         return done
     for stale in root.glob("*.partial*"):
@@ -227,7 +226,7 @@ def _whisper_export(source: Path, cache: Path, say: Say) -> Path:
     say("converting the CTranslate2 weights to a Hugging Face Whisper model")
     with export.quiet(partial / "export.log"):
         whisper_convert.convert(source, partial / "hf")
-    say("exporting encoder and merged decoder with optimum (about 30 s)")
+    say("exporting encoder and decoders with optimum, fusing the decoders (about 60 s)")
     whisper_convert.export_onnx(partial / "hf", partial / "onnx", partial / "export.log")
     for name in files:
         os.replace(partial / "onnx" / name, partial / name)

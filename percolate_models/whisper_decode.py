@@ -173,10 +173,11 @@ def greedy_decode(runner: Runner, features: np.ndarray,
 
 
 class OrtRunner:
-    """Encoder and merged decoder (optimum export) run with onnxruntime in this process."""
+    """Encoder and the two decoder graphs (first step; later steps with the key/value
+    cache) run with onnxruntime in this process."""
 
-    def __init__(self, encoder: Path | str, decoder: Path | str, threads: int = 0,
-                 spinning: bool = False, providers: list[str] | None = None) -> None:
+    def __init__(self, encoder: Path | str, decoder: Path | str, decoder_with_past: Path | str,
+                 threads: int = 0, spinning: bool = False, providers: list[str] | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -187,10 +188,10 @@ class OrtRunner:
         providers = providers or ["CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(str(encoder), options, providers=providers)
         self.decoder = ort.InferenceSession(str(decoder), options, providers=providers)
+        self.decoder_with_past = ort.InferenceSession(str(decoder_with_past), options, providers=providers)
         self.kv_names = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
                          for part in ("decoder", "encoder") for kind in ("key", "value")]
         self.self_names = [n for n in self.kv_names if ".decoder." in n]
-        self.cross_names = [n for n in self.kv_names if ".encoder." in n]
 
     def encode(self, features: np.ndarray) -> dict:
         # One window per call: the int8 encoder scales its activations per call, so a
@@ -201,22 +202,15 @@ class OrtRunner:
         return {"hidden": hidden, "past": {}}
 
     def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
-        hidden = state["hidden"]
-        rows = input_ids.shape[0]
-        feed = {"input_ids": input_ids, "encoder_hidden_states": hidden,
-                "use_cache_branch": np.array([not first])}
-        if first:
-            empty_self = np.zeros((rows, HEADS, 0, HEAD_DIM), np.float32)
-            empty_cross = np.zeros((rows, HEADS, hidden.shape[1], HEAD_DIM), np.float32)
-            for name in self.kv_names:
-                feed[f"past_key_values.{name}"] = empty_self if ".decoder." in name else empty_cross
-            wanted = self.kv_names
-        else:
-            for name in self.kv_names:
-                feed[f"past_key_values.{name}"] = state["past"][name]
-            wanted = self.self_names
-        outputs = self.decoder.run(["logits"] + [f"present.{n}" for n in wanted], feed)
-        state["past"].update(zip(wanted, outputs[1:]))
+        if first:  # the whole cache, cross-attention keys and values included
+            outputs = self.decoder.run(["logits"] + [f"present.{n}" for n in self.kv_names],
+                                       {"input_ids": input_ids, "encoder_hidden_states": state["hidden"]})
+            state["past"] = dict(zip(self.kv_names, outputs[1:]))
+            return outputs[0]
+        feed = {f"past_key_values.{name}": state["past"][name] for name in self.kv_names}
+        feed["input_ids"] = input_ids
+        outputs = self.decoder_with_past.run(["logits"] + [f"present.{n}" for n in self.self_names], feed)
+        state["past"].update(zip(self.self_names, outputs[1:]))
         return outputs[0]
 
     def select(self, state: dict, rows: np.ndarray) -> dict:

@@ -9,11 +9,11 @@ requests) and decodes them as one batch (``whisper_decode.greedy_decode``).
 
 Two modes (config parameter ``mode``, rendered per target by ``configs.py``):
 
-- ``inprocess`` (cpu target): the encoder and decoder ONNX files of the sibling models
-  ``whisper_encoder`` / ``whisper_decoder`` are loaded with onnxruntime in this stub
-  process; the key/value cache never leaves it.
+- ``inprocess`` (cpu target): the ONNX files of the sibling models ``whisper_encoder``,
+  ``whisper_decoder`` (first step) and ``whisper_decoder_with_past`` (later steps) are
+  loaded with onnxruntime in this stub process; the key/value cache never leaves it.
 - ``bls`` (gpu target): each encoder call and decoder step is a BLS request to those
-  two models, which the official container serves with its native onnxruntime backend
+  three models, which the official container serves with its native onnxruntime backend
   on the GPU.
 """
 from __future__ import annotations
@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils  # only importable inside Triton's stub
 
-from .whisper_decode import (HEAD_DIM, HEADS, LAYERS, DecodeSettings, OrtRunner,
-                             greedy_decode)
+from .whisper_decode import LAYERS, DecodeSettings, OrtRunner, greedy_decode
 
 PAD = -1
 """Pads the ``tokens`` rows of a request holding several windows of unequal length."""
@@ -34,9 +33,10 @@ PAD = -1
 class BlsRunner:
     """Encoder and decoder as Triton models, called through BLS."""
 
-    def __init__(self, encoder_model: str, decoder_model: str) -> None:
+    def __init__(self, encoder_model: str, decoder_model: str, decoder_with_past_model: str) -> None:
         self.encoder_model = encoder_model
         self.decoder_model = decoder_model
+        self.decoder_with_past_model = decoder_with_past_model
         self.kv_names = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
                          for part in ("decoder", "encoder") for kind in ("key", "value")]
         self.self_names = [n for n in self.kv_names if ".decoder." in n]
@@ -62,20 +62,15 @@ class BlsRunner:
         return {"hidden": hidden, "past": {}}
 
     def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
-        hidden = state["hidden"]
-        rows = input_ids.shape[0]
-        inputs = [pb_utils.Tensor("input_ids", input_ids),
-                  pb_utils.Tensor("encoder_hidden_states", hidden),
-                  pb_utils.Tensor("use_cache_branch", np.array([not first]))]
-        for name in self.kv_names:
-            if first:
-                length = 0 if ".decoder." in name else hidden.shape[1]
-                value = np.zeros((rows, HEADS, length, HEAD_DIM), np.float32)
-            else:
-                value = state["past"][name]
-            inputs.append(pb_utils.Tensor(f"past_key_values.{name}", value))
-        wanted = self.kv_names if first else self.self_names
-        outputs = self._call(self.decoder_model, inputs, ["logits"] + [f"present.{n}" for n in wanted])
+        if first:  # the whole cache, cross-attention keys and values included
+            inputs = [pb_utils.Tensor("input_ids", input_ids),
+                      pb_utils.Tensor("encoder_hidden_states", state["hidden"])]
+            model, wanted = self.decoder_model, self.kv_names
+        else:
+            inputs = [pb_utils.Tensor("input_ids", input_ids)] + [
+                pb_utils.Tensor(f"past_key_values.{name}", state["past"][name]) for name in self.kv_names]
+            model, wanted = self.decoder_with_past_model, self.self_names
+        outputs = self._call(model, inputs, ["logits"] + [f"present.{n}" for n in wanted])
         state["past"].update(zip(wanted, outputs[1:]))
         return outputs[0]
 
@@ -97,11 +92,12 @@ class WhisperLoopModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         repository = Path(args["model_repository"]).parent
-        encoder, decoder = params.get("encoder_model", "whisper_encoder"), params.get(
-            "decoder_model", "whisper_decoder")
+        models = [params.get("encoder_model", "whisper_encoder"),
+                  params.get("decoder_model", "whisper_decoder"),
+                  params.get("decoder_with_past_model", "whisper_decoder_with_past")]
         self.mode = params.get("mode", "inprocess")
         if self.mode == "inprocess":
-            files = [repository / name / "1" / "model.onnx" for name in (encoder, decoder)]
+            files = [repository / name / "1" / "model.onnx" for name in models]
             for file in files:
                 if not file.is_file():
                     raise pb_utils.TritonModelException(
@@ -115,7 +111,7 @@ class WhisperLoopModel:
                 raise pb_utils.TritonModelException(
                     f"cannot load the Whisper ONNX files: {err}. Run `percolate-models build`")
         elif self.mode == "bls":
-            self.runner = BlsRunner(encoder, decoder)
+            self.runner = BlsRunner(*models)
         else:
             raise pb_utils.TritonModelException(f"unknown mode {self.mode!r}: use inprocess or bls")
         self.settings = DecodeSettings(

@@ -213,6 +213,7 @@ def test_get_info_lists_the_speech_models_ready(reading_stub):
     info = reading_stub.GetInfo(pb.GetInfoRequest())
     states = {m.name: m.state for m in info.models}
     assert states["whisper"] == states["whisper_encoder"] == states["whisper_decoder"] == "READY"
+    assert states["whisper_decoder_with_past"] == "READY"
     assert info.limits.max_audio_seconds == 7200
     assert {"wav", "flac", "ogg", "mp3", "m4a"} <= set(info.formats)
 

@@ -15,8 +15,8 @@ from reading_frontend import speech
 @pytest.fixture(scope="module")
 def transcribe_samples(paths):
     served = paths.model_repository
-    runner = OrtRunner(served / "whisper_encoder" / "1" / "model.onnx",
-                       served / "whisper_decoder" / "1" / "model.onnx", threads=2)
+    runner = OrtRunner(*(served / name / "1" / "model.onnx" for name in
+                         ("whisper_encoder", "whisper_decoder", "whisper_decoder_with_past")), threads=2)
     tokenizer = speech.WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
 
     def run(samples: np.ndarray) -> str:

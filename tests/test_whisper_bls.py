@@ -1,5 +1,6 @@
 """The gpu target's Whisper loop (``mode: bls``: each encoder call and decoder step is a
-BLS request to the ``whisper_encoder`` / ``whisper_decoder`` models) runs on this CPU
+BLS request to the ``whisper_encoder`` / ``whisper_decoder`` / ``whisper_decoder_with_past``
+models) runs on this CPU
 machine too: a second Triton on a copy of the repository whose loop config says
 ``bls`` gives the same tokens as the in-process loop the cpu target uses."""
 from __future__ import annotations
@@ -8,7 +9,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from percolate_models import configs
-from percolate_models.catalog import WHISPER, WHISPER_DECODER, WHISPER_ENCODER
+from percolate_models.catalog import WHISPER, WHISPER_DECODER, WHISPER_DECODER_WITH_PAST, WHISPER_ENCODER
 from percolate_triton import TritonConfig, TritonServer
 from reading_frontend import speech
 from reading_frontend.triton_models import TritonModels
@@ -17,7 +18,7 @@ from tests.audio_fixtures import jfk_flac, jfk_times
 
 def test_bls_loop_matches_the_in_process_loop(paths, tmp_path, triton_models):
     repo = tmp_path / "repo"
-    for spec in (WHISPER_ENCODER, WHISPER_DECODER):
+    for spec in (WHISPER_ENCODER, WHISPER_DECODER, WHISPER_DECODER_WITH_PAST):
         (repo / spec.name).mkdir(parents=True)
         (repo / spec.name / "config.pbtxt").write_text(configs.render(spec, "cpu"))
         (repo / spec.name / "1").symlink_to(paths.model_repository / spec.name / "1")

@@ -110,22 +110,47 @@ def variant_file(paths, model: str, variant: str):
     return paths.build_entry(model) / f"{variant}.onnx"
 
 
-def decoder_file(paths, variant: str):
-    return variant_file(paths, "whisper_decoder", variant)
+SERVED = ("whisper_encoder", "whisper_decoder", "whisper_decoder_with_past")
+"""The Whisper models whose ONNX files the loop runs: encoder, first step, later steps."""
 
 
-def encoder_file(paths, variant: str):
-    return variant_file(paths, "whisper_encoder", variant)
+def runner(paths, variant: str) -> OrtRunner:
+    """The loop's runner on the built ``variant`` of the encoder and both decoder graphs."""
+    return OrtRunner(*(variant_file(paths, name, variant) for name in SERVED), threads=2)
+
+
+def test_decoder_graphs_are_split_and_fused(paths):
+    """The decoder is two graphs, first step and later steps, not optimum's merged graph:
+    its If node switching between them cost ~20% per step on CPU (and kept onnxruntime's
+    fusions out of the branches). Each variant and the gpu file are fused (residual add +
+    layer norm, bias + GELU), and the step graph takes no encoder states (the cache holds
+    the cross-attention keys and values)."""
+    import onnx
+
+    from percolate_models.catalog import WHISPER, WHISPER_DECODER, WHISPER_DECODER_WITH_PAST
+
+    assert dict(WHISPER.parameters)["decoder_with_past_model"] == WHISPER_DECODER_WITH_PAST.name
+    for spec in (WHISPER_DECODER, WHISPER_DECODER_WITH_PAST):
+        files = [variant_file(paths, spec.name, v) for v in spec.variants]
+        files.append(paths.model_repository / spec.name / "1" / "model.gpu.onnx")
+        for file in files:
+            graph = onnx.load(str(file), load_external_data=False).graph
+            ops = [n.op_type for n in graph.node]
+            assert "If" not in ops, file
+            assert ops.count("SkipLayerNormalization") == 12 and ops.count("BiasGelu") == 4, file
+            inputs = {i.name for i in graph.input}
+            assert ("encoder_hidden_states" in inputs) == (spec is WHISPER_DECODER), file
+            assert inputs == {t.name for t in spec.inputs}, file
+            assert {o.name for o in graph.output} == {t.name for t in spec.outputs}, file
 
 
 def test_built_onnx_decodes_like_ctranslate2_in_a_batch(paths, reference):
     """Three windows of the 66 s clip plus jfk.flac, decoded as one batch (rows finish at
     different steps and leave the batch) by the built fp32 ONNX files (the conversion is
     exact; the served default, int8, is held to the same words below)."""
-    runner = OrtRunner(encoder_file(paths, "fp32"), decoder_file(paths, "fp32"), threads=2)
     features = np.concatenate([window_batch(jfk_times(6)), window_batch(jfk_flac())])
     assert len(features) == 4
-    got = greedy_decode(runner, features)
+    got = greedy_decode(runner(paths, "fp32"), features)
     assert [r.tokens for r in got] == reference(features, True)
 
 
@@ -136,15 +161,16 @@ def test_served_int8_models_keep_the_words(paths, reference):
     import json
 
     from percolate_models.sources import sha256_file
-    from percolate_models.catalog import WHISPER_DECODER, WHISPER_ENCODER
+    from percolate_models.catalog import model_by_name
     from reading_frontend.speech import WhisperTokenizer
 
-    assert WHISPER_DECODER.default == WHISPER_ENCODER.default == "int8"
-    for name, file in (("whisper_decoder", decoder_file), ("whisper_encoder", encoder_file)):
+    for name in SERVED:
+        assert model_by_name(name).default == "int8"
         installed = json.loads(paths.manifest.read_text())["models"][name]
         served = paths.model_repository / name / "1" / "model.onnx"
-        assert installed["variant"] == "int8" and sha256_file(served) == sha256_file(file(paths, "int8"))
-        assert file(paths, "int8").stat().st_size < 0.75 * file(paths, "fp32").stat().st_size
+        int8, fp32 = variant_file(paths, name, "int8"), variant_file(paths, name, "fp32")
+        assert installed["variant"] == "int8" and sha256_file(served) == sha256_file(int8)
+        assert int8.stat().st_size < 0.75 * fp32.stat().st_size
     features = np.concatenate([window_batch(jfk_flac()), window_batch(jfk_times(6))])
     tokenizer = WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
 
@@ -153,8 +179,7 @@ def test_served_int8_models_keep_the_words(paths, reference):
 
     texts = {"ctranslate2": words(reference(features, True))}
     for variant in ("fp32", "int8"):
-        runner = OrtRunner(encoder_file(paths, variant), decoder_file(paths, variant), threads=2)
-        texts[variant] = words(r.tokens for r in greedy_decode(runner, features))
+        texts[variant] = words(r.tokens for r in greedy_decode(runner(paths, variant), features))
     assert texts["int8"] == texts["fp32"] == texts["ctranslate2"]
     assert "ask not what your country can do for you" in " ".join(texts["int8"][0])
 
@@ -165,9 +190,9 @@ def test_int8_window_does_not_depend_on_its_batch(paths):
     batch made the 8 kHz window's tokens depend on its neighbours)."""
     from tests.audio_fixtures import jfk_at, wav_pcm16
 
-    runner = OrtRunner(encoder_file(paths, "int8"), decoder_file(paths, "int8"), threads=2)
+    int8 = runner(paths, "int8")
     features = np.concatenate([window_batch(jfk_flac()), window_batch(wav_pcm16(jfk_at(8000, "mono"), 8000)),
                                window_batch(jfk_times(6))])
-    alone = [greedy_decode(runner, row[None])[0].tokens for row in features]
-    together = [r.tokens for r in greedy_decode(runner, features)]
+    alone = [greedy_decode(int8, row[None])[0].tokens for row in features]
+    together = [r.tokens for r in greedy_decode(int8, features)]
     assert together == alone

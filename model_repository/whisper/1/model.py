@@ -156,10 +156,11 @@ def greedy_decode(runner: Runner, features: np.ndarray,
 
 
 class OrtRunner:
-    """Encoder and merged decoder (optimum export) run with onnxruntime in this process."""
+    """Encoder and the two decoder graphs (first step; later steps with the key/value
+    cache) run with onnxruntime in this process."""
 
-    def __init__(self, encoder: Path | str, decoder: Path | str, threads: int = 0,
-                 spinning: bool = False, providers: list[str] | None = None) -> None:
+    def __init__(self, encoder: Path | str, decoder: Path | str, decoder_with_past: Path | str,
+                 threads: int = 0, spinning: bool = False, providers: list[str] | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -170,10 +171,10 @@ class OrtRunner:
         providers = providers or ["CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(str(encoder), options, providers=providers)
         self.decoder = ort.InferenceSession(str(decoder), options, providers=providers)
+        self.decoder_with_past = ort.InferenceSession(str(decoder_with_past), options, providers=providers)
         self.kv_names = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
                          for part in ("decoder", "encoder") for kind in ("key", "value")]
         self.self_names = [n for n in self.kv_names if ".decoder." in n]
-        self.cross_names = [n for n in self.kv_names if ".encoder." in n]
 
     def encode(self, features: np.ndarray) -> dict:
         # One window per call: the int8 encoder scales its activations per call, so a
@@ -184,22 +185,15 @@ class OrtRunner:
         return {"hidden": hidden, "past": {}}
 
     def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
-        hidden = state["hidden"]
-        rows = input_ids.shape[0]
-        feed = {"input_ids": input_ids, "encoder_hidden_states": hidden,
-                "use_cache_branch": np.array([not first])}
-        if first:
-            empty_self = np.zeros((rows, HEADS, 0, HEAD_DIM), np.float32)
-            empty_cross = np.zeros((rows, HEADS, hidden.shape[1], HEAD_DIM), np.float32)
-            for name in self.kv_names:
-                feed[f"past_key_values.{name}"] = empty_self if ".decoder." in name else empty_cross
-            wanted = self.kv_names
-        else:
-            for name in self.kv_names:
-                feed[f"past_key_values.{name}"] = state["past"][name]
-            wanted = self.self_names
-        outputs = self.decoder.run(["logits"] + [f"present.{n}" for n in wanted], feed)
-        state["past"].update(zip(wanted, outputs[1:]))
+        if first:  # the whole cache, cross-attention keys and values included
+            outputs = self.decoder.run(["logits"] + [f"present.{n}" for n in self.kv_names],
+                                       {"input_ids": input_ids, "encoder_hidden_states": state["hidden"]})
+            state["past"] = dict(zip(self.kv_names, outputs[1:]))
+            return outputs[0]
+        feed = {f"past_key_values.{name}": state["past"][name] for name in self.kv_names}
+        feed["input_ids"] = input_ids
+        outputs = self.decoder_with_past.run(["logits"] + [f"present.{n}" for n in self.self_names], feed)
+        state["past"].update(zip(self.self_names, outputs[1:]))
         return outputs[0]
 
     def select(self, state: dict, rows: np.ndarray) -> dict:
@@ -222,9 +216,10 @@ PAD = -1
 class BlsRunner:
     """Encoder and decoder as Triton models, called through BLS."""
 
-    def __init__(self, encoder_model: str, decoder_model: str) -> None:
+    def __init__(self, encoder_model: str, decoder_model: str, decoder_with_past_model: str) -> None:
         self.encoder_model = encoder_model
         self.decoder_model = decoder_model
+        self.decoder_with_past_model = decoder_with_past_model
         self.kv_names = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
                          for part in ("decoder", "encoder") for kind in ("key", "value")]
         self.self_names = [n for n in self.kv_names if ".decoder." in n]
@@ -250,20 +245,15 @@ class BlsRunner:
         return {"hidden": hidden, "past": {}}
 
     def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
-        hidden = state["hidden"]
-        rows = input_ids.shape[0]
-        inputs = [pb_utils.Tensor("input_ids", input_ids),
-                  pb_utils.Tensor("encoder_hidden_states", hidden),
-                  pb_utils.Tensor("use_cache_branch", np.array([not first]))]
-        for name in self.kv_names:
-            if first:
-                length = 0 if ".decoder." in name else hidden.shape[1]
-                value = np.zeros((rows, HEADS, length, HEAD_DIM), np.float32)
-            else:
-                value = state["past"][name]
-            inputs.append(pb_utils.Tensor(f"past_key_values.{name}", value))
-        wanted = self.kv_names if first else self.self_names
-        outputs = self._call(self.decoder_model, inputs, ["logits"] + [f"present.{n}" for n in wanted])
+        if first:  # the whole cache, cross-attention keys and values included
+            inputs = [pb_utils.Tensor("input_ids", input_ids),
+                      pb_utils.Tensor("encoder_hidden_states", state["hidden"])]
+            model, wanted = self.decoder_model, self.kv_names
+        else:
+            inputs = [pb_utils.Tensor("input_ids", input_ids)] + [
+                pb_utils.Tensor(f"past_key_values.{name}", state["past"][name]) for name in self.kv_names]
+            model, wanted = self.decoder_with_past_model, self.self_names
+        outputs = self._call(model, inputs, ["logits"] + [f"present.{n}" for n in wanted])
         state["past"].update(zip(wanted, outputs[1:]))
         return outputs[0]
 
@@ -285,11 +275,12 @@ class WhisperLoopModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         repository = Path(args["model_repository"]).parent
-        encoder, decoder = params.get("encoder_model", "whisper_encoder"), params.get(
-            "decoder_model", "whisper_decoder")
+        models = [params.get("encoder_model", "whisper_encoder"),
+                  params.get("decoder_model", "whisper_decoder"),
+                  params.get("decoder_with_past_model", "whisper_decoder_with_past")]
         self.mode = params.get("mode", "inprocess")
         if self.mode == "inprocess":
-            files = [repository / name / "1" / "model.onnx" for name in (encoder, decoder)]
+            files = [repository / name / "1" / "model.onnx" for name in models]
             for file in files:
                 if not file.is_file():
                     raise pb_utils.TritonModelException(
@@ -303,7 +294,7 @@ class WhisperLoopModel:
                 raise pb_utils.TritonModelException(
                     f"cannot load the Whisper ONNX files: {err}. Run `percolate-models build`")
         elif self.mode == "bls":
-            self.runner = BlsRunner(encoder, decoder)
+            self.runner = BlsRunner(*models)
         else:
             raise pb_utils.TritonModelException(f"unknown mode {self.mode!r}: use inprocess or bls")
         self.settings = DecodeSettings(
