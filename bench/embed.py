@@ -17,9 +17,15 @@ Rounds go round robin (one pass of every system, then the next round), so a burs
 from other processes on a shared machine hits every system alike; each figure is the median
 of its rounds (3 with --quick, 5 without). Agreement is the cosine of each system's vectors
 with (c)'s, row by row. Ratios are to (c) and to (b). The table's title names the variant
-Triton serves (the build's choice, ``model_assets/manifest.json``).
+Triton serves (the build's choice, ``model_assets/manifest.json``). The "short" columns are
+each system's cosine to (c) on ``SHORT_TEXTS`` (one to three words, numbers, names, other
+scripts: how users search), embedded once, untimed.
 
-    python bench/embed.py [--quick]
+``--onnx NAME=PATH`` (repeatable) adds an in-process onnxruntime row for another ONNX file,
+e.g. the fp32 export or an earlier build's int8_token from ``.cache/models/text_embedding/``,
+timed in the same rounds so candidates compare side by side.
+
+    python bench/embed.py [--quick] [--onnx NAME=PATH ...]
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ import numpy as np
 
 import common  # noqa: E402  (puts the project root on sys.path)
 
-from percolate_models.accuracy import cosine_rows, sample_sentences
+from percolate_models.accuracy import SHORT_TEXTS, cosine_rows, sample_sentences
 from percolate_models.catalog import MINILM
 from percolate_models.paths import ProjectPaths
 from percolate_models.sources import locate
@@ -88,7 +94,9 @@ def frontend_embedder(frontend: common.FrontendProcess, clients: int):
 
 
 def main() -> None:
-    args = common.arguments(__doc__.splitlines()[0])
+    args = common.arguments(__doc__.splitlines()[0], onnx={
+        "action": "append", "default": [], "metavar": "NAME=PATH",
+        "help": "also time this ONNX file in process (repeatable)"})
     count, rounds = (512, 3) if args.quick else (2048, 5)
     sentences = sample_sentences(count, seed=11)
     paths = ProjectPaths.from_env()
@@ -117,6 +125,10 @@ def main() -> None:
         "sentence-transformers, 1 thread (c)": reference_at(1),
         "onnxruntime in process (b)": lambda s: embed_texts(s, tokenizer, onnx_run, BATCH),
     }
+    for named in args.onnx:
+        name, _, path = named.partition("=")
+        systems[f"onnxruntime in process, {name}"] = (
+            lambda run: lambda s: embed_texts(s, tokenizer, run, BATCH))(onnx_embed_fn(path))
     with TritonServer(TritonConfig.from_env()) as triton, common.FrontendProcess(triton.grpc_url) as frontend:
         systems["full path, 1 client (f)"] = frontend_embedder(frontend, 1)
         systems["full path, 2 clients (f)"] = frontend_embedder(frontend, 2)
@@ -125,7 +137,8 @@ def main() -> None:
         systems["Triton, 4 clients (a)"] = triton_embedder(triton.grpc_url, tokenizer, 4)
         for embed in systems.values():  # warm-up: model load, thread pools, caches
             embed(sentences[:64])
-        figures = {name: {"vectors": embed(sentences), "rounds": []} for name, embed in systems.items()}
+        figures = {name: {"vectors": embed(sentences), "short": embed(SHORT_TEXTS), "rounds": []}
+                   for name, embed in systems.items()}
         for _ in range(rounds):
             for name, embed in systems.items():
                 started = time.perf_counter()
@@ -139,6 +152,7 @@ def main() -> None:
     rows, results = [], {}
     for name, fig in figures.items():
         cosine = cosine_rows(fig["vectors"], reference["vectors"])
+        short = cosine_rows(fig["short"], reference["short"])
         entry = {
             "sentences_per_s": round(fig["sentences_per_s"], 1),
             "rounds_sentences_per_s": [round(r, 1) for r in fig["rounds"]],
@@ -146,16 +160,20 @@ def main() -> None:
             "ratio_to_onnxruntime": round(fig["sentences_per_s"] / onnx_ref["sentences_per_s"], 3),
             "cosine_to_reference_mean": round(float(cosine.mean()), 6),
             "cosine_to_reference_min": round(float(cosine.min()), 6),
+            "short_texts_cosine_mean": round(float(short.mean()), 6),
+            "short_texts_cosine_min": round(float(short.min()), 6),
         }
         results[name] = entry
         rows.append([name, entry["sentences_per_s"], f"{entry['ratio_to_sentence_transformers']:.2f}x",
                      f"{entry['ratio_to_onnxruntime']:.2f}x", entry["cosine_to_reference_mean"],
-                     entry["cosine_to_reference_min"]])
+                     entry["cosine_to_reference_min"], entry["short_texts_cosine_mean"],
+                     entry["short_texts_cosine_min"]])
     served = json.loads(paths.manifest.read_text())["models"]["text_embedding"]
     common.print_table(
         f"all-MiniLM-L6-v2, {count} sentences, batch {BATCH}, median of {rounds} rounds (round robin); "
         f"Triton serves {served['variant']} ({served.get('choice', {}).get('reason', '')[:40]}...)",
-        ["system", "sentences/s", "vs best (c)", "vs (b)", "cos mean", "cos min"], rows)
+        ["system", "sentences/s", "vs best (c)", "vs (b)", "cos mean", "cos min", "short mean", "short min"],
+        rows)
     common.write_results("embed", {"sentences": count, "rounds": rounds, "batch": BATCH,
                                    "model_file": str(onnx_file), "variant": served["variant"],
                                    "reference": next(n for n, f in figures.items() if f is reference),
