@@ -144,6 +144,30 @@ def test_decoder_graphs_are_split_and_fused(paths):
             assert {o.name for o in graph.output} == {t.name for t in spec.outputs}, file
 
 
+def test_int8_encoder_attention_is_one_fused_node_per_layer(paths, tmp_path):
+    """The int8 (CPU) encoder runs each layer's attention as one MultiHeadAttention node
+    (the 1500x1500 products were over half its time), the same arithmetic as the exported
+    graph: fusing the fp32 reference changes a real window's hidden states by float
+    rounding only. The fp32 file the gpu target serves stays unfused (for TensorRT)."""
+    import onnx
+    import onnxruntime as ort
+
+    def ops(file) -> list[str]:
+        return [n.op_type for n in onnx.load(str(file), load_external_data=False).graph.node]
+
+    int8, fp32 = variant_file(paths, "whisper_encoder", "int8"), variant_file(paths, "whisper_encoder", "fp32")
+    assert ops(int8).count("MultiHeadAttention") == 4 and "Softmax" not in ops(int8)
+    gpu = paths.model_repository / "whisper_encoder" / "1" / "model.gpu.onnx"
+    assert "MultiHeadAttention" not in ops(gpu) and ops(gpu).count("Softmax") == 4
+    model = onnx.load(str(fp32))
+    assert whisper_convert.fuse_encoder_attention(model) == 4
+    onnx.save(model, str(tmp_path / "fused.onnx"))
+    features = window_batch(jfk_flac())
+    hidden = [ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(
+        None, {"input_features": features})[0] for f in (fp32, tmp_path / "fused.onnx")]
+    assert np.abs(hidden[0] - hidden[1]).max() < 1e-3 * np.abs(hidden[0]).max()
+
+
 def test_built_onnx_decodes_like_ctranslate2_in_a_batch(paths, reference):
     """Three windows of the 66 s clip plus jfk.flac, decoded as one batch (rows finish at
     different steps and leave the batch) by the built fp32 ONNX files (the conversion is
