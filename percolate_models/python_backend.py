@@ -20,10 +20,13 @@ threads split one row's operators, which pays badly for OCR's many small convolu
 When a run has two or more rows (after ``max_rows_per_run`` splitting, across all shape
 groups of the gathered batch), the largest run ``parallel_rows`` at a time from a thread
 pool on a second session with one intra-op thread each; what cannot fill a round (a
-single row, the fifth line of a page) runs on the main session with all its threads. On the 2-core EPYC five recognition lines took 184 ms that
-way against 244 ms on two intra-op threads. The output is bit for bit the same either
-way (``tests/test_ocr_triton.py``). The second session holds its own copy of the weights
-and its own arena (both shrunk and trimmed as above): ``ocr_rec`` 10 MB, ``ocr_det`` 5 MB.
+single row, a page's fifth line) runs on the main session with all its threads. On an
+idle 2-core EPYC five recognition lines took 184 ms on two 1-thread runs at a time
+against 244 ms on two intra-op threads; under load (other jobs on both cores) it is a
+wash or up to 15% slower (see README). The output is bit for bit the same either way
+(``tests/test_ocr_triton.py``); ``PERCOLATE_ORT_PARALLEL_ROWS=0`` turns it off to
+compare. The second session holds its own copy of the weights and its own arena, shrunk
+and trimmed as above (``ocr_rec`` 10 MB of weights, ``ocr_det`` 5 MB).
 """
 from __future__ import annotations
 
@@ -76,7 +79,8 @@ class OnnxRuntimeModel:
         options.add_session_config_entry("session.intra_op.allow_spinning",
                                          params.get("allow_spinning", "0"))
         self.session = self._load(onnx_path, options)
-        self.parallel_rows = int(params.get("parallel_rows", "0"))
+        self.parallel_rows = int(os.environ.get("PERCOLATE_ORT_PARALLEL_ROWS",
+                                                params.get("parallel_rows", "0")))
         """Run two or more rows this many at a time, each on one thread of ``row_session``
         (0 or 1: all rows one after the other on ``session``)."""
         self.row_session = self.pool = None
