@@ -294,11 +294,17 @@ def quantize_int8(model_name: str, src: Path, dst: Path) -> None:
       (``fuse_encoder_attention``), then onnxruntime's dynamic quantisation of the 24
       weight MatMuls (activations scaled per tensor, fused kernels); the loop runs the
       encoder one window per call (``OrtRunner.encode``), so the tensor is one window.
-    - decoders: their rows are the batch, so activations are scaled per row (per token) by
-      ``_quantize_rows``: the output projection onto the 51,864-token vocabulary (most
-      of a step's work and memory traffic: 80 MB of fp32 weights per token) in both, and
-      in the first-step graph the cross-attention key/value projections (run once per
-      window on all 1500 encoder frames).
+    - first-step decoder: its rows are the batch, so activations are scaled per row (per
+      token) by ``_quantize_rows``: the output projection onto the 51,864-token vocabulary
+      and the cross-attention key/value projections (run once per window on all 1500
+      encoder frames).
+    - step decoder (``whisper_decoder_with_past``, one token per row, run ~30 times per
+      window): every weight MatMul, output projection included, becomes a ``MatMulNBits``
+      (``_quantize_blocks``): 8-bit weights in blocks of 128, activations quantised per
+      row and block inside the kernel. A step reads 4x fewer weight bytes (it is memory
+      bound: 33 MB of fp32 layer weights and the 20 MB projection per token) without the
+      per-row quantisation nodes: ~30% less time per step than per-row int8 on the
+      projection alone.
     Measured on the test files: the same word error rate as fp32 and faster-whisper.
     """
     import onnx
@@ -321,8 +327,8 @@ def quantize_int8(model_name: str, src: Path, dst: Path) -> None:
         model = onnx.load(str(src))
         if model_name == "whisper_decoder":
             count, want = _quantize_rows(model, {PROJECTION_NODE, *CROSS_KV_NODES}), 1 + 2 * LAYERS
-        else:  # the cache holds the cross-attention keys and values: only the projection
-            count, want = _quantize_rows(model, {PROJECTION_NODE}), 1
+        else:  # every weight: 8 per layer and the output projection
+            count, want = _quantize_blocks(model), 8 * LAYERS + 1
         onnx.save(model, str(dst))
     if count != want:
         raise BuildError(f"int8 quantisation of the Whisper {model_name} replaced {count} MatMuls, "
@@ -388,6 +394,53 @@ def _drop_dead_nodes(graph) -> None:
             needed.update(node.input)
     del graph.node[:]
     graph.node.extend(reversed(keep))
+
+
+BLOCK = 128
+"""``MatMulNBits`` block along the input dimension (384 and 1536 are multiples); measured
+faster than 32 per step, the same tokens."""
+
+
+def _quantize_blocks(model) -> int:
+    """Replace every MatMul with a 2-D initializer weight in ``model``'s graph by a
+    com.microsoft ``MatMulNBits`` (8 bits, symmetric, one scale per ``BLOCK`` inputs of
+    each output; ``accuracy_level`` 4: int8 products, the activations quantised per row
+    and block, so no row depends on another); returns how many."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    nodes, count = [], 0
+    for node in graph.node:
+        weight = node.input[1] if node.op_type == "MatMul" else ""
+        if weight not in weights or len(weights[weight].dims) != 2:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(weights[weight]).astype(np.float32)  # [K, N]
+        k, n = w.shape
+        if k % BLOCK:
+            raise BuildError(f"{node.name}: {k} inputs are not a multiple of {BLOCK}",
+                             "update whisper_convert.BLOCK")
+        blocks = w.T.reshape(n, k // BLOCK, BLOCK)
+        scale = np.maximum(np.abs(blocks).max(axis=-1), 1e-12) / INT8_LEVELS
+        q = np.clip(np.round(blocks / scale[..., None]), -INT8_LEVELS, INT8_LEVELS) + 128  # zero point 128
+        graph.initializer.extend([numpy_helper.from_array(q.astype(np.uint8), f"{weight}_b8"),
+                                  numpy_helper.from_array(scale.reshape(-1).astype(np.float32),
+                                                          f"{weight}_b8_scale")])
+        nodes.append(helper.make_node(
+            "MatMulNBits", [node.input[0], f"{weight}_b8", f"{weight}_b8_scale"], list(node.output),
+            name=f"{node.name}_b8", domain="com.microsoft", K=k, N=n, bits=8, block_size=BLOCK,
+            accuracy_level=4))
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return count
 
 
 def _quantize_rows(model, names: set[str] | None) -> int:

@@ -174,6 +174,30 @@ def greedy_decode(runner: Runner, features: np.ndarray,
     return results
 
 
+def paired(rows: np.ndarray) -> np.ndarray:
+    """Row indices for the step decoder, the last repeated when their count is odd.
+
+    Its ``MatMulNBits`` kernels work on rows two at a time and give a lone last row
+    slightly different rounding than a paired one (the same row's logits differed by
+    1.5e-5, enough to change a token), while a row's pair partner never changes its
+    result. With every row paired, a window's tokens do not depend on how many others
+    share its batch. The cache is kept paired, so no step copies it."""
+    return rows if len(rows) % 2 == 0 else np.append(rows, rows[-1])
+
+
+def first_cache(names: list[str], presents: list[np.ndarray], rows: int) -> dict:
+    """The first step's ``present.*`` outputs as the (paired) cache of ``rows`` rows."""
+    index = paired(np.arange(rows))
+    return {name: value if len(index) == rows else value[index] for name, value in zip(names, presents)}
+
+
+def select_cache(state: dict, rows: np.ndarray) -> dict:
+    """The loop state of the still-running ``rows`` (the cache paired again)."""
+    index = paired(rows)
+    return {"hidden": np.ascontiguousarray(state["hidden"][rows]),
+            "past": {k: np.ascontiguousarray(v[index]) for k, v in state["past"].items()}}
+
+
 class OrtRunner:
     """Encoder and the two decoder graphs (first step; later steps with the key/value
     cache) run with onnxruntime in this process."""
@@ -204,17 +228,17 @@ class OrtRunner:
         return {"hidden": hidden, "past": {}}
 
     def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
+        rows = input_ids.shape[0]
         if first:  # the whole cache, cross-attention keys and values included
             outputs = self.decoder.run(["logits"] + [f"present.{n}" for n in self.kv_names],
                                        {"input_ids": input_ids, "encoder_hidden_states": state["hidden"]})
-            state["past"] = dict(zip(self.kv_names, outputs[1:]))
+            state["past"] = first_cache(self.kv_names, outputs[1:], rows)
             return outputs[0]
         feed = {f"past_key_values.{name}": state["past"][name] for name in self.kv_names}
-        feed["input_ids"] = input_ids
+        feed["input_ids"] = input_ids[paired(np.arange(rows))]
         outputs = self.decoder_with_past.run(["logits"] + [f"present.{n}" for n in self.self_names], feed)
         state["past"].update(zip(self.self_names, outputs[1:]))
-        return outputs[0]
+        return outputs[0][:rows]
 
     def select(self, state: dict, rows: np.ndarray) -> dict:
-        return {"hidden": state["hidden"][rows],
-                "past": {k: np.ascontiguousarray(v[rows]) for k, v in state["past"].items()}}
+        return select_cache(state, rows)

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils  # only importable inside Triton's stub
 
-from .whisper_decode import LAYERS, DecodeSettings, OrtRunner, greedy_decode
+from .whisper_decode import (LAYERS, DecodeSettings, OrtRunner, first_cache, greedy_decode, paired,
+                             select_cache)
 
 PAD = -1
 """Pads the ``tokens`` rows of a request holding several windows of unequal length."""
@@ -62,21 +63,24 @@ class BlsRunner:
         return {"hidden": hidden, "past": {}}
 
     def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
+        # the cache kept paired as in ``OrtRunner``: the same tokens on either path
+        rows = input_ids.shape[0]
         if first:  # the whole cache, cross-attention keys and values included
             inputs = [pb_utils.Tensor("input_ids", input_ids),
                       pb_utils.Tensor("encoder_hidden_states", state["hidden"])]
-            model, wanted = self.decoder_model, self.kv_names
-        else:
-            inputs = [pb_utils.Tensor("input_ids", input_ids)] + [
-                pb_utils.Tensor(f"past_key_values.{name}", state["past"][name]) for name in self.kv_names]
-            model, wanted = self.decoder_with_past_model, self.self_names
-        outputs = self._call(model, inputs, ["logits"] + [f"present.{n}" for n in wanted])
-        state["past"].update(zip(wanted, outputs[1:]))
-        return outputs[0]
+            outputs = self._call(self.decoder_model, inputs,
+                                 ["logits"] + [f"present.{n}" for n in self.kv_names])
+            state["past"] = first_cache(self.kv_names, outputs[1:], rows)
+            return outputs[0]
+        inputs = [pb_utils.Tensor("input_ids", np.ascontiguousarray(input_ids[paired(np.arange(rows))]))] + [
+            pb_utils.Tensor(f"past_key_values.{name}", state["past"][name]) for name in self.kv_names]
+        outputs = self._call(self.decoder_with_past_model, inputs,
+                             ["logits"] + [f"present.{n}" for n in self.self_names])
+        state["past"].update(zip(self.self_names, outputs[1:]))
+        return outputs[0][:rows]
 
     def select(self, state: dict, rows: np.ndarray) -> dict:
-        return {"hidden": np.ascontiguousarray(state["hidden"][rows]),
-                "past": {k: np.ascontiguousarray(v[rows]) for k, v in state["past"].items()}}
+        return select_cache(state, rows)
 
 
 def _numpy(tensor) -> np.ndarray:
