@@ -104,7 +104,7 @@ def cache_key(spec: ModelSpec, source_sha256: str) -> str:
         description.pop(target_only)
     code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in _export_code(spec))).hexdigest()
     payload = json.dumps({"spec": description, "source": source_sha256, "code": code,
-                          "tools": export.tool_versions(spec.kind)}, sort_keys=True)
+                          "tools": _key_tools(spec)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -128,8 +128,23 @@ def _export_code(spec: ModelSpec) -> list:
     if spec.name in ocr_graphs.EDITS:
         return [export, ocr_graphs]
     if spec.kind == "sentence_transformer":
-        return [export, quantize]
+        # int8_token's smoothing is measured on texts that reading_frontend.text tokenises,
+        # and the entry's accuracy record comes from accuracy.py
+        from reading_frontend import text
+
+        from . import accuracy
+        return [export, quantize, text, accuracy]
     return [export, whisper_convert] if spec.kind.startswith("whisper_") else [export]
+
+
+def _key_tools(spec: ModelSpec) -> dict[str, str]:
+    """``export.tool_versions`` and, for sentence_transformer models, the ``tokenizers``
+    package that tokenises int8_token's calibration texts (added here, not in export.py,
+    whose bytes are part of every model's key)."""
+    tools = export.tool_versions(spec.kind)
+    if spec.kind == "sentence_transformer":
+        tools["tokenizers"] = distribution_version("tokenizers")
+    return tools
 
 
 def _cached_or_built(spec: ModelSpec, paths: ProjectPaths, prefix: str, say: Say,

@@ -48,9 +48,14 @@ MS_DOMAIN = "com.microsoft"
 SMOOTH_ALPHA = 0.5
 """How much of an activation channel's range moves into the weights (SmoothQuant's usual
 value; 0.3 kept most of the short-text loss, 0.85 moved too much and hurt the weights)."""
+SMOOTH_RANGE = (2.0 ** -3, 2.0 ** 4)
+"""Bounds of a smoothing factor. A channel the calibration texts leave near zero would get a
+tiny factor, i.e. be multiplied by its inverse in every row it is non-zero in and take that
+row's int8 range; this model's factors all lie in 2^-2..2^3, so the bounds change nothing
+here and cap the damage an uncalibrated channel can do at a factor of 8."""
 
 CALIBRATION_TEXTS = [
-    "Hi", "note", "a", "see you", "1999", "Tokyo", "merci", "phone bill", "Dr. Jones", "weather",
+    "Hey", "note", "a", "see you", "1999", "Tokyo", "merci", "phone bill", "Dr. Jones", "weather",
     "Remind me to call the plumber about the leaking kitchen tap on Thursday morning.",
     "The quarterly report shows revenue grew by 12 percent while costs stayed flat.",
     "We walked along the harbour until the fog lifted and the ferries started running again.",
@@ -64,8 +69,9 @@ CALIBRATION_TEXTS = [
     "Order #48213 shipped on 2023-11-04 via DHL, tracking 7731 0042 9981.",
 ]
 """Texts the smoothing factors are measured on (a channel's largest value over all their
-tokens): short and long, words, numbers, code, another language; none of them is in the
-accuracy sets of ``accuracy.py``, so the floors are measured on unseen texts."""
+tokens): short and long, words, numbers, code, another language; none of them tokenises
+like a text of the accuracy sets in ``accuracy.py`` or the tune's probes, so the floors are
+measured on unseen texts (a test checks the token ids)."""
 
 
 def quantize_per_token(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]] | None = None,
@@ -200,7 +206,7 @@ def smoothing_factors(src: Path, feeds: list[dict[str, np.ndarray]], alpha: floa
                 else value.reshape(-1, value.shape[-1])
             a_max[n] = np.maximum(a_max[n], np.abs(rows).max(axis=0))
     factors = {n: np.clip(np.maximum(a_max[n], 1e-5) ** alpha / np.maximum(w_max[n], 1e-5) ** (1 - alpha),
-                          1e-2, 1e2) for n in names}
+                          *SMOOTH_RANGE) for n in names}
     # powers of two: x / s and s * W are then exact in float, and a last-bit difference in
     # the calibration activations (another CPU's kernels) rarely changes the built file
     return {n: np.exp2(np.rint(np.log2(f))).astype(np.float32) for n, f in factors.items()}
