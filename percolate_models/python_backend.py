@@ -15,18 +15,18 @@ arena stays on: without it the same burst took twice as long. Each is a model pa
 (``cpu_mem_arena``, ``mem_pattern``, ``arena_shrink``, ``malloc_trim``) that
 ``PERCOLATE_ORT_<NAME>`` overrides; ``bench/model_memory.py`` compares the settings.
 
-Rows in parallel (``parallel_rows``, the OCR models on cpu): onnxruntime's intra-op
-threads split one row's operators, which pays badly for OCR's many small convolutions.
-When a run has two or more rows (after ``max_rows_per_run`` splitting, across all shape
+Rows in parallel (``parallel_rows``, off by default): onnxruntime's intra-op threads
+split one row's operators, which pays badly for OCR's many small convolutions. With it,
+when a run has two or more rows (after ``max_rows_per_run`` splitting, across all shape
 groups of the gathered batch), the largest run ``parallel_rows`` at a time from a thread
 pool on a second session with one intra-op thread each; what cannot fill a round (a
-single row, a page's fifth line) runs on the main session with all its threads. On an
-idle 2-core EPYC five recognition lines took 184 ms on two 1-thread runs at a time
-against 244 ms on two intra-op threads; under load (other jobs on both cores) it is a
-wash or up to 15% slower (see README). The output is bit for bit the same either way
-(``tests/test_ocr_triton.py``); ``PERCOLATE_ORT_PARALLEL_ROWS=0`` turns it off to
-compare. The second session holds its own copy of the weights and its own arena, shrunk
-and trimmed as above (``ocr_rec`` 10 MB of weights, ``ocr_det`` 5 MB).
+single row, a page's fifth line) runs on the main session with all its threads. In
+process, five recognition lines took 168 ms that way against 185 on two intra-op threads
+(idle 2-core EPYC), but through Triton under load the OCR bench's full path lost ground
+with it (README), so no model turns it on yet. The output is bit for bit the same either
+way (``tests/test_ocr_triton.py`` with ``PERCOLATE_ORT_PARALLEL_ROWS=2``, which overrides
+the parameter). The second session holds its own copy of the weights and its own arena,
+shrunk and trimmed as above.
 """
 from __future__ import annotations
 
