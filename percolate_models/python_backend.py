@@ -22,8 +22,8 @@ groups of the gathered batch), the largest run ``parallel_rows`` at a time from 
 pool on a second session with one intra-op thread each; what cannot fill a round (a
 single row, a page's fifth line) runs on the main session with all its threads. In
 process, five recognition lines took 168 ms that way against 185 on two intra-op threads
-(idle 2-core EPYC), but through Triton under load the OCR bench's full path lost ground
-with it (README), so no model turns it on yet. The output is bit for bit the same either
+(idle 2-core EPYC), but through Triton under load the OCR bench did not show a gain
+(README), so no model turns it on until an idle machine confirms one. The output is bit for bit the same either
 way (``tests/test_ocr_triton.py`` with ``PERCOLATE_ORT_PARALLEL_ROWS=2``, which overrides
 the parameter). The second session holds its own copy of the weights and its own arena,
 shrunk and trimmed as above.
