@@ -145,7 +145,7 @@ OCR_DET = ModelSpec(
     outputs=(TensorSpec("probability_map", "TYPE_FP32", (1, -1, -1),
                         onnx_name="sigmoid_0.tmp_0"),),
     # onnxruntime on CPU: two 1216x800 pages one after the other beat one batch of two
-    # (parallel_rows, python_backend.py, is left off: through Triton under load it was slower)
+    # (parallel_rows, python_backend.py, is off: no clear gain through Triton under load yet)
     cpu=TargetSettings(max_batch_size=4, preferred_batch_sizes=(4,),
                        max_queue_delay_us=1000, instance_count=1,
                        parameters=(("max_rows_per_run", "1"),)),
@@ -182,7 +182,7 @@ OCR_REC = ModelSpec(
              TensorSpec("best_probability", "TYPE_FP32", (-1,))),
     # onnxruntime on CPU runs a page's lines 1.3-1.6x faster one at a time than as one
     # [5, 3, 48, ~840] batch (measured on the 2-core EPYC), with bit for bit the same output
-    # (parallel_rows, python_backend.py, is left off: through Triton under load it was slower)
+    # (parallel_rows, python_backend.py, is off: no clear gain through Triton under load yet)
     cpu=TargetSettings(max_batch_size=32, preferred_batch_sizes=(6, 32),
                        max_queue_delay_us=1000, instance_count=1,
                        parameters=(("max_rows_per_run", "1"),)),
