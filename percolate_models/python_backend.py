@@ -15,18 +15,18 @@ arena stays on: without it the same burst took twice as long. Each is a model pa
 (``cpu_mem_arena``, ``mem_pattern``, ``arena_shrink``, ``malloc_trim``) that
 ``PERCOLATE_ORT_<NAME>`` overrides; ``bench/model_memory.py`` compares the settings.
 
-Rows in parallel (``parallel_rows``, off by default): onnxruntime's intra-op threads
-split one row's operators, which pays badly for OCR's many small convolutions. With it,
-when a run has two or more rows (after ``max_rows_per_run`` splitting, across all shape
-groups of the gathered batch), the largest run ``parallel_rows`` at a time from a thread
-pool on a second session with one intra-op thread each; what cannot fill a round (a
-single row, a page's fifth line) runs on the main session with all its threads. In
-process, five recognition lines took 168 ms that way against 185 on two intra-op threads
-(idle 2-core EPYC), but through Triton under load the OCR bench did not show a gain
-(README), so no model turns it on until an idle machine confirms one. The output is bit for bit the same either
-way (``tests/test_ocr_triton.py`` with ``PERCOLATE_ORT_PARALLEL_ROWS=2``, which overrides
-the parameter). The second session holds its own copy of the weights and its own arena,
-shrunk and trimmed as above.
+Rows in parallel (``parallel_rows``; ``ocr_det`` and ``ocr_rec`` on cpu): onnxruntime's
+intra-op threads split one row's operators, which pays badly for OCR's many small
+convolutions. When a run has two or more rows (after ``max_rows_per_run`` splitting,
+across all shape groups of the gathered batch), the largest run ``parallel_rows`` at a
+time from a thread pool on a second session with one intra-op thread each; what cannot
+fill a round (a single row, a page's fifth line) runs on the main session with all its
+threads. In the OCR bench at a load average of 2, recognition took 204 ms per page this
+way against 261 ms on two intra-op threads; under heavier load the gain is lost in the
+noise (README). The output is bit for bit the same either way
+(``tests/test_ocr_triton.py``); ``PERCOLATE_ORT_PARALLEL_ROWS`` overrides the parameter
+(0 turns it off to compare). The second session holds its own copy of the weights and
+its own arena, shrunk and trimmed as above.
 """
 from __future__ import annotations
 

@@ -26,11 +26,12 @@ def test_triton_ocr_matches_rapidocr(case, triton_models, characters):
 def test_served_rec_runs_lines_one_at_a_time_with_the_batchs_output(triton_models, triton_client):
     """The cpu target runs ``ocr_rec``'s rows one at a time (faster on CPU); a batch
     gathered from several lines, or from several tenants' requests, must still come back
-    bit for bit as each line run alone. With ``PERCOLATE_ORT_PARALLEL_ROWS=2`` in the
-    test session's environment the batch runs two lines at once on one-thread sessions
-    and the fifth on the main session, and must still match."""
+    bit for bit as each line run alone. The batch runs two lines at once on one-thread
+    sessions (``parallel_rows``) and the fifth on the main session with two threads, as
+    does a line alone."""
     config = triton_client.get_model_config("ocr_rec", as_json=True)["config"]
     assert config["parameters"]["max_rows_per_run"]["string_value"] == "1"
+    assert config["parameters"]["parallel_rows"]["string_value"] == "2"
 
     image_bytes, _ = CASES["rgb_png"]()
     image = ocr.decode_image(image_bytes)
@@ -48,10 +49,12 @@ def test_served_rec_runs_lines_one_at_a_time_with_the_batchs_output(triton_model
                                       err_msg=name)
 
 
-def test_served_det_gives_each_page_of_a_batch_its_own_output(triton_models):
-    """Two pages in one ``ocr_det`` run (one after the other, or two at once on one-thread
-    sessions with ``PERCOLATE_ORT_PARALLEL_ROWS=2``) come back bit for bit as each page
-    alone on the main session."""
+def test_served_det_gives_each_page_of_a_batch_its_own_output(triton_models, triton_client):
+    """Two pages in one ``ocr_det`` run go two at once to one-thread sessions
+    (``parallel_rows``); each comes back bit for bit as that page alone on the main
+    session."""
+    config = triton_client.get_model_config("ocr_det", as_json=True)["config"]
+    assert config["parameters"]["parallel_rows"]["string_value"] == "2"
     pages = []
     for case in ("rgb_png", "rotated_180"):
         prepared = ocr.prepare_image(ocr.decode_image(CASES[case]()[0]))
