@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils  # only importable inside Triton's stub
 
-from .whisper_decode import (LAYERS, DecodeSettings, OrtRunner, first_cache, greedy_decode, paired,
-                             select_cache)
+from .whisper_decode import LAYERS, DecodeSettings, OrtRunner, greedy_decode, select_cache
 
+GPU_MODEL_FILE = "model.gpu.onnx"
+"""``configs.GPU_MODEL_FILE`` (not imported: this module runs in Triton's stub)."""
 PAD = -1
 """Pads the ``tokens`` rows of a request holding several windows of unequal length."""
 
@@ -63,21 +64,19 @@ class BlsRunner:
         return {"hidden": hidden, "past": {}}
 
     def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
-        # the cache kept paired as in ``OrtRunner``: the same tokens on either path
-        rows = input_ids.shape[0]
         if first:  # the whole cache, cross-attention keys and values included
             inputs = [pb_utils.Tensor("input_ids", input_ids),
-                      pb_utils.Tensor("encoder_hidden_states", state["hidden"])]
+                      pb_utils.Tensor("encoder_hidden_states", state.pop("hidden"))]
             outputs = self._call(self.decoder_model, inputs,
                                  ["logits"] + [f"present.{n}" for n in self.kv_names])
-            state["past"] = first_cache(self.kv_names, outputs[1:], rows)
+            state["past"] = dict(zip(self.kv_names, outputs[1:]))
             return outputs[0]
-        inputs = [pb_utils.Tensor("input_ids", np.ascontiguousarray(input_ids[paired(np.arange(rows))]))] + [
+        inputs = [pb_utils.Tensor("input_ids", np.ascontiguousarray(input_ids))] + [
             pb_utils.Tensor(f"past_key_values.{name}", state["past"][name]) for name in self.kv_names]
         outputs = self._call(self.decoder_with_past_model, inputs,
                              ["logits"] + [f"present.{n}" for n in self.self_names])
         state["past"].update(zip(self.self_names, outputs[1:]))
-        return outputs[0][:rows]
+        return outputs[0]
 
     def select(self, state: dict, rows: np.ndarray) -> dict:
         return select_cache(state, rows)
@@ -106,8 +105,12 @@ class WhisperLoopModel:
                 if not file.is_file():
                     raise pb_utils.TritonModelException(
                         f"{file} is missing: run `percolate-models build`")
+            # the step decoder's fp32 file (the gpu target's), should the int8 one mix rows
+            # of different windows on this CPU (``OrtRunner``'s load-time check)
+            fallback = files[2].with_name(GPU_MODEL_FILE)
             try:
                 self.runner = OrtRunner(*files, threads=int(params.get("intra_op_threads", "0")),
+                                        fallback_with_past=fallback if fallback.is_file() else None,
                                         spinning=params.get("allow_spinning", "0") == "1",
                                         providers=params.get("providers", "").split(",")
                                         if params.get("providers") else None)
