@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from . import configs, export, ocr_graphs, quantize, tune, whisper_convert
 from .accuracy import ACCURACY_SENTENCES, agreement, sample_sentences
@@ -29,6 +29,9 @@ from .paths import ProjectPaths
 from .sources import distribution_version, locate, sha256_file, sha256_tree
 
 Say = Callable[[str], None]
+SAME_VARIANT = (("whisper_decoder", "whisper_decoder_with_past"),)
+"""Models one decoding runs together: ``--variant`` must give them the same weights (naming
+one fp32 and leaving the other int8 would not be the fp32 decoding asked for)."""
 ENTRY_FILE = "entry.json"
 
 
@@ -58,6 +61,13 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
         if variant not in model_by_name(name).variants:
             raise BuildError(f"{name} has no variant {variant!r}",
                              f"choose one of {', '.join(model_by_name(name).variants)}")
+    for group in (g for g in SAME_VARIANT if set(g) & set(options.variants)):
+        chosen = {name: options.variants.get(name, model_by_name(name).default) for name in group}
+        if len(set(chosen.values())) > 1:
+            named = next(options.variants[name] for name in group if name in options.variants)
+            raise BuildError(f"{' and '.join(group)} would install different variants ({chosen}): "
+                             f"one decoding runs both", "name the same for both: "
+                             + " ".join(f"--variant {name}={named}" for name in group))
     report = BuildReport()
     with _build_lock(paths.cache):
         models_manifest = {}
@@ -342,12 +352,16 @@ def stale_repository_files(paths: ProjectPaths) -> list[str]:
     return stale
 
 
-def verify(paths: ProjectPaths) -> list[str]:
-    """Problems with the built repository (missing or altered files); empty when sound."""
+def verify(paths: ProjectPaths, models: Iterable[str] | None = None) -> list[str]:
+    """Problems with the built repository (missing or altered files, models the manifest
+    lacks); empty when sound. ``models``: the ones it must hold (default every catalog
+    model; a repository built with ``--only`` names its own)."""
     manifest = _read_json(paths.manifest)
     if manifest is None:
         return [f"{paths.manifest} is missing: run `percolate-models build`"]
-    problems = []
+    problems = [f"{name} is not in the manifest: run `percolate-models build --only {name}`"
+                for name in (models if models is not None else [m.name for m in MODELS])
+                if name not in manifest["models"]]
     source_hashes: dict[Path, str] = {}
     for name, model in manifest["models"].items():
         try:

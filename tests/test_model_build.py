@@ -34,20 +34,20 @@ def test_second_build_does_nothing_and_says_so(scratch):
     second = build(scratch, SMALL, say=lines.append)
     assert not second.changed
     assert lines == [line for line in lines if line.startswith("nothing to do")] and lines
-    assert verify(scratch) == []
+    assert verify(scratch, SMALL.models) == []
 
 
 def test_corrupt_or_missing_weights_are_repaired(scratch):
     build(scratch, SMALL, say=lambda _: None)
     weights = scratch.model_repository / "ocr_cls" / "1" / "model.onnx"
     weights.write_bytes(b"not an onnx model")
-    assert any("does not match" in p for p in verify(scratch))
+    assert any("does not match" in p for p in verify(scratch, SMALL.models))
     repaired = build(scratch, SMALL, say=lambda _: None)
     assert any("replaced ocr_cls/1/model.onnx" in a for a in repaired.actions)
     weights.unlink()
     reinstalled = build(scratch, SMALL, say=lambda _: None)
     assert any("installed ocr_cls/1/model.onnx" in a for a in reinstalled.actions)
-    assert verify(scratch) == []
+    assert verify(scratch, SMALL.models) == []
     assert not any("built" in a for a in repaired.actions + reinstalled.actions)  # cache reused
 
 
@@ -67,7 +67,7 @@ def test_interrupted_build_leaves_nothing_and_resumes(scratch, monkeypatch):
     resumed = build(scratch, SMALL, say=lambda _: None)
     assert any("built ocr_cls" in a for a in resumed.actions)
     assert not list((scratch.cache / "models" / "ocr_cls").glob("*.partial*"))
-    assert verify(scratch) == []
+    assert verify(scratch, SMALL.models) == []
 
 
 def test_damaged_cache_entry_is_rebuilt(scratch):
@@ -147,11 +147,11 @@ def test_cpu_and_gpu_files_are_installed_and_verified_apart(scratch):
     assert model["gpu_artefact"]["variant"] == "fp32" and model["artefact"]["variant"] == spec.variants[-1]
     scratch.manifest.parent.mkdir(parents=True, exist_ok=True)
     scratch.manifest.write_text(json.dumps({"models": {spec.name: model}, "assets": []}))
-    assert verify(scratch) == []
+    assert verify(scratch, [spec.name]) == []
     (folder / configs.GPU_MODEL_FILE).write_bytes(b"edited")
-    assert verify(scratch) == [f"{folder / configs.GPU_MODEL_FILE} does not match the manifest (corrupt or edited)"]
+    assert verify(scratch, [spec.name]) == [f"{folder / configs.GPU_MODEL_FILE} does not match the manifest (corrupt or edited)"]
     (folder / configs.GPU_MODEL_FILE).unlink()
-    assert verify(scratch) == [f"{folder / configs.GPU_MODEL_FILE} is missing"]
+    assert verify(scratch, [spec.name]) == [f"{folder / configs.GPU_MODEL_FILE} is missing"]
 
 
 def test_verify_names_a_repository_built_by_other_code(scratch):
@@ -162,8 +162,27 @@ def test_verify_names_a_repository_built_by_other_code(scratch):
     manifest["models"]["ocr_cls"]["cache_key"] = "0123456789abcdef"
     del manifest["models"]["ocr_cls"]["gpu_artefact"]
     scratch.manifest.write_text(json.dumps(manifest))
-    problems = verify(scratch)
+    problems = verify(scratch, SMALL.models)
     assert any("built by other code" in p and "0123456789abcdef" in p for p in problems), problems
     assert any("before the gpu target had its own weights file" in p for p in problems), problems
     build(scratch, SMALL, say=lambda _: None)
-    assert verify(scratch) == []
+    assert verify(scratch, SMALL.models) == []
+
+
+def test_verify_names_a_model_the_manifest_lacks(scratch):
+    """A repository whose manifest misses a catalog model (say, one built before
+    whisper_decoder_with_past existed) is reported, not passed because what it holds is sound."""
+    build(scratch, SMALL, say=lambda _: None)
+    assert verify(scratch, SMALL.models) == []
+    problems = verify(scratch)
+    assert "whisper_decoder_with_past is not in the manifest: run `percolate-models build --only " \
+           "whisper_decoder_with_past`" in problems
+    assert len(problems) == len(MODELS) - 1
+
+
+def test_the_two_whisper_decoders_get_one_variant(scratch):
+    """One decoding runs both decoders: naming fp32 for one only is refused with the fix."""
+    for named in ({"whisper_decoder": "fp32"}, {"whisper_decoder_with_past": "fp32"}):
+        with pytest.raises(BuildError, match="--variant whisper_decoder=fp32 --variant whisper_decoder_with_past=fp32"):
+            build(scratch, BuildOptions(models=("whisper_decoder",), variants=named))
+    assert not scratch.manifest.exists()
