@@ -216,10 +216,22 @@ def test_served_int8_models_keep_the_words(paths, reference):
 def test_int8_window_does_not_depend_on_its_batch(paths):
     """Triton batches windows of different requests: with the served int8 models a window's
     tokens are the same alone as beside others (dynamic quantisation scaled over the whole
-    batch made the 8 kHz window's tokens depend on its neighbours)."""
+    batch made the 8 kHz window's tokens depend on its neighbours; MatMulNBits' lone last
+    row, jfk.flac's)."""
     from tests.audio_fixtures import jfk_at, wav_pcm16
 
+    import onnx
+
     int8 = runner(paths, "int8")
+    # the step graph pairs each MatMulNBits' rows itself (whisper_convert._paired_rows) and
+    # passed the runner's load-time check; without the pairing jfk.flac's window got other
+    # tokens beside the two others than alone (and the check refuses the graph)
+    graph = onnx.load(str(int8.with_past_file), load_external_data=False).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 33 and all(producers[n.input[0]].op_type == "Concat" for n in nbits)
+    assert int8.with_past_file == variant_file(paths, "whisper_decoder_with_past", "int8")
+    assert int8.row_problems == []
     features = np.concatenate([window_batch(jfk_flac()), window_batch(wav_pcm16(jfk_at(8000, "mono"), 8000)),
                                window_batch(jfk_times(6))])
     alone = [greedy_decode(int8, row[None])[0].tokens for row in features]
