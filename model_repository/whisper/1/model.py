@@ -77,6 +77,15 @@ def _logsumexp(values: np.ndarray) -> np.ndarray:
     return safe + np.log(np.exp(values - safe[:, None]).sum(axis=-1))
 
 
+def chosen_logprobs(logits: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """log softmax(``logits``)[row, chosen[row]] for each row, computed as log_softmax does it
+    ((logit - top) - log sum exp(logits - top)): the same float32 figure as the full
+    log-softmax, without writing the normalised [rows, vocab] array."""
+    top = logits.max(axis=-1)
+    total = np.exp(logits - top[:, None]).sum(axis=-1)
+    return (logits[np.arange(len(chosen)), chosen] - top) - np.log(total)
+
+
 def apply_rules(logits: np.ndarray, generated: list[list[int]], step: int,
                 settings: DecodeSettings) -> np.ndarray:
     """Mask ``logits`` [rows, vocab] (float32, in place) for the next token of each row."""
@@ -108,7 +117,10 @@ def apply_rules(logits: np.ndarray, generated: list[list[int]], step: int,
                 break
     if check:
         # log-probabilities compared without normalising the rows: both sides would lose
-        # the same log-partition, and skipping it saves a pass of exp over the vocabulary
+        # the same log-partition, and skipping it saves a pass of exp over the vocabulary.
+        # Not bit for bit the old rule (log-softmax first): a row whose timestamp mass and
+        # best text score lie within ~1e-6 of each other may decide the other way (float32
+        # rounding of either form; test_whisper_rules measures it)
         rows = logits[check]
         timestamp_mass = _logsumexp(rows[:, TIMESTAMP_BEGIN:])
         best_text = rows[:, :TIMESTAMP_BEGIN].max(axis=-1)
@@ -138,11 +150,11 @@ def greedy_decode(runner: Runner, features: np.ndarray,
         last = np.array(logits[:, -1, :], dtype=np.float32)
         apply_rules(last, [results[i].tokens for i in alive], step, settings)
         chosen = last.argmax(axis=-1)
-        partition = _logsumexp(last)  # log p(token) = logit - log partition
+        logprobs = chosen_logprobs(last, chosen)
         finished = []
         for row, index in enumerate(alive):
             token = int(chosen[row])
-            results[index].sum_logprob += float(last[row, token] - partition[row])
+            results[index].sum_logprob += float(logprobs[row])
             if token == EOT:
                 finished.append(row)
             else:
@@ -157,28 +169,44 @@ def greedy_decode(runner: Runner, features: np.ndarray,
     return results
 
 
-def paired(rows: np.ndarray) -> np.ndarray:
-    """Row indices for the step decoder, the last repeated when their count is odd.
-
-    Its ``MatMulNBits`` kernels work on rows two at a time and give a lone last row
-    slightly different rounding than a paired one (the same row's logits differed by
-    1.5e-5, enough to change a token), while a row's pair partner never changes its
-    result. With every row paired, a window's tokens do not depend on how many others
-    share its batch. The cache is kept paired, so no step copies it."""
-    return rows if len(rows) % 2 == 0 else np.append(rows, rows[-1])
-
-
-def first_cache(names: list[str], presents: list[np.ndarray], rows: int) -> dict:
-    """The first step's ``present.*`` outputs as the (paired) cache of ``rows`` rows."""
-    index = paired(np.arange(rows))
-    return {name: value if len(index) == rows else value[index] for name, value in zip(names, presents)}
-
-
 def select_cache(state: dict, rows: np.ndarray) -> dict:
-    """The loop state of the still-running ``rows`` (the cache paired again)."""
-    index = paired(rows)
-    return {"hidden": np.ascontiguousarray(state["hidden"][rows]),
-            "past": {k: np.ascontiguousarray(v[index]) for k, v in state["past"].items()}}
+    """The loop state of the still-running ``rows``: only the key/value cache (called after
+    a step, when the encoder's hidden states have been turned into the cross cache)."""
+    return {"past": {k: np.ascontiguousarray(v[rows]) for k, v in state["past"].items()}}
+
+
+def row_independence_problems(session, rows: int = 5, length: int = 3) -> list[str]:
+    """Rows of ``session``'s outputs (a step decoder) that change with the number of rows
+    run beside them: each of ``rows`` random rows is run alone and in batches of 2..``rows``
+    and must come out bit for bit the same. Empty where the graph is batch independent.
+
+    Why: a window's tokens must not depend on the windows of other requests Triton batched
+    with it. The int8 step graph pads each MatMulNBits to paired rows
+    (``whisper_convert._paired_rows``) because onnxruntime's kernel rounds a lone last row
+    differently on this CPU; another CPU or onnxruntime version may tile rows otherwise,
+    so the runner checks at load (tiny caches of ``length`` positions: a few ms)."""
+    rng = np.random.default_rng(0)
+    feed = {}
+    for spec in session.get_inputs():
+        shape = [rows if axis == 0 else (dim if isinstance(dim, int) else length)
+                 for axis, dim in enumerate(spec.shape)]
+        if "int64" in spec.type:
+            feed[spec.name] = rng.integers(0, 1000, shape).astype(np.int64)
+        else:
+            feed[spec.name] = (rng.standard_normal(shape) * 0.5).astype(np.float32)
+    first = session.get_outputs()[0].name
+
+    def run(index) -> np.ndarray:
+        return session.run([first], {k: np.ascontiguousarray(v[index]) for k, v in feed.items()})[0]
+
+    alone = [run([row])[0] for row in range(rows)]
+    problems = []
+    for count in range(2, rows + 1):
+        together = run(slice(0, count))
+        problems += [f"row {row} of {count} differs from the row alone by "
+                     f"{np.abs(together[row] - alone[row]).max():.3g}"
+                     for row in range(count) if not np.array_equal(together[row], alone[row])]
+    return problems
 
 
 class OrtRunner:
@@ -186,7 +214,12 @@ class OrtRunner:
     cache) run with onnxruntime in this process."""
 
     def __init__(self, encoder: Path | str, decoder: Path | str, decoder_with_past: Path | str,
-                 threads: int = 0, spinning: bool = False, providers: list[str] | None = None) -> None:
+                 threads: int = 0, spinning: bool = False, providers: list[str] | None = None,
+                 fallback_with_past: Path | str | None = None) -> None:
+        """``fallback_with_past``: a step decoder (the fp32 file) loaded instead of
+        ``decoder_with_past`` when that one fails ``row_independence_problems`` here; with
+        none, or if it fails too, loading fails (RuntimeError) rather than serve batches
+        whose windows change each other's tokens."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -198,6 +231,23 @@ class OrtRunner:
         self.encoder = ort.InferenceSession(str(encoder), options, providers=providers)
         self.decoder = ort.InferenceSession(str(decoder), options, providers=providers)
         self.decoder_with_past = ort.InferenceSession(str(decoder_with_past), options, providers=providers)
+        self.with_past_file = Path(decoder_with_past)
+        self.row_problems = row_independence_problems(self.decoder_with_past)
+        if self.row_problems and fallback_with_past is not None:
+            # the served variant would mix windows: the fp32 step graph instead (~1.5x the
+            # time per step), said in the log
+            print(f"whisper: {decoder_with_past} is not batch independent on this CPU "
+                  f"({self.row_problems[0]}); using {fallback_with_past}", flush=True)
+            self.with_past_file = Path(fallback_with_past)
+            self.decoder_with_past = ort.InferenceSession(str(fallback_with_past), options,
+                                                          providers=providers)
+            self.row_problems = row_independence_problems(self.decoder_with_past)
+        if self.row_problems:
+            raise RuntimeError(
+                f"the Whisper step decoder {self.with_past_file} is not batch independent on this "
+                f"CPU ({'; '.join(self.row_problems[:3])}): a window's tokens would depend on the "
+                f"other requests batched with it. Build with --variant whisper_decoder=fp32 "
+                f"--variant whisper_decoder_with_past=fp32")
         self.kv_names = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
                          for part in ("decoder", "encoder") for kind in ("key", "value")]
         self.self_names = [n for n in self.kv_names if ".decoder." in n]
@@ -211,17 +261,16 @@ class OrtRunner:
         return {"hidden": hidden, "past": {}}
 
     def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
-        rows = input_ids.shape[0]
         if first:  # the whole cache, cross-attention keys and values included
             outputs = self.decoder.run(["logits"] + [f"present.{n}" for n in self.kv_names],
-                                       {"input_ids": input_ids, "encoder_hidden_states": state["hidden"]})
-            state["past"] = first_cache(self.kv_names, outputs[1:], rows)
+                                       {"input_ids": input_ids, "encoder_hidden_states": state.pop("hidden")})
+            state["past"] = dict(zip(self.kv_names, outputs[1:]))
             return outputs[0]
         feed = {f"past_key_values.{name}": state["past"][name] for name in self.kv_names}
-        feed["input_ids"] = input_ids[paired(np.arange(rows))]
+        feed["input_ids"] = input_ids
         outputs = self.decoder_with_past.run(["logits"] + [f"present.{n}" for n in self.self_names], feed)
         state["past"].update(zip(self.self_names, outputs[1:]))
-        return outputs[0][:rows]
+        return outputs[0]
 
     def select(self, state: dict, rows: np.ndarray) -> dict:
         return select_cache(state, rows)
@@ -235,6 +284,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # only importable inside Triton's stub
 
 
+GPU_MODEL_FILE = "model.gpu.onnx"
+"""``configs.GPU_MODEL_FILE`` (not imported: this module runs in Triton's stub)."""
 PAD = -1
 """Pads the ``tokens`` rows of a request holding several windows of unequal length."""
 
@@ -271,21 +322,19 @@ class BlsRunner:
         return {"hidden": hidden, "past": {}}
 
     def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
-        # the cache kept paired as in ``OrtRunner``: the same tokens on either path
-        rows = input_ids.shape[0]
         if first:  # the whole cache, cross-attention keys and values included
             inputs = [pb_utils.Tensor("input_ids", input_ids),
-                      pb_utils.Tensor("encoder_hidden_states", state["hidden"])]
+                      pb_utils.Tensor("encoder_hidden_states", state.pop("hidden"))]
             outputs = self._call(self.decoder_model, inputs,
                                  ["logits"] + [f"present.{n}" for n in self.kv_names])
-            state["past"] = first_cache(self.kv_names, outputs[1:], rows)
+            state["past"] = dict(zip(self.kv_names, outputs[1:]))
             return outputs[0]
-        inputs = [pb_utils.Tensor("input_ids", np.ascontiguousarray(input_ids[paired(np.arange(rows))]))] + [
+        inputs = [pb_utils.Tensor("input_ids", np.ascontiguousarray(input_ids))] + [
             pb_utils.Tensor(f"past_key_values.{name}", state["past"][name]) for name in self.kv_names]
         outputs = self._call(self.decoder_with_past_model, inputs,
                              ["logits"] + [f"present.{n}" for n in self.self_names])
         state["past"].update(zip(self.self_names, outputs[1:]))
-        return outputs[0][:rows]
+        return outputs[0]
 
     def select(self, state: dict, rows: np.ndarray) -> dict:
         return select_cache(state, rows)
@@ -314,8 +363,12 @@ class WhisperLoopModel:
                 if not file.is_file():
                     raise pb_utils.TritonModelException(
                         f"{file} is missing: run `percolate-models build`")
+            # the step decoder's fp32 file (the gpu target's), should the int8 one mix rows
+            # of different windows on this CPU (``OrtRunner``'s load-time check)
+            fallback = files[2].with_name(GPU_MODEL_FILE)
             try:
                 self.runner = OrtRunner(*files, threads=int(params.get("intra_op_threads", "0")),
+                                        fallback_with_past=fallback if fallback.is_file() else None,
                                         spinning=params.get("allow_spinning", "0") == "1",
                                         providers=params.get("providers", "").split(",")
                                         if params.get("providers") else None)
