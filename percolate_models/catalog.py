@@ -262,7 +262,9 @@ WHISPER_DECODER_WITH_PAST = ModelSpec(
     cpu=WHISPER_DECODER.cpu,
     gpu=WHISPER_DECODER.gpu,
     variants=("fp32", "int8"),
-    # int8 output projection, activations scaled per row (batch independent)
+    # int8: every weight MatMul an 8-bit blockwise MatMulNBits, each fed its rows paired
+    # inside the graph (the kernel rounds a lone last row otherwise), so a window's tokens
+    # do not depend on its batch; the loop checks that at load and falls back to fp32
     default_variant="int8",
     trt_precision="",  # a cache that grows every step: TensorRT engines do not fit, CUDA does
 )

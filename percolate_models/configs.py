@@ -70,9 +70,10 @@ LOOP_MODEL_FILE = loop_model_file()
 LOOP_MODES = {"cpu": "inprocess", "gpu": "bls"}
 """How the Whisper loop runs the encoder and decoder on each target: ``inprocess`` loads
 their ONNX files with onnxruntime inside the loop's own stub process (no copy of the
-key/value cache per token); ``bls`` calls the ``whisper_encoder`` and ``whisper_decoder``
-models through Triton's business logic scripting API, so they run on the GPU under
-Triton's native onnxruntime backend."""
+key/value cache per token); ``bls`` calls the ``whisper_encoder``, ``whisper_decoder``
+(first step) and ``whisper_decoder_with_past`` (later steps) models through Triton's
+business logic scripting API, so they run on the GPU under Triton's native onnxruntime
+backend."""
 
 
 def _tensor(proto_list, tensor: TensorSpec) -> None:
