@@ -54,6 +54,29 @@ def _setting(params: dict, name: str, default: str) -> bool:
     return value.lower() in ("1", "true", "yes", "on")
 
 
+PARALLEL_ROWS_ENV = "PERCOLATE_ORT_PARALLEL_ROWS"
+
+
+def _parallel_rows(params: dict) -> int:
+    """The ``parallel_rows`` parameter, capped at the CPU count. ``PERCOLATE_ORT_PARALLEL_ROWS``
+    (empty: unset) overrides it only on models whose config has the parameter, so that
+    setting it to compare on and off leaves the other Python-backend models as they are."""
+    if "parallel_rows" not in params:
+        return 0
+    name, raw = "model parameter parallel_rows", params["parallel_rows"].strip()
+    override = os.environ.get(PARALLEL_ROWS_ENV, "").strip()
+    if override:
+        name, raw = PARALLEL_ROWS_ENV, override
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise pb_utils.TritonModelException(
+            f"{name}={raw!r}: a whole number of rows, 0 or more, is required (0 or 1: off)")
+    return min(value, os.cpu_count() or 1)
+
+
 class OnnxRuntimeModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
@@ -79,8 +102,7 @@ class OnnxRuntimeModel:
         options.add_session_config_entry("session.intra_op.allow_spinning",
                                          params.get("allow_spinning", "0"))
         self.session = self._load(onnx_path, options)
-        self.parallel_rows = int(os.environ.get("PERCOLATE_ORT_PARALLEL_ROWS",
-                                                params.get("parallel_rows", "0")))
+        self.parallel_rows = _parallel_rows(params)
         """Run two or more rows this many at a time, each on one thread of ``row_session``
         (0 or 1: all rows one after the other on ``session``)."""
         self.row_session = self.pool = None
@@ -147,18 +169,24 @@ class OnnxRuntimeModel:
     def _run(self, feeds: list[dict]) -> list:
         """Each feed's outputs (or the exception its run raised), ``max_rows_per_run`` rows
         per onnxruntime call; two or more calls go to the row pool when there is one."""
-        calls = []  # (feed index, rows of it, run options)
+        calls = []  # (feed index, rows of it, run options on the main session)
         for f, feed in enumerate(feeds):
             # a large group gives its arena chunks back after each of its runs
             options = self.shrink if sum(a.nbytes for a in feed.values()) > TRIM_AFTER_BYTES else None
             rows = next(iter(feed.values())).shape[0]
             step = self.rows_per_run or rows
+            if step >= rows:  # also a request of zero rows: one run of the feed as it is
+                calls.append((f, feed, options))
+                continue
             for start in range(0, rows, step):
-                part = feed if step >= rows else {n: a[start:start + step] for n, a in feed.items()}
-                calls.append((f, part, options))
+                calls.append((f, {n: a[start:start + step] for n, a in feed.items()}, options))
 
         def call(session, item):
             _, part, options = item
+            if session is self.row_session:
+                # always shrunk: a uint8 page (2.9 MB at 1200x800) stays under the input
+                # threshold while its activations take hundreds of MB of this arena
+                options = self.shrink
             try:
                 return session.run(self.output_names, part, options)
             except Exception as err:  # reported on that feed's requests only

@@ -1,0 +1,160 @@
+"""The Python-backend runner (percolate_models/python_backend.py) in this process.
+
+It runs under the stand-in ``triton_python_backend_utils`` (tests/pb_utils_standin) on a
+tiny real ONNX file (``out = 2 * image``, any width), so the scheduling of a gathered
+batch (shape groups, rows one at a time, ``parallel_rows`` on the row session, the
+remainder on the main session) is checked without Triton; the OCR models themselves are
+checked on a real Triton in tests/test_ocr_triton.py.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+STANDIN = Path(__file__).resolve().parent / "pb_utils_standin"
+
+
+@pytest.fixture(scope="module")
+def backend():
+    sys.path.insert(0, str(STANDIN))
+    try:
+        pb_utils = importlib.import_module("triton_python_backend_utils")
+        module = importlib.import_module("percolate_models.python_backend")
+    finally:
+        sys.path.remove(str(STANDIN))
+    return module, pb_utils
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory) -> Path:
+    """A version folder holding ``out = 2 * image`` for images of shape [N, 3, W]."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["image", "two"], ["out"])], "double",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "W"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, "W"])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    root = tmp_path_factory.mktemp("repo")
+    (root / "1").mkdir()
+    onnx.save(model, root / "1" / "model.onnx")
+    return root
+
+
+def load(backend, repository: Path, **parameters: str):
+    module, _ = backend
+    config = {
+        "max_batch_size": 8,
+        "parameters": {"intra_op_threads": {"string_value": "2"},
+                       **{k: {"string_value": v} for k, v in parameters.items()}},
+        "input": [{"name": "image", "data_type": "TYPE_FP32"}],
+        "output": [{"name": "out", "data_type": "TYPE_FP32"}],
+    }
+    model = module.OnnxRuntimeModel()
+    model.initialize({"model_config": json.dumps(config),
+                      "model_repository": str(repository), "model_version": "1"})
+    return model
+
+
+def request(backend, rows: int, width: int, seed: int):
+    _, pb_utils = backend
+    image = np.random.default_rng(seed).random((rows, 3, width), dtype=np.float32)
+    return image, pb_utils.ModelRequest([pb_utils.Tensor("image", image)])
+
+
+class Recorder:
+    """A session that records each run (its width, rows, run options) and fails on one width."""
+
+    def __init__(self, session, fail_width: int | None = None) -> None:
+        self.session, self.fail_width = session, fail_width
+        self.runs: list[tuple[int, int, object]] = []
+        self.lock = threading.Lock()
+
+    def run(self, names, feed, options=None):
+        image = feed["image"]
+        with self.lock:
+            self.runs.append((image.shape[2], image.shape[0], options))
+        if image.shape[2] == self.fail_width:
+            raise RuntimeError(f"no kernel for width {self.fail_width}")
+        return self.session.run(names, feed, options)
+
+
+@pytest.mark.parametrize("rows_per_run", ["0", "1"])
+def test_a_request_of_zero_rows_does_not_fail_the_batch(backend, repository, rows_per_run):
+    """Before: with ``max_rows_per_run`` 0 the empty request's step was 0 and ``range``
+    raised, failing every request of the gathered batch; with 1 it got no outputs."""
+    model = load(backend, repository, max_rows_per_run=rows_per_run)
+    empty, empty_request = request(backend, 0, 5, seed=1)
+    image, image_request = request(backend, 2, 7, seed=2)
+    responses = model.execute([empty_request, image_request])
+    assert not any(r.has_error() for r in responses)
+    (out_empty,), (out_image,) = (r.output_tensors() for r in responses)
+    assert out_empty.as_numpy().shape == (0, 3, 5)
+    np.testing.assert_array_equal(out_image.as_numpy(), 2 * image)
+    model.finalize()
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("", 2), ("   ", 2), (" 0 ", 0), ("1", 1), ("3", 3), ("1000", 4)])
+def test_parallel_rows_override(backend, repository, monkeypatch, value, expected):
+    """Empty is unset (the parameter's 2); a number is capped at the CPU count (4 here)."""
+    module, _ = backend
+    monkeypatch.setattr(module.os, "cpu_count", lambda: 4)
+    monkeypatch.setenv("PERCOLATE_ORT_PARALLEL_ROWS", value)
+    model = load(backend, repository, max_rows_per_run="1", parallel_rows="2")
+    assert model.parallel_rows == expected
+    assert (model.row_session is not None) == (expected > 1)
+    model.finalize()
+
+
+@pytest.mark.parametrize("value", ["on", "true", "-1", "1.5", "two"])
+def test_a_bad_parallel_rows_override_names_the_variable(backend, repository, monkeypatch, value):
+    """Before: a bare ``int()`` raised an unnamed ValueError (or, for -1, turned it off)."""
+    _, pb_utils = backend
+    monkeypatch.setenv("PERCOLATE_ORT_PARALLEL_ROWS", value)
+    with pytest.raises(pb_utils.TritonModelException, match="PERCOLATE_ORT_PARALLEL_ROWS"):
+        load(backend, repository, max_rows_per_run="1", parallel_rows="2")
+
+
+def test_the_override_leaves_models_without_the_parameter_alone(backend, repository, monkeypatch):
+    """Whisper's decoders and text_embedding have no ``parallel_rows``: no second session."""
+    monkeypatch.setenv("PERCOLATE_ORT_PARALLEL_ROWS", "2")
+    model = load(backend, repository, max_rows_per_run="1")
+    assert model.parallel_rows == 0 and model.row_session is None and model.pool is None
+
+
+def test_gathered_batch_rows_by_size_with_one_failing_group(backend, repository, monkeypatch):
+    """Seven rows of three widths from five requests (arriving small and large mixed):
+    the six largest go two at a time to the row session, every run of it with the arena
+    shrink option (a small input never passed the size threshold before); the smallest
+    row runs on the main session. One width fails in the session: only its requests get
+    an error, every other request gets its own rows back."""
+    module, _ = backend
+    monkeypatch.setattr(module.os, "cpu_count", lambda: 4)
+    model = load(backend, repository, max_rows_per_run="1", parallel_rows="2")
+    model.session = main = Recorder(model.session, fail_width=7)
+    model.row_session = rows = Recorder(model.row_session, fail_width=7)
+    shapes = [(2, 5), (1, 9), (1, 7), (1, 5), (1, 9), (1, 7)]  # (rows, width) per request
+    made = [request(backend, n, w, seed=i) for i, (n, w) in enumerate(shapes)]
+    responses = model.execute([r for _, r in made])
+    assert [w for w, _, _ in main.runs] == [5]
+    assert sorted((w for w, _, _ in rows.runs), reverse=True) == [9, 9, 7, 7, 5, 5]
+    assert all(n == 1 for _, n, _ in main.runs + rows.runs)
+    assert all(options is model.shrink and options is not None for _, _, options in rows.runs)
+    for (image, _), (n, width), response in zip(made, shapes, responses):
+        if width == 7:
+            assert response.has_error()
+            assert "no kernel for width 7" in response.error().message()
+        else:
+            assert not response.has_error()
+            (out,) = response.output_tensors()
+            np.testing.assert_array_equal(out.as_numpy(), 2 * image)
+    model.finalize()
