@@ -144,11 +144,16 @@ OCR_DET = ModelSpec(
     inputs=(TensorSpec("image", "TYPE_UINT8", (-1, -1, 3), onnx_name="x"),),
     outputs=(TensorSpec("probability_map", "TYPE_FP32", (1, -1, -1),
                         onnx_name="sigmoid_0.tmp_0"),),
-    # onnxruntime on CPU: two 1216x800 pages one after the other beat one batch of two, and
-    # two at once on one thread each (parallel_rows, python_backend.py) beat both when idle
+    # onnxruntime on CPU: two 1216x800 pages one after the other beat one batch of two. No
+    # parallel_rows (python_backend.py): through OnnxRuntimeModel in process on the 2-core
+    # EPYC at a load average of 2.0-2.7 (three runs, medians of 7, off / on), two 1216x800
+    # pages 726/693, 753/729, 794/726 ms (1.03-1.09x); a 1216x800 and a 480x320 page
+    # 441/435, 417/423, 453/473 ms (0.96-1.01x: the big page runs on one thread); a lone
+    # page, the same path either way, 0.98-1.12x: both within the noise. One client never
+    # sends det two rows at once anyway
     cpu=TargetSettings(max_batch_size=4, preferred_batch_sizes=(4,),
                        max_queue_delay_us=1000, instance_count=1,
-                       parameters=(("max_rows_per_run", "1"), ("parallel_rows", "2"))),
+                       parameters=(("max_rows_per_run", "1"),)),
     gpu=TargetSettings(max_batch_size=8, preferred_batch_sizes=(8,),
                        max_queue_delay_us=1000, instance_count=2),
 )

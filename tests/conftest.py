@@ -1,6 +1,8 @@
 """Shared fixtures: one real Triton for the whole test session, on free ports."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import tritonclient.grpc as grpcclient
 
@@ -33,9 +35,14 @@ def paths() -> ProjectPaths:
 
 @pytest.fixture(scope="session")
 def triton(paths: ProjectPaths):
-    """A real tritonserver serving the built repository, shared by every test."""
-    with TritonServer(TritonConfig.from_env()) as server:
-        yield server
+    """A real tritonserver serving the built repository, shared by every test. Without the
+    ``PERCOLATE_ORT_*`` overrides (python_backend.py): the tests check the served settings,
+    which a developer's shell must not change silently."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("PERCOLATE_ORT_")]:
+            patch.delenv(name)
+        with TritonServer(TritonConfig.from_env()) as server:
+            yield server
 
 
 @pytest.fixture(scope="session")

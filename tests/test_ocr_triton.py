@@ -2,6 +2,8 @@
 rapidocr-onnxruntime gives in process, on the repository's renamed models."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from rapidocr_onnxruntime import RapidOCR
@@ -50,11 +52,12 @@ def test_served_rec_runs_lines_one_at_a_time_with_the_batchs_output(triton_model
 
 
 def test_served_det_gives_each_page_of_a_batch_its_own_output(triton_models, triton_client):
-    """Two pages in one ``ocr_det`` run go two at once to one-thread sessions
-    (``parallel_rows``); each comes back bit for bit as that page alone on the main
-    session."""
+    """Two pages in one ``ocr_det`` run go one after the other through the main session
+    (``max_rows_per_run`` 1; no ``parallel_rows``: it did not win for det, catalog.py);
+    each comes back bit for bit as that page alone."""
     config = triton_client.get_model_config("ocr_det", as_json=True)["config"]
-    assert config["parameters"]["parallel_rows"]["string_value"] == "2"
+    assert config["parameters"]["max_rows_per_run"]["string_value"] == "1"
+    assert "parallel_rows" not in config["parameters"]
     pages = []
     for case in ("rgb_png", "rotated_180"):
         prepared = ocr.prepare_image(ocr.decode_image(CASES[case]()[0]))
@@ -63,3 +66,11 @@ def test_served_det_gives_each_page_of_a_batch_its_own_output(triton_models, tri
     together = triton_models.run_image_model(ocr.DET_MODEL, np.concatenate(pages))
     alone = [triton_models.run_image_model(ocr.DET_MODEL, page) for page in pages]
     np.testing.assert_array_equal(together, np.concatenate(alone))
+
+
+def test_served_models_ignore_the_developers_ort_overrides(triton):
+    """The Triton fixture starts the server without ``PERCOLATE_ORT_*``: a developer's
+    shell with, say, ``PERCOLATE_ORT_PARALLEL_ROWS=0`` would otherwise turn the row
+    pairing off under the tests above without a word (conftest.py)."""
+    environ = Path(f"/proc/{triton.process.pid}/environ").read_bytes().split(b"\0")
+    assert [v for v in environ if v.startswith(b"PERCOLATE_ORT_")] == []

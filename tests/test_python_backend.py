@@ -33,6 +33,12 @@ def backend():
     return module, pb_utils
 
 
+@pytest.fixture(autouse=True)
+def no_override(monkeypatch):
+    """The developer's shell does not choose the settings these tests check."""
+    monkeypatch.delenv("PERCOLATE_ORT_PARALLEL_ROWS", raising=False)
+
+
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory) -> Path:
     """A version folder holding ``out = 2 * image`` for images of shape [N, 3, W]."""
