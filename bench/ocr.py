@@ -5,10 +5,10 @@ with --quick) go through
   (f) Ocr over mutual TLS to the reading frontend (its own process), which decodes,
       runs detection/classification/recognition on Triton and post-processes;
       1 and 2 concurrent clients;
-  (p) diagnostic: reading_frontend.ocr in this process on the served graphs with
-      onnxruntime at the cpu target's settings (2 threads, no spinning, rows one at a
-      time and two at once on 1-thread sessions where the backend runs them so): the models' own cost, without gRPC, Triton
-      or the frontend;
+  (p) diagnostic: reading_frontend.ocr in this process on the served graphs, run by
+      the Python backend's own OnnxRuntimeModel with each model's config.pbtxt (so rows
+      one at a time, parallel_rows and PERCOLATE_ORT_* as served): the models' own cost,
+      without gRPC, Triton or the frontend;
   (r) rapidocr-onnxruntime in this process, the reference, with its defaults (onnxruntime
       threads on every core, spinning);
   (r1) the same at one onnxruntime thread: its spinning threads lose most when other jobs
@@ -68,37 +68,44 @@ def accuracy(found: list[str], expected: str) -> float:
 
 
 def in_process_pipeline(repository):
-    """reading_frontend.ocr on the repository's built graphs, onnxruntime as the cpu
-    target's backend runs them (2 threads, no spinning)."""
-    import onnxruntime as ort
+    """reading_frontend.ocr on the repository's built graphs, run by the Python backend's
+    own ``OnnxRuntimeModel`` (percolate_models/python_backend.py) under the stand-in
+    ``triton_python_backend_utils`` (tests/pb_utils_standin) with each model's rendered
+    config.pbtxt: the same sessions, row splitting, ``parallel_rows`` pairing (largest
+    rows first, the remainder on the main session), arena settings and
+    ``PERCOLATE_ORT_*`` overrides as the served models, one request per call."""
+    import json
+    import sys
 
-    from percolate_models.catalog import model_by_name
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
     from percolate_models.paths import ProjectPaths
     from reading_frontend import ocr
 
-    def session(name: str, threads: int):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(str(repository / name / "1" / "model.onnx"), options,
-                                    providers=["CPUExecutionProvider"])
+    sys.path.insert(0, str(common.ROOT / "tests" / "pb_utils_standin"))
+    import triton_python_backend_utils as pb_utils
 
-    params = {name: dict(model_by_name(name).cpu.parameters) for name in OCR_MODELS}
-    rows = {name: int(params[name].get("max_rows_per_run", 0)) or 1 << 30 for name in OCR_MODELS}
-    parallel = {name: int(params[name].get("parallel_rows", 0)) for name in OCR_MODELS}
-    sessions = {name: session(name, 2) for name in OCR_MODELS}
-    row_sessions = {name: session(name, 1) for name in OCR_MODELS if parallel[name] > 1}
-    pool = ThreadPoolExecutor(max(parallel.values()) or 1)
+    from percolate_models.python_backend import OnnxRuntimeModel
+
+    def load(name: str) -> OnnxRuntimeModel:
+        config = text_format.Parse((repository / name / "config.pbtxt").read_text(),
+                                   model_config_pb2.ModelConfig())
+        model = OnnxRuntimeModel()
+        model.initialize({"model_config": json.dumps(json_format.MessageToDict(
+            config, preserving_proto_field_name=True)),
+            "model_repository": str(repository / name), "model_version": "1"})
+        return model
+
+    models = {name: load(name) for name in OCR_MODELS}
 
     def infer(model: str, batch: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
-        step = rows[model]  # as many rows at a time as the backend runs, in parallel where it does
-        feeds = [{"image": batch[i:i + step]} for i in range(0, len(batch), step)]
-        if len(feeds) > 1 and model in row_sessions:
-            parts = list(pool.map(lambda feed: row_sessions[model].run(None, feed), feeds))
-        else:
-            parts = [sessions[model].run(None, feed) for feed in feeds]
-        outputs = tuple(np.concatenate(column) for column in zip(*parts))
+        backend = models[model]
+        request = pb_utils.ModelRequest([pb_utils.Tensor(backend.input_names[0], batch)])
+        (response,) = backend.execute([request])
+        if response.has_error():
+            raise RuntimeError(f"{model}: {response.error().message()}")
+        outputs = tuple(t.as_numpy() for t in response.output_tensors())
         return outputs[0] if len(outputs) == 1 else outputs  # ocr_rec: (best_class, best_probability)
 
     characters = ocr.load_character_list(ProjectPaths.from_env().assets / "ocr" / "ppocr_keys.txt")
