@@ -9,24 +9,30 @@ Memory after bursts: onnxruntime's CPU arena keeps the largest blocks a burst as
 (and grows by doubling), and memory patterns plan one buffer per input shape, which
 OCR's every-image-a-new-shape inputs never reuse: a burst of 16 OCRs left ``ocr_det``'s
 stub at 1.2 GB for good. So memory patterns are off, the arena is shrunk after every run
-whose inputs pass 4 MB (``memory.enable_memory_arena_shrinkage``), and the freed heap
-then goes back to the OS (``malloc_trim``): ``ocr_det`` settles at about 0.23 GB. The
+whose inputs pass 4 MB counted as 4-byte elements (``memory.enable_memory_arena_shrinkage``;
+a uint8 1200x800 page is 2.9 MB but its activations are float), and the freed heap
+then goes back to the OS (``malloc_trim``): ``ocr_det`` settled at about 0.23 GB when its
+input was float (not re-measured since uint8 input and ``parallel_rows``). The
 arena stays on: without it the same burst took twice as long. Each is a model parameter
 (``cpu_mem_arena``, ``mem_pattern``, ``arena_shrink``, ``malloc_trim``) that
 ``PERCOLATE_ORT_<NAME>`` overrides; ``bench/model_memory.py`` compares the settings.
 
-Rows in parallel (``parallel_rows``; ``ocr_det`` and ``ocr_rec`` on cpu): onnxruntime's
-intra-op threads split one row's operators, which pays badly for OCR's many small
-convolutions. When a run has two or more rows (after ``max_rows_per_run`` splitting,
+Rows in parallel (``parallel_rows``; ``ocr_rec`` on cpu, not ``ocr_det``: catalog.py):
+onnxruntime's intra-op threads split one row's operators, which pays badly for OCR's many
+small convolutions. When a run has two or more rows (after ``max_rows_per_run`` splitting,
 across all shape groups of the gathered batch), the largest run ``parallel_rows`` at a
 time from a thread pool on a second session with one intra-op thread each; what cannot
 fill a round (a single row, a page's fifth line) runs on the main session with all its
 threads. In the OCR bench at a load average of 2, recognition took 204 ms per page this
 way against 261 ms on two intra-op threads; under heavier load the gain is lost in the
-noise (README). The output is bit for bit the same either way
-(``tests/test_ocr_triton.py``); ``PERCOLATE_ORT_PARALLEL_ROWS`` overrides the parameter
-(0 turns it off to compare). The second session holds its own copy of the weights and
-its own arena, shrunk and trimmed as above.
+noise (README). The output came out bit for bit the same either way on the test machine
+(``tests/test_ocr_triton.py``): onnxruntime's MLAS kernels split work by output, so the
+thread count did not change any sum there; that is observed, not a library guarantee.
+``PERCOLATE_ORT_PARALLEL_ROWS`` (a whole number; empty is unset) overrides the
+parameter on the models that have it (0 turns it off to compare), capped at the CPU
+count. The second session holds its own copy of the weights and its own arena, which is
+shrunk after every one of its runs (its rows are small inputs with large activations);
+the heap is trimmed as above after a batch whose inputs and outputs pass 4 MB.
 """
 from __future__ import annotations
 
@@ -171,8 +177,11 @@ class OnnxRuntimeModel:
         per onnxruntime call; two or more calls go to the row pool when there is one."""
         calls = []  # (feed index, rows of it, run options on the main session)
         for f, feed in enumerate(feeds):
-            # a large group gives its arena chunks back after each of its runs
-            options = self.shrink if sum(a.nbytes for a in feed.values()) > TRIM_AFTER_BYTES else None
+            # a large group gives its arena chunks back after each of its runs; counted as
+            # 4-byte elements, since a graph's activations scale with its input's size, not
+            # its dtype (ocr_det's uint8 page, 2.9 MB, still fills hundreds of MB of arena)
+            size = sum(max(a.nbytes, 4 * a.size) for a in feed.values())
+            options = self.shrink if size > TRIM_AFTER_BYTES else None
             rows = next(iter(feed.values())).shape[0]
             step = self.rows_per_run or rows
             if step >= rows:  # also a request of zero rows: one run of the feed as it is

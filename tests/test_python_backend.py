@@ -164,3 +164,32 @@ def test_gathered_batch_rows_by_size_with_one_failing_group(backend, repository,
             (out,) = response.output_tensors()
             np.testing.assert_array_equal(out.as_numpy(), 2 * image)
     model.finalize()
+
+
+def test_a_uint8_page_shrinks_the_arena(backend, tmp_path):
+    """A uint8 1100x1000 page is 3.3 MB, under the 4 MB threshold as bytes, while the
+    graph's float activations are four times that: its run must give the arena back
+    (before, ``ocr_det``'s pages after the move to uint8 input never did)."""
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["image"], ["out"], to=TensorProto.FLOAT)], "cast",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", "H", "W", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "1").mkdir()
+    onnx.save(model, tmp_path / "1" / "model.onnx")
+    module, pb_utils = backend
+    config = {"max_batch_size": 4,
+              "parameters": {"intra_op_threads": {"string_value": "2"},
+                             "max_rows_per_run": {"string_value": "1"}},
+              "input": [{"name": "image", "data_type": "TYPE_UINT8"}],
+              "output": [{"name": "out", "data_type": "TYPE_FP32"}]}
+    runner = module.OnnxRuntimeModel()
+    runner.initialize({"model_config": json.dumps(config),
+                       "model_repository": str(tmp_path), "model_version": "1"})
+    runner.session = main = Recorder(runner.session)
+    page = np.full((1, 1100, 1000, 3), 7, np.uint8)
+    (response,) = runner.execute([pb_utils.ModelRequest([pb_utils.Tensor("image", page)])])
+    assert not response.has_error()
+    assert response.output_tensors()[0].as_numpy().shape == page.shape
+    assert [options for _, _, options in main.runs] == [runner.shrink] and runner.shrink is not None
