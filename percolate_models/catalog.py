@@ -188,10 +188,11 @@ OCR_REC = ModelSpec(
     # onnxruntime on CPU runs a page's lines 1.3-1.6x faster one at a time than as one
     # [5, 3, 48, ~840] batch (measured on the 2-core EPYC), with bit for bit the same output,
     # and two at once on one thread each (parallel_rows, python_backend.py) faster again:
-    # recognition 261 -> 204 ms per page in the OCR bench at a load average of 2
+    # recognition 261 -> 204 ms per page in the OCR bench at a load average of 2 (auto: as
+    # many rows at once as the main session has intra-op threads, 2 on cpu)
     cpu=TargetSettings(max_batch_size=32, preferred_batch_sizes=(6, 32),
                        max_queue_delay_us=1000, instance_count=1,
-                       parameters=(("max_rows_per_run", "1"), ("parallel_rows", "2"))),
+                       parameters=(("max_rows_per_run", "1"), ("parallel_rows", "auto"))),
     gpu=TargetSettings(max_batch_size=128, preferred_batch_sizes=(32, 128),
                        max_queue_delay_us=500, instance_count=2),
 )

@@ -64,23 +64,29 @@ PARALLEL_ROWS_ENV = "PERCOLATE_ORT_PARALLEL_ROWS"
 
 
 def _parallel_rows(params: dict) -> int:
-    """The ``parallel_rows`` parameter, capped at the CPU count. ``PERCOLATE_ORT_PARALLEL_ROWS``
-    (empty: unset) overrides it only on models whose config has the parameter, so that
-    setting it to compare on and off leaves the other Python-backend models as they are."""
+    """The ``parallel_rows`` parameter, capped at the CPU count; ``auto``: as many rows as
+    the main session has intra-op threads (one thread each, the same cores).
+    ``PERCOLATE_ORT_PARALLEL_ROWS`` (empty: unset) overrides it only on models whose config
+    has the parameter, so that setting it to compare on and off leaves the other
+    Python-backend models as they are."""
     if "parallel_rows" not in params:
         return 0
+    cpus = os.cpu_count() or 1
     name, raw = "model parameter parallel_rows", params["parallel_rows"].strip()
     override = os.environ.get(PARALLEL_ROWS_ENV, "").strip()
     if override:
         name, raw = PARALLEL_ROWS_ENV, override
+    if raw.lower() == "auto":
+        return min(int(params.get("intra_op_threads", "0")) or cpus, cpus)
     try:
         value = int(raw)
     except ValueError:
         value = -1
     if value < 0:
         raise pb_utils.TritonModelException(
-            f"{name}={raw!r}: a whole number of rows, 0 or more, is required (0 or 1: off)")
-    return min(value, os.cpu_count() or 1)
+            f"{name}={raw!r}: auto or a whole number of rows, 0 or more, is required "
+            "(0 or 1: off)")
+    return min(value, cpus)
 
 
 class OnnxRuntimeModel:

@@ -33,7 +33,7 @@ def test_served_rec_runs_lines_one_at_a_time_with_the_batchs_output(triton_model
     does a line alone."""
     config = triton_client.get_model_config("ocr_rec", as_json=True)["config"]
     assert config["parameters"]["max_rows_per_run"]["string_value"] == "1"
-    assert config["parameters"]["parallel_rows"]["string_value"] == "2"
+    assert config["parameters"]["parallel_rows"]["string_value"] == "auto"
 
     image_bytes, _ = CASES["rgb_png"]()
     image = ocr.decode_image(image_bytes)

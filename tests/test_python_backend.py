@@ -109,9 +109,10 @@ def test_a_request_of_zero_rows_does_not_fail_the_batch(backend, repository, row
 
 
 @pytest.mark.parametrize("value, expected", [
-    ("", 2), ("   ", 2), (" 0 ", 0), ("1", 1), ("3", 3), ("1000", 4)])
+    ("", 2), ("   ", 2), (" 0 ", 0), ("1", 1), ("3", 3), ("1000", 4), ("auto", 2)])
 def test_parallel_rows_override(backend, repository, monkeypatch, value, expected):
-    """Empty is unset (the parameter's 2); a number is capped at the CPU count (4 here)."""
+    """Empty is unset (the parameter's 2); a number is capped at the CPU count (4 here);
+    auto is the main session's intra-op threads (2)."""
     module, _ = backend
     monkeypatch.setattr(module.os, "cpu_count", lambda: 4)
     monkeypatch.setenv("PERCOLATE_ORT_PARALLEL_ROWS", value)
