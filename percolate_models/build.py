@@ -196,7 +196,9 @@ def _produce(spec: ModelSpec, source: Path, out: Path, say: Say, cache: Path) ->
         exported = _whisper_export(source, cache, say)
         shutil.copyfile(exported / whisper_convert.ONNX_FILES[spec.name], out / "fp32.onnx")
         if "int8" in spec.variants:
-            say("quantising the weight MatMuls to int8 (per channel, batch independent)")
+            say("quantising the weight MatMuls to 8 bits in blocks of 128 (MatMulNBits; each row paired in the "
+                "graph, so no window depends on its batch)" if spec.name == "whisper_decoder_with_past" else
+                "quantising the weight MatMuls to int8 (per channel, batch independent)")
             with export.quiet(out / "export.log"):
                 whisper_convert.quantize_int8(spec.name, out / "fp32.onnx", out / "int8.onnx")
         return {}
