@@ -114,6 +114,8 @@ class WhisperLoopModel:
                                         spinning=params.get("allow_spinning", "0") == "1",
                                         providers=params.get("providers", "").split(",")
                                         if params.get("providers") else None)
+            except RuntimeError as err:  # the row check refused the step decoder: its message says what to do
+                raise pb_utils.TritonModelException(f"cannot serve Whisper: {err}")
             except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
                 raise pb_utils.TritonModelException(
                     f"cannot load the Whisper ONNX files: {err}. Run `percolate-models build`")

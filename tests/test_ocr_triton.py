@@ -46,9 +46,12 @@ def test_served_rec_runs_lines_one_at_a_time_with_the_batchs_output(triton_model
     together = triton_models.run_image_model(ocr.REC_MODEL, batch)
     alone = [triton_models.run_image_model(ocr.REC_MODEL, batch[i:i + 1]) for i in range(len(batch))]
 
-    for output, name in enumerate(("best_class", "best_probability")):
-        np.testing.assert_array_equal(together[output], np.concatenate([one[output] for one in alone]),
-                                      err_msg=name)
+    # The classes must match exactly. The probabilities have matched bit for bit on this CPU
+    # (MLAS splits a convolution's work by output, so 1 and 2 threads sum alike), but onnxruntime
+    # does not promise that across thread counts, so another CPU gets a last-bit tolerance.
+    np.testing.assert_array_equal(together[0], np.concatenate([one[0] for one in alone]), err_msg="best_class")
+    np.testing.assert_allclose(together[1], np.concatenate([one[1] for one in alone]), rtol=0, atol=1e-6,
+                               err_msg="best_probability")
 
 
 def test_served_det_gives_each_page_of_a_batch_its_own_output(triton_models, triton_client):

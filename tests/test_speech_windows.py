@@ -16,7 +16,8 @@ from reading_frontend import speech
 def transcribe_samples(paths):
     served = paths.model_repository
     runner = OrtRunner(*(served / name / "1" / "model.onnx" for name in
-                         ("whisper_encoder", "whisper_decoder", "whisper_decoder_with_past")), threads=2)
+                         ("whisper_encoder", "whisper_decoder", "whisper_decoder_with_past")), threads=2,
+                       fallback_with_past=served / "whisper_decoder_with_past" / "1" / "model.gpu.onnx")
     tokenizer = speech.WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
 
     def run(samples: np.ndarray) -> str:

@@ -175,7 +175,7 @@ def select_cache(state: dict, rows: np.ndarray) -> dict:
     return {"past": {k: np.ascontiguousarray(v[rows]) for k, v in state["past"].items()}}
 
 
-def row_independence_problems(session, rows: int = 5, length: int = 3) -> list[str]:
+def row_independence_problems(session, rows: int = 9, length: int = 3) -> list[str]:
     """Rows of ``session``'s outputs (a step decoder) that change with the number of rows
     run beside them: each of ``rows`` random rows is run alone and in batches of 2..``rows``
     and must come out bit for bit the same. Empty where the graph is batch independent.
@@ -184,7 +184,8 @@ def row_independence_problems(session, rows: int = 5, length: int = 3) -> list[s
     with it. The int8 step graph pads each MatMulNBits to paired rows
     (``whisper_convert._paired_rows``) because onnxruntime's kernel rounds a lone last row
     differently on this CPU; another CPU or onnxruntime version may tile rows otherwise,
-    so the runner checks at load (tiny caches of ``length`` positions: a few ms)."""
+    so the runner checks at load (tiny caches of ``length`` positions: a few ms). Nine rows:
+    the cpu ``whisper`` model batches up to 8 windows, which the pairing makes 9."""
     rng = np.random.default_rng(0)
     feed = {}
     for spec in session.get_inputs():
@@ -243,11 +244,14 @@ class OrtRunner:
                                                           providers=providers)
             self.row_problems = row_independence_problems(self.decoder_with_past)
         if self.row_problems:
-            raise RuntimeError(
-                f"the Whisper step decoder {self.with_past_file} is not batch independent on this "
-                f"CPU ({'; '.join(self.row_problems[:3])}): a window's tokens would depend on the "
-                f"other requests batched with it. Build with --variant whisper_decoder=fp32 "
-                f"--variant whisper_decoder_with_past=fp32")
+            problem = (f"the Whisper step decoder {self.with_past_file} is not batch independent on this "
+                       f"CPU ({'; '.join(self.row_problems[:3])}): a window's tokens would depend on the "
+                       f"other requests batched with it")
+            if fallback_with_past is None:
+                raise RuntimeError(f"{problem}. Install the fp32 decoders: `percolate-models build "
+                                   f"--variant whisper_decoder=fp32 --variant whisper_decoder_with_past=fp32`")
+            raise RuntimeError(f"{problem}, and so is the fp32 fallback: onnxruntime on this CPU does not "
+                               f"run rows independently; report the CPU model and the onnxruntime version")
         self.kv_names = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
                          for part in ("decoder", "encoder") for kind in ("key", "value")]
         self.self_names = [n for n in self.kv_names if ".decoder." in n]
@@ -372,6 +376,8 @@ class WhisperLoopModel:
                                         spinning=params.get("allow_spinning", "0") == "1",
                                         providers=params.get("providers", "").split(",")
                                         if params.get("providers") else None)
+            except RuntimeError as err:  # the row check refused the step decoder: its message says what to do
+                raise pb_utils.TritonModelException(f"cannot serve Whisper: {err}")
             except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
                 raise pb_utils.TritonModelException(
                     f"cannot load the Whisper ONNX files: {err}. Run `percolate-models build`")
