@@ -387,6 +387,12 @@ def verify(paths: ProjectPaths, models: Iterable[str] | None = None) -> list[str
                 problems.append(f"{path} is missing")
             elif sha256_file(path) != artefact["sha256"]:
                 problems.append(f"{path} does not match the manifest (corrupt or edited)")
+    for group in SAME_VARIANT:  # e.g. a later `build --only` gave one decoder another variant
+        installed = {name: manifest["models"][name].get("variant") for name in group if name in manifest["models"]}
+        if len(set(installed.values())) > 1:
+            variant = installed[group[0]]
+            problems.append(f"{' and '.join(installed)} hold different variants ({installed}); one decoding runs "
+                            "both: run `percolate-models build " + " ".join(f"--variant {n}={variant}" for n in group) + "`")
     for asset in manifest["assets"]:
         path = paths.assets / asset["path"]
         if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != asset["sha256"]:

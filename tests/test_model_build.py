@@ -186,3 +186,19 @@ def test_the_two_whisper_decoders_get_one_variant(scratch):
         with pytest.raises(BuildError, match="--variant whisper_decoder=fp32 --variant whisper_decoder_with_past=fp32"):
             build(scratch, BuildOptions(models=("whisper_decoder",), variants=named))
     assert not scratch.manifest.exists()
+
+
+def test_verify_names_decoders_left_with_different_variants(scratch):
+    """A later `build --only` of one decoder can leave the other on another variant; the
+    loop runs both in one decoding, so verify reports it with the command that mends it."""
+    build(scratch, SMALL, say=lambda _: None)
+    manifest = json.loads(scratch.manifest.read_text())
+    for name, variant in (("whisper_decoder", "fp32"), ("whisper_decoder_with_past", "int8")):
+        manifest["models"][name] = {"variant": variant, "artefact": None}
+    scratch.manifest.write_text(json.dumps(manifest))
+    problems = verify(scratch, SMALL.models)
+    assert any("hold different variants" in p and "--variant whisper_decoder=fp32 --variant "
+               "whisper_decoder_with_past=fp32" in p for p in problems), problems
+    manifest["models"]["whisper_decoder_with_past"]["variant"] = "fp32"
+    scratch.manifest.write_text(json.dumps(manifest))
+    assert not any("hold different variants" in p for p in verify(scratch, SMALL.models))
