@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
                         + "); the gpu target always gets the fp32 reference")
     b.add_argument("--no-tune", action="store_true",
                    help="install the catalog's default variants instead of timing them on this machine")
-    sub.add_parser("verify", help="check the repository against the manifest")
+    v = sub.add_parser("verify", help="check the repository against the manifest")
+    v.add_argument("--only", action="append", default=[], choices=[m.name for m in MODELS],
+                   help="the repository need hold only this model (repeatable; for one built with "
+                        "`build --only`); default every catalog model")
     sub.add_parser("check", help="check, without writing, that the committed configs and model.py "
                                  "files are what the catalog renders (CI runs it before the build)")
     sub.add_parser("show", help="print the manifest (artefacts, sources, accuracy)")
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"{paths.model_repository}: committed configs and model.py files match the catalog")
         elif args.command == "verify":
-            problems = verify(paths)
+            problems = verify(paths, args.only or None)
             for problem in problems:
                 print(f"problem: {problem}", file=sys.stderr)
             if problems:

@@ -202,3 +202,17 @@ def test_verify_names_decoders_left_with_different_variants(scratch):
     manifest["models"]["whisper_decoder_with_past"]["variant"] = "fp32"
     scratch.manifest.write_text(json.dumps(manifest))
     assert not any("hold different variants" in p for p in verify(scratch, SMALL.models))
+
+
+def test_verify_command_takes_the_models_a_partial_build_holds(scratch, monkeypatch, capsys):
+    """`percolate-models verify` asks for every catalog model; a repository built with
+    `build --only` passes `verify --only` with the same names."""
+    from percolate_models import cli
+
+    build(scratch, SMALL, say=lambda _: None)
+    monkeypatch.setenv("PERCOLATE_MODEL_REPOSITORY", str(scratch.model_repository))
+    monkeypatch.setenv("PERCOLATE_MODEL_ASSETS", str(scratch.assets))
+    monkeypatch.setenv("PERCOLATE_CACHE_DIR", str(scratch.cache))
+    assert cli.main(["verify"]) == 1
+    assert "text_embedding is not in the manifest" in capsys.readouterr().err
+    assert cli.main(["verify", "--only", "ocr_cls"]) == 0
