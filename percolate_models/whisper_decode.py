@@ -38,6 +38,11 @@ VOCAB = 51864
 LAYERS = 4
 HEADS = 6
 HEAD_DIM = 64
+KV_NAMES = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
+            for part in ("decoder", "encoder") for kind in ("key", "value")]
+"""The key/value cache, as the decoders name it (``past_key_values.<name>`` in,
+``present.<name>`` out): the first step returns all of it, later steps the self-attention part."""
+SELF_NAMES = [n for n in KV_NAMES if ".decoder." in n]
 TIME_PRECISION = 0.02
 """Seconds per timestamp token."""
 SUPPRESS_IDS = (
@@ -192,6 +197,30 @@ def select_cache(state: dict, rows: np.ndarray) -> dict:
     return {"past": {k: np.ascontiguousarray(v[rows]) for k, v in state["past"].items()}}
 
 
+class CacheSteps:
+    """``step`` and ``select`` of a runner whose ``decode(first, feed, outputs)`` runs the
+    first-step decoder (``first``) or the step decoder: the key/value cache kept between
+    steps is the same whether the graphs run in process or as Triton models."""
+
+    def decode(self, first: bool, feed: dict, outputs: list[str]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
+        if first:  # the whole cache, cross-attention keys and values included
+            outputs = self.decode(True, {"input_ids": input_ids, "encoder_hidden_states": state.pop("hidden")},
+                                  ["logits"] + [f"present.{n}" for n in KV_NAMES])
+            state["past"] = dict(zip(KV_NAMES, outputs[1:]))
+            return outputs[0]
+        feed = {f"past_key_values.{name}": state["past"][name] for name in KV_NAMES}
+        feed["input_ids"] = input_ids
+        outputs = self.decode(False, feed, ["logits"] + [f"present.{n}" for n in SELF_NAMES])
+        state["past"].update(zip(SELF_NAMES, outputs[1:]))
+        return outputs[0]
+
+    def select(self, state: dict, rows: np.ndarray) -> dict:
+        return select_cache(state, rows)
+
+
 def row_independence_problems(session, rows: int = 9, length: int = 3) -> list[str]:
     """Rows of ``session``'s outputs (a step decoder) that change with the number of rows
     run beside them: each of ``rows`` random rows is run alone and in batches of 2..``rows``
@@ -227,7 +256,7 @@ def row_independence_problems(session, rows: int = 9, length: int = 3) -> list[s
     return problems
 
 
-class OrtRunner:
+class OrtRunner(CacheSteps):
     """Encoder and the two decoder graphs (first step; later steps with the key/value
     cache) run with onnxruntime in this process."""
 
@@ -269,9 +298,6 @@ class OrtRunner:
                                    f"--variant whisper_decoder=fp32 --variant whisper_decoder_with_past=fp32`")
             raise RuntimeError(f"{problem}, and so is the fp32 fallback: onnxruntime on this CPU does not "
                                f"run rows independently; report the CPU model and the onnxruntime version")
-        self.kv_names = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
-                         for part in ("decoder", "encoder") for kind in ("key", "value")]
-        self.self_names = [n for n in self.kv_names if ".decoder." in n]
 
     def encode(self, features: np.ndarray) -> dict:
         # One window per call: the int8 encoder scales its activations per call, so a
@@ -281,17 +307,5 @@ class OrtRunner:
                                  for row in np.split(features, features.shape[0])])
         return {"hidden": hidden, "past": {}}
 
-    def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
-        if first:  # the whole cache, cross-attention keys and values included
-            outputs = self.decoder.run(["logits"] + [f"present.{n}" for n in self.kv_names],
-                                       {"input_ids": input_ids, "encoder_hidden_states": state.pop("hidden")})
-            state["past"] = dict(zip(self.kv_names, outputs[1:]))
-            return outputs[0]
-        feed = {f"past_key_values.{name}": state["past"][name] for name in self.kv_names}
-        feed["input_ids"] = input_ids
-        outputs = self.decoder_with_past.run(["logits"] + [f"present.{n}" for n in self.self_names], feed)
-        state["past"].update(zip(self.self_names, outputs[1:]))
-        return outputs[0]
-
-    def select(self, state: dict, rows: np.ndarray) -> dict:
-        return select_cache(state, rows)
+    def decode(self, first: bool, feed: dict, outputs: list[str]) -> list[np.ndarray]:
+        return (self.decoder if first else self.decoder_with_past).run(outputs, feed)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils  # only importable inside Triton's stub
 
-from .whisper_decode import LAYERS, DecodeSettings, OrtRunner, greedy_decode, select_cache
+from .whisper_decode import CacheSteps, DecodeSettings, OrtRunner, greedy_decode
 
 GPU_MODEL_FILE = "model.gpu.onnx"
 """``configs.GPU_MODEL_FILE`` (not imported: this module runs in Triton's stub)."""
@@ -32,16 +32,13 @@ PAD = -1
 """Pads the ``tokens`` rows of a request holding several windows of unequal length."""
 
 
-class BlsRunner:
+class BlsRunner(CacheSteps):
     """Encoder and decoder as Triton models, called through BLS."""
 
     def __init__(self, encoder_model: str, decoder_model: str, decoder_with_past_model: str) -> None:
         self.encoder_model = encoder_model
         self.decoder_model = decoder_model
         self.decoder_with_past_model = decoder_with_past_model
-        self.kv_names = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
-                         for part in ("decoder", "encoder") for kind in ("key", "value")]
-        self.self_names = [n for n in self.kv_names if ".decoder." in n]
         self.cpu_memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
 
     def _call(self, model: str, inputs: list, outputs: list[str]) -> list[np.ndarray]:
@@ -63,23 +60,9 @@ class BlsRunner:
                                ["last_hidden_state"])
         return {"hidden": hidden, "past": {}}
 
-    def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
-        if first:  # the whole cache, cross-attention keys and values included
-            inputs = [pb_utils.Tensor("input_ids", input_ids),
-                      pb_utils.Tensor("encoder_hidden_states", state.pop("hidden"))]
-            outputs = self._call(self.decoder_model, inputs,
-                                 ["logits"] + [f"present.{n}" for n in self.kv_names])
-            state["past"] = dict(zip(self.kv_names, outputs[1:]))
-            return outputs[0]
-        inputs = [pb_utils.Tensor("input_ids", np.ascontiguousarray(input_ids))] + [
-            pb_utils.Tensor(f"past_key_values.{name}", state["past"][name]) for name in self.kv_names]
-        outputs = self._call(self.decoder_with_past_model, inputs,
-                             ["logits"] + [f"present.{n}" for n in self.self_names])
-        state["past"].update(zip(self.self_names, outputs[1:]))
-        return outputs[0]
-
-    def select(self, state: dict, rows: np.ndarray) -> dict:
-        return select_cache(state, rows)
+    def decode(self, first: bool, feed: dict, outputs: list[str]) -> list[np.ndarray]:
+        inputs = [pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in feed.items()]
+        return self._call(self.decoder_model if first else self.decoder_with_past_model, inputs, outputs)
 
 
 def _numpy(tensor) -> np.ndarray:

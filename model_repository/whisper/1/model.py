@@ -21,6 +21,11 @@ VOCAB = 51864
 LAYERS = 4
 HEADS = 6
 HEAD_DIM = 64
+KV_NAMES = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
+            for part in ("decoder", "encoder") for kind in ("key", "value")]
+"""The key/value cache, as the decoders name it (``past_key_values.<name>`` in,
+``present.<name>`` out): the first step returns all of it, later steps the self-attention part."""
+SELF_NAMES = [n for n in KV_NAMES if ".decoder." in n]
 TIME_PRECISION = 0.02
 """Seconds per timestamp token."""
 SUPPRESS_IDS = (
@@ -175,6 +180,30 @@ def select_cache(state: dict, rows: np.ndarray) -> dict:
     return {"past": {k: np.ascontiguousarray(v[rows]) for k, v in state["past"].items()}}
 
 
+class CacheSteps:
+    """``step`` and ``select`` of a runner whose ``decode(first, feed, outputs)`` runs the
+    first-step decoder (``first``) or the step decoder: the key/value cache kept between
+    steps is the same whether the graphs run in process or as Triton models."""
+
+    def decode(self, first: bool, feed: dict, outputs: list[str]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
+        if first:  # the whole cache, cross-attention keys and values included
+            outputs = self.decode(True, {"input_ids": input_ids, "encoder_hidden_states": state.pop("hidden")},
+                                  ["logits"] + [f"present.{n}" for n in KV_NAMES])
+            state["past"] = dict(zip(KV_NAMES, outputs[1:]))
+            return outputs[0]
+        feed = {f"past_key_values.{name}": state["past"][name] for name in KV_NAMES}
+        feed["input_ids"] = input_ids
+        outputs = self.decode(False, feed, ["logits"] + [f"present.{n}" for n in SELF_NAMES])
+        state["past"].update(zip(SELF_NAMES, outputs[1:]))
+        return outputs[0]
+
+    def select(self, state: dict, rows: np.ndarray) -> dict:
+        return select_cache(state, rows)
+
+
 def row_independence_problems(session, rows: int = 9, length: int = 3) -> list[str]:
     """Rows of ``session``'s outputs (a step decoder) that change with the number of rows
     run beside them: each of ``rows`` random rows is run alone and in batches of 2..``rows``
@@ -210,7 +239,7 @@ def row_independence_problems(session, rows: int = 9, length: int = 3) -> list[s
     return problems
 
 
-class OrtRunner:
+class OrtRunner(CacheSteps):
     """Encoder and the two decoder graphs (first step; later steps with the key/value
     cache) run with onnxruntime in this process."""
 
@@ -252,9 +281,6 @@ class OrtRunner:
                                    f"--variant whisper_decoder=fp32 --variant whisper_decoder_with_past=fp32`")
             raise RuntimeError(f"{problem}, and so is the fp32 fallback: onnxruntime on this CPU does not "
                                f"run rows independently; report the CPU model and the onnxruntime version")
-        self.kv_names = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
-                         for part in ("decoder", "encoder") for kind in ("key", "value")]
-        self.self_names = [n for n in self.kv_names if ".decoder." in n]
 
     def encode(self, features: np.ndarray) -> dict:
         # One window per call: the int8 encoder scales its activations per call, so a
@@ -264,20 +290,8 @@ class OrtRunner:
                                  for row in np.split(features, features.shape[0])])
         return {"hidden": hidden, "past": {}}
 
-    def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
-        if first:  # the whole cache, cross-attention keys and values included
-            outputs = self.decoder.run(["logits"] + [f"present.{n}" for n in self.kv_names],
-                                       {"input_ids": input_ids, "encoder_hidden_states": state.pop("hidden")})
-            state["past"] = dict(zip(self.kv_names, outputs[1:]))
-            return outputs[0]
-        feed = {f"past_key_values.{name}": state["past"][name] for name in self.kv_names}
-        feed["input_ids"] = input_ids
-        outputs = self.decoder_with_past.run(["logits"] + [f"present.{n}" for n in self.self_names], feed)
-        state["past"].update(zip(self.self_names, outputs[1:]))
-        return outputs[0]
-
-    def select(self, state: dict, rows: np.ndarray) -> dict:
-        return select_cache(state, rows)
+    def decode(self, first: bool, feed: dict, outputs: list[str]) -> list[np.ndarray]:
+        return (self.decoder if first else self.decoder_with_past).run(outputs, feed)
 
 
 # ---- percolate_models/whisper_loop.py ----
@@ -294,16 +308,13 @@ PAD = -1
 """Pads the ``tokens`` rows of a request holding several windows of unequal length."""
 
 
-class BlsRunner:
+class BlsRunner(CacheSteps):
     """Encoder and decoder as Triton models, called through BLS."""
 
     def __init__(self, encoder_model: str, decoder_model: str, decoder_with_past_model: str) -> None:
         self.encoder_model = encoder_model
         self.decoder_model = decoder_model
         self.decoder_with_past_model = decoder_with_past_model
-        self.kv_names = [f"{layer}.{part}.{kind}" for layer in range(LAYERS)
-                         for part in ("decoder", "encoder") for kind in ("key", "value")]
-        self.self_names = [n for n in self.kv_names if ".decoder." in n]
         self.cpu_memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
 
     def _call(self, model: str, inputs: list, outputs: list[str]) -> list[np.ndarray]:
@@ -325,23 +336,9 @@ class BlsRunner:
                                ["last_hidden_state"])
         return {"hidden": hidden, "past": {}}
 
-    def step(self, state: dict, input_ids: np.ndarray, first: bool) -> np.ndarray:
-        if first:  # the whole cache, cross-attention keys and values included
-            inputs = [pb_utils.Tensor("input_ids", input_ids),
-                      pb_utils.Tensor("encoder_hidden_states", state.pop("hidden"))]
-            outputs = self._call(self.decoder_model, inputs,
-                                 ["logits"] + [f"present.{n}" for n in self.kv_names])
-            state["past"] = dict(zip(self.kv_names, outputs[1:]))
-            return outputs[0]
-        inputs = [pb_utils.Tensor("input_ids", np.ascontiguousarray(input_ids))] + [
-            pb_utils.Tensor(f"past_key_values.{name}", state["past"][name]) for name in self.kv_names]
-        outputs = self._call(self.decoder_with_past_model, inputs,
-                             ["logits"] + [f"present.{n}" for n in self.self_names])
-        state["past"].update(zip(self.self_names, outputs[1:]))
-        return outputs[0]
-
-    def select(self, state: dict, rows: np.ndarray) -> dict:
-        return select_cache(state, rows)
+    def decode(self, first: bool, feed: dict, outputs: list[str]) -> list[np.ndarray]:
+        inputs = [pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in feed.items()]
+        return self._call(self.decoder_model if first else self.decoder_with_past_model, inputs, outputs)
 
 
 def _numpy(tensor) -> np.ndarray:
