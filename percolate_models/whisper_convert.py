@@ -380,8 +380,7 @@ def fuse_encoder_attention(model) -> int:
         nodes = {n.name: n for n in graph.node}
         fused += 1
     _drop_dead_nodes(graph)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _use_contrib_ops(model)
     return fused
 
 
@@ -438,12 +437,8 @@ def _quantize_blocks(model) -> int:
                              for name, value in PAIR_CONSTANTS.items())
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _drop_unused_initializers(graph)
+    _use_contrib_ops(model)
     return count
 
 
@@ -478,13 +473,12 @@ def _paired_rows(node) -> list:
 
 def _quantize_rows(model, names: set[str] | None) -> int:
     """Replace MatMuls (named ``names``, or all with an initializer weight) in ``model``'s
-    graph and its If branches by per-row dynamic int8 ones; returns how many."""
+    graph by per-row dynamic int8 ones; returns how many."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _use_contrib_ops(model)
     constants = {"q_axes": np.array([-1], np.int64), "q_eps": np.array(1e-10, np.float32),
                  "q_levels": np.array(INT8_LEVELS, np.float32),
                  "q_offset": np.array(128.0, np.float32), "q_zero": np.array(128, np.uint8),
@@ -503,56 +497,47 @@ def _quantize_rows(model, names: set[str] | None) -> int:
             quantised[name] = (f"{name}_q8", f"{name}_q8_scale")
         return quantised[name]
 
-    def rewrite(g, prefix: str) -> None:
-        nonlocal count
-        nodes = []
-        for node in g.node:
-            for attribute in node.attribute:
-                if attribute.type == onnx_graph_type():
-                    rewrite(attribute.g, f"{prefix}{node.name}/{attribute.name}/")
-            weight = node.input[1] if node.op_type == "MatMul" else ""
-            if weight not in weights or len(weights[weight].dims) != 2 or (
-                    names is not None and node.name not in names):
-                nodes.append(node)
-                continue
-            q, scale = weight_for(weight)
-            x, out, n = node.input[0], node.output[0], f"{prefix}{node.name}_q8"
-            nodes += [
-                helper.make_node("Abs", [x], [f"{n}/abs"], name=f"{n}/abs"),
-                helper.make_node("ReduceMax", [f"{n}/abs", "q_axes"], [f"{n}/max"], keepdims=1,
-                                 name=f"{n}/max"),
-                helper.make_node("Max", [f"{n}/max", "q_eps"], [f"{n}/maxe"], name=f"{n}/maxe"),
-                helper.make_node("Div", [f"{n}/maxe", "q_levels"], [f"{n}/scale"], name=f"{n}/scale"),
-                helper.make_node("Div", [x, f"{n}/scale"], [f"{n}/scaled"], name=f"{n}/scaled"),
-                helper.make_node("Round", [f"{n}/scaled"], [f"{n}/round"], name=f"{n}/round"),
-                helper.make_node("Add", [f"{n}/round", "q_offset"], [f"{n}/shift"], name=f"{n}/shift"),
-                helper.make_node("Cast", [f"{n}/shift"], [f"{n}/u8"], to=TensorProto.UINT8,
-                                 name=f"{n}/u8"),
-                helper.make_node("MatMulIntegerToFloat", [f"{n}/u8", q, "q_one", scale, "q_zero"],
-                                 [f"{n}/mm"], domain="com.microsoft", name=f"{n}/mm"),
-                helper.make_node("Mul", [f"{n}/mm", f"{n}/scale"], [out], name=f"{n}/out"),
-            ]
-            count += 1
-        del g.node[:]
-        g.node.extend(nodes)
-
-    rewrite(graph, "")
-    used = {i for n in _all_nodes(graph) for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    nodes = []
+    for node in graph.node:
+        weight = node.input[1] if node.op_type == "MatMul" else ""
+        if weight not in weights or len(weights[weight].dims) != 2 or (
+                names is not None and node.name not in names):
+            nodes.append(node)
+            continue
+        q, scale = weight_for(weight)
+        x, out, n = node.input[0], node.output[0], f"{node.name}_q8"
+        nodes += [
+            helper.make_node("Abs", [x], [f"{n}/abs"], name=f"{n}/abs"),
+            helper.make_node("ReduceMax", [f"{n}/abs", "q_axes"], [f"{n}/max"], keepdims=1,
+                             name=f"{n}/max"),
+            helper.make_node("Max", [f"{n}/max", "q_eps"], [f"{n}/maxe"], name=f"{n}/maxe"),
+            helper.make_node("Div", [f"{n}/maxe", "q_levels"], [f"{n}/scale"], name=f"{n}/scale"),
+            helper.make_node("Div", [x, f"{n}/scale"], [f"{n}/scaled"], name=f"{n}/scaled"),
+            helper.make_node("Round", [f"{n}/scaled"], [f"{n}/round"], name=f"{n}/round"),
+            helper.make_node("Add", [f"{n}/round", "q_offset"], [f"{n}/shift"], name=f"{n}/shift"),
+            helper.make_node("Cast", [f"{n}/shift"], [f"{n}/u8"], to=TensorProto.UINT8,
+                             name=f"{n}/u8"),
+            helper.make_node("MatMulIntegerToFloat", [f"{n}/u8", q, "q_one", scale, "q_zero"],
+                             [f"{n}/mm"], domain="com.microsoft", name=f"{n}/mm"),
+            helper.make_node("Mul", [f"{n}/mm", f"{n}/scale"], [out], name=f"{n}/out"),
+        ]
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _drop_unused_initializers(graph)
     return count
 
 
-def onnx_graph_type() -> int:
-    from onnx import AttributeProto
+def _drop_unused_initializers(graph) -> None:
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
 
-    return AttributeProto.GRAPH
 
+def _use_contrib_ops(model) -> None:
+    """Declare the com.microsoft domain the fused and quantised nodes come from."""
+    from onnx import helper
 
-def _all_nodes(graph):
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.type == onnx_graph_type():
-                yield from _all_nodes(attribute.g)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
