@@ -18,6 +18,7 @@ from rocksdict import Options, Rdict
 
 from percolate_node.store import (Delete, EncryptedStore, Put, ShreddedError, StoreError, TamperedValueError,
                                   WrongKeyError, generate_kek, load_kek, restore)
+from percolate_node.store.errors import DataLossError
 from percolate_node.store.crypto import Sealer
 from percolate_node.store.layout import DATA_FAMILIES, DOCUMENTS, KEYS, RESOURCES
 
@@ -156,6 +157,166 @@ def test_batches_are_all_or_nothing_across_kill_9(tmp_path, kek):
         assert all(count == 50 for count in per_batch.values()), per_batch
         assert all(batch in per_batch for batch in range(acknowledged + 1))
         first = max(per_batch) + 1
+
+
+# A child that writes, says which batches were acknowledged, then either waits to be killed
+# or (``--die-between``) exits right after a batch's change-log record is synced and before
+# its values reach the memtables: the two crash points of a split write.
+SPLIT_CHILD = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from percolate_node.store import Delete, EncryptedStore, Put
+    path, kek, mode = Path(sys.argv[1]), bytes.fromhex(sys.argv[2]), sys.argv[3]
+    store = EncryptedStore.open(path, "tenant-a", kek)
+    for batch in range(40):
+        ops = [Put("documents", b"%03d-%02d" % (batch, i), b"value %d" % batch) for i in range(20)]
+        if batch % 2:  # later batches overwrite and delete: replay must end on the newest state
+            ops += [Put("resources", b"shared", b"from %d" % batch), Delete("documents", b"%03d-00" % (batch - 1))]
+        store.write(ops)
+        print(batch, store.last_lsn, store._durable_lsn, flush=True)
+    if mode == "trim":
+        store.trim_log(store.last_lsn)
+        print("trimmed", store.first_lsn(), store._durable_lsn, flush=True)
+    if mode == "die-between":
+        real = store._db
+        class DiesBeforeTheValues:
+            def write(self, batch, options):
+                if options is store._unlogged_wal:
+                    print("record synced", flush=True)
+                    os._exit(0)
+                return real.write(batch, options)
+        store._db = DiesBeforeTheValues()
+        store.write([Put("documents", b"the-last", b"in the log only")])
+    print("waiting", flush=True)
+    time.sleep(600)
+""")
+
+
+def _expected_after(batches: int) -> tuple[dict[bytes, bytes], bytes | None]:
+    documents, shared = {}, None
+    for batch in range(batches):
+        documents.update({b"%03d-%02d" % (batch, i): b"value %d" % batch for i in range(20)})
+        if batch % 2:
+            documents.pop(b"%03d-00" % (batch - 1))
+            shared = b"from %d" % batch
+    return documents, shared
+
+
+@pytest.mark.parametrize("mode", ["kill", "trim", "die-between"])
+def test_split_writes_lose_nothing_acknowledged_across_a_crash(tmp_path, kek, mode):
+    """Values are written without the WAL after their synced change-log record: a crash
+    loses the memtables, and open replays the records after ``durable-lsn``."""
+    path = tmp_path / "db"
+    child = subprocess.Popen([sys.executable, "-c", SPLIT_CHILD, str(path), kek.hex(), mode],
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    lines = []
+    for line in child.stdout:
+        lines.append(line.split())
+        if line.startswith("waiting"):
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait()
+    assert child.returncode in (0, -signal.SIGKILL), lines
+    acknowledged = [line for line in lines if line[0].isdigit()]
+    assert len(acknowledged) == 40
+    last_lsn, durable_then = int(acknowledged[-1][1]), int(acknowledged[-1][2])
+    assert durable_then < last_lsn  # the values really were only in memtables when it died
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        documents, shared = _expected_after(40)
+        if mode == "trim":
+            assert lines[-2][0] == "trimmed" and int(lines[-2][2]) == last_lsn  # trimming made them durable first
+            assert store.replayed == 0
+        elif mode == "die-between":
+            assert ["record", "synced"] in lines
+            documents[b"the-last"] = b"in the log only"
+            assert store.replayed == store.last_lsn - durable_then >= 41 - 1
+        else:
+            assert store.replayed == last_lsn - durable_then > 0
+        assert dict(store.items(DOCUMENTS)) == documents
+        assert store.get(RESOURCES, b"shared") == shared
+        assert store._durable_lsn == store.last_lsn  # replayed, flushed and marked
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        assert store.replayed == 0 and dict(store.items(DOCUMENTS)) == documents
+
+
+def test_the_durable_mark_follows_closes_checkpoints_and_synced_writes(tmp_path, kek):
+    from percolate_node.store.layout import INDEXES
+
+    path = tmp_path / "db"
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        store.write([Put(DOCUMENTS, b"a", b"1")])
+        assert store._durable_lsn == store.last_lsn - 1  # split: the value waits in a memtable
+        store.write([Put(DOCUMENTS, b"b", b"2"), Put(INDEXES, b"graph", b"x")])  # an unlogged family: one write
+        assert store._durable_lsn == store.last_lsn - 2  # still behind: LSN before it is not flushed
+        store.checkpoint(tmp_path / "copy")
+        assert store._durable_lsn == store.last_lsn
+        store.write([Put(DOCUMENTS, b"c", b"3"), Put(INDEXES, b"graph", b"y")])
+        assert store._durable_lsn == store.last_lsn  # nothing pending: the synced write moves the mark
+        store.write([Delete(DOCUMENTS, b"a")])
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        assert store.replayed == 0  # close flushed and marked
+        assert dict(store.items(DOCUMENTS)) == {b"b": b"2", b"c": b"3"}
+    with EncryptedStore.open(tmp_path / "copy", "tenant-a", kek) as copy:
+        assert copy.replayed == 0 and dict(copy.items(DOCUMENTS)) == {b"a": b"1", b"b": b"2"}
+
+
+def test_a_failed_values_write_closes_the_store_and_the_next_open_replays_it(tmp_path, kek):
+    path = tmp_path / "db"
+    store = EncryptedStore.open(path, "tenant-a", kek)
+    store.write([Put(DOCUMENTS, b"kept", b"1")])
+    real = store._db
+
+    class ValuesFail:
+        def write(self, batch, options):
+            if options is store._unlogged_wal:
+                raise RuntimeError("memtable trouble")
+            return real.write(batch, options)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    store._db = ValuesFail()
+    with pytest.raises(StoreError, match="closed itself, reopen it to replay"):
+        store.write([Put(DOCUMENTS, b"logged", b"2")])
+    with pytest.raises(StoreError, match="closed"):
+        store.get(DOCUMENTS, b"kept")
+    store._db = real
+    del real, store
+    with EncryptedStore.open(path, "tenant-a", kek) as reopened:
+        assert reopened.replayed == 1
+        assert dict(reopened.items(DOCUMENTS)) == {b"kept": b"1", b"logged": b"2"}
+
+
+def test_a_damaged_record_to_replay_fails_the_open_and_marks_nothing(tmp_path, kek):
+    from percolate_node.durability.changelog import lsn_key
+    from percolate_node.store.layout import LOG
+
+    path = tmp_path / "db"
+    child = subprocess.Popen([sys.executable, "-c", SPLIT_CHILD, str(path), kek.hex(), "kill"],
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    lines = []
+    for line in child.stdout:
+        lines.append(line.split())
+        if line.startswith("waiting"):
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait()
+    last, durable = int(lines[-2][1]), int(lines[-2][2])
+
+    def flip(views):
+        key = lsn_key(last)
+        sealed = bytearray(views[LOG][key])
+        sealed[-1] ^= 1
+        views[LOG][key] = bytes(sealed)
+
+    raw_edit(path, flip)
+    for _ in range(2):  # the failed open marked nothing durable: it fails the same way again
+        with pytest.raises(DataLossError):
+            EncryptedStore.open(path, "tenant-a", kek)
+    from percolate_node.store.layout import DURABLE_LSN, META
+    marks = []
+    raw_edit(path, lambda views: marks.append(views[META][DURABLE_LSN]))
+    assert int.from_bytes(marks[0], "big") == durable
 
 
 # -- keys ----------------------------------------------------------------------------------------

@@ -22,10 +22,15 @@ INDEXES = "indexes"                        # the search graph saved at shutdown 
 
 LOG = "log"
 """The change log (``durability/changelog.py``): big-endian LSN -> sealed record of one batch."""
+META = "meta"
+"""The store's own bookkeeping, in plain bytes: ``DURABLE_LSN`` (see ``store.py``, "Writes")."""
+DURABLE_LSN = b"durable-lsn"
+"""Every logged batch up to this LSN (8 bytes, big-endian) is in the data families' SST files;
+later ones may live only in the change log, and ``EncryptedStore.open`` replays them."""
 
 DATA_FAMILIES = (DOCUMENTS, RESOURCES, DOCUMENT_RESOURCES, URIS, ENTITIES, NAMES, EDGES,
                  MOMENTS, MOMENT_TIMES, DELETED, INDEXES)
-COLUMN_FAMILIES = (KEYS, *DATA_FAMILIES, LOG)
+COLUMN_FAMILIES = (KEYS, *DATA_FAMILIES, LOG, META)
 UNLOGGED_FAMILIES = frozenset({INDEXES})
 """Families left out of change-log records: the saved search graph is derived data that a
 restored or standby node rebuilds (and patches) from the resources, and it is large."""

@@ -12,6 +12,20 @@ and drop the keyring. Each DEK seals at most ``seal_limit`` values (2**31 by def
 half of GCM's random-nonce bound): seals are reserved in the keyring a block at a time
 before they happen, and the store rotates to a new DEK when the next block would pass
 the limit.
+
+Writes: every batch also writes one sealed change-log record holding its operations
+(``durability/changelog.py``). Writing the values twice through RocksDB's WAL (once in
+their families, once inside the record) doubled the bytes every synced write sends to
+disk, so a batch of logged families goes in two writes under the lock: the record alone,
+synced through the WAL (the batch is durable, and acknowledged, from here), then the
+values without the WAL (memtables only). The record is thus the values' write-ahead log.
+``meta/durable-lsn`` says up to which LSN the data families are known to be in SST files
+(``_make_durable`` flushes them and moves it); ``open`` replays the records after it, so
+a crash (``kill -9``, power loss) loses nothing acknowledged. Trimming the log, taking a
+checkpoint or backup, retiring a DEK and closing make the values durable first, so the
+log never loses a record whose values are not yet on disk. Batches with an unlogged
+family (``indexes``) and the store's own writes (keys, re-seal, trim) keep the single
+synced write.
 """
 from __future__ import annotations
 
@@ -33,7 +47,8 @@ from percolate_node.store.errors import (CorruptBlockError, DataLossError, Store
 from percolate_node.store.kek import KekFile, kek_bytes, kek_source
 from percolate_node.store.keyring import (HMAC, SHREDDED, Keyring, dek_record, seals_record, shredded_marker,
                                           write_keyring_file)
-from percolate_node.store.layout import COLUMN_FAMILIES, DATA_FAMILIES, KEYS, LOG, UNLOGGED_FAMILIES
+from percolate_node.store.layout import (COLUMN_FAMILIES, DATA_FAMILIES, DURABLE_LSN, KEYS, LOG, META,
+                                        UNLOGGED_FAMILIES)
 
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 NAME_KEY_BYTES = 16
@@ -41,6 +56,9 @@ DEFAULT_SEAL_LIMIT = 2**31
 """Seals per DEK before the store rotates: half of the 2**32 random-nonce bound (NIST SP 800-38D)."""
 SEAL_BLOCK = 2**20
 """Seals reserved in the keyring at a time: one synced keyring write per block."""
+UNFLUSHED_LIMIT = 64 * 2**20
+"""Bytes of values written without the WAL after which the store flushes them (``_make_durable``):
+bounds what ``open`` replays after a crash (about one memtable's worth)."""
 KekSource = bytes | Path | str | KekFile
 
 
@@ -108,6 +126,8 @@ class EncryptedStore:
         self._targets = {cf: (self._handles[cf], sealing_context(self.tenant_id, cf)) for cf in DATA_FAMILIES}
         self._sync = WriteOptions()
         self._sync.sync = True
+        self._unlogged_wal = WriteOptions()  # the values of a batch whose change-log record is already synced
+        self._unlogged_wal.disable_wal = True
         self._lock = threading.RLock()  # serialises writers with re-seal and key changes
         self._closed = False
         # The change log (durability/changelog.py): every committed batch also writes one sealed
@@ -125,6 +145,13 @@ class EncryptedStore:
         last = next(iter(self._views[LOG].keys(backwards=True)), None)
         self._next_lsn = (int.from_bytes(last, "big") + 1) if last else 1
         self._log_listeners: list[Callable[[int], None]] = []
+        durable = self._views[META].get(DURABLE_LSN)
+        # None: a database from before split writes (every value went through the WAL) or a new one
+        self._durable_lsn: int | None = int.from_bytes(durable, "big") if durable else None
+        self._unflushed = 0  # bytes written without the WAL since the data families were last flushed
+        self._recovered = False  # until _recover has replayed the log, nothing may be marked durable
+        self.replayed = 0
+        """Change-log records ``open`` replayed into the data families (values lost with the memtables)."""
 
     @classmethod
     def open(cls, data_dir: Path, tenant_id: str, kek: KekSource, create: bool = True,
@@ -157,7 +184,8 @@ class EncryptedStore:
         try:
             if keyring is None:  # a new store: its first snapshot carries the keyring, not the log
                 store._put_keys(store._keyring.records(kek), logged=False)
-            elif keyring.active not in keyring.reserved:  # written before seals were counted: start afresh
+            store._recover()
+            if keyring is not None and keyring.active not in keyring.reserved:  # from before seal counting
                 store._rotate_dek(kek, logged=False)
         except BaseException:
             store.close()
@@ -186,7 +214,8 @@ class EncryptedStore:
             except _gcm.BatchError as failed:
                 index, error = failed.args
                 raise self._write_error(ops[index], error) from None
-            self._commit(batch, framed=framed)
+            # every operation is in the record (no unlogged family): the record is their WAL
+            self._commit(batch, framed=framed, split=bool(framed[0]) and framed[0] == len(ops))
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         view = self._data_views.get(cf)
@@ -324,6 +353,7 @@ class EncryptedStore:
             raise StoreError(f"DEK(s) {sorted(still)} still seal {sum(still.values())} values; "
                              "run reseal() to completion first")
         with self._lock:
+            self._make_durable()  # a crash after this must not need to replay records sealed with these DEKs
             self._delete_keys([name for dek_id in old for name in (dek_record(dek_id), seals_record(dek_id, 0)[0])])
             for dek_id in old:
                 del self._keyring.deks[dek_id]
@@ -383,6 +413,7 @@ class EncryptedStore:
 
         with self._lock:
             self._check_open()
+            self._make_durable()  # the copy then holds every value and has nothing to replay
             return create_backup(self._db, self.tenant_id, Path(dest))
 
     # -- change log (durability/) ----------------------------------------------------------
@@ -453,6 +484,7 @@ class EncryptedStore:
                     batch.put(key, value, self._handles[cf])
                 keys_changed |= cf == KEYS
             batch.put(changelog.lsn_key(lsn), sealed, self._handles[LOG])
+            self._mark_durable_with(batch, lsn)
             self._commit(batch)
             self._next_lsn = lsn + 1
             self.epoch = max(self.epoch, record.epoch)
@@ -467,6 +499,7 @@ class EncryptedStore:
 
         with self._lock:
             self._check_open()
+            self._make_durable()  # the copy then holds every value and has nothing to replay
             Checkpoint(self._db).create_checkpoint(str(dest))
             return self._next_lsn - 1
 
@@ -481,6 +514,8 @@ class EncryptedStore:
             first = self.first_lsn()
             if not first or through < first:
                 return 0
+            if through > self._durable_lsn:  # a trimmed record must never be the only copy of its values
+                self._make_durable()
             batch = WriteBatch(raw_mode=True)
             batch.delete_range(lsn_key(first), lsn_key(through + 1), self._handles[LOG])
             self._commit(batch)
@@ -526,6 +561,10 @@ class EncryptedStore:
         with self._lock:
             if self._closed:
                 return
+            try:
+                self._make_durable()  # so the next open has nothing to replay
+            except StoreError:
+                pass  # the values stay in the change log; the next open replays them
             self._closed = True
             self._sealer.destroy()  # whoever still holds it (an iterator, a thread) opens nothing more
             self._keyring = self._kek = None
@@ -623,14 +662,17 @@ class EncryptedStore:
         return sum(1 for _ in self.keys(cf, on_damage=lambda damage: None))
 
     def _commit(self, batch: WriteBatch, logged: Sequence[tuple[str, bytes, bytes | None]] | None = None,
-                framed: tuple[int, bytes] | None = None) -> None:
+                framed: tuple[int, bytes] | None = None, split: bool = False) -> None:
         """Write ``batch`` synced, with the change-log record of ``logged`` in it (None: unlogged),
         or of ``framed``: (count, operations already framed), what ``seal_batch`` returns.
 
+        ``split`` (``framed`` holds every operation of ``batch``): the record goes alone in
+        the synced write, and ``batch`` follows without the WAL (see the module docstring).
         Under the lock. The record takes one seal from the active DEK's budget, which
         writers keep at least one above what they seal themselves.
         """
         lsn = 0
+        record_batch = WriteBatch(raw_mode=True) if split else batch
         logged = [op for op in logged or () if op[0] not in UNLOGGED_FAMILIES]
         if logged or (framed and framed[0]):
             from percolate_node.durability import changelog
@@ -644,17 +686,103 @@ class EncryptedStore:
                 record = changelog.encode(lsn, self.epoch, time.time_ns(), logged)
             key = changelog.lsn_key(lsn)
             try:
-                batch.put(key, self._sealer.keys.seal(self._log_context, key, record), self._handles[LOG])
+                record_batch.put(key, self._sealer.keys.seal(self._log_context, key, record), self._handles[LOG])
             except (OverflowError, RuntimeError, MemoryError) as error:
                 raise seal_error(LOG, key, error) from None
+            if not split:
+                self._mark_durable_with(batch, lsn)
         try:
-            self._db.write(batch, self._sync)
+            self._db.write(record_batch, self._sync)
         except Exception as error:
             raise StoreError(f"RocksDB write failed at {self.path}: {error}") from None
+        if split:
+            size = batch.size_in_bytes()  # a written batch is consumed
+            try:
+                self._db.write(batch, self._unlogged_wal)
+            except Exception as error:
+                # Durable in the log but missing from the memtables: stop serving reads that would
+                # miss it. Closing flushes what is there; the next open replays this record.
+                self.close()
+                raise StoreError(f"RocksDB write failed at {self.path} after the batch's change-log record "
+                                 f"(LSN {lsn}) was synced: {error}; the store closed itself, reopen it to "
+                                 "replay the record") from None
+            self._unflushed += size
         if lsn:
             self._next_lsn = lsn + 1
             for listener in self._log_listeners:
                 listener(lsn)
+        if self._unflushed >= UNFLUSHED_LIMIT:
+            self._make_durable()
+
+    def _mark_durable_with(self, batch: WriteBatch, lsn: int) -> None:
+        """Move ``durable-lsn`` to ``lsn`` in ``batch``, a synced write carrying all of LSN ``lsn``,
+        when every earlier batch is durable already (nothing waits in memtables only)."""
+        if self._durable_lsn == lsn - 1:
+            batch.put(DURABLE_LSN, lsn.to_bytes(8, "big"), self._handles[META])
+            self._durable_lsn = lsn  # if the write fails the store is no longer trusted for it anyway
+
+    def _make_durable(self) -> None:
+        """Flush the data families to SST files, then record that every logged batch so far is
+        durable there (``durable-lsn``); under the lock. Later crashes replay only what follows."""
+        last = self._next_lsn - 1
+        if not self._recovered or (self._durable_lsn == last and not self._unflushed):
+            return
+        for cf in DATA_FAMILIES:
+            if cf not in UNLOGGED_FAMILIES:  # those always go through the WAL
+                self._views[cf].flush()
+        self._set_durable(last)
+
+    def _set_durable(self, lsn: int) -> None:
+        batch = WriteBatch(raw_mode=True)
+        batch.put(DURABLE_LSN, lsn.to_bytes(8, "big"), self._handles[META])
+        try:
+            self._db.write(batch, self._sync)
+        except Exception as error:
+            raise StoreError(f"RocksDB write failed at {self.path}: {error}") from None
+        self._durable_lsn, self._unflushed = lsn, 0
+
+    def _recover(self) -> None:
+        """At open: replay the change-log records after ``durable-lsn`` into the data families.
+
+        Their values went to memtables only (split writes), so a crash may have lost them;
+        applying the records again in order is harmless where it did not (each operation is
+        a plain put or delete of the value as stored). The keyring is left alone: it always
+        goes through the WAL. A database without the mark (new, or from before split
+        writes, when every value went through the WAL) has nothing to replay.
+        """
+        from percolate_node.durability.changelog import FAMILY_INDEX
+
+        last = self._next_lsn - 1
+        if self._durable_lsn is None:
+            self._set_durable(last)
+            self._recovered = True
+            return
+        if self._durable_lsn > last:
+            raise DataLossError(f"the change log at {self.path} ends at LSN {last} but the data was durable "
+                                f"through LSN {self._durable_lsn}: records are missing; restore the tenant")
+        if self._durable_lsn == last:
+            self._recovered = True
+            return
+        if self.first_lsn() > self._durable_lsn + 1:
+            raise DataLossError(f"the change log at {self.path} starts at LSN {self.first_lsn()}, but LSN "
+                                f"{self._durable_lsn + 1} on may be missing from the data: restore the tenant")
+        replayed = [cf for cf in DATA_FAMILIES if cf in FAMILY_INDEX and cf not in UNLOGGED_FAMILIES]
+        after = self._durable_lsn
+        while after < last:
+            for lsn, sealed in self.log_records(after, limit=1000):
+                batch = WriteBatch(raw_mode=True)
+                for cf, key, value in self.open_log_record(lsn, sealed).ops:
+                    if cf in replayed:
+                        if value is None:
+                            batch.delete(key, self._handles[cf])
+                        else:
+                            batch.put(key, value, self._handles[cf])
+                self._unflushed += batch.size_in_bytes()
+                self._db.write(batch, self._unlogged_wal)
+                self.replayed += 1
+                after = lsn
+        self._recovered = True
+        self._make_durable()
 
     def _put_keys(self, records: dict[bytes, bytes], logged: bool = True) -> None:
         batch = WriteBatch(raw_mode=True)
@@ -740,6 +868,7 @@ class EncryptedStore:
         """Flush every family (so old WAL files go) and force-compact ``families``."""
         options = CompactOptions()
         options.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+        self._make_durable()
         for view in self._views.values():
             view.flush()
         for cf in families:
