@@ -106,6 +106,30 @@ def test_write_refuses_bad_operations_and_writes_none_of_the_batch(store):
         assert store.get(DOCUMENTS, b"a") is None
 
 
+def test_operations_are_small_values_and_the_last_on_a_key_wins(store):
+    import copy
+    import pickle
+
+    put, delete = Put(DOCUMENTS, b"k", b"v"), Delete(DOCUMENTS, b"k")
+    assert put == Put(cf=DOCUMENTS, key=b"k", value=b"v") and put != Put(DOCUMENTS, b"k", b"w") and put != delete
+    assert repr(put) == "Put(cf='documents', key=b'k', value=b'v')" and repr(delete) == "Delete(cf='documents', key=b'k')"
+    assert pickle.loads(pickle.dumps(put)) == put and copy.copy(delete) == delete
+    with pytest.raises(AttributeError):
+        put.value = b"changed"
+    with pytest.raises(TypeError):
+        Put(DOCUMENTS, b"k")
+    with pytest.raises(TypeError):
+        Delete(DOCUMENTS, b"k", b"v")
+    with pytest.raises(TypeError):
+        hash(put)
+    # the batch reaches RocksDB in key order; operations on one key keep their order
+    store.write([Put(DOCUMENTS, b"z", b"1"), Put(DOCUMENTS, b"k", b"first"), Delete(DOCUMENTS, b"k"),
+                 Put(DOCUMENTS, b"a", b"2"), Put(DOCUMENTS, b"k", b"last"), Delete(DOCUMENTS, b"a"),
+                 Put(RESOURCES, b"k", b"other family")])
+    assert dict(store.items(DOCUMENTS)) == {b"k": b"last", b"z": b"1"}
+    assert store.get(RESOURCES, b"k") == b"other family"
+
+
 def test_a_failed_commit_writes_nothing(store):
     store.write([Put(DOCUMENTS, b"kept", b"1")])
 
@@ -464,7 +488,9 @@ def test_native_sealing_refuses_malformed_values_and_keeps_nonces_unique_across_
 def test_batch_sealing_seals_like_seal_and_frames_the_log_as_changelog_encode():
     """``seal_batch`` (the store's write loop in one native call): each Put sealed as ``seal``
     seals it (opens with an independent AES-GCM, fresh nonces, one budget seal each), the batch
-    callbacks get the stored values, and the framed log operations are ``changelog.encode``'s."""
+    callbacks get the stored values in key order per family (families by first appearance;
+    stable, so the last operation on a key comes last), and the framed log operations are
+    ``changelog.encode``'s, in the batch's order."""
     from percolate_node.durability import changelog
     from percolate_node.store._gcm import BatchError, Keys
 
@@ -472,25 +498,28 @@ def test_batch_sealing_seals_like_seal_and_frames_the_log_as_changelog_encode():
     context, unlogged = b"tenant-a\0documents\0", b"tenant-a\0indexes\0"
     targets = {DOCUMENTS: ("H", context, changelog.FAMILY_INDEX[DOCUMENTS]), "indexes": ("I", unlogged, -1)}
     ops = [Put(DOCUMENTS, b"a", b"one"), Delete(DOCUMENTS, b"b"), Put("indexes", b"g", b"graph"),
-           Put(DOCUMENTS, b"k" * 300, b""), Put(DOCUMENTS, b"c", os.urandom(5000))]
+           Put(DOCUMENTS, b"k" * 300, b""), Put(DOCUMENTS, b"c", os.urandom(5000)), Put(DOCUMENTS, b"b", b"again"),
+           Put("indexes", b"a", b"first"), Put(DOCUMENTS, b"ab", b"longer")]
     calls = []
-    keys = Keys({4: dek}, 4, 6)
+    keys = Keys({4: dek}, 4, 9)
     count, framed = keys.seal_batch(ops, targets, Put, Delete, lambda *a: calls.append(("put", *a)),
                                     lambda *a: calls.append(("delete", *a)))
-    assert keys.budget == 6 - 4, "one seal per Put, none per Delete"
-    assert [(c[0], c[1], c[-1]) for c in calls] == [("put", b"a", "H"), ("delete", b"b", "H"), ("put", b"g", "I"),
-                                                   ("put", b"k" * 300, "H"), ("put", b"c", "H")]
-    stored = {c[1]: c[2] for c in calls if c[0] == "put"}
+    assert keys.budget == 9 - 7, "one seal per Put, none per Delete"
+    assert [(c[0], c[1], c[-1]) for c in calls] == [
+        ("put", b"a", "H"), ("put", b"ab", "H"), ("delete", b"b", "H"), ("put", b"b", "H"), ("put", b"c", "H"),
+        ("put", b"k" * 300, "H"), ("put", b"a", "I"), ("put", b"g", "I")]
+    stored = {(c[-1], c[1]): c[2] for c in calls if c[0] == "put"}
     for op in ops:
         if isinstance(op, Put):
-            sealed = stored[op.key]
+            sealed = stored["I" if op.cf == "indexes" else "H", op.key]
             ad = sealed[:5] + (unlogged if op.cf == "indexes" else context) + op.key
             assert sealed[:5] == bytes([1, 0, 0, 0, 4])
             assert AESGCM(dek).decrypt(sealed[5:17], sealed[17:], ad) == op.value
-    assert len({sealed[5:17] for sealed in stored.values()}) == 4, "a fresh nonce per value"
-    logged = [(DOCUMENTS, b"a", stored[b"a"]), (DOCUMENTS, b"b", None), (DOCUMENTS, b"k" * 300, stored[b"k" * 300]),
-              (DOCUMENTS, b"c", stored[b"c"])]
-    assert count == 4
+    assert len({sealed[5:17] for sealed in stored.values()}) == 7, "a fresh nonce per value"
+    logged = [(DOCUMENTS, b"a", stored["H", b"a"]), (DOCUMENTS, b"b", None),
+              (DOCUMENTS, b"k" * 300, stored["H", b"k" * 300]), (DOCUMENTS, b"c", stored["H", b"c"]),
+              (DOCUMENTS, b"b", stored["H", b"b"]), (DOCUMENTS, b"ab", stored["H", b"ab"])]
+    assert count == 6
     assert changelog.encode_framed(7, 2, 99, count, framed) == changelog.encode(7, 2, 99, logged)
     # the budget holds across the batch: the second Put of this one finds it spent
     with pytest.raises(BatchError) as failed:
@@ -498,12 +527,23 @@ def test_batch_sealing_seals_like_seal_and_frames_the_log_as_changelog_encode():
                         targets, Put, Delete, lambda *a: None, lambda *a: None)
     index, error = failed.value.args
     assert index == 2 and isinstance(error, RuntimeError) and "budget spent" in str(error) and keys.budget == 0
-    # keys destroyed by another thread while the batch calls back: the next seal refuses, nothing freed is used
+    # keys destroyed by a callback: every value was sealed before the first one, the next seal refuses
     keys = Keys({4: dek}, 4)
+    keys.seal_batch([Put(DOCUMENTS, b"x", b"1"), Put(DOCUMENTS, b"y", b"2")], targets, Put, Delete,
+                    lambda *a: keys.destroy(), lambda *a: None)
+    with pytest.raises(RuntimeError, match="destroyed"):
+        keys.seal(context, b"x", b"1")
+    # a callback that fails names the operation by its place in the batch, not in the sorted order
+    keys = Keys({4: dek}, 4)
+
+    def refuse_y(key, sealed, handle):
+        if key == b"y":
+            raise ValueError("no y")
+
     with pytest.raises(BatchError) as failed:
-        keys.seal_batch([Put(DOCUMENTS, b"x", b"1"), Put(DOCUMENTS, b"y", b"2")], targets, Put, Delete,
-                        lambda *a: keys.destroy(), lambda *a: None)
-    assert failed.value.args[0] == 1 and "destroyed" in str(failed.value.args[1])
+        keys.seal_batch([Put(DOCUMENTS, b"z", b"1"), Put(DOCUMENTS, b"y", b"2"), Put(DOCUMENTS, b"x", b"3")],
+                        targets, Put, Delete, refuse_y, None)
+    assert failed.value.args[0] == 1 and "no y" in str(failed.value.args[1])
     # a forked child's batches draw their own nonces
     keys = Keys({4: dek}, 4)
     keys.seal(context, b"key", b"fills the nonce pool")

@@ -17,7 +17,14 @@
  * seal_batch() does a whole write batch in one call: for small values the Python loop
  * around seal() (attribute reads, the call, WriteBatch.put, the change-log framing) cost
  * several times the sealing itself. It seals exactly as seal() does (same nonces, budget
- * and fork guard), calls the batch's put/delete back, and frames the change-log operations.
+ * and fork guard), frames the change-log operations in the batch's order, then calls the
+ * batch's put/delete back in key order per column family: RocksDB's memtable inserts
+ * ascending keys much faster than random ones (it keeps the last insert position), and
+ * the sort is stable, so the last of several operations on one key still wins.
+ *
+ * Put and Delete, the operations the store's write() takes, are native objects here too:
+ * a dataclass instance costs about four times as much to make, and a batch makes one per
+ * value.
  *
  * Each object also carries a seal budget (``budget``): the store reserves seals in blocks
  * in its keyring and sets it, and seal refuses once it is spent, so no DEK seals more
@@ -423,10 +430,48 @@ log_operation(Buffer *log, int family, PyObject *key, PyObject *value)
     return 0;
 }
 
-/* One operation of seal_batch; -1 with an exception set. */
+/* One operation of a batch, sealed and waiting for its put/delete callback. */
+typedef struct {
+    PyObject *target;  /* borrowed from targets: (handle, context, log code) */
+    PyObject *key;     /* new reference */
+    PyObject *sealed;  /* new reference; NULL for a delete */
+    Py_ssize_t group;  /* the target's rank by first appearance in the batch */
+    Py_ssize_t index;  /* the operation's place in ops */
+} Entry;
+
+/* Callback order: by family (first appearance), then key bytewise (RocksDB's default
+ * comparator: memcmp, shorter first on a tie), then place in the batch (a stable sort). */
 static int
-batch_operation(Keys *self, PyObject *op, PyObject *targets, PyTypeObject *put_type, PyTypeObject *delete_type,
-                PyObject *put, PyObject *delete, Buffer *log, Py_ssize_t *logged)
+entry_order(const void *left, const void *right)
+{
+    const Entry *a = left, *b = right;
+    if (a->group != b->group)
+        return a->group < b->group ? -1 : 1;
+    Py_ssize_t a_size = PyBytes_GET_SIZE(a->key), b_size = PyBytes_GET_SIZE(b->key);
+    int order = memcmp(PyBytes_AS_STRING(a->key), PyBytes_AS_STRING(b->key),
+                       (size_t)(a_size < b_size ? a_size : b_size));
+    if (order != 0)
+        return order;
+    if (a_size != b_size)
+        return a_size < b_size ? -1 : 1;
+    return a->index < b->index ? -1 : a->index > b->index;
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *cf;
+    PyObject *key;
+    PyObject *value; /* NULL in a Delete */
+} Op;
+
+static PyTypeObject PutType, DeleteType;
+
+/* Checks, seals and frames ops[index] into entry; -1 with an exception set. ``seen`` lists the
+ * targets met so far (``*groups`` of them), which ranks families by first appearance. */
+static int
+prepare_operation(Keys *self, PyObject *op, Py_ssize_t index, PyObject *targets, PyTypeObject *put_type,
+                  PyTypeObject *delete_type, Buffer *log, Py_ssize_t *logged, Entry *entry, PyObject **seen,
+                  Py_ssize_t *groups)
 {
     static PyObject *cf_name, *key_name, *value_name; /* interned once, kept for the process */
     if (cf_name == NULL && ((cf_name = PyUnicode_InternFromString("cf")) == NULL
@@ -439,10 +484,15 @@ batch_operation(Keys *self, PyObject *op, PyObject *targets, PyTypeObject *put_t
         return -1;
     }
     int status = -1;
-    PyObject *cf = NULL, *key = NULL, *value = NULL, *sealed = NULL, *result = NULL;
-    if ((cf = PyObject_GetAttr(op, cf_name)) == NULL || (key = PyObject_GetAttr(op, key_name)) == NULL
-        || (is_put && (value = PyObject_GetAttr(op, value_name)) == NULL))
+    PyObject *cf = NULL, *key = NULL, *value = NULL, *sealed = NULL;
+    if (Py_TYPE(op) == &PutType || Py_TYPE(op) == &DeleteType) { /* the store's own: read the fields directly */
+        cf = Py_NewRef(((Op *)op)->cf);
+        key = Py_NewRef(((Op *)op)->key);
+        value = Py_XNewRef(((Op *)op)->value);
+    } else if ((cf = PyObject_GetAttr(op, cf_name)) == NULL || (key = PyObject_GetAttr(op, key_name)) == NULL
+               || (is_put && (value = PyObject_GetAttr(op, value_name)) == NULL)) {
         goto done;
+    }
     PyObject *target = PyDict_GetItemWithError(targets, cf); /* borrowed */
     if (target == NULL) {
         if (!PyErr_Occurred())
@@ -461,7 +511,6 @@ batch_operation(Keys *self, PyObject *op, PyObject *targets, PyTypeObject *put_t
         PyErr_SetString(PyExc_TypeError, "keys are non-empty bytes");
         goto done;
     }
-    PyObject *handle = PyTuple_GET_ITEM(target, 0);
     if (is_put) {
         if (!PyBytes_CheckExact(value)) {
             PyErr_SetString(PyExc_TypeError, "values are bytes");
@@ -469,38 +518,66 @@ batch_operation(Keys *self, PyObject *op, PyObject *targets, PyTypeObject *put_t
         }
         if ((sealed = seal_value(self, PyTuple_GET_ITEM(target, 1), key, value)) == NULL)
             goto done;
-        PyObject *call[3] = {key, sealed, handle};
-        result = PyObject_Vectorcall(put, call, 3, NULL);
-    } else {
-        PyObject *call[2] = {key, handle};
-        result = PyObject_Vectorcall(delete, call, 2, NULL);
     }
-    if (result == NULL)
-        goto done;
     if (family >= 0) { /* < 0: a family left out of the change log */
         if (family > 255 || log_operation(log, (int)family, key, sealed) < 0)
             goto done;
         (*logged)++;
     }
+    Py_ssize_t group = 0;
+    while (group < *groups && seen[group] != target)
+        group++;
+    if (group == *groups)
+        seen[(*groups)++] = target;
+    entry->target = target;
+    entry->key = key;
+    entry->sealed = sealed;
+    entry->group = group;
+    entry->index = index;
+    key = sealed = NULL; /* the entry holds them now */
     status = 0;
 done:
     Py_XDECREF(cf);
     Py_XDECREF(key);
     Py_XDECREF(value);
     Py_XDECREF(sealed);
-    Py_XDECREF(result);
     return status;
+}
+
+/* Raises BatchError(index, the exception now set). */
+static void
+raise_batch_error(Py_ssize_t index)
+{
+    PyObject *type, *error, *traceback;
+    PyErr_Fetch(&type, &error, &traceback);
+    PyErr_NormalizeException(&type, &error, &traceback);
+    if (traceback != NULL && error != NULL)
+        PyException_SetTraceback(error, traceback);
+    PyObject *place = PyLong_FromSsize_t(index);
+    if (place != NULL && error != NULL) {
+        PyObject *pair = PyTuple_Pack(2, place, error);
+        if (pair != NULL) {
+            PyErr_SetObject(BatchError, pair);
+            Py_DECREF(pair);
+        }
+    }
+    Py_XDECREF(place);
+    Py_XDECREF(type);
+    Py_XDECREF(error);
+    Py_XDECREF(traceback);
 }
 
 PyDoc_STRVAR(seal_batch_doc,
              "seal_batch(ops, targets, put_type, delete_type, put, delete) -> (logged, log_ops)\n\n"
              "For each op (an instance of exactly put_type or delete_type, with .cf, .key and for a put\n"
-             ".value), looks up targets[op.cf] = (handle, context, log code), seals a put's value like\n"
-             "seal(context, key, value) and calls put(key, sealed, handle), or calls delete(key, handle).\n"
-             "Returns how many operations went to the change log (log code >= 0) and their encoding\n"
-             "(durability/changelog.py's operation framing, sealed values as stored). On the first\n"
-             "failure raises BatchError(index, error), error being what seal or the callback raised\n"
-             "(KeyError: unknown family; TypeError: not a Put/Delete, key or value not bytes, empty key).");
+             ".value), looks up targets[op.cf] = (handle, context, log code) and seals a put's value like\n"
+             "seal(context, key, value). Then, in key order per family (families in order of first\n"
+             "appearance, a stable sort), calls put(key, sealed, handle) or delete(key, handle).\n"
+             "Returns how many operations went to the change log (log code >= 0) and their encoding in\n"
+             "the batch's order (durability/changelog.py's operation framing, sealed values as stored).\n"
+             "On the first failure raises BatchError(index in ops, error), error being what seal or the\n"
+             "callback raised (KeyError: unknown family; TypeError: not a Put/Delete, key or value not\n"
+             "bytes, empty key); no callback runs before every operation is sealed.");
 
 static PyObject *
 Keys_seal_batch(Keys *self, PyObject *const *args, Py_ssize_t nargs)
@@ -518,33 +595,47 @@ Keys_seal_batch(Keys *self, PyObject *const *args, Py_ssize_t nargs)
     if (ops == NULL)
         return NULL;
     Buffer log = {NULL, 0, 0};
-    Py_ssize_t logged = 0;
+    Py_ssize_t logged = 0, count = PyTuple_GET_SIZE(ops), prepared = 0, groups = 0;
     PyObject *result = NULL;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ops); i++) {
-        if (batch_operation(self, PyTuple_GET_ITEM(ops, i), args[1], (PyTypeObject *)args[2],
-                            (PyTypeObject *)args[3], args[4], args[5], &log, &logged) < 0) {
-            PyObject *type, *error, *traceback;
-            PyErr_Fetch(&type, &error, &traceback);
-            PyErr_NormalizeException(&type, &error, &traceback);
-            if (traceback != NULL && error != NULL)
-                PyException_SetTraceback(error, traceback);
-            PyObject *index = PyLong_FromSsize_t(i);
-            if (index != NULL && error != NULL) {
-                PyObject *pair = PyTuple_Pack(2, index, error);
-                if (pair != NULL) {
-                    PyErr_SetObject(BatchError, pair);
-                    Py_DECREF(pair);
-                }
-            }
-            Py_XDECREF(index);
-            Py_XDECREF(type);
-            Py_XDECREF(error);
-            Py_XDECREF(traceback);
+    Entry *entries = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Entry));
+    PyObject **seen = PyMem_Calloc(count ? (size_t)count : 1, sizeof(PyObject *));
+    if (entries == NULL || seen == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; prepared < count; prepared++) { /* seal and frame, in the batch's order */
+        if (prepare_operation(self, PyTuple_GET_ITEM(ops, prepared), prepared, args[1], (PyTypeObject *)args[2],
+                              (PyTypeObject *)args[3], &log, &logged, &entries[prepared], seen, &groups) < 0) {
+            raise_batch_error(prepared);
             goto done;
         }
     }
+    if (count > 1)
+        qsort(entries, (size_t)count, sizeof(Entry), entry_order);
+    for (Py_ssize_t i = 0; i < count; i++) { /* into the batch, in key order per family */
+        Entry *entry = &entries[i];
+        PyObject *handle = PyTuple_GET_ITEM(entry->target, 0), *called;
+        if (entry->sealed != NULL) {
+            PyObject *call[3] = {entry->key, entry->sealed, handle};
+            called = PyObject_Vectorcall(args[4], call, 3, NULL);
+        } else {
+            PyObject *call[2] = {entry->key, handle};
+            called = PyObject_Vectorcall(args[5], call, 2, NULL);
+        }
+        if (called == NULL) {
+            raise_batch_error(entry->index);
+            goto done;
+        }
+        Py_DECREF(called);
+    }
     result = Py_BuildValue("(ny#)", logged, log.data == NULL ? "" : (const char *)log.data, (Py_ssize_t)log.size);
 done:
+    for (Py_ssize_t i = 0; entries != NULL && i < prepared; i++) {
+        Py_DECREF(entries[i].key);
+        Py_XDECREF(entries[i].sealed);
+    }
+    PyMem_Free(entries);
+    PyMem_Free(seen);
     PyMem_Free(log.data);
     Py_DECREF(ops);
     return result;
@@ -679,6 +770,154 @@ static PyTypeObject KeysType = {
     .tp_new = PyType_GenericNew,
 };
 
+
+/* --- Put and Delete ---------------------------------------------------------------------- */
+
+static PyObject *
+Op_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *put_names[] = {"cf", "key", "value", NULL}, *delete_names[] = {"cf", "key", NULL};
+    PyObject *cf, *key, *value = NULL;
+    if (type == &PutType ? !PyArg_ParseTupleAndKeywords(args, kwargs, "OOO:Put", put_names, &cf, &key, &value)
+                         : !PyArg_ParseTupleAndKeywords(args, kwargs, "OO:Delete", delete_names, &cf, &key))
+        return NULL;
+    Op *op = PyObject_New(Op, type);
+    if (op == NULL)
+        return NULL;
+    op->cf = Py_NewRef(cf);
+    op->key = Py_NewRef(key);
+    op->value = Py_XNewRef(value);
+    return (PyObject *)op;
+}
+
+/* Put(cf, key, value) and Delete(cf, key) called positionally, as the store's callers do:
+ * no argument tuple is built. Anything else takes Op_new's parsing (and its messages). */
+static PyObject *
+Op_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    int is_put = (PyTypeObject *)type == &PutType;
+    if (kwnames == NULL && nargs == (is_put ? 3 : 2)) {
+        Op *op = PyObject_New(Op, (PyTypeObject *)type);
+        if (op == NULL)
+            return NULL;
+        op->cf = Py_NewRef(args[0]);
+        op->key = Py_NewRef(args[1]);
+        op->value = is_put ? Py_NewRef(args[2]) : NULL;
+        return (PyObject *)op;
+    }
+    PyObject *positional = PyTuple_New(nargs), *keywords = NULL, *result = NULL;
+    if (positional == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(positional, i, Py_NewRef(args[i]));
+    if (kwnames != NULL) {
+        if ((keywords = PyDict_New()) == NULL)
+            goto done;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
+            if (PyDict_SetItem(keywords, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0)
+                goto done;
+    }
+    result = Op_new((PyTypeObject *)type, positional, keywords);
+done:
+    Py_DECREF(positional);
+    Py_XDECREF(keywords);
+    return result;
+}
+
+static void
+Op_dealloc(Op *self)
+{
+    Py_XDECREF(self->cf);
+    Py_XDECREF(self->key);
+    Py_XDECREF(self->value);
+    PyObject_Free(self);
+}
+
+static PyObject *
+Op_repr(Op *self)
+{
+    if (self->value == NULL)
+        return PyUnicode_FromFormat("Delete(cf=%R, key=%R)", self->cf, self->key);
+    return PyUnicode_FromFormat("Put(cf=%R, key=%R, value=%R)", self->cf, self->key, self->value);
+}
+
+/* Equal when of the same type with equal fields, as the dataclasses they replace were. */
+static PyObject *
+Op_richcompare(PyObject *self, PyObject *other, int op)
+{
+    if ((op != Py_EQ && op != Py_NE) || Py_TYPE(self) != Py_TYPE(other))
+        Py_RETURN_NOTIMPLEMENTED;
+    Op *a = (Op *)self, *b = (Op *)other;
+    int equal = PyObject_RichCompareBool(a->cf, b->cf, Py_EQ);
+    if (equal == 1)
+        equal = PyObject_RichCompareBool(a->key, b->key, Py_EQ);
+    if (equal == 1 && a->value != NULL)
+        equal = PyObject_RichCompareBool(a->value, b->value, Py_EQ);
+    if (equal < 0)
+        return NULL;
+    return PyBool_FromLong(op == Py_EQ ? equal : !equal);
+}
+
+static PyObject *
+Op_reduce(Op *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->value == NULL)
+        return Py_BuildValue("O(OO)", Py_TYPE(self), self->cf, self->key);
+    return Py_BuildValue("O(OOO)", Py_TYPE(self), self->cf, self->key, self->value);
+}
+
+static PyMethodDef Op_methods[] = {
+    {"__reduce__", (PyCFunction)Op_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Put_members[] = {
+    {"cf", T_OBJECT, offsetof(Op, cf), READONLY, "the column family"},
+    {"key", T_OBJECT, offsetof(Op, key), READONLY, "the RocksDB key (bytes, no user content)"},
+    {"value", T_OBJECT, offsetof(Op, value), READONLY, "the plaintext value (bytes), sealed on write"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMemberDef Delete_members[] = {
+    {"cf", T_OBJECT, offsetof(Op, cf), READONLY, "the column family"},
+    {"key", T_OBJECT, offsetof(Op, key), READONLY, "the RocksDB key"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject PutType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "percolate_node.store.Put",
+    .tp_basicsize = sizeof(Op),
+    .tp_dealloc = (destructor)Op_dealloc,
+    .tp_repr = (reprfunc)Op_repr,
+    .tp_hash = PyObject_HashNotImplemented,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Put(cf, key, value): store value (sealed) under key in column family cf; an operation of "
+              "EncryptedStore.write.",
+    .tp_richcompare = Op_richcompare,
+    .tp_methods = Op_methods,
+    .tp_members = Put_members,
+    .tp_new = Op_new,
+    .tp_vectorcall = Op_vectorcall,
+};
+
+static PyTypeObject DeleteType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "percolate_node.store.Delete",
+    .tp_basicsize = sizeof(Op),
+    .tp_dealloc = (destructor)Op_dealloc,
+    .tp_repr = (reprfunc)Op_repr,
+    .tp_hash = PyObject_HashNotImplemented,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Delete(cf, key): remove key from column family cf; an operation of EncryptedStore.write.",
+    .tp_richcompare = Op_richcompare,
+    .tp_methods = Op_methods,
+    .tp_members = Delete_members,
+    .tp_new = Op_new,
+    .tp_vectorcall = Op_vectorcall,
+};
+
 static struct PyModuleDef gcm_module = {
     PyModuleDef_HEAD_INIT, "_gcm", "AES-256-GCM sealing of store values with reused OpenSSL contexts.", -1, module_methods,
 };
@@ -686,7 +925,7 @@ static struct PyModuleDef gcm_module = {
 PyMODINIT_FUNC
 PyInit__gcm(void)
 {
-    if (PyType_Ready(&KeysType) < 0)
+    if (PyType_Ready(&KeysType) < 0 || PyType_Ready(&PutType) < 0 || PyType_Ready(&DeleteType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&gcm_module);
     if (module == NULL)
@@ -702,9 +941,9 @@ PyInit__gcm(void)
         Py_DECREF(module);
         return NULL;
     }
-    Py_INCREF(&KeysType);
-    if (PyModule_AddObject(module, "Keys", (PyObject *)&KeysType) < 0) {
-        Py_DECREF(&KeysType);
+    if (PyModule_AddObjectRef(module, "Keys", (PyObject *)&KeysType) < 0
+        || PyModule_AddObjectRef(module, "Put", (PyObject *)&PutType) < 0
+        || PyModule_AddObjectRef(module, "Delete", (PyObject *)&DeleteType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

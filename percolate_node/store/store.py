@@ -62,17 +62,11 @@ bounds what ``open`` replays after a crash (about one memtable's worth)."""
 KekSource = bytes | Path | str | KekFile
 
 
-@dataclass(slots=True)
-class Put:
-    cf: str
-    key: bytes
-    value: bytes
-
-
-@dataclass(slots=True)
-class Delete:
-    cf: str
-    key: bytes
+Put = _gcm.Put
+"""``Put(cf, key, value)``: an operation of ``write``; native (``_gcm.c``), since a batch makes one
+per value and a dataclass instance cost about four times as much. Read-only fields, equality by value."""
+Delete = _gcm.Delete
+"""``Delete(cf, key)``: an operation of ``write``; native like ``Put``."""
 
 
 @dataclass(frozen=True, slots=True)
