@@ -41,6 +41,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <limits.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/types.h>
@@ -376,6 +377,7 @@ static PyObject *BatchError; /* _gcm.BatchError(index, error): seal_batch stoppe
 typedef struct {
     unsigned char *data;
     size_t size, capacity;
+    size_t hint; /* the first allocation's size, when the caller can guess the total */
 } Buffer;
 
 static int
@@ -383,7 +385,7 @@ buffer_grow(Buffer *buffer, size_t more)
 {
     if (buffer->size + more <= buffer->capacity)
         return 0;
-    size_t capacity = buffer->capacity ? buffer->capacity : 4096;
+    size_t capacity = buffer->capacity ? buffer->capacity : (buffer->hint > 4096 ? buffer->hint : 4096);
     while (capacity < buffer->size + more) {
         if (capacity > PY_SSIZE_T_MAX / 2) {
             PyErr_NoMemory();
@@ -437,16 +439,31 @@ typedef struct {
     PyObject *sealed;  /* new reference; NULL for a delete */
     Py_ssize_t group;  /* the target's rank by first appearance in the batch */
     Py_ssize_t index;  /* the operation's place in ops */
+    uint64_t prefix;   /* the key's first 8 bytes, big-endian, zero-padded: orders most pairs alone */
 } Entry;
 
+static uint64_t
+key_prefix(PyObject *key)
+{
+    const unsigned char *bytes = (const unsigned char *)PyBytes_AS_STRING(key);
+    Py_ssize_t size = PyBytes_GET_SIZE(key);
+    uint64_t prefix = 0;
+    for (Py_ssize_t i = 0; i < 8; i++)
+        prefix = (prefix << 8) | (i < size ? bytes[i] : 0);
+    return prefix;
+}
+
 /* Callback order: by family (first appearance), then key bytewise (RocksDB's default
- * comparator: memcmp, shorter first on a tie), then place in the batch (a stable sort). */
+ * comparator: memcmp, shorter first on a tie), then place in the batch (a stable sort).
+ * Zero padding keeps the prefix order bytewise; equal prefixes fall through to memcmp. */
 static int
 entry_order(const void *left, const void *right)
 {
     const Entry *a = left, *b = right;
     if (a->group != b->group)
         return a->group < b->group ? -1 : 1;
+    if (a->prefix != b->prefix)
+        return a->prefix < b->prefix ? -1 : 1;
     Py_ssize_t a_size = PyBytes_GET_SIZE(a->key), b_size = PyBytes_GET_SIZE(b->key);
     int order = memcmp(PyBytes_AS_STRING(a->key), PyBytes_AS_STRING(b->key),
                        (size_t)(a_size < b_size ? a_size : b_size));
@@ -534,6 +551,7 @@ prepare_operation(Keys *self, PyObject *op, Py_ssize_t index, PyObject *targets,
     entry->sealed = sealed;
     entry->group = group;
     entry->index = index;
+    entry->prefix = key_prefix(key);
     key = sealed = NULL; /* the entry holds them now */
     status = 0;
 done:
@@ -594,8 +612,19 @@ Keys_seal_batch(Keys *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *ops = PySequence_Tuple(args[0]); /* a copy: the callbacks cannot change what we walk */
     if (ops == NULL)
         return NULL;
-    Buffer log = {NULL, 0, 0};
     Py_ssize_t logged = 0, count = PyTuple_GET_SIZE(ops), prepared = 0, groups = 0;
+    Buffer log = {NULL, 0, 0, 0};
+    if (count > 0 && (Py_TYPE(PyTuple_GET_ITEM(ops, 0)) == &PutType)) { /* size the log for ops like the first */
+        Op *first = (Op *)PyTuple_GET_ITEM(ops, 0);
+        if (PyBytes_Check(first->key) && PyBytes_Check(first->value)) {
+            size_t each = 10 + (size_t)PyBytes_GET_SIZE(first->key) + BODY_BYTES + TAG_BYTES
+                        + (size_t)PyBytes_GET_SIZE(first->value);
+            if (each <= (size_t)PY_SSIZE_T_MAX / 2 / (size_t)count)
+                log.hint = each * (size_t)count + each / 8 * (size_t)count; /* one allocation, most batches */
+            if (log.hint > ((size_t)64 << 20))
+                log.hint = (size_t)64 << 20; /* a guess from one value: never a huge allocation on it alone */
+        }
+    }
     PyObject *result = NULL;
     Entry *entries = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Entry));
     PyObject **seen = PyMem_Calloc(count ? (size_t)count : 1, sizeof(PyObject *));
