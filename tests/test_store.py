@@ -276,6 +276,16 @@ def test_the_durable_mark_follows_closes_checkpoints_and_synced_writes(tmp_path,
         assert store._durable_lsn == store.last_lsn
         store.write([Put(DOCUMENTS, b"c", b"3"), Put(INDEXES, b"graph", b"y")])
         assert store._durable_lsn == store.last_lsn  # nothing pending: the synced write moves the mark
+
+        class FailingDB:
+            def write(self, batch, options):
+                raise RuntimeError("disk full")
+
+        real, store._db = store._db, FailingDB()
+        with pytest.raises(StoreError, match="disk full"):
+            store.write([Put(DOCUMENTS, b"d", b"4"), Put(INDEXES, b"graph", b"z")])
+        store._db = real
+        assert store._durable_lsn == store.last_lsn  # a failed write moves nothing
         store.write([Delete(DOCUMENTS, b"a")])
     with EncryptedStore.open(path, "tenant-a", kek) as store:
         assert store.replayed == 0  # close flushed and marked

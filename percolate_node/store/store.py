@@ -478,8 +478,10 @@ class EncryptedStore:
                     batch.put(key, value, self._handles[cf])
                 keys_changed |= cf == KEYS
             batch.put(changelog.lsn_key(lsn), sealed, self._handles[LOG])
-            self._mark_durable_with(batch, lsn)
+            marked = self._mark_durable_with(batch, lsn)
             self._commit(batch)
+            if marked:
+                self._durable_lsn = lsn
             self._next_lsn = lsn + 1
             self.epoch = max(self.epoch, record.epoch)
             if keys_changed:
@@ -683,8 +685,7 @@ class EncryptedStore:
                 record_batch.put(key, self._sealer.keys.seal(self._log_context, key, record), self._handles[LOG])
             except (OverflowError, RuntimeError, MemoryError) as error:
                 raise seal_error(LOG, key, error) from None
-            if not split:
-                self._mark_durable_with(batch, lsn)
+        marked = bool(lsn) and not split and self._mark_durable_with(batch, lsn)
         try:
             self._db.write(record_batch, self._sync)
         except Exception as error:
@@ -701,6 +702,8 @@ class EncryptedStore:
                                  f"(LSN {lsn}) was synced: {error}; the store closed itself, reopen it to "
                                  "replay the record") from None
             self._unflushed += size
+        if marked:
+            self._durable_lsn = lsn
         if lsn:
             self._next_lsn = lsn + 1
             for listener in self._log_listeners:
@@ -708,12 +711,14 @@ class EncryptedStore:
         if self._unflushed >= UNFLUSHED_LIMIT:
             self._make_durable()
 
-    def _mark_durable_with(self, batch: WriteBatch, lsn: int) -> None:
-        """Move ``durable-lsn`` to ``lsn`` in ``batch``, a synced write carrying all of LSN ``lsn``,
-        when every earlier batch is durable already (nothing waits in memtables only)."""
-        if self._durable_lsn == lsn - 1:
-            batch.put(DURABLE_LSN, lsn.to_bytes(8, "big"), self._handles[META])
-            self._durable_lsn = lsn  # if the write fails the store is no longer trusted for it anyway
+    def _mark_durable_with(self, batch: WriteBatch, lsn: int) -> bool:
+        """Put ``durable-lsn`` = ``lsn`` in ``batch``, a synced write carrying all of LSN ``lsn``,
+        when every earlier batch is durable already (nothing waits in memtables only); whether
+        it did. The caller moves ``_durable_lsn`` once the write succeeded."""
+        if self._durable_lsn != lsn - 1:
+            return False
+        batch.put(DURABLE_LSN, lsn.to_bytes(8, "big"), self._handles[META])
+        return True
 
     def _make_durable(self) -> None:
         """Flush the data families to SST files, then record that every logged batch so far is
