@@ -122,6 +122,18 @@ def test_operations_are_small_values_and_the_last_on_a_key_wins(store):
         Delete(DOCUMENTS, b"k", b"v")
     with pytest.raises(TypeError):
         hash(put)
+    import gc
+    import weakref
+
+    class Box:
+        pass
+
+    box = Box()
+    box.op = Put(DOCUMENTS, box, b"v")  # a cycle through an operation is still collected
+    alive = weakref.ref(box)
+    del box
+    gc.collect()
+    assert alive() is None
     # the batch reaches RocksDB in key order; operations on one key keep their order
     store.write([Put(DOCUMENTS, b"z", b"1"), Put(DOCUMENTS, b"k", b"first"), Delete(DOCUMENTS, b"k"),
                  Put(DOCUMENTS, b"a", b"2"), Put(DOCUMENTS, b"k", b"last"), Delete(DOCUMENTS, b"a"),
@@ -294,31 +306,119 @@ def test_the_durable_mark_follows_closes_checkpoints_and_synced_writes(tmp_path,
         assert copy.replayed == 0 and dict(copy.items(DOCUMENTS)) == {b"a": b"1", b"b": b"2"}
 
 
-def test_a_failed_values_write_closes_the_store_and_the_next_open_replays_it(tmp_path, kek):
+@pytest.mark.parametrize("flush_fails_too", [False, True])
+def test_a_failed_values_write_closes_the_store_and_the_next_open_replays_it(tmp_path, kek, flush_fails_too):
+    """The record is synced, its values never reach the memtables: the store closes itself
+    (also when a full disk fails the flush too), marks nothing durable, and never hands the
+    record's LSN to another batch."""
     path = tmp_path / "db"
     store = EncryptedStore.open(path, "tenant-a", kek)
     store.write([Put(DOCUMENTS, b"kept", b"1")])
-    real = store._db
+    store.write([Put(DOCUMENTS, b"pending", b"only in a memtable")])  # split: not yet flushed
+    real, real_view = store._db, store._views[DOCUMENTS]
 
     class ValuesFail:
         def write(self, batch, options):
             if options is store._unlogged_wal:
-                raise RuntimeError("memtable trouble")
+                raise RuntimeError("IO error: No space left on device")
             return real.write(batch, options)
 
         def __getattr__(self, name):
             return getattr(real, name)
 
+    class FlushFails:
+        def flush(self, wait=True):
+            raise Exception("IO error: No space left on device: while appending to 000012.sst")
+
+        def __getattr__(self, name):
+            return getattr(real_view, name)
+
+    mark = store._durable_lsn
     store._db = ValuesFail()
-    with pytest.raises(StoreError, match="closed itself, reopen it to replay"):
+    if flush_fails_too:
+        store._views[DOCUMENTS] = FlushFails()
+    with pytest.raises(StoreError, match="closed itself, and reopening it replays the record"):
         store.write([Put(DOCUMENTS, b"logged", b"2")])
+    failed_lsn = store.last_lsn
     with pytest.raises(StoreError, match="closed"):
         store.get(DOCUMENTS, b"kept")
-    store._db = real
-    del real, store
+    with pytest.raises(StoreError, match="closed"):
+        store.write([Put(DOCUMENTS, b"next", b"3")])
+    del real, real_view, store
     with EncryptedStore.open(path, "tenant-a", kek) as reopened:
-        assert reopened.replayed == 1
-        assert dict(reopened.items(DOCUMENTS)) == {b"kept": b"1", b"logged": b"2"}
+        assert reopened.replayed == failed_lsn - mark >= 2  # nothing more was marked durable
+        assert reopened.last_lsn == failed_lsn
+        assert dict(reopened.items(DOCUMENTS)) == {b"kept": b"1", b"pending": b"only in a memtable", b"logged": b"2"}
+        reopened.write([Put(DOCUMENTS, b"next", b"3")])
+        assert reopened.last_lsn > failed_lsn
+        lsn, sealed = reopened.log_records(failed_lsn - 1, limit=1)[0]
+        assert lsn == failed_lsn and [op[1] for op in reopened.open_log_record(lsn, sealed).ops] == [b"logged"]
+
+
+def test_the_durable_mark_never_goes_back_and_compact_holds_the_lock(tmp_path, kek):
+    with EncryptedStore.open(tmp_path / "db", "tenant-a", kek) as store:
+        for i in range(3):
+            store.write([Put(DOCUMENTS, b"%d" % i, b"v")])
+        store.trim_log(store.last_lsn)
+        mark = store._durable_lsn
+        store._set_durable(mark - 2)  # what a compaction that read an older LSN would write
+        assert store._durable_lsn == mark
+        held = threading.Event()
+
+        def compact_while_held():
+            store._lock.acquire()
+            held.set()
+            store._lock.release()
+
+        store._lock.acquire()
+        worker = threading.Thread(target=store.compact)
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive()  # waits for the lock a writer or a trim holds
+        store._lock.release()
+        worker.join(60)
+        assert not worker.is_alive()
+
+
+DAMAGED_LOG_CHILD = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from percolate_node.store import EncryptedStore, Put
+    store = EncryptedStore.open(Path(sys.argv[1]), "tenant-a", bytes.fromhex(sys.argv[2]))
+    for batch in range(300):
+        store.write([Put("documents", b"%05d-%02d" % (batch, i), os.urandom(100)) for i in range(10)])
+    store._views["log"].flush()  # as RocksDB does by itself once the log's memtable is full
+    print(store.last_lsn, store._durable_lsn, flush=True)
+    os._exit(0)  # a crash: the values' memtables are lost
+""")
+
+OPEN_CHILD = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from percolate_node.store import EncryptedStore
+    from percolate_node.store.errors import DataLossError
+    try:
+        EncryptedStore.open(Path(sys.argv[1]), "tenant-a", bytes.fromhex(sys.argv[2]))
+        print("opened")
+    except DataLossError as error:
+        print("DataLossError", error)
+""")
+
+
+def test_a_damaged_log_block_to_replay_fails_the_open_instead_of_hanging(tmp_path, kek):
+    """rocksdict ends a scan quietly at a block it cannot read; the replay must notice the gap."""
+    path = tmp_path / "db"
+    done = subprocess.run([sys.executable, "-c", DAMAGED_LOG_CHILD, str(path), kek.hex()], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    last, durable = map(int, done.stdout.split())
+    assert durable < last - 100
+    sst = max(path.glob("*.sst"), key=lambda p: p.stat().st_size)  # the log's: the only large one
+    data = bytearray(sst.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    sst.write_bytes(bytes(data))
+    opened = subprocess.run([sys.executable, "-c", OPEN_CHILD, str(path), kek.hex()], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)  # a hang fails here
+    assert opened.stdout.startswith("DataLossError") and "restore the tenant" in opened.stdout, opened
 
 
 def test_a_damaged_record_to_replay_fails_the_open_and_marks_nothing(tmp_path, kek):
@@ -543,6 +643,12 @@ def test_batch_sealing_seals_like_seal_and_frames_the_log_as_changelog_encode():
                     lambda *a: keys.destroy(), lambda *a: None)
     with pytest.raises(RuntimeError, match="destroyed"):
         keys.seal(context, b"x", b"1")
+    # the store's own types are read by what they are: passed the other way round, nothing breaks
+    keys = Keys({4: dek}, 4)
+    swapped = []
+    keys.seal_batch([Delete(DOCUMENTS, b"d"), Put(DOCUMENTS, b"p", b"v")], targets, Delete, Put,
+                    lambda *a: swapped.append(("put", a[0])), lambda *a: swapped.append(("delete", a[0])))
+    assert swapped == [("delete", b"d"), ("put", b"p")]
     # a callback that fails names the operation by its place in the batch, not in the sorted order
     keys = Keys({4: dek}, 4)
 

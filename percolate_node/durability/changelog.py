@@ -1,6 +1,8 @@
-"""The node's change log: one record per committed write batch, written in that same batch.
+"""The node's change log: one record per committed write batch, durable before the batch's values.
 
-rocksdict has no WAL iterator, so the log is ours. A record holds the batch's operations
+rocksdict has no WAL iterator, so the log is ours; it is also the values' write-ahead log
+(the store writes the record alone, synced, then the values without RocksDB's WAL, and
+replays records after ``meta/durable-lsn`` at open: ``store/store.py``). A record holds the batch's operations
 exactly as stored (values already sealed, keys already hashed), its log sequence number
 (LSN), commit time and epoch (the lease generation: a fencing token). The store seals the
 whole record like any other value, in the ``log`` column family under the big-endian LSN,

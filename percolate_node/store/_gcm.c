@@ -434,7 +434,7 @@ log_operation(Buffer *log, int family, PyObject *key, PyObject *value)
 
 /* One operation of a batch, sealed and waiting for its put/delete callback. */
 typedef struct {
-    PyObject *target;  /* borrowed from targets: (handle, context, log code) */
+    PyObject *target;  /* new reference: targets[cf] = (handle, context, log code) */
     PyObject *key;     /* new reference */
     PyObject *sealed;  /* new reference; NULL for a delete */
     Py_ssize_t group;  /* the target's rank by first appearance in the batch */
@@ -503,6 +503,7 @@ prepare_operation(Keys *self, PyObject *op, Py_ssize_t index, PyObject *targets,
     int status = -1;
     PyObject *cf = NULL, *key = NULL, *value = NULL, *sealed = NULL;
     if (Py_TYPE(op) == &PutType || Py_TYPE(op) == &DeleteType) { /* the store's own: read the fields directly */
+        is_put = Py_TYPE(op) == &PutType; /* by what it is, whichever of the two types it was passed as */
         cf = Py_NewRef(((Op *)op)->cf);
         key = Py_NewRef(((Op *)op)->key);
         value = Py_XNewRef(((Op *)op)->value);
@@ -546,7 +547,7 @@ prepare_operation(Keys *self, PyObject *op, Py_ssize_t index, PyObject *targets,
         group++;
     if (group == *groups)
         seen[(*groups)++] = target;
-    entry->target = target;
+    entry->target = Py_NewRef(target); /* held: a callback could change the targets dict */
     entry->key = key;
     entry->sealed = sealed;
     entry->group = group;
@@ -660,6 +661,7 @@ Keys_seal_batch(Keys *self, PyObject *const *args, Py_ssize_t nargs)
     result = Py_BuildValue("(ny#)", logged, log.data == NULL ? "" : (const char *)log.data, (Py_ssize_t)log.size);
 done:
     for (Py_ssize_t i = 0; entries != NULL && i < prepared; i++) {
+        Py_DECREF(entries[i].target);
         Py_DECREF(entries[i].key);
         Py_XDECREF(entries[i].sealed);
     }
@@ -802,6 +804,23 @@ static PyTypeObject KeysType = {
 
 /* --- Put and Delete ---------------------------------------------------------------------- */
 
+/* A new operation holding the fields. The cyclic GC tracks it only when a field could lead
+ * back to it (anything but exact str and bytes): the store's own operations are never
+ * tracked, which keeps them as cheap as an untracked tuple, and nothing leaks in a cycle. */
+static PyObject *
+op_create(PyTypeObject *type, PyObject *cf, PyObject *key, PyObject *value)
+{
+    Op *op = PyObject_GC_New(Op, type);
+    if (op == NULL)
+        return NULL;
+    op->cf = Py_NewRef(cf);
+    op->key = Py_NewRef(key);
+    op->value = Py_XNewRef(value);
+    if (!PyUnicode_CheckExact(cf) || !PyBytes_CheckExact(key) || (value != NULL && !PyBytes_CheckExact(value)))
+        PyObject_GC_Track(op);
+    return (PyObject *)op;
+}
+
 static PyObject *
 Op_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -810,13 +829,7 @@ Op_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (type == &PutType ? !PyArg_ParseTupleAndKeywords(args, kwargs, "OOO:Put", put_names, &cf, &key, &value)
                          : !PyArg_ParseTupleAndKeywords(args, kwargs, "OO:Delete", delete_names, &cf, &key))
         return NULL;
-    Op *op = PyObject_New(Op, type);
-    if (op == NULL)
-        return NULL;
-    op->cf = Py_NewRef(cf);
-    op->key = Py_NewRef(key);
-    op->value = Py_XNewRef(value);
-    return (PyObject *)op;
+    return op_create(type, cf, key, value);
 }
 
 /* Put(cf, key, value) and Delete(cf, key) called positionally, as the store's callers do:
@@ -826,15 +839,8 @@ Op_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kw
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     int is_put = (PyTypeObject *)type == &PutType;
-    if (kwnames == NULL && nargs == (is_put ? 3 : 2)) {
-        Op *op = PyObject_New(Op, (PyTypeObject *)type);
-        if (op == NULL)
-            return NULL;
-        op->cf = Py_NewRef(args[0]);
-        op->key = Py_NewRef(args[1]);
-        op->value = is_put ? Py_NewRef(args[2]) : NULL;
-        return (PyObject *)op;
-    }
+    if (kwnames == NULL && nargs == (is_put ? 3 : 2))
+        return op_create((PyTypeObject *)type, args[0], args[1], is_put ? args[2] : NULL);
     PyObject *positional = PyTuple_New(nargs), *keywords = NULL, *result = NULL;
     if (positional == NULL)
         return NULL;
@@ -854,13 +860,25 @@ done:
     return result;
 }
 
+static int
+Op_traverse(Op *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->cf);
+    Py_VISIT(self->key);
+    Py_VISIT(self->value);
+    return 0;
+}
+
+/* No tp_clear: the fields are set once, at creation, so any cycle through an operation also
+ * runs through a mutable object the collector clears; the fields are therefore never NULL. */
 static void
 Op_dealloc(Op *self)
 {
+    PyObject_GC_UnTrack(self);
     Py_XDECREF(self->cf);
     Py_XDECREF(self->key);
     Py_XDECREF(self->value);
-    PyObject_Free(self);
+    PyObject_GC_Del(self);
 }
 
 static PyObject *
@@ -921,7 +939,8 @@ static PyTypeObject PutType = {
     .tp_dealloc = (destructor)Op_dealloc,
     .tp_repr = (reprfunc)Op_repr,
     .tp_hash = PyObject_HashNotImplemented,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Op_traverse,
     .tp_doc = "Put(cf, key, value): store value (sealed) under key in column family cf; an operation of "
               "EncryptedStore.write.",
     .tp_richcompare = Op_richcompare,
@@ -938,7 +957,8 @@ static PyTypeObject DeleteType = {
     .tp_dealloc = (destructor)Op_dealloc,
     .tp_repr = (reprfunc)Op_repr,
     .tp_hash = PyObject_HashNotImplemented,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Op_traverse,
     .tp_doc = "Delete(cf, key): remove key from column family cf; an operation of EncryptedStore.write.",
     .tp_richcompare = Op_richcompare,
     .tp_methods = Op_methods,

@@ -30,6 +30,7 @@ synced write.
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 import threading
 import time
@@ -54,6 +55,8 @@ TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 NAME_KEY_BYTES = 16
 DEFAULT_SEAL_LIMIT = 2**31
 """Seals per DEK before the store rotates: half of the 2**32 random-nonce bound (NIST SP 800-38D)."""
+log = logging.getLogger(__name__)
+
 SEAL_BLOCK = 2**20
 """Seals reserved in the keyring at a time: one synced keyring write per block."""
 UNFLUSHED_LIMIT = 64 * 2**20
@@ -125,8 +128,9 @@ class EncryptedStore:
         self._lock = threading.RLock()  # serialises writers with re-seal and key changes
         self._closed = False
         # The change log (durability/changelog.py): every committed batch also writes one sealed
-        # record, in the same WriteBatch, under the next LSN; ``epoch`` fences it (the lease's
-        # generation, or the data directory's ``percolate-epoch`` file, 1 when absent).
+        # record under the next LSN (alone first, for a split write; see the module docstring);
+        # ``epoch`` fences it (the lease's generation, or the data directory's
+        # ``percolate-epoch`` file, 1 when absent).
         from percolate_node.durability.epoch import read_epoch
 
         self.epoch = read_epoch(path)  # the node replaces it with the lease's generation where there is one
@@ -195,7 +199,13 @@ class EncryptedStore:
     # -- values ---------------------------------------------------------------------
 
     def write(self, ops: Sequence[Put | Delete]) -> None:
-        """Apply ``ops`` as one synced WriteBatch: all of them are on disk, or none is."""
+        """Apply ``ops`` atomically and durably: all of them are on disk when this returns, or none is.
+
+        A ``StoreError`` after the batch's change-log record was synced (the store then
+        closes itself, saying so) leaves the batch applied at the next open: do not retry
+        it blindly.
+        """
+        ops = tuple(ops)  # one fixed length for the split decision below, whatever the caller's sequence does
         batch = WriteBatch(raw_mode=True)
         with self._lock:
             self._check_open()
@@ -279,7 +289,9 @@ class EncryptedStore:
 
     def compact(self) -> None:
         """Flush and fully compact every family, so deleted and overwritten values leave the disk."""
-        self._compact(COLUMN_FAMILIES)
+        with self._lock:
+            self._check_open()
+            self._compact(COLUMN_FAMILIES)
 
     # -- keys -------------------------------------------------------------------------
 
@@ -554,13 +566,17 @@ class EncryptedStore:
                 "seal_limit": self.seal_limit}
 
     def close(self) -> None:
+        self._close(make_durable=True)
+
+    def _close(self, make_durable: bool) -> None:
         with self._lock:
             if self._closed:
                 return
-            try:
-                self._make_durable()  # so the next open has nothing to replay
-            except StoreError:
-                pass  # the values stay in the change log; the next open replays them
+            if make_durable:
+                try:
+                    self._make_durable()  # so the next open has nothing to replay
+                except Exception as error:  # the values stay in the change log; the next open replays them
+                    log.warning("closing %s without flushing (the next open replays the log): %s", self.path, error)
             self._closed = True
             self._sealer.destroy()  # whoever still holds it (an iterator, a thread) opens nothing more
             self._keyring = self._kek = None
@@ -690,26 +706,31 @@ class EncryptedStore:
             self._db.write(record_batch, self._sync)
         except Exception as error:
             raise StoreError(f"RocksDB write failed at {self.path}: {error}") from None
+        if lsn:
+            self._next_lsn = lsn + 1  # on disk: this LSN is taken, whatever happens next
         if split:
             size = batch.size_in_bytes()  # a written batch is consumed
             try:
                 self._db.write(batch, self._unlogged_wal)
             except Exception as error:
                 # Durable in the log but missing from the memtables: stop serving reads that would
-                # miss it. Closing flushes what is there; the next open replays this record.
-                self.close()
+                # miss it, and mark nothing durable; the next open replays the record.
+                self._close(make_durable=False)
                 raise StoreError(f"RocksDB write failed at {self.path} after the batch's change-log record "
-                                 f"(LSN {lsn}) was synced: {error}; the store closed itself, reopen it to "
-                                 "replay the record") from None
+                                 f"(LSN {lsn}) was synced: {error}; the store closed itself, and reopening it "
+                                 "replays the record (the batch is then applied)") from None
             self._unflushed += size
         if marked:
             self._durable_lsn = lsn
         if lsn:
-            self._next_lsn = lsn + 1
             for listener in self._log_listeners:
                 listener(lsn)
         if self._unflushed >= UNFLUSHED_LIMIT:
-            self._make_durable()
+            try:
+                self._make_durable()
+            except StoreError as error:  # the batch is committed; the values stay in the log until a flush works
+                log.warning("flushing %s after %d MB written without the WAL failed (tried again later): %s",
+                            self.path, self._unflushed >> 20, error)
 
     def _mark_durable_with(self, batch: WriteBatch, lsn: int) -> bool:
         """Put ``durable-lsn`` = ``lsn`` in ``batch``, a synced write carrying all of LSN ``lsn``,
@@ -728,10 +749,14 @@ class EncryptedStore:
             return
         for cf in DATA_FAMILIES:
             if cf not in UNLOGGED_FAMILIES:  # those always go through the WAL
-                self._views[cf].flush()
+                try:
+                    self._views[cf].flush()
+                except Exception as error:  # rocksdict raises bare Exception (a full disk, a background error)
+                    raise StoreError(f"RocksDB could not flush {cf} at {self.path}: {error}") from None
         self._set_durable(last)
 
     def _set_durable(self, lsn: int) -> None:
+        lsn = max(lsn, self._durable_lsn or 0)  # the mark never goes back
         batch = WriteBatch(raw_mode=True)
         batch.put(DURABLE_LSN, lsn.to_bytes(8, "big"), self._handles[META])
         try:
@@ -768,7 +793,14 @@ class EncryptedStore:
         replayed = [cf for cf in DATA_FAMILIES if cf in FAMILY_INDEX and cf not in UNLOGGED_FAMILIES]
         after = self._durable_lsn
         while after < last:
-            for lsn, sealed in self.log_records(after, limit=1000):
+            records = self.log_records(after, limit=1000)
+            if not records or records[0][0] != after + 1:  # rocksdict ends a scan quietly at a damaged block
+                raise DataLossError(f"cannot read change-log record {after + 1} at {self.path} (the log ends at "
+                                    f"{last}); it holds acknowledged writes not yet in the data: restore the tenant")
+            for lsn, sealed in records:
+                if lsn != after + 1:
+                    raise DataLossError(f"change-log record {after + 1} is missing at {self.path} (the next is "
+                                        f"{lsn}); it holds acknowledged writes: restore the tenant")
                 batch = WriteBatch(raw_mode=True)
                 for cf, key, value in self.open_log_record(lsn, sealed).ops:
                     if cf in replayed:
@@ -777,7 +809,10 @@ class EncryptedStore:
                         else:
                             batch.put(key, value, self._handles[cf])
                 self._unflushed += batch.size_in_bytes()
-                self._db.write(batch, self._unlogged_wal)
+                try:
+                    self._db.write(batch, self._unlogged_wal)
+                except Exception as error:
+                    raise StoreError(f"RocksDB write failed at {self.path} replaying LSN {lsn}: {error}") from None
                 self.replayed += 1
                 after = lsn
         self._recovered = True
