@@ -20,10 +20,10 @@ disk, so a batch of logged families goes in two writes under the lock: the recor
 synced through the WAL (the batch is durable, and acknowledged, from here), then the
 values without the WAL (memtables only). The record is thus the values' write-ahead log.
 ``meta/durable-lsn`` says up to which LSN the data families are known to be in SST files
-(``_make_durable`` flushes them and moves it); ``open`` replays the records after it, so
-a crash (``kill -9``, power loss) loses nothing acknowledged. Trimming the log, taking a
-checkpoint or backup, retiring a DEK and closing make the values durable first, so the
-log never loses a record whose values are not yet on disk. Batches with an unlogged
+(``_make_durable`` flushes them and waits; ``_request_flush`` does not, and a later synced
+write carries the mark); ``open`` replays the records after it, so a crash (``kill -9``,
+power loss) loses nothing acknowledged. The log is trimmed only through the mark; taking a
+checkpoint or backup, retiring a DEK and closing make the values durable first. Batches with an unlogged
 family (``indexes``) and the store's own writes (keys, re-seal, trim) keep the single
 synced write.
 """
@@ -60,8 +60,9 @@ log = logging.getLogger(__name__)
 SEAL_BLOCK = 2**20
 """Seals reserved in the keyring at a time: one synced keyring write per block."""
 UNFLUSHED_LIMIT = 64 * 2**20
-"""Bytes of values written without the WAL after which the store flushes them (``_make_durable``):
-bounds what ``open`` replays after a crash (about one memtable's worth)."""
+"""Bytes of values written without the WAL after which the store asks RocksDB to flush them
+(without waiting: ``_request_flush``), which bounds what ``open`` replays after a crash."""
+_IMMUTABLE_MEMTABLES = "rocksdb.num-immutable-mem-table"
 KekSource = bytes | Path | str | KekFile
 
 
@@ -148,6 +149,8 @@ class EncryptedStore:
         self._durable_lsn: int | None = int.from_bytes(durable, "big") if durable else None
         self._unflushed = 0  # bytes written without the WAL since the data families were last flushed
         self._recovered = False  # until _recover has replayed the log, nothing may be marked durable
+        self._flush_candidate: int | None = None  # LSN a flush asked for without waiting will make durable
+        self._logged_data = [cf for cf in DATA_FAMILIES if cf not in UNLOGGED_FAMILIES]
         self.replayed = 0
         """Change-log records ``open`` replayed into the data families (values lost with the memtables)."""
 
@@ -490,10 +493,12 @@ class EncryptedStore:
                     batch.put(key, value, self._handles[cf])
                 keys_changed |= cf == KEYS
             batch.put(changelog.lsn_key(lsn), sealed, self._handles[LOG])
-            marked = self._mark_durable_with(batch, lsn)
+            mark = self._mark_for(lsn, split=False)
+            if mark:
+                batch.put(DURABLE_LSN, mark.to_bytes(8, "big"), self._handles[META])
             self._commit(batch)
-            if marked:
-                self._durable_lsn = lsn
+            if mark:
+                self._marked(mark)
             self._next_lsn = lsn + 1
             self.epoch = max(self.epoch, record.epoch)
             if keys_changed:
@@ -523,7 +528,13 @@ class EncryptedStore:
             if not first or through < first:
                 return 0
             if through > self._durable_lsn:  # a trimmed record must never be the only copy of its values
-                self._make_durable()
+                if self._flush_candidate is not None and self._flushed():
+                    self._set_durable(self._flush_candidate)
+                if through > self._durable_lsn and self._flush_candidate is None:
+                    self._request_flush()  # a later trim takes the rest; writers never wait for it
+                through = min(through, self._durable_lsn)
+                if through < first:
+                    return 0
             batch = WriteBatch(raw_mode=True)
             batch.delete_range(lsn_key(first), lsn_key(through + 1), self._handles[LOG])
             self._commit(batch)
@@ -701,7 +712,9 @@ class EncryptedStore:
                 record_batch.put(key, self._sealer.keys.seal(self._log_context, key, record), self._handles[LOG])
             except (OverflowError, RuntimeError, MemoryError) as error:
                 raise seal_error(LOG, key, error) from None
-        marked = bool(lsn) and not split and self._mark_durable_with(batch, lsn)
+        mark = self._mark_for(lsn, split)
+        if mark:
+            record_batch.put(DURABLE_LSN, mark.to_bytes(8, "big"), self._handles[META])
         try:
             self._db.write(record_batch, self._sync)
         except Exception as error:
@@ -720,26 +733,49 @@ class EncryptedStore:
                                  f"(LSN {lsn}) was synced: {error}; the store closed itself, and reopening it "
                                  "replays the record (the batch is then applied)") from None
             self._unflushed += size
-        if marked:
-            self._durable_lsn = lsn
+        if mark:
+            self._marked(mark)
         if lsn:
             for listener in self._log_listeners:
                 listener(lsn)
-        if self._unflushed >= UNFLUSHED_LIMIT:
-            try:
-                self._make_durable()
-            except StoreError as error:  # the batch is committed; the values stay in the log until a flush works
-                log.warning("flushing %s after %d MB written without the WAL failed (tried again later): %s",
-                            self.path, self._unflushed >> 20, error)
+        if self._unflushed >= UNFLUSHED_LIMIT and self._flush_candidate is None:
+            self._request_flush()
 
-    def _mark_durable_with(self, batch: WriteBatch, lsn: int) -> bool:
-        """Put ``durable-lsn`` = ``lsn`` in ``batch``, a synced write carrying all of LSN ``lsn``,
-        when every earlier batch is durable already (nothing waits in memtables only); whether
-        it did. The caller moves ``_durable_lsn`` once the write succeeded."""
-        if self._durable_lsn != lsn - 1:
+    def _mark_for(self, lsn: int, split: bool) -> int:
+        """The ``durable-lsn`` a synced write of LSN ``lsn`` may carry (0: none): ``lsn`` itself when
+        it carries all of it and nothing earlier waits in memtables only, else what a flush asked
+        for earlier covers once it is done. The caller moves ``_durable_lsn`` after the write."""
+        if not self._recovered:
+            return 0
+        if lsn and not split and self._durable_lsn == lsn - 1:
+            return lsn
+        if self._flush_candidate is not None and self._flush_candidate > self._durable_lsn and self._flushed():
+            return self._flush_candidate
+        return 0
+
+    def _marked(self, lsn: int) -> None:
+        self._durable_lsn = lsn if self._durable_lsn is None else max(lsn, self._durable_lsn)
+        if self._flush_candidate is not None and self._flush_candidate <= self._durable_lsn:
+            self._flush_candidate = None
+
+    def _request_flush(self) -> None:
+        """Ask RocksDB to flush the data families without waiting (it moves their memtables aside
+        at once); the next synced write or trim moves the mark once they are in SST files."""
+        candidate = self._next_lsn - 1
+        for cf in self._logged_data:
+            try:
+                self._views[cf].flush(False)
+            except Exception as error:  # rocksdict raises bare Exception; the values stay in the log
+                log.warning("asking RocksDB to flush %s at %s failed (tried again later): %s", cf, self.path, error)
+                return
+        self._flush_candidate, self._unflushed = candidate, 0
+
+    def _flushed(self) -> bool:
+        """Whether every memtable set aside by ``_request_flush`` is in an SST file by now."""
+        try:
+            return not any(self._views[cf].property_int_value(_IMMUTABLE_MEMTABLES) for cf in self._logged_data)
+        except Exception:  # rocksdict raises bare Exception: not known to be flushed
             return False
-        batch.put(DURABLE_LSN, lsn.to_bytes(8, "big"), self._handles[META])
-        return True
 
     def _make_durable(self) -> None:
         """Flush the data families to SST files, then record that every logged batch so far is
@@ -747,15 +783,16 @@ class EncryptedStore:
         last = self._next_lsn - 1
         if not self._recovered or (self._durable_lsn == last and not self._unflushed):
             return
-        for cf in DATA_FAMILIES:
-            if cf not in UNLOGGED_FAMILIES:  # those always go through the WAL
-                try:
-                    self._views[cf].flush()
-                except Exception as error:  # rocksdict raises bare Exception (a full disk, a background error)
-                    raise StoreError(f"RocksDB could not flush {cf} at {self.path}: {error}") from None
+        for cf in self._logged_data:  # the unlogged families always go through the WAL
+            try:
+                self._views[cf].flush()
+            except Exception as error:  # rocksdict raises bare Exception (a full disk, a background error)
+                raise StoreError(f"RocksDB could not flush {cf} at {self.path}: {error}") from None
         self._set_durable(last)
+        self._unflushed = 0
 
     def _set_durable(self, lsn: int) -> None:
+        """Write ``durable-lsn`` = ``lsn`` (never lower than it is), synced."""
         lsn = max(lsn, self._durable_lsn or 0)  # the mark never goes back
         batch = WriteBatch(raw_mode=True)
         batch.put(DURABLE_LSN, lsn.to_bytes(8, "big"), self._handles[META])
@@ -763,7 +800,7 @@ class EncryptedStore:
             self._db.write(batch, self._sync)
         except Exception as error:
             raise StoreError(f"RocksDB write failed at {self.path}: {error}") from None
-        self._durable_lsn, self._unflushed = lsn, 0
+        self._marked(lsn)
 
     def _recover(self) -> None:
         """At open: replay the change-log records after ``durable-lsn`` into the data families.
