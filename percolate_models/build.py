@@ -61,13 +61,7 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
         if variant not in model_by_name(name).variants:
             raise BuildError(f"{name} has no variant {variant!r}",
                              f"choose one of {', '.join(model_by_name(name).variants)}")
-    for group in (g for g in SAME_VARIANT if set(g) & set(options.variants)):
-        chosen = {name: options.variants.get(name, model_by_name(name).default) for name in group}
-        if len(set(chosen.values())) > 1:
-            named = next(options.variants[name] for name in group if name in options.variants)
-            raise BuildError(f"{' and '.join(group)} would install different variants ({chosen}): "
-                             f"one decoding runs both", "name the same for both: "
-                             + " ".join(f"--variant {name}={named}" for name in group))
+    _check_same_variant(specs, options, paths)
     report = BuildReport()
     with _build_lock(paths.cache):
         models_manifest = {}
@@ -105,6 +99,32 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
         say(f"nothing to do: {len(specs)} models and {len(ASSETS)} assets are up to date "
             f"in {paths.model_repository} (manifest {paths.manifest})")
     return report
+
+
+def _check_same_variant(specs: list[ModelSpec], options: BuildOptions, paths: ProjectPaths) -> None:
+    """Refuse, before anything is built, a build after which the models of a ``SAME_VARIANT``
+    group (one decoding runs them all) would hold different variants: each ends with the
+    variant named for it, else the default when it is built, else what the manifest says is
+    installed, else the default it would get later."""
+    building = {spec.name for spec in specs}
+    installed = (_read_json(paths.manifest) or {}).get("models", {})
+    catalog = {spec.name: spec for spec in MODELS}
+    for group in (g for g in SAME_VARIANT if all(name in catalog for name in g)):
+        after = {}
+        for name in group:
+            if name in options.variants:
+                after[name] = options.variants[name]
+            elif name not in building and installed.get(name, {}).get("variant"):
+                after[name] = installed[name]["variant"]
+            else:
+                after[name] = catalog[name].default
+        if len(set(after.values())) > 1:
+            wanted = next((options.variants[n] for n in group if n in options.variants),
+                          next(after[n] for n in group if n in building))
+            raise BuildError(f"{' and '.join(group)} would end up with different variants ({after}): one decoding "
+                             "runs both", "build them together with one variant: percolate-models build "
+                             + " ".join(f"--only {name}" for name in group) + " "
+                             + " ".join(f"--variant {name}={wanted}" for name in group))
 
 
 def cache_key(spec: ModelSpec, source_sha256: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from percolate_models import configs, export
 from percolate_models.build import BuildOptions, BuildReport, _install_model, build, current_key, verify
-from percolate_models.catalog import MODELS, WeightsSource
+from percolate_models.catalog import MODELS, WeightsSource, model_by_name
 from percolate_models.errors import BuildError, MissingPackageError
 from percolate_models.paths import ProjectPaths
 from percolate_models.sources import locate, sha256_file
@@ -186,6 +186,25 @@ def test_the_two_whisper_decoders_get_one_variant(scratch):
         with pytest.raises(BuildError, match="--variant whisper_decoder=fp32 --variant whisper_decoder_with_past=fp32"):
             build(scratch, BuildOptions(models=("whisper_decoder",), variants=named))
     assert not scratch.manifest.exists()
+
+
+def test_building_one_decoder_checks_the_other_ones_installed_variant(scratch):
+    """`build --only` of one decoder is refused when the other is installed with another
+    variant, and allowed when it matches."""
+    scratch.manifest.parent.mkdir(parents=True, exist_ok=True)
+    installed = {"whisper_decoder": {"variant": "fp32"}, "whisper_decoder_with_past": {"variant": "fp32"}}
+    scratch.manifest.write_text(json.dumps({"models": installed, "assets": []}))
+    with pytest.raises(BuildError, match="--only whisper_decoder --only whisper_decoder_with_past "
+                                         "--variant whisper_decoder=int8 --variant whisper_decoder_with_past=int8"):
+        build(scratch, BuildOptions(models=("whisper_decoder_with_past",)))
+    with pytest.raises(BuildError, match="different variants"):
+        build(scratch, BuildOptions(models=("whisper_decoder",), variants={"whisper_decoder": "int8"}))
+    from percolate_models import build as build_module
+
+    allowed = build_module._check_same_variant([model_by_name("whisper_decoder_with_past")],
+                                               BuildOptions(models=("whisper_decoder_with_past",),
+                                                            variants={"whisper_decoder_with_past": "fp32"}), scratch)
+    assert allowed is None  # fp32 beside the installed fp32: nothing to refuse
 
 
 def test_verify_names_decoders_left_with_different_variants(scratch):
