@@ -367,15 +367,20 @@ def test_values_past_the_limit_are_flushed_without_waiting_and_then_marked(tmp_p
 
     monkeypatch.setattr(store_module, "UNFLUSHED_LIMIT", 4096)
     with EncryptedStore.open(tmp_path / "db", "tenant-a", kek) as store:
-        store.write([Put(DOCUMENTS, b"%04d" % i, b"x" * 100) for i in range(50)])  # over 4 KB: a flush is asked for
-        candidate = store._flush_candidate
-        assert candidate == store.last_lsn and store._durable_lsn < candidate
-        deadline = time.monotonic() + 120
-        while store._durable_lsn < candidate and time.monotonic() < deadline:
-            store.write([Put(RESOURCES, b"tick", b"t")])  # a synced record carries the mark once the flush is done
-            time.sleep(0.01)
-        assert store._durable_lsn >= candidate and store._flush_candidate is None
-        assert int.from_bytes(store._views[META].get(DURABLE_LSN), "big") == store._durable_lsn
+        store.write([Put(DOCUMENTS, b"%04d" % i, b"x" * 100) for i in range(50)])  # over 4 KB: a flush starts
+        candidate, flusher = store.last_lsn, store._flusher
+        assert flusher is not None and store._durable_lsn < candidate
+        flusher.join(120)
+        assert store._flushed_through == candidate and store._durable_lsn < candidate  # flushed, not yet marked
+        store.write([Put(RESOURCES, b"tick", b"t")])  # the next synced record carries the mark
+        assert store._durable_lsn == candidate < store.last_lsn  # the tick itself waits in a memtable
+        assert int.from_bytes(store._views[META].get(DURABLE_LSN), "big") == candidate
+        store.write([Put(DOCUMENTS, b"more", b"m")])
+        store._request_flush()
+        store._flusher.join(120)
+        assert store._durable_lsn < store.last_lsn == store._flushed_through
+        store.write([Put(DOCUMENTS, b"more", b"m"), Put("indexes", b"graph", b"g")])  # through the WAL, all of it
+        assert store._durable_lsn == store.last_lsn  # right after a flushed part, a WAL batch marks itself
 
 
 def test_the_durable_mark_never_goes_back_and_compact_holds_the_lock(tmp_path, kek):

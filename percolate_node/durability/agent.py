@@ -104,6 +104,7 @@ class BackupAgent:
         self._results: dict[int, SnapshotReport | BaseException] = {}
         self._commit_times: deque[tuple[int, float]] = deque()  # (lsn, monotonic time committed), unshipped
         self._shipped_at: deque[tuple[int, float]] = deque()   # (lsn, monotonic time shipped)
+        self._trimmable = 0  # shipped and past retention; the store trims only what is flushed, so kept
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._next_snapshot = 0.0
@@ -427,11 +428,10 @@ class BackupAgent:
     def _trim_local(self) -> None:
         limit = self.shipped_lsn if self.hold_lsn is None else min(self.shipped_lsn, self.hold_lsn)
         horizon = time.monotonic() - self.policy.local_log_retention_s
-        through = 0
         while self._shipped_at and self._shipped_at[0][1] <= horizon:
-            through = max(through, self._shipped_at.popleft()[0])
-        through = min(through, limit)
-        if through:
+            self._trimmable = max(self._trimmable, self._shipped_at.popleft()[0])
+        through = min(self._trimmable, limit)
+        if through and self.store.first_lsn() <= through:  # asked again each round: a trim stops at what is flushed
             self.store.trim_log(through)
 
     def _update_lag(self) -> None:

@@ -20,8 +20,8 @@ disk, so a batch of logged families goes in two writes under the lock: the recor
 synced through the WAL (the batch is durable, and acknowledged, from here), then the
 values without the WAL (memtables only). The record is thus the values' write-ahead log.
 ``meta/durable-lsn`` says up to which LSN the data families are known to be in SST files
-(``_make_durable`` flushes them and waits; ``_request_flush`` does not, and a later synced
-write carries the mark); ``open`` replays the records after it, so a crash (``kill -9``,
+(``_make_durable`` flushes them and waits; ``_request_flush`` flushes in a background
+thread, and a later synced write carries the mark); ``open`` replays the records after it, so a crash (``kill -9``,
 power loss) loses nothing acknowledged. The log is trimmed only through the mark; taking a
 checkpoint or backup, retiring a DEK and closing make the values durable first. Batches with an unlogged
 family (``indexes``) and the store's own writes (keys, re-seal, trim) keep the single
@@ -60,9 +60,10 @@ log = logging.getLogger(__name__)
 SEAL_BLOCK = 2**20
 """Seals reserved in the keyring at a time: one synced keyring write per block."""
 UNFLUSHED_LIMIT = 64 * 2**20
-"""Bytes of values written without the WAL after which the store asks RocksDB to flush them
-(without waiting: ``_request_flush``), which bounds what ``open`` replays after a crash."""
-_IMMUTABLE_MEMTABLES = "rocksdb.num-immutable-mem-table"
+"""Bytes of values written without the WAL after which a background thread flushes them
+(``_request_flush``), which bounds what ``open`` replays after a crash."""
+FLUSH_RETRY_S = 10.0
+"""After a background flush failed, how long before the store asks for another."""
 KekSource = bytes | Path | str | KekFile
 
 
@@ -149,7 +150,9 @@ class EncryptedStore:
         self._durable_lsn: int | None = int.from_bytes(durable, "big") if durable else None
         self._unflushed = 0  # bytes written without the WAL since the data families were last flushed
         self._recovered = False  # until _recover has replayed the log, nothing may be marked durable
-        self._flush_candidate: int | None = None  # LSN a flush asked for without waiting will make durable
+        self._flusher: threading.Thread | None = None  # the background flush, while one runs
+        self._flushed_through = 0  # what the last background flush put in SST files (set by its thread)
+        self._flush_retry_at = 0.0
         self._logged_data = [cf for cf in DATA_FAMILIES if cf not in UNLOGGED_FAMILIES]
         self.replayed = 0
         """Change-log records ``open`` replayed into the data families (values lost with the memtables)."""
@@ -528,10 +531,10 @@ class EncryptedStore:
             if not first or through < first:
                 return 0
             if through > self._durable_lsn:  # a trimmed record must never be the only copy of its values
-                if self._flush_candidate is not None and self._flushed():
-                    self._set_durable(self._flush_candidate)
-                if through > self._durable_lsn and self._flush_candidate is None:
-                    self._request_flush()  # a later trim takes the rest; writers never wait for it
+                if self._flushed_through > self._durable_lsn:
+                    self._set_durable(self._flushed_through)
+                if through > self._durable_lsn:
+                    self._request_flush()  # a later trim takes the rest; nobody waits for it
                 through = min(through, self._durable_lsn)
                 if through < first:
                     return 0
@@ -583,6 +586,8 @@ class EncryptedStore:
         with self._lock:
             if self._closed:
                 return
+            if self._flusher is not None:
+                self._flusher.join()  # it uses the views: let it finish before RocksDB closes
             if make_durable:
                 try:
                     self._make_durable()  # so the next open has nothing to replay
@@ -738,44 +743,49 @@ class EncryptedStore:
         if lsn:
             for listener in self._log_listeners:
                 listener(lsn)
-        if self._unflushed >= UNFLUSHED_LIMIT and self._flush_candidate is None:
+        if self._unflushed >= UNFLUSHED_LIMIT:
             self._request_flush()
 
     def _mark_for(self, lsn: int, split: bool) -> int:
         """The ``durable-lsn`` a synced write of LSN ``lsn`` may carry (0: none): ``lsn`` itself when
-        it carries all of it and nothing earlier waits in memtables only, else what a flush asked
-        for earlier covers once it is done. The caller moves ``_durable_lsn`` after the write."""
+        it carries all of it and everything before is durable or flushed, else what the last
+        background flush covers. The caller moves ``_durable_lsn`` after the write."""
         if not self._recovered:
             return 0
-        if lsn and not split and self._durable_lsn == lsn - 1:
+        base = max(self._durable_lsn, self._flushed_through)
+        if lsn and not split and base == lsn - 1:
             return lsn
-        if self._flush_candidate is not None and self._flush_candidate > self._durable_lsn and self._flushed():
-            return self._flush_candidate
-        return 0
+        return base if base > self._durable_lsn else 0
 
     def _marked(self, lsn: int) -> None:
         self._durable_lsn = lsn if self._durable_lsn is None else max(lsn, self._durable_lsn)
-        if self._flush_candidate is not None and self._flush_candidate <= self._durable_lsn:
-            self._flush_candidate = None
 
     def _request_flush(self) -> None:
-        """Ask RocksDB to flush the data families without waiting (it moves their memtables aside
-        at once); the next synced write or trim moves the mark once they are in SST files."""
-        candidate = self._next_lsn - 1
-        for cf in self._logged_data:
-            try:
-                self._views[cf].flush(False)
-            except Exception as error:  # rocksdict raises bare Exception; the values stay in the log
-                log.warning("asking RocksDB to flush %s at %s failed (tried again later): %s", cf, self.path, error)
-                return
-        self._flush_candidate, self._unflushed = candidate, 0
+        """Flush the logged data families in a background thread, unless one runs already.
 
-    def _flushed(self) -> bool:
-        """Whether every memtable set aside by ``_request_flush`` is in an SST file by now."""
+        ``flush`` can wait for RocksDB's previous flush (it refuses to stall writes), so it never
+        runs in the writer or under the lock. When it returns, everything written before the
+        request is in SST files; ``_flushed_through`` says so, and the next synced write or trim
+        carries it as the mark.
+        """
+        if (self._flusher is not None and self._flusher.is_alive()) or time.monotonic() < self._flush_retry_at:
+            return
+        candidate, views = self._next_lsn - 1, [self._views[cf] for cf in self._logged_data]
+        self._unflushed = 0
+        self._flusher = threading.Thread(target=self._flush_in_background, args=(views, candidate),
+                                         name="percolate-store-flush", daemon=True)
+        self._flusher.start()
+
+    def _flush_in_background(self, views: list[Rdict], candidate: int) -> None:
         try:
-            return not any(self._views[cf].property_int_value(_IMMUTABLE_MEMTABLES) for cf in self._logged_data)
-        except Exception:  # rocksdict raises bare Exception: not known to be flushed
-            return False
+            for view in views:
+                view.flush()
+        except Exception as error:  # rocksdict raises bare Exception; the values stay in the log
+            self._flush_retry_at = time.monotonic() + FLUSH_RETRY_S
+            log.warning("flushing %s in the background failed (tried again in %.0f s): %s", self.path,
+                        FLUSH_RETRY_S, error)
+            return
+        self._flushed_through = max(self._flushed_through, candidate)
 
     def _make_durable(self) -> None:
         """Flush the data families to SST files, then record that every logged batch so far is
