@@ -142,6 +142,25 @@ def test_operations_are_small_values_and_the_last_on_a_key_wins(store):
     assert store.get(RESOURCES, b"k") == b"other family"
 
 
+def test_a_database_from_before_the_meta_family_opens_and_gets_its_mark(tmp_path, kek):
+    """Upgrading: before the split writes every value went through the WAL and there was no
+    ``meta`` family; the first open creates it, marks the whole log durable and replays nothing."""
+    from percolate_node.store.layout import META
+
+    path = tmp_path / "db"
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        store.write([Put(DOCUMENTS, b"old", b"written before")])
+        last = store.last_lsn
+    db = raw_db(path)
+    db.drop_column_family(META)
+    db.close()
+    assert META not in Rdict.list_cf(str(path), Options(raw_mode=True))
+    with EncryptedStore.open(path, "tenant-a", kek) as store:
+        assert store.replayed == 0 and store._durable_lsn == last == store.last_lsn
+        assert store.get(DOCUMENTS, b"old") == b"written before"
+    assert META in Rdict.list_cf(str(path), Options(raw_mode=True))
+
+
 def test_a_failed_commit_writes_nothing(store):
     store.write([Put(DOCUMENTS, b"kept", b"1")])
 
