@@ -251,6 +251,21 @@ SPLIT_CHILD = textwrap.dedent("""
 """)
 
 
+def run_split_child(path: Path, kek: bytes, mode: str) -> list[list[str]]:
+    """SPLIT_CHILD's lines, split into words, once it died (``die-between``) or was killed."""
+    child = subprocess.Popen([sys.executable, "-c", SPLIT_CHILD, str(path), kek.hex(), mode],
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    lines = []
+    for line in child.stdout:
+        lines.append(line.split())
+        if line.startswith("waiting"):
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait()
+    assert child.returncode in (0, -signal.SIGKILL), lines
+    return lines
+
+
 def _expected_after(batches: int) -> tuple[dict[bytes, bytes], bytes | None]:
     documents, shared = {}, None
     for batch in range(batches):
@@ -266,16 +281,7 @@ def test_split_writes_lose_nothing_acknowledged_across_a_crash(tmp_path, kek, mo
     """Values are written without the WAL after their synced change-log record: a crash
     loses the memtables, and open replays the records after ``durable-lsn``."""
     path = tmp_path / "db"
-    child = subprocess.Popen([sys.executable, "-c", SPLIT_CHILD, str(path), kek.hex(), mode],
-                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    lines = []
-    for line in child.stdout:
-        lines.append(line.split())
-        if line.startswith("waiting"):
-            child.send_signal(signal.SIGKILL)
-            break
-    child.wait()
-    assert child.returncode in (0, -signal.SIGKILL), lines
+    lines = run_split_child(path, kek, mode)
     acknowledged = [line for line in lines if line[0].isdigit()]
     assert len(acknowledged) == 40
     last_lsn, durable_then = int(acknowledged[-1][1]), int(acknowledged[-1][2])
@@ -473,15 +479,7 @@ def test_a_damaged_record_to_replay_fails_the_open_and_marks_nothing(tmp_path, k
     from percolate_node.store.layout import LOG
 
     path = tmp_path / "db"
-    child = subprocess.Popen([sys.executable, "-c", SPLIT_CHILD, str(path), kek.hex(), "kill"],
-                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    lines = []
-    for line in child.stdout:
-        lines.append(line.split())
-        if line.startswith("waiting"):
-            child.send_signal(signal.SIGKILL)
-            break
-    child.wait()
+    lines = run_split_child(path, kek, "kill")
     last, durable = int(lines[-2][1]), int(lines[-2][2])
 
     def flip(views):

@@ -864,6 +864,8 @@ class EncryptedStore:
                 after = lsn
         self._recovered = True
         self._make_durable()
+        log.warning("replayed %d change-log records into %s (LSN %d-%d): their values were lost with the "
+                    "memtables at an unclean stop", self.replayed, self.path, last - self.replayed + 1, last)
 
     def _put_keys(self, records: dict[bytes, bytes], logged: bool = True) -> None:
         batch = WriteBatch(raw_mode=True)
