@@ -109,7 +109,9 @@ def _check_same_variant(specs: list[ModelSpec], options: BuildOptions, paths: Pr
     building = {spec.name for spec in specs}
     installed = (_read_json(paths.manifest) or {}).get("models", {})
     catalog = {spec.name: spec for spec in MODELS}
-    for group in (g for g in SAME_VARIANT if all(name in catalog for name in g)):
+    for group in SAME_VARIANT:
+        if not all(name in catalog for name in group) or not set(group) & (building | set(options.variants)):
+            continue  # a build that touches none of the group leaves it as it is (verify reports a mismatch)
         after = {}
         for name in group:
             if name in options.variants:
@@ -119,8 +121,8 @@ def _check_same_variant(specs: list[ModelSpec], options: BuildOptions, paths: Pr
             else:
                 after[name] = catalog[name].default
         if len(set(after.values())) > 1:
-            wanted = next((options.variants[n] for n in group if n in options.variants),
-                          next(after[n] for n in group if n in building))
+            named = [options.variants[n] for n in group if n in options.variants]
+            wanted = named[0] if named else next(after[n] for n in group if n in building)
             raise BuildError(f"{' and '.join(group)} would end up with different variants ({after}): one decoding "
                              "runs both", "build them together with one variant: percolate-models build "
                              + " ".join(f"--only {name}" for name in group) + " "

@@ -201,10 +201,14 @@ def test_building_one_decoder_checks_the_other_ones_installed_variant(scratch):
         build(scratch, BuildOptions(models=("whisper_decoder",), variants={"whisper_decoder": "int8"}))
     from percolate_models import build as build_module
 
-    allowed = build_module._check_same_variant([model_by_name("whisper_decoder_with_past")],
-                                               BuildOptions(models=("whisper_decoder_with_past",),
-                                                            variants={"whisper_decoder_with_past": "fp32"}), scratch)
-    assert allowed is None  # fp32 beside the installed fp32: nothing to refuse
+    # fp32 beside the installed fp32: nothing to refuse
+    build_module._check_same_variant([model_by_name("whisper_decoder_with_past")],
+                                     BuildOptions(models=("whisper_decoder_with_past",),
+                                                  variants={"whisper_decoder_with_past": "fp32"}), scratch)
+    # a build that touches neither decoder leaves a mismatch it did not cause to verify
+    installed["whisper_decoder_with_past"]["variant"] = "int8"
+    scratch.manifest.write_text(json.dumps({"models": installed, "assets": []}))
+    build_module._check_same_variant([model_by_name("ocr_cls")], BuildOptions(models=("ocr_cls",)), scratch)
 
 
 def test_verify_names_decoders_left_with_different_variants(scratch):

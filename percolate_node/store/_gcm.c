@@ -23,7 +23,7 @@
  * the sort is stable, so the last of several operations on one key still wins.
  *
  * Put and Delete, the operations the store's write() takes, are native objects here too:
- * a dataclass instance costs about four times as much to make, and a batch makes one per
+ * a dataclass instance costs about six times as much to make, and a batch makes one per
  * value.
  *
  * Each object also carries a seal budget (``budget``): the store reserves seals in blocks
@@ -875,10 +875,12 @@ static void
 Op_dealloc(Op *self)
 {
     PyObject_GC_UnTrack(self);
+    Py_TRASHCAN_BEGIN(self, Op_dealloc) /* Put(value=Put(value=...)) nested deeply frees iteratively */
     Py_XDECREF(self->cf);
     Py_XDECREF(self->key);
     Py_XDECREF(self->value);
     PyObject_GC_Del(self);
+    Py_TRASHCAN_END
 }
 
 static PyObject *
@@ -932,40 +934,29 @@ static PyMemberDef Delete_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyTypeObject PutType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "percolate_node.store.Put",
-    .tp_basicsize = sizeof(Op),
-    .tp_dealloc = (destructor)Op_dealloc,
-    .tp_repr = (reprfunc)Op_repr,
-    .tp_hash = PyObject_HashNotImplemented,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_traverse = (traverseproc)Op_traverse,
-    .tp_doc = "Put(cf, key, value): store value (sealed) under key in column family cf; an operation of "
-              "EncryptedStore.write.",
-    .tp_richcompare = Op_richcompare,
-    .tp_methods = Op_methods,
-    .tp_members = Put_members,
-    .tp_new = Op_new,
-    .tp_vectorcall = Op_vectorcall,
-};
+/* Put and Delete differ in name, doc and fields only. */
+#define OP_TYPE(NAME, DOC, MEMBERS)                                  \
+    {                                                                \
+        PyVarObject_HEAD_INIT(NULL, 0)                               \
+        .tp_name = "percolate_node.store." NAME,                     \
+        .tp_basicsize = sizeof(Op),                                  \
+        .tp_dealloc = (destructor)Op_dealloc,                        \
+        .tp_repr = (reprfunc)Op_repr,                                \
+        .tp_hash = PyObject_HashNotImplemented,                      \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,         \
+        .tp_traverse = (traverseproc)Op_traverse,                    \
+        .tp_doc = DOC,                                               \
+        .tp_richcompare = Op_richcompare,                            \
+        .tp_methods = Op_methods,                                    \
+        .tp_members = MEMBERS,                                       \
+        .tp_new = Op_new,                                            \
+        .tp_vectorcall = Op_vectorcall,                              \
+    }
 
-static PyTypeObject DeleteType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "percolate_node.store.Delete",
-    .tp_basicsize = sizeof(Op),
-    .tp_dealloc = (destructor)Op_dealloc,
-    .tp_repr = (reprfunc)Op_repr,
-    .tp_hash = PyObject_HashNotImplemented,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_traverse = (traverseproc)Op_traverse,
-    .tp_doc = "Delete(cf, key): remove key from column family cf; an operation of EncryptedStore.write.",
-    .tp_richcompare = Op_richcompare,
-    .tp_methods = Op_methods,
-    .tp_members = Delete_members,
-    .tp_new = Op_new,
-    .tp_vectorcall = Op_vectorcall,
-};
+static PyTypeObject PutType = OP_TYPE("Put", "Put(cf, key, value): store value (sealed) under key in column family "
+                                             "cf; an operation of EncryptedStore.write.", Put_members);
+static PyTypeObject DeleteType = OP_TYPE("Delete", "Delete(cf, key): remove key from column family cf; an "
+                                                   "operation of EncryptedStore.write.", Delete_members);
 
 static struct PyModuleDef gcm_module = {
     PyModuleDef_HEAD_INIT, "_gcm", "AES-256-GCM sealing of store values with reused OpenSSL contexts.", -1, module_methods,

@@ -19,13 +19,14 @@ their families, once inside the record) doubled the bytes every synced write sen
 disk, so a batch of logged families goes in two writes under the lock: the record alone,
 synced through the WAL (the batch is durable, and acknowledged, from here), then the
 values without the WAL (memtables only). The record is thus the values' write-ahead log.
-``meta/durable-lsn`` says up to which LSN the data families are known to be in SST files
-(``_make_durable`` flushes them and waits; ``_request_flush`` flushes in a background
-thread, and a later synced write carries the mark); ``open`` replays the records after it, so a crash (``kill -9``,
-power loss) loses nothing acknowledged. The log is trimmed only through the mark; taking a
-checkpoint or backup, retiring a DEK and closing make the values durable first. Batches with an unlogged
-family (``indexes``) and the store's own writes (keys, re-seal, trim) keep the single
-synced write.
+``meta/durable-lsn`` says up to which LSN the data families are known to be in SST files;
+``open`` replays the records after it, so a crash (``kill -9``, power loss) loses nothing
+acknowledged. The mark moves with a synced write that carries a whole batch when nothing
+before it waits in memtables, with the next synced write or trim after a background flush
+(``_request_flush``), and with ``_make_durable`` (flush and wait), which runs before a
+checkpoint, a backup, retiring DEKs, compaction (KEK rotation, purge) and close. The log
+is trimmed only through the mark. Batches with an unlogged family (``indexes``) and the
+store's own writes (keys, re-seal, trim) keep the single synced write.
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ KekSource = bytes | Path | str | KekFile
 
 Put = _gcm.Put
 """``Put(cf, key, value)``: an operation of ``write``; native (``_gcm.c``), since a batch makes one
-per value and a dataclass instance cost about four times as much. Read-only fields, equality by value."""
+per value and a dataclass instance cost about six times as much. Read-only fields, equality by value."""
 Delete = _gcm.Delete
 """``Delete(cf, key)``: an operation of ``write``; native like ``Put``."""
 
@@ -153,6 +154,9 @@ class EncryptedStore:
         self._flusher: threading.Thread | None = None  # the background flush, while one runs
         self._flushed_through = 0  # what the last background flush put in SST files (set by its thread)
         self._flush_retry_at = 0.0
+        self._flush_failed = False  # the last background flush failed: ask again once _flush_retry_at passed
+        # Only one flusher runs at a time (started under the lock once the last one ended), so it
+        # alone writes _flushed_through, _flush_failed and _flush_retry_at; a stale read delays a mark.
         self._logged_data = [cf for cf in DATA_FAMILIES if cf not in UNLOGGED_FAMILIES]
         self.replayed = 0
         """Change-log records ``open`` replayed into the data families (values lost with the memtables)."""
@@ -365,6 +369,7 @@ class EncryptedStore:
             raise StoreError(f"DEK(s) {sorted(still)} still seal {sum(still.values())} values; "
                              "run reseal() to completion first")
         with self._lock:
+            self._check_open()
             self._make_durable()  # a crash after this must not need to replay records sealed with these DEKs
             self._delete_keys([name for dek_id in old for name in (dek_record(dek_id), seals_record(dek_id, 0)[0])])
             for dek_id in old:
@@ -406,8 +411,8 @@ class EncryptedStore:
                 batch.delete(name, handle)
             batch.put(SHREDDED, shredded_marker(), handle)
             self._commit(batch)
-            self._compact([KEYS])
-            self.close()
+            self._compact([KEYS], make_durable=False)  # the data is unreadable from here: only the keys matter
+            self._close(make_durable=False)
 
     def export_keyring(self, path: Path) -> None:
         """Write the wrapped keyring (not the KEK) to ``path``: what ``restore`` needs besides a backup.
@@ -487,21 +492,10 @@ class EncryptedStore:
                 from percolate_node.durability.errors import FencedError
 
                 raise FencedError(f"log record {lsn} is from epoch {record.epoch}, older than {self.epoch}")
-            batch = WriteBatch(raw_mode=True)
-            keys_changed = False
-            for cf, key, value in record.ops:
-                if value is None:
-                    batch.delete(key, self._handles[cf])
-                else:
-                    batch.put(key, value, self._handles[cf])
-                keys_changed |= cf == KEYS
+            batch = self._batch_of(record.ops)
+            keys_changed = any(cf == KEYS for cf, _, _ in record.ops)
             batch.put(changelog.lsn_key(lsn), sealed, self._handles[LOG])
-            mark = self._mark_for(lsn, split=False)
-            if mark:
-                batch.put(DURABLE_LSN, mark.to_bytes(8, "big"), self._handles[META])
-            self._commit(batch)
-            if mark:
-                self._marked(mark)
+            self._commit(batch, carries=lsn)
             self._next_lsn = lsn + 1
             self.epoch = max(self.epoch, record.epoch)
             if keys_changed:
@@ -586,7 +580,7 @@ class EncryptedStore:
         with self._lock:
             if self._closed:
                 return
-            if self._flusher is not None:
+            if self._flusher is not None and self._flusher.is_alive():
                 self._flusher.join()  # it uses the views: let it finish before RocksDB closes
             if make_durable:
                 try:
@@ -690,12 +684,14 @@ class EncryptedStore:
         return sum(1 for _ in self.keys(cf, on_damage=lambda damage: None))
 
     def _commit(self, batch: WriteBatch, logged: Sequence[tuple[str, bytes, bytes | None]] | None = None,
-                framed: tuple[int, bytes] | None = None, split: bool = False) -> None:
+                framed: tuple[int, bytes] | None = None, split: bool = False, carries: int = 0) -> None:
         """Write ``batch`` synced, with the change-log record of ``logged`` in it (None: unlogged),
         or of ``framed``: (count, operations already framed), what ``seal_batch`` returns.
 
         ``split`` (``framed`` holds every operation of ``batch``): the record goes alone in
         the synced write, and ``batch`` follows without the WAL (see the module docstring).
+        ``carries``: the LSN of a record the caller already put in ``batch`` (a replayed one),
+        for the durable mark, which is decided here only.
         Under the lock. The record takes one seal from the active DEK's budget, which
         writers keep at least one above what they seal themselves.
         """
@@ -717,13 +713,10 @@ class EncryptedStore:
                 record_batch.put(key, self._sealer.keys.seal(self._log_context, key, record), self._handles[LOG])
             except (OverflowError, RuntimeError, MemoryError) as error:
                 raise seal_error(LOG, key, error) from None
-        mark = self._mark_for(lsn, split)
+        mark = self._mark_for(lsn or carries, split)
         if mark:
             record_batch.put(DURABLE_LSN, mark.to_bytes(8, "big"), self._handles[META])
-        try:
-            self._db.write(record_batch, self._sync)
-        except Exception as error:
-            raise StoreError(f"RocksDB write failed at {self.path}: {error}") from None
+        self._write_synced(record_batch)
         if lsn:
             self._next_lsn = lsn + 1  # on disk: this LSN is taken, whatever happens next
         if split:
@@ -743,7 +736,7 @@ class EncryptedStore:
         if lsn:
             for listener in self._log_listeners:
                 listener(lsn)
-        if self._unflushed >= UNFLUSHED_LIMIT:
+        if self._unflushed >= UNFLUSHED_LIMIT or (self._flush_failed and time.monotonic() >= self._flush_retry_at):
             self._request_flush()
 
     def _mark_for(self, lsn: int, split: bool) -> int:
@@ -771,17 +764,23 @@ class EncryptedStore:
         if (self._flusher is not None and self._flusher.is_alive()) or time.monotonic() < self._flush_retry_at:
             return
         candidate, views = self._next_lsn - 1, [self._views[cf] for cf in self._logged_data]
-        self._unflushed = 0
-        self._flusher = threading.Thread(target=self._flush_in_background, args=(views, candidate),
-                                         name="percolate-store-flush", daemon=True)
-        self._flusher.start()
+        flusher = threading.Thread(target=self._flush_in_background, args=(views, candidate),
+                                   name="percolate-store-flush", daemon=True)
+        self._unflushed, self._flush_failed = 0, False  # before it starts: it may fail at once and say so
+        try:
+            flusher.start()
+        except RuntimeError as error:  # no thread to be had: the values stay in the log, asked again later
+            log.warning("cannot start a flush thread for %s: %s", self.path, error)
+            self._flush_failed, self._flush_retry_at = True, time.monotonic() + FLUSH_RETRY_S
+            return
+        self._flusher = flusher
 
     def _flush_in_background(self, views: list[Rdict], candidate: int) -> None:
         try:
             for view in views:
                 view.flush()
         except Exception as error:  # rocksdict raises bare Exception; the values stay in the log
-            self._flush_retry_at = time.monotonic() + FLUSH_RETRY_S
+            self._flush_retry_at, self._flush_failed = time.monotonic() + FLUSH_RETRY_S, True
             log.warning("flushing %s in the background failed (tried again in %.0f s): %s", self.path,
                         FLUSH_RETRY_S, error)
             return
@@ -806,11 +805,28 @@ class EncryptedStore:
         lsn = max(lsn, self._durable_lsn or 0)  # the mark never goes back
         batch = WriteBatch(raw_mode=True)
         batch.put(DURABLE_LSN, lsn.to_bytes(8, "big"), self._handles[META])
+        self._write_synced(batch)
+        self._marked(lsn)
+
+    def _write_synced(self, batch: WriteBatch) -> None:
         try:
             self._db.write(batch, self._sync)
-        except Exception as error:
+        except Exception as error:  # rocksdict raises bare Exception
             raise StoreError(f"RocksDB write failed at {self.path}: {error}") from None
-        self._marked(lsn)
+
+    def _batch_of(self, ops: Sequence[tuple[str, bytes, bytes | None]], families: Sequence[str] | None = None
+                  ) -> WriteBatch:
+        """A WriteBatch of change-log operations as stored (value None: a delete), only those in
+        ``families`` when given."""
+        batch = WriteBatch(raw_mode=True)
+        for cf, key, value in ops:
+            if families is not None and cf not in families:
+                continue
+            if value is None:
+                batch.delete(key, self._handles[cf])
+            else:
+                batch.put(key, value, self._handles[cf])
+        return batch
 
     def _recover(self) -> None:
         """At open: replay the change-log records after ``durable-lsn`` into the data families.
@@ -821,8 +837,6 @@ class EncryptedStore:
         goes through the WAL. A database without the mark (new, or from before split
         writes, when every value went through the WAL) has nothing to replay.
         """
-        from percolate_node.durability.changelog import FAMILY_INDEX
-
         last = self._next_lsn - 1
         if self._durable_lsn is None:
             self._set_durable(last)
@@ -837,7 +851,6 @@ class EncryptedStore:
         if self.first_lsn() > self._durable_lsn + 1:
             raise DataLossError(f"the change log at {self.path} starts at LSN {self.first_lsn()}, but LSN "
                                 f"{self._durable_lsn + 1} on may be missing from the data: restore the tenant")
-        replayed = [cf for cf in DATA_FAMILIES if cf in FAMILY_INDEX and cf not in UNLOGGED_FAMILIES]
         after = self._durable_lsn
         while after < last:
             records = self.log_records(after, limit=1000)
@@ -848,13 +861,7 @@ class EncryptedStore:
                 if lsn != after + 1:
                     raise DataLossError(f"change-log record {after + 1} is missing at {self.path} (the next is "
                                         f"{lsn}); it holds acknowledged writes: restore the tenant")
-                batch = WriteBatch(raw_mode=True)
-                for cf, key, value in self.open_log_record(lsn, sealed).ops:
-                    if cf in replayed:
-                        if value is None:
-                            batch.delete(key, self._handles[cf])
-                        else:
-                            batch.put(key, value, self._handles[cf])
+                batch = self._batch_of(self.open_log_record(lsn, sealed).ops, self._logged_data)
                 self._unflushed += batch.size_in_bytes()
                 try:
                     self._db.write(batch, self._unlogged_wal)
@@ -947,11 +954,13 @@ class EncryptedStore:
                 self._commit(batch, logged)
             return moved
 
-    def _compact(self, families: Sequence[str]) -> None:
-        """Flush every family (so old WAL files go) and force-compact ``families``."""
+    def _compact(self, families: Sequence[str], make_durable: bool = True) -> None:
+        """Flush every family (so old WAL files go) and force-compact ``families``; with
+        ``make_durable``, move the durable mark first (flushing alone does not)."""
         options = CompactOptions()
         options.set_bottommost_level_compaction(BottommostLevelCompaction.force())
-        self._make_durable()
+        if make_durable:
+            self._make_durable()
         for view in self._views.values():
             view.flush()
         for cf in families:
