@@ -61,6 +61,10 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
         if variant not in model_by_name(name).variants:
             raise BuildError(f"{name} has no variant {variant!r}",
                              f"choose one of {', '.join(model_by_name(name).variants)}")
+    unbuilt = sorted(set(options.variants) - {spec.name for spec in specs})
+    if unbuilt:  # it would be ignored, and could leave the two decoders apart
+        raise BuildError(f"--variant names {', '.join(unbuilt)}, which this build does not build",
+                         "add " + " ".join(f"--only {name}" for name in unbuilt) + " or drop that --variant")
     _check_same_variant(specs, options, paths)
     report = BuildReport()
     with _build_lock(paths.cache):
@@ -103,23 +107,22 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
 
 def _check_same_variant(specs: list[ModelSpec], options: BuildOptions, paths: ProjectPaths) -> None:
     """Refuse, before anything is built, a build after which the models of a ``SAME_VARIANT``
-    group (one decoding runs them all) would hold different variants: each ends with the
-    variant named for it, else the default when it is built, else what the manifest says is
-    installed, else the default it would get later."""
+    group (one decoding runs them all) would hold different variants: a model this build
+    builds ends with the variant named for it, else its default; any other keeps what the
+    manifest says is installed, else gets its default later. A build that builds none of a
+    group leaves it to ``verify``."""
     building = {spec.name for spec in specs}
     installed = (_read_json(paths.manifest) or {}).get("models", {})
     catalog = {spec.name: spec for spec in MODELS}
     for group in SAME_VARIANT:
-        if not all(name in catalog for name in group) or not set(group) & (building | set(options.variants)):
-            continue  # a build that touches none of the group leaves it as it is (verify reports a mismatch)
+        if not all(name in catalog for name in group) or not set(group) & building:
+            continue
         after = {}
         for name in group:
-            if name in options.variants:
-                after[name] = options.variants[name]
-            elif name not in building and installed.get(name, {}).get("variant"):
-                after[name] = installed[name]["variant"]
+            if name in building:
+                after[name] = options.variants.get(name, catalog[name].default)
             else:
-                after[name] = catalog[name].default
+                after[name] = installed.get(name, {}).get("variant") or catalog[name].default
         if len(set(after.values())) > 1:
             named = [options.variants[n] for n in group if n in options.variants]
             wanted = named[0] if named else next(after[n] for n in group if n in building)

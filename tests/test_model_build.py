@@ -182,9 +182,13 @@ def test_verify_names_a_model_the_manifest_lacks(scratch):
 
 def test_the_two_whisper_decoders_get_one_variant(scratch):
     """One decoding runs both decoders: naming fp32 for one only is refused with the fix."""
-    for named in ({"whisper_decoder": "fp32"}, {"whisper_decoder_with_past": "fp32"}):
+    for name in ("whisper_decoder", "whisper_decoder_with_past"):
         with pytest.raises(BuildError, match="--variant whisper_decoder=fp32 --variant whisper_decoder_with_past=fp32"):
-            build(scratch, BuildOptions(models=("whisper_decoder",), variants=named))
+            build(scratch, BuildOptions(models=(name,), variants={name: "fp32"}))
+    # a --variant for a model the build does not build would be ignored: refused, saying so
+    with pytest.raises(BuildError, match="--variant names whisper_decoder_with_past, which this build does not build"):
+        build(scratch, BuildOptions(models=("whisper_decoder",),
+                                    variants={"whisper_decoder": "fp32", "whisper_decoder_with_past": "fp32"}))
     assert not scratch.manifest.exists()
 
 

@@ -122,6 +122,10 @@ def test_operations_are_small_values_and_the_last_on_a_key_wins(store):
         Delete(DOCUMENTS, b"k", b"v")
     with pytest.raises(TypeError):
         hash(put)
+    nested = Put(DOCUMENTS, b"k", b"v")
+    for _ in range(300_000):  # freed iteratively (the trashcan), not by 300,000 nested C calls
+        nested = Put(DOCUMENTS, b"k", nested)
+    del nested
     import gc
     import weakref
 
@@ -451,7 +455,9 @@ def test_a_failed_background_flush_is_retried_and_close_waits_for_a_running_one(
     store._flusher.join(120)
     assert store._flush_failed and store._flushed_through == 0
     store._views[DOCUMENTS] = real_view
+    failed = store._flusher
     store.write([Put(DOCUMENTS, b"b", b"2")])  # a write after the retry time asks again, without 64 MiB
+    assert store._flusher is not failed
     store._flusher.join(120)
     assert not store._flush_failed and store._flushed_through == store.last_lsn  # the retry covers "b" too
     store._views[DOCUMENTS] = FlushWaits()
