@@ -20,6 +20,14 @@ from .errors import BuildError
 from .sources import distribution_version
 
 EXPORT_TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime")
+MS_DOMAIN = "com.microsoft"
+"""onnxruntime's contrib operators (fused attention, quantised MatMuls)."""
+
+
+def use_contrib_ops(model: onnx.ModelProto) -> None:
+    """Declare the com.microsoft domain that fused and quantised nodes come from (once)."""
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
 
 
 def tool_versions(kind: str) -> dict[str, str]:

@@ -39,12 +39,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .export import MS_DOMAIN, use_contrib_ops
+
 ZERO_POINT = 128
 """uint8 activations centred on 128: symmetric int8 values in onnxruntime's u8s8 layout."""
 QMAX = 127.0
 TINY = 1e-12
 """Floor for a row's scale, so an all-zero row (never seen in practice) divides cleanly."""
-MS_DOMAIN = "com.microsoft"
 SMOOTH_ALPHA = 0.5
 """How much of an activation channel's range moves into the weights (SmoothQuant's usual
 value; 0.3 kept most of the short-text loss, 0.85 moved too much and hurt the weights)."""
@@ -156,8 +157,7 @@ def quantize_per_token(src: Path, dst: Path, calibration: list[dict[str, np.ndar
     graph.initializer.extend(kept + new_inits)
     del graph.node[:]
     graph.node.extend(new_nodes)
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    use_contrib_ops(model)
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
     return count

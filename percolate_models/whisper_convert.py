@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BuildError
+from .export import MS_DOMAIN, use_contrib_ops
 
 CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 CT2_SPEC_VERSION = 6
@@ -371,7 +372,7 @@ def fuse_encoder_attention(model) -> int:
         out_proj.input[0] = f"{at}/mha_output"
         mha = helper.make_node(
             "MultiHeadAttention", [q_add.output[0], k_mm.output[0], v_add.output[0]],
-            [f"{at}/mha_output"], name=f"{at}/MultiHeadAttention", domain="com.microsoft",
+            [f"{at}/mha_output"], name=f"{at}/MultiHeadAttention", domain=MS_DOMAIN,
             num_heads=HEADS, scale=scale)
         ordered = list(graph.node)  # the new node just before its consumer: still sorted
         ordered.insert(ordered.index(out_proj), mha)
@@ -380,7 +381,7 @@ def fuse_encoder_attention(model) -> int:
         nodes = {n.name: n for n in graph.node}
         fused += 1
     _drop_dead_nodes(graph)
-    _use_contrib_ops(model)
+    use_contrib_ops(model)
     return fused
 
 
@@ -430,7 +431,7 @@ def _quantize_blocks(model) -> int:
                                                           f"{weight}_b8_scale")])
         nodes += _paired_rows(helper.make_node(
             "MatMulNBits", [node.input[0], f"{weight}_b8", f"{weight}_b8_scale"], list(node.output),
-            name=f"{node.name}_b8", domain="com.microsoft", K=k, N=n, bits=8, block_size=BLOCK,
+            name=f"{node.name}_b8", domain=MS_DOMAIN, K=k, N=n, bits=8, block_size=BLOCK,
             accuracy_level=4))
         count += 1
     graph.initializer.extend(numpy_helper.from_array(np.array([value], np.int64), name)
@@ -438,7 +439,7 @@ def _quantize_blocks(model) -> int:
     del graph.node[:]
     graph.node.extend(nodes)
     _drop_unused_initializers(graph)
-    _use_contrib_ops(model)
+    use_contrib_ops(model)
     return count
 
 
@@ -478,7 +479,7 @@ def _quantize_rows(model, names: set[str] | None) -> int:
 
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
-    _use_contrib_ops(model)
+    use_contrib_ops(model)
     constants = {"q_axes": np.array([-1], np.int64), "q_eps": np.array(1e-10, np.float32),
                  "q_levels": np.array(INT8_LEVELS, np.float32),
                  "q_offset": np.array(128.0, np.float32), "q_zero": np.array(128, np.uint8),
@@ -518,7 +519,7 @@ def _quantize_rows(model, names: set[str] | None) -> int:
             helper.make_node("Cast", [f"{n}/shift"], [f"{n}/u8"], to=TensorProto.UINT8,
                              name=f"{n}/u8"),
             helper.make_node("MatMulIntegerToFloat", [f"{n}/u8", q, "q_one", scale, "q_zero"],
-                             [f"{n}/mm"], domain="com.microsoft", name=f"{n}/mm"),
+                             [f"{n}/mm"], domain=MS_DOMAIN, name=f"{n}/mm"),
             helper.make_node("Mul", [f"{n}/mm", f"{n}/scale"], [out], name=f"{n}/out"),
         ]
         count += 1
@@ -534,10 +535,3 @@ def _drop_unused_initializers(graph) -> None:
     del graph.initializer[:]
     graph.initializer.extend(keep)
 
-
-def _use_contrib_ops(model) -> None:
-    """Declare the com.microsoft domain the fused and quantised nodes come from."""
-    from onnx import helper
-
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))

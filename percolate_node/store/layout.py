@@ -34,3 +34,5 @@ COLUMN_FAMILIES = (KEYS, *DATA_FAMILIES, LOG, META)
 UNLOGGED_FAMILIES = frozenset({INDEXES})
 """Families left out of change-log records: the saved search graph is derived data that a
 restored or standby node rebuilds (and patches) from the resources, and it is large."""
+LOGGED_DATA_FAMILIES = tuple(cf for cf in DATA_FAMILIES if cf not in UNLOGGED_FAMILIES)
+"""The data families whose values a split write puts in memtables only (``store.py``)."""

@@ -49,8 +49,8 @@ from percolate_node.store.errors import (CorruptBlockError, DataLossError, Store
 from percolate_node.store.kek import KekFile, kek_bytes, kek_source
 from percolate_node.store.keyring import (HMAC, SHREDDED, Keyring, dek_record, seals_record, shredded_marker,
                                           write_keyring_file)
-from percolate_node.store.layout import (COLUMN_FAMILIES, DATA_FAMILIES, DURABLE_LSN, KEYS, LOG, META,
-                                        UNLOGGED_FAMILIES)
+from percolate_node.store.layout import (COLUMN_FAMILIES, DATA_FAMILIES, DURABLE_LSN, KEYS, LOG,
+                                        LOGGED_DATA_FAMILIES, META, UNLOGGED_FAMILIES)
 
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 NAME_KEY_BYTES = 16
@@ -157,7 +157,6 @@ class EncryptedStore:
         self._flush_failed = False  # the last background flush failed: ask again once _flush_retry_at passed
         # Only one flusher runs at a time (started under the lock once the last one ended), so it
         # alone writes _flushed_through, _flush_failed and _flush_retry_at; a stale read delays a mark.
-        self._logged_data = [cf for cf in DATA_FAMILIES if cf not in UNLOGGED_FAMILIES]
         self.replayed = 0
         """Change-log records ``open`` replayed into the data families (values lost with the memtables)."""
 
@@ -763,7 +762,7 @@ class EncryptedStore:
         """
         if (self._flusher is not None and self._flusher.is_alive()) or time.monotonic() < self._flush_retry_at:
             return
-        candidate, views = self._next_lsn - 1, [self._views[cf] for cf in self._logged_data]
+        candidate, views = self._next_lsn - 1, [self._views[cf] for cf in LOGGED_DATA_FAMILIES]
         flusher = threading.Thread(target=self._flush_in_background, args=(views, candidate),
                                    name="percolate-store-flush", daemon=True)
         self._unflushed, self._flush_failed = 0, False  # before it starts: it may fail at once and say so
@@ -792,7 +791,7 @@ class EncryptedStore:
         last = self._next_lsn - 1
         if not self._recovered or (self._durable_lsn == last and not self._unflushed):
             return
-        for cf in self._logged_data:  # the unlogged families always go through the WAL
+        for cf in LOGGED_DATA_FAMILIES:  # the unlogged families always go through the WAL
             try:
                 self._views[cf].flush()
             except Exception as error:  # rocksdict raises bare Exception (a full disk, a background error)
@@ -840,28 +839,33 @@ class EncryptedStore:
         last = self._next_lsn - 1
         if self._durable_lsn is None:
             self._set_durable(last)
-            self._recovered = True
-            return
-        if self._durable_lsn > last:
+        elif self._durable_lsn > last:
             raise DataLossError(f"the change log at {self.path} ends at LSN {last} but the data was durable "
                                 f"through LSN {self._durable_lsn}: records are missing; restore the tenant")
-        if self._durable_lsn == last:
-            self._recovered = True
-            return
-        if self.first_lsn() > self._durable_lsn + 1:
-            raise DataLossError(f"the change log at {self.path} starts at LSN {self.first_lsn()}, but LSN "
-                                f"{self._durable_lsn + 1} on may be missing from the data: restore the tenant")
-        after = self._durable_lsn
+        else:
+            self._replay(self._durable_lsn, last)
+        self._recovered = True
+        if self.replayed:
+            self._make_durable()
+            log.warning("replayed %d change-log records into %s (LSN %d-%d): their values were lost with the "
+                        "memtables at an unclean stop", self.replayed, self.path, last - self.replayed + 1, last)
+
+    def _replay(self, after: int, last: int) -> None:
+        """Apply records ``after`` + 1 .. ``last`` to the data families, each exactly once and in
+        order; a record that cannot be read or is missing (rocksdict ends a scan quietly at a
+        damaged block, and a trim may have gone too far) is DATA_LOSS: it holds acknowledged writes."""
+        def missing(lsn: int) -> DataLossError:
+            return DataLossError(f"cannot read change-log record {lsn} at {self.path} (the log ends at {last}); "
+                                 "it holds acknowledged writes not yet in the data: restore the tenant")
+
         while after < last:
             records = self.log_records(after, limit=1000)
-            if not records or records[0][0] != after + 1:  # rocksdict ends a scan quietly at a damaged block
-                raise DataLossError(f"cannot read change-log record {after + 1} at {self.path} (the log ends at "
-                                    f"{last}); it holds acknowledged writes not yet in the data: restore the tenant")
+            if not records:
+                raise missing(after + 1)
             for lsn, sealed in records:
                 if lsn != after + 1:
-                    raise DataLossError(f"change-log record {after + 1} is missing at {self.path} (the next is "
-                                        f"{lsn}); it holds acknowledged writes: restore the tenant")
-                batch = self._batch_of(self.open_log_record(lsn, sealed).ops, self._logged_data)
+                    raise missing(after + 1)
+                batch = self._batch_of(self.open_log_record(lsn, sealed).ops, LOGGED_DATA_FAMILIES)
                 self._unflushed += batch.size_in_bytes()
                 try:
                     self._db.write(batch, self._unlogged_wal)
@@ -869,10 +873,6 @@ class EncryptedStore:
                     raise StoreError(f"RocksDB write failed at {self.path} replaying LSN {lsn}: {error}") from None
                 self.replayed += 1
                 after = lsn
-        self._recovered = True
-        self._make_durable()
-        log.warning("replayed %d change-log records into %s (LSN %d-%d): their values were lost with the "
-                    "memtables at an unclean stop", self.replayed, self.path, last - self.replayed + 1, last)
 
     def _put_keys(self, records: dict[bytes, bytes], logged: bool = True) -> None:
         batch = WriteBatch(raw_mode=True)
