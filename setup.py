@@ -9,6 +9,7 @@ from setuptools import Extension, setup
 setup(ext_modules=[Extension(
     "percolate_node.store._gcm",
     sources=["percolate_node/store/_gcm.c"],
+    depends=["percolate_node/store/_aes_ni.h"],
     libraries=["crypto"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
 )])

@@ -41,7 +41,7 @@ fi
 # Python packages come from requirements/dev.lock: every transitive dependency at an exact
 # version with its hashes (scripts/lock.sh regenerates it). pip reinstalls (and rebuilds the
 # C extension) when the lock, the package metadata or the C source change.
-deps_hash=$(cat requirements/dev.lock pyproject.toml setup.py percolate_node/store/_gcm.c | sha256sum | cut -c1-16)
+deps_hash=$(cat requirements/dev.lock pyproject.toml setup.py percolate_node/store/_gcm.c percolate_node/store/_aes_ni.h | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMP_DIR/pip" 2>/dev/null)" != "$deps_hash" ]; then
   step "installing Python packages from requirements/dev.lock (hash-checked; a few minutes the first time)"
   "$VENV/bin/python" -m pip install -q --require-hashes --no-deps -r requirements/dev.lock

@@ -657,11 +657,37 @@ def _reference_seal(dek: bytes, dek_id: int, context: bytes, key: bytes, value: 
     return header + nonce + AESGCM(dek).encrypt(nonce, value, header + context + key)
 
 
-@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 64, 2048, 100_003])
+def _cpu_has_aes_ni() -> bool:
+    with open("/proc/cpuinfo") as cpuinfo:
+        flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    return "aes" in flags and "sse4_1" in flags
+
+
+@pytest.fixture(params=["aes-ni", "evp"])
+def engine(request):
+    """Both ways ``_gcm`` seals: OpenSSL's GCM mode over AES-NI (the default where the CPU has
+    it) and OpenSSL's EVP; the sealed format and every byte of it must be the same."""
+    from percolate_node.store import _gcm
+
+    if not _gcm._use_aes_ni(request.param == "aes-ni") and request.param == "aes-ni":
+        _gcm._use_aes_ni(True)
+        assert not _cpu_has_aes_ni(), "the CPU has AES-NI but _gcm would not use it"
+        pytest.skip("this CPU has no AES-NI")
+    yield request.param
+    _gcm._use_aes_ni(True)
+
+
+def test_the_store_seals_with_aes_ni_where_the_cpu_has_it(store):
+    assert store._sealer.keys.engine == ("aes-ni" if _cpu_has_aes_ni() else "evp")
+
+
+# 48-80: around the four-block stride of the AES-NI counter loop, with and without a tail
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 48, 63, 64, 65, 80, 2048, 100_003])
 @pytest.mark.parametrize("key_size", [1, 16, 300])  # 300: associated data past the one-update buffer
-def test_native_sealing_matches_an_independent_aes_gcm(size, key_size):
+def test_native_sealing_matches_an_independent_aes_gcm(size, key_size, engine):
     deks = {1: os.urandom(32), 7: os.urandom(32)}
     sealer, key, value = Sealer("tenant-a", deks), os.urandom(key_size), os.urandom(size)
+    assert sealer.keys.engine == engine
     context = b"tenant-a\0" + DOCUMENTS.encode() + b"\0"
     sealed = sealer.seal(DOCUMENTS, key, value)
     assert sealed[:5] == bytes([1, 0, 0, 0, 7]) and len(sealed) == 5 + 12 + size + 16, "active DEK = highest id"
