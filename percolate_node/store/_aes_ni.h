@@ -8,8 +8,15 @@
  * file gives it those, built on AESENC/AESKEYGENASSIST, nothing else: the rounds are the
  * hardware's and run in constant time, the key expansion is the standard one (FIPS-197
  * 5.2 in the form of Intel's AES-NI white paper), and the GCM construction, tag and its
- * constant-time check stay OpenSSL's. tests/test_crypto.py checks every output against
- * EVP's AES-256-GCM (lengths 0-2100, associated data 0-300) and NIST's test vector.
+ * constant-time check stay OpenSSL's. tests/test_store.py checks sealed values of both
+ * engines against `cryptography`'s AES-GCM both ways (values 0-100,003 bytes, around the
+ * four-block stride, associated data past 256 bytes); a review also checked FIPS-197's
+ * A.3 schedule and C.3 block and McGrew-Viega's AES-256 cases 13-16.
+ *
+ * Key material: the schedule lives in the caller's AesNiKey (cleansed by _gcm.c). Local
+ * copies of round keys are wiped (OPENSSL_cleanse) and the XMM registers cleared before a
+ * function returns, as OpenSSL's own AES-NI assembly does, so nothing of a destroyed DEK
+ * stays on the stack or in registers.
  *
  * Used only where the CPU has AES-NI and SSSE3/SSE4.1 (aes_ni_available); elsewhere the
  * store keeps EVP. The functions carry target attributes, so the module needs no global
@@ -22,6 +29,8 @@
 #define HAVE_AES_NI_CODE 1
 #include <immintrin.h>
 #include <stddef.h>
+
+#include <openssl/crypto.h>
 
 #define AES256_ROUNDS 14
 
@@ -37,6 +46,18 @@ aes_ni_available(void)
 {
     __builtin_cpu_init();
     return __builtin_cpu_supports("aes") && __builtin_cpu_supports("sse4.1");
+}
+
+/* Zeroes xmm0-15 (all SSE code uses; the AVX-512 upper registers are untouched here). */
+static inline void
+aes_ni_clear_registers(void)
+{
+    __asm__ volatile("pxor %%xmm0, %%xmm0\n\tpxor %%xmm1, %%xmm1\n\tpxor %%xmm2, %%xmm2\n\tpxor %%xmm3, %%xmm3\n\t"
+                     "pxor %%xmm4, %%xmm4\n\tpxor %%xmm5, %%xmm5\n\tpxor %%xmm6, %%xmm6\n\tpxor %%xmm7, %%xmm7\n\t"
+                     "pxor %%xmm8, %%xmm8\n\tpxor %%xmm9, %%xmm9\n\tpxor %%xmm10, %%xmm10\n\tpxor %%xmm11, %%xmm11\n\t"
+                     "pxor %%xmm12, %%xmm12\n\tpxor %%xmm13, %%xmm13\n\tpxor %%xmm14, %%xmm14\n\tpxor %%xmm15, %%xmm15"
+                     ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+                       "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 }
 
 /* One step of the AES-256 key schedule: prev ^ (prev << 32) ^ (prev << 64) ^ (prev << 96) ^ assist. */
@@ -73,7 +94,8 @@ aes_ni_expand_key(AesNiKey *out, const unsigned char key[32])
     rk[14] = aes_ni_expand_step(rk[12], _mm_shuffle_epi32(_mm_aeskeygenassist_si128(rk[13], 0x40), 0xff));
     for (int i = 0; i <= AES256_ROUNDS; i++)
         _mm_storeu_si128((__m128i *)out->round_keys[i], rk[i]);
-    /* rk (secret) dies with this frame; the registers are overwritten by the next use */
+    OPENSSL_cleanse(rk, sizeof(rk));
+    aes_ni_clear_registers();
 }
 
 /* OpenSSL's block128_f: out = AES-256(key, in). */
@@ -86,6 +108,7 @@ aes_ni_block(const unsigned char in[16], unsigned char out[16], const void *key)
         b = _mm_aesenc_si128(b, _mm_loadu_si128((const __m128i *)k->round_keys[r]));
     b = _mm_aesenclast_si128(b, _mm_loadu_si128((const __m128i *)k->round_keys[AES256_ROUNDS]));
     _mm_storeu_si128((__m128i *)out, b);
+    aes_ni_clear_registers();
 }
 
 /* OpenSSL's ctr128_f: XORs `blocks` blocks of in with the key stream of counter blocks
@@ -132,6 +155,8 @@ aes_ni_ctr32(const unsigned char *in, unsigned char *out, size_t blocks, const v
         b = _mm_aesenclast_si128(b, rk[AES256_ROUNDS]);
         _mm_storeu_si128((__m128i *)out, _mm_xor_si128(b, _mm_loadu_si128((const __m128i *)in)));
     }
+    OPENSSL_cleanse(rk, sizeof(rk)); /* the compiler spills the round keys: wipe them */
+    aes_ni_clear_registers();
 }
 
 #else
