@@ -1,6 +1,9 @@
 """A real Triton serves the built repository; outputs have the documented shapes."""
 from __future__ import annotations
 
+import re
+import urllib.request
+
 import numpy as np
 import pytest
 
@@ -55,3 +58,19 @@ def test_ocr_det_cls_rec_shapes(triton_models):
     assert classes.dtype == np.int32  # never a float: fp16 (TensorRT) rounds classes above 2048
     assert 0 <= classes.min() and classes.max() < OCR_REC_CLASSES
     assert np.all((0 < probabilities) & (probabilities <= 1))
+
+
+def test_metrics_say_whether_whisper_serves_its_int8_step_decoder_or_the_fallback(triton, paths):
+    """The gauge must agree with the load-time row check, run here on the same file and CPU."""
+    ort = pytest.importorskip("onnxruntime")
+    from percolate_models.whisper_decode import row_independence_problems
+
+    step_file = paths.model_repository / "whisper_decoder_with_past" / "1" / "model.onnx"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    expected = 1.0 if row_independence_problems(
+        ort.InferenceSession(str(step_file), options, providers=["CPUExecutionProvider"])) else 0.0
+    text = urllib.request.urlopen(triton.metrics_url, timeout=30).read().decode()
+    served = re.findall(r'^percolate_whisper_step_decoder_fallback\{model="whisper"\} (\S+)$', text, re.M)
+    assert served, "no percolate_whisper_step_decoder_fallback gauge in Triton's /metrics"
+    assert [float(value) for value in served] == [expected]

@@ -378,12 +378,27 @@ class WhisperLoopModel:
             except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
                 raise pb_utils.TritonModelException(
                     f"cannot load the Whisper ONNX files: {err}. Run `percolate-models build`")
+            self._export_step_decoder(args.get("model_name", "whisper"),
+                                      fallback=self.runner.with_past_file != files[2])
         elif self.mode == "bls":
             self.runner = BlsRunner(*models)
         else:
             raise pb_utils.TritonModelException(f"unknown mode {self.mode!r}: use inprocess or bls")
         self.settings = DecodeSettings(
             max_new_tokens=int(params.get("max_new_tokens", DecodeSettings.max_new_tokens)))
+
+    def _export_step_decoder(self, model: str, fallback: bool) -> None:
+        """Triton's metrics (``/metrics``) say which step decoder serves: 1 when the int8 one
+        mixed rows of different windows on this CPU and the fp32 step graph serves instead
+        (the same words, about 13% slower in bench/speech_fallback.py; the log says why), 0 for the int8 one. The family
+        and metric live as long as the model: Triton drops a metric whose object is freed."""
+        self._step_family = pb_utils.MetricFamily(
+            name="percolate_whisper_step_decoder_fallback",
+            description="1: the int8 Whisper step decoder failed its row check on this CPU and the fp32 "
+                        "step graph serves instead; 0: the int8 one serves",
+            kind=pb_utils.MetricFamily.GAUGE)
+        self._step_metric = self._step_family.Metric(labels={"model": model})
+        self._step_metric.set(1.0 if fallback else 0.0)
 
     def execute(self, requests: list) -> list:
         features = [pb_utils.get_input_tensor_by_name(r, "input_features").as_numpy() for r in requests]
