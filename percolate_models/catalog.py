@@ -153,7 +153,9 @@ OCR_DET = ModelSpec(
     # sends det two rows at once anyway
     cpu=TargetSettings(max_batch_size=4, preferred_batch_sizes=(4,),
                        max_queue_delay_us=1000, instance_count=1,
-                       parameters=(("max_rows_per_run", "1"),)),
+                       # the arena keeps a page's activations while pages come, and gives
+                       # them back after 1 s without one (python_backend.py)
+                       parameters=(("max_rows_per_run", "1"), ("shrink_idle_s", "1"))),
     gpu=TargetSettings(max_batch_size=8, preferred_batch_sizes=(8,),
                        max_queue_delay_us=1000, instance_count=2),
 )
@@ -192,7 +194,8 @@ OCR_REC = ModelSpec(
     # many rows at once as the main session has intra-op threads, 2 on cpu)
     cpu=TargetSettings(max_batch_size=32, preferred_batch_sizes=(6, 32),
                        max_queue_delay_us=1000, instance_count=1,
-                       parameters=(("max_rows_per_run", "1"), ("parallel_rows", "auto"))),
+                       parameters=(("max_rows_per_run", "1"), ("parallel_rows", "auto"),
+                                   ("shrink_idle_s", "1"))),
     gpu=TargetSettings(max_batch_size=128, preferred_batch_sizes=(32, 128),
                        max_queue_delay_us=500, instance_count=2),
 )

@@ -33,6 +33,18 @@ parameter on the models that have it (0 turns it off to compare), capped at the 
 count. The second session holds its own copy of the weights and its own arena, which is
 shrunk after every one of its runs (its rows are small inputs with large activations);
 the heap is trimmed as above after a batch whose inputs and outputs pass 4 MB.
+
+Shrinking when idle (``shrink_idle_s``; ``ocr_det`` and ``ocr_rec`` on cpu): shrinking
+after every large run hands a page's activations back to the OS only for the next page
+to fault them in again, 38,000 page faults per 1216x800 page for ``ocr_det`` (445 against
+314 ms of CPU per page at a load average of about 2). With the parameter set (seconds),
+runs keep their arena chunks and the arena is shrunk, on each session, once the model has
+had no request for that long: a run on a small zero input (each ``-1`` dimension
+``PROBE_SIDE``) with the shrink option, then ``malloc_trim``. While pages keep coming the
+arena holds what the largest of them needed (``ocr_det``: about 0.6 GB after pages of
+2000 px, the longest side the frontend sends); after a quiet moment it is back to what it
+was. ``PERCOLATE_ORT_SHRINK_IDLE_S`` overrides it (0: after every large run, as before)
+on the models that have it.
 """
 from __future__ import annotations
 
@@ -40,6 +52,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,6 +74,27 @@ def _setting(params: dict, name: str, default: str) -> bool:
 
 
 PARALLEL_ROWS_ENV = "PERCOLATE_ORT_PARALLEL_ROWS"
+SHRINK_IDLE_ENV = "PERCOLATE_ORT_SHRINK_IDLE_S"
+PROBE_SIDE = 32
+"""Each variable dimension of the idle shrink's zero input."""
+
+
+def _shrink_idle_s(params: dict) -> float:
+    """The ``shrink_idle_s`` parameter (0: shrink after every large run instead);
+    ``PERCOLATE_ORT_SHRINK_IDLE_S`` (empty: unset) overrides it on the models that have it."""
+    if "shrink_idle_s" not in params:
+        return 0.0
+    name, raw = "model parameter shrink_idle_s", params["shrink_idle_s"].strip()
+    override = os.environ.get(SHRINK_IDLE_ENV, "").strip()
+    if override:
+        name, raw = SHRINK_IDLE_ENV, override
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise pb_utils.TritonModelException(f"{name}={raw!r}: a number of seconds, 0 or more, is required")
+    return value
 
 
 def _parallel_rows(params: dict) -> int:
@@ -129,7 +163,17 @@ class OnnxRuntimeModel:
         """Run a gathered batch this many rows at a time (0: all at once). The OCR models
         run faster one image or line at a time on CPU (``ocr_rec``: 5 lines of a page 1.3-1.6x
         faster row by row, bit for bit the same output; see catalog.py)."""
+        self.idle_shrink_s = _shrink_idle_s(params) if self.shrink is not None else 0.0
+        """When above 0, runs keep their arena chunks and ``_shrink_when_idle`` gives them
+        back after this many seconds without a request."""
+        self.idle_timer: threading.Timer | None = None
+        self.running = threading.Lock()
+        """Held by ``execute`` and the idle shrink, so that they never overlap."""
         self.input_names = [t["name"] for t in config["input"]]
+        self.probe = {t["name"]: np.zeros(
+            [1] * self.batched + [int(d) if int(d) > 0 else PROBE_SIDE for d in t.get("dims", [])],
+            pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["input"]}
+        """A small zero input, the idle shrink's run."""
         self.output_names = [t["name"] for t in config["output"]]
         self.output_dtypes = {
             t["name"]: pb_utils.triton_string_to_numpy(t["data_type"]) for t in config["output"]}
@@ -143,6 +187,31 @@ class OnnxRuntimeModel:
                 f"cannot load {onnx_path}: {err}. Run `percolate-models build` to rebuild it")
 
     def execute(self, requests: list) -> list:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        with self.running:
+            responses = self._execute(requests)
+        if self.idle_shrink_s > 0:
+            self.idle_timer = threading.Timer(self.idle_shrink_s, self._shrink_when_idle)
+            self.idle_timer.daemon = True
+            self.idle_timer.start()
+        return responses
+
+    def _shrink_when_idle(self) -> None:
+        """Give the arenas back: a run of ``probe`` with the shrink option on each session
+        (onnxruntime shrinks only at the end of a run), then trim the heap. Should the probe
+        fail, the model goes back to shrinking after every large run."""
+        with self.running:
+            try:
+                for session in (self.session, self.row_session):
+                    if session is not None:
+                        session.run(self.output_names, self.probe, self.shrink)
+            except Exception:  # onnxruntime's own error types
+                self.idle_shrink_s = 0.0
+            if self.trim:
+                _TRIM(0)
+
+    def _execute(self, requests: list) -> list:
         inputs = [
             [pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.input_names]
             for r in requests
@@ -187,7 +256,7 @@ class OnnxRuntimeModel:
             # 4-byte elements, since a graph's activations scale with its input's size, not
             # its dtype (ocr_det's uint8 page, 2.9 MB, still fills hundreds of MB of arena)
             size = sum(max(a.nbytes, 4 * a.size) for a in feed.values())
-            options = self.shrink if size > TRIM_AFTER_BYTES else None
+            options = self.shrink if size > TRIM_AFTER_BYTES and not self.idle_shrink_s else None
             rows = next(iter(feed.values())).shape[0]
             step = self.rows_per_run or rows
             if step >= rows:  # also a request of zero rows: one run of the feed as it is
@@ -198,7 +267,7 @@ class OnnxRuntimeModel:
 
         def call(session, item):
             _, part, options = item
-            if session is self.row_session:
+            if session is self.row_session and not self.idle_shrink_s:
                 # always shrunk: a uint8 page (2.9 MB at 1200x800) stays under the input
                 # threshold while its activations take hundreds of MB of this arena
                 options = self.shrink
@@ -235,6 +304,8 @@ class OnnxRuntimeModel:
         return results
 
     def finalize(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
         if self.pool is not None:
             self.pool.shutdown()
         self.session = self.row_session = None

@@ -194,3 +194,72 @@ def test_a_uint8_page_shrinks_the_arena(backend, tmp_path):
     assert not response.has_error()
     assert response.output_tensors()[0].as_numpy().shape == page.shape
     assert [options for _, _, options in main.runs] == [runner.shrink] and runner.shrink is not None
+
+
+def test_shrink_when_idle(backend, repository, monkeypatch):
+    """With ``shrink_idle_s`` (ocr_det, ocr_rec) no run of a request carries the shrink
+    option, on either session: the arena keeps a page's chunks for the next page instead
+    of faulting them in again. Once the model has been idle that long, one small zero
+    input (``PROBE_SIDE`` for each variable dimension) runs on each session with the
+    option; a new request before then cancels it. ``PERCOLATE_ORT_SHRINK_IDLE_S=0``
+    brings back the shrink after every large run."""
+    module, pb_utils = backend
+    monkeypatch.setattr(module.os, "cpu_count", lambda: 4)
+    monkeypatch.setenv("PERCOLATE_ORT_SHRINK_IDLE_S", "0")
+    model = load(backend, repository, max_rows_per_run="1", parallel_rows="2", shrink_idle_s="60")
+    assert model.idle_shrink_s == 0 and model.idle_timer is None
+    model.finalize()
+    monkeypatch.delenv("PERCOLATE_ORT_SHRINK_IDLE_S")
+    with pytest.raises(pb_utils.TritonModelException, match="shrink_idle_s"):
+        load(backend, repository, shrink_idle_s="soon")
+
+    model = load(backend, repository, max_rows_per_run="1", parallel_rows="2", shrink_idle_s="60")
+    model.probe = {"image": np.zeros((1, 3, module.PROBE_SIDE), np.float32)}  # load() has no dims
+    model.session = main = Recorder(model.session)
+    model.row_session = rows = Recorder(model.row_session)
+    big = [request(backend, 1, 400_000, seed=i) for i in range(3)]  # 4.8 MB each: "large"
+    first = model.execute([r for _, r in big])
+    pending = model.idle_timer
+    second = model.execute([r for _, r in big])
+    assert not pending.is_alive() and pending.finished.is_set()  # cancelled by the new request
+    for (image, _), response in zip(big + big, first + second):
+        np.testing.assert_array_equal(response.output_tensors()[0].as_numpy(), 2 * image)
+    assert len(main.runs) == 2 and len(rows.runs) == 4
+    assert all(options is None for _, _, options in main.runs + rows.runs)
+    model.idle_timer.cancel()
+    model.idle_timer.join()
+    model._shrink_when_idle()  # what the timer does once the model is idle
+    assert main.runs[-1] == (module.PROBE_SIDE, 1, model.shrink) and model.shrink is not None
+    assert rows.runs[-1] == (module.PROBE_SIDE, 1, model.shrink)
+    assert model.idle_shrink_s == 60
+    model.finalize()
+
+
+def test_the_idle_shrink_runs_on_its_own(backend, repository):
+    """The timer itself fires after the idle time (waited on, not slept)."""
+    model = load(backend, repository, max_rows_per_run="1", shrink_idle_s="0.01")
+    model.probe = {"image": np.zeros((1, 3, 8), np.float32)}
+    model.session = main = Recorder(model.session)
+    (image, made), = [request(backend, 1, 5, seed=0)]
+    model.execute([made])
+    model.idle_timer.join(timeout=60)
+    assert not model.idle_timer.is_alive()
+    assert main.runs == [(5, 1, None), (8, 1, model.shrink)]
+    model.finalize()
+
+
+def test_the_probe_follows_the_configured_dims(backend, repository):
+    """Each variable dimension is ``PROBE_SIDE``, the fixed ones as configured, after the
+    batch dimension; dims come as strings or numbers depending on who rendered the JSON."""
+    module, _ = backend
+    config = {"max_batch_size": 4, "parameters": {"shrink_idle_s": {"string_value": "1"}},
+              "input": [{"name": "image", "data_type": "TYPE_FP32", "dims": ["3", -1]}],
+              "output": [{"name": "out", "data_type": "TYPE_FP32"}]}
+    model = module.OnnxRuntimeModel()
+    model.initialize({"model_config": json.dumps(config),
+                      "model_repository": str(repository), "model_version": "1"})
+    assert model.probe["image"].shape == (1, 3, module.PROBE_SIDE)
+    assert model.probe["image"].dtype == np.float32
+    model._shrink_when_idle()
+    assert model.idle_shrink_s == 1  # the probe ran
+    model.finalize()
