@@ -150,9 +150,11 @@ OCR_DET = ModelSpec(
     # pages 726/693, 753/729, 794/726 ms (1.03-1.09x); a 1216x800 and a 480x320 page
     # 441/435, 417/423, 453/473 ms (0.96-1.01x: the big page runs on one thread); a lone
     # page, the same path either way, 0.98-1.12x: both within the noise. One client never
-    # sends det two rows at once anyway
+    # sends det two rows at once anyway. No queue delay for the OCR models on cpu: a lone
+    # request waited 1 ms per model (3.3 ms per page) for a partner that one client never
+    # sends, and requests that queue while the model is busy are still gathered
     cpu=TargetSettings(max_batch_size=4, preferred_batch_sizes=(4,),
-                       max_queue_delay_us=1000, instance_count=1,
+                       max_queue_delay_us=0, instance_count=1,
                        # the arena keeps a page's activations while pages come, and gives
                        # them back after 1 s without one (python_backend.py)
                        parameters=(("max_rows_per_run", "1"), ("shrink_idle_s", "1"))),
@@ -170,7 +172,7 @@ OCR_CLS = ModelSpec(
     outputs=(TensorSpec("probabilities", "TYPE_FP32", (2,),
                         onnx_name="save_infer_model/scale_0.tmp_1"),),
     cpu=TargetSettings(max_batch_size=32, preferred_batch_sizes=(6, 32),
-                       max_queue_delay_us=1000, instance_count=1),
+                       max_queue_delay_us=0, instance_count=1),
     gpu=TargetSettings(max_batch_size=128, preferred_batch_sizes=(32, 128),
                        max_queue_delay_us=500, instance_count=1),
 )
@@ -193,7 +195,7 @@ OCR_REC = ModelSpec(
     # recognition 261 -> 204 ms per page in the OCR bench at a load average of 2 (auto: as
     # many rows at once as the main session has intra-op threads, 2 on cpu)
     cpu=TargetSettings(max_batch_size=32, preferred_batch_sizes=(6, 32),
-                       max_queue_delay_us=1000, instance_count=1,
+                       max_queue_delay_us=0, instance_count=1,
                        parameters=(("max_rows_per_run", "1"), ("parallel_rows", "auto"),
                                    ("shrink_idle_s", "1"))),
     gpu=TargetSettings(max_batch_size=128, preferred_batch_sizes=(32, 128),
