@@ -11,7 +11,8 @@ Three runs side by side on the same machine (percolate_models/python_backend.py)
 trim); ``arena off`` has both off and trims the heap after large batches;
 ``arena+shrink`` (the default) keeps the arena (fast for repeated shapes), memory
 patterns off, and shrinks the arena after each large run
-(``memory.enable_memory_arena_shrinkage``), then trims. The burst's wall time is printed too: memory is not the only cost.
+(``memory.enable_memory_arena_shrinkage``), then trims; ``ocr_det`` and ``ocr_rec`` shrink
+once idle for ``shrink_idle_s`` (1 s) instead, which the settle time covers. The burst's wall time is printed too: memory is not the only cost.
 
     python bench/model_memory.py [--quick]
 """

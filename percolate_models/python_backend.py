@@ -31,20 +31,27 @@ thread count did not change any sum there; that is observed, not a library guara
 ``PERCOLATE_ORT_PARALLEL_ROWS`` (a whole number; empty is unset) overrides the
 parameter on the models that have it (0 turns it off to compare), capped at the CPU
 count. The second session holds its own copy of the weights and its own arena, which is
-shrunk after every one of its runs (its rows are small inputs with large activations);
-the heap is trimmed as above after a batch whose inputs and outputs pass 4 MB.
+shrunk after every one of its runs (its rows are small inputs with large activations),
+unless the model shrinks when idle (below); the heap is trimmed as above after a batch
+whose inputs and outputs pass 4 MB.
 
 Shrinking when idle (``shrink_idle_s``; ``ocr_det`` and ``ocr_rec`` on cpu): shrinking
 after every large run hands a page's activations back to the OS only for the next page
-to fault them in again, 38,000 page faults per 1216x800 page for ``ocr_det`` (445 against
+to fault them in again, 38,000 page faults per 1216x800 page for ``ocr_det`` (440 against
 314 ms of CPU per page at a load average of about 2). With the parameter set (seconds),
 runs keep their arena chunks and the arena is shrunk, on each session, once the model has
 had no request for that long: a run on a small zero input (each ``-1`` dimension
 ``PROBE_SIDE``) with the shrink option, then ``malloc_trim``. While pages keep coming the
-arena holds what the largest of them needed (``ocr_det``: about 0.6 GB after pages of
-2000 px, the longest side the frontend sends); after a quiet moment it is back to what it
-was. ``PERCOLATE_ORT_SHRINK_IDLE_S`` overrides it (0: after every large run, as before)
-on the models that have it.
+arena holds what the largest of them needed, and what mixed shapes add to it: ``ocr_det``
+held 0.23 GB after 1216x800 pages, 0.6 GB after 2016x1312, 0.8 GB after 1984x1984 and
+about 1 GB after a 736x5888 input (a 2000x250 banner, its short side scaled up to 736);
+the peak during a run is what it was before, only now it stays while pages come less than
+a second apart. After a quiet moment it is back to 0.1-0.15 GB. A page that runs longer
+than the idle time (a large page on ``ocr_det``, 1.3-2.2 s) leaves the next model idle
+long enough to shrink between pages, so the gain shrinks as pages grow.
+``PERCOLATE_ORT_SHRINK_IDLE_S`` overrides it (0: after every large run, as before) on the
+models that have it. Should the probe fail (a graph it does not fit), the model logs it
+and goes back to shrinking after every large run.
 """
 from __future__ import annotations
 
@@ -76,24 +83,32 @@ def _setting(params: dict, name: str, default: str) -> bool:
 PARALLEL_ROWS_ENV = "PERCOLATE_ORT_PARALLEL_ROWS"
 SHRINK_IDLE_ENV = "PERCOLATE_ORT_SHRINK_IDLE_S"
 PROBE_SIDE = 32
-"""Each variable dimension of the idle shrink's zero input."""
+"""Each variable dimension of the idle shrink's zero input: a multiple of the OCR
+detector's stride (32), and small enough that the probe run takes milliseconds."""
+
+
+def _parameter(params: dict, name: str, env: str) -> tuple[str, str]:
+    """(where it came from, raw value) of a model parameter the config has; ``env``
+    (empty: unset) overrides it, only on models whose config has the parameter, so that
+    setting it to compare on and off leaves the other Python-backend models as they are."""
+    override = os.environ.get(env, "").strip()
+    if override:
+        return env, override
+    return f"model parameter {name}", params[name].strip()
 
 
 def _shrink_idle_s(params: dict) -> float:
     """The ``shrink_idle_s`` parameter (0: shrink after every large run instead);
-    ``PERCOLATE_ORT_SHRINK_IDLE_S`` (empty: unset) overrides it on the models that have it."""
+    ``PERCOLATE_ORT_SHRINK_IDLE_S`` overrides it."""
     if "shrink_idle_s" not in params:
         return 0.0
-    name, raw = "model parameter shrink_idle_s", params["shrink_idle_s"].strip()
-    override = os.environ.get(SHRINK_IDLE_ENV, "").strip()
-    if override:
-        name, raw = SHRINK_IDLE_ENV, override
+    name, raw = _parameter(params, "shrink_idle_s", SHRINK_IDLE_ENV)
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value >= 0:
-        raise pb_utils.TritonModelException(f"{name}={raw!r}: a number of seconds, 0 or more, is required")
+    if not 0 <= value <= 3600:  # also refuses nan and inf, which threading.Timer cannot wait
+        raise pb_utils.TritonModelException(f"{name}={raw!r}: a number of seconds from 0 to 3600 is required")
     return value
 
 
@@ -106,10 +121,7 @@ def _parallel_rows(params: dict) -> int:
     if "parallel_rows" not in params:
         return 0
     cpus = os.cpu_count() or 1
-    name, raw = "model parameter parallel_rows", params["parallel_rows"].strip()
-    override = os.environ.get(PARALLEL_ROWS_ENV, "").strip()
-    if override:
-        name, raw = PARALLEL_ROWS_ENV, override
+    name, raw = _parameter(params, "parallel_rows", PARALLEL_ROWS_ENV)
     if raw.lower() == "auto":
         return min(int(params.get("intra_op_threads", "0")) or cpus, cpus)
     try:
@@ -206,8 +218,10 @@ class OnnxRuntimeModel:
                 for session in (self.session, self.row_session):
                     if session is not None:
                         session.run(self.output_names, self.probe, self.shrink)
-            except Exception:  # onnxruntime's own error types
+            except Exception as err:  # onnxruntime's own error types
                 self.idle_shrink_s = 0.0
+                pb_utils.Logger.log_warn(f"the idle arena shrink failed ({err}); shrinking after every "
+                                         "large run instead")
             if self.trim:
                 _TRIM(0)
 

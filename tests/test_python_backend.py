@@ -37,6 +37,7 @@ def backend():
 def no_override(monkeypatch):
     """The developer's shell does not choose the settings these tests check."""
     monkeypatch.delenv("PERCOLATE_ORT_PARALLEL_ROWS", raising=False)
+    monkeypatch.delenv("PERCOLATE_ORT_SHRINK_IDLE_S", raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +211,9 @@ def test_shrink_when_idle(backend, repository, monkeypatch):
     assert model.idle_shrink_s == 0 and model.idle_timer is None
     model.finalize()
     monkeypatch.delenv("PERCOLATE_ORT_SHRINK_IDLE_S")
-    with pytest.raises(pb_utils.TritonModelException, match="shrink_idle_s"):
-        load(backend, repository, shrink_idle_s="soon")
+    for wrong in ("soon", "-1", "nan", "inf", "1e12"):  # inf and 1e12: threading.Timer cannot wait that long
+        with pytest.raises(pb_utils.TritonModelException, match="shrink_idle_s"):
+            load(backend, repository, shrink_idle_s=wrong)
 
     model = load(backend, repository, max_rows_per_run="1", parallel_rows="2", shrink_idle_s="60")
     model.probe = {"image": np.zeros((1, 3, module.PROBE_SIDE), np.float32)}  # load() has no dims
@@ -221,6 +223,7 @@ def test_shrink_when_idle(backend, repository, monkeypatch):
     first = model.execute([r for _, r in big])
     pending = model.idle_timer
     second = model.execute([r for _, r in big])
+    pending.join(timeout=60)  # a cancelled timer's thread still has to wake up and end
     assert not pending.is_alive() and pending.finished.is_set()  # cancelled by the new request
     for (image, _), response in zip(big + big, first + second):
         np.testing.assert_array_equal(response.output_tensors()[0].as_numpy(), 2 * image)
@@ -232,6 +235,22 @@ def test_shrink_when_idle(backend, repository, monkeypatch):
     assert main.runs[-1] == (module.PROBE_SIDE, 1, model.shrink) and model.shrink is not None
     assert rows.runs[-1] == (module.PROBE_SIDE, 1, model.shrink)
     assert model.idle_shrink_s == 60
+    model.finalize()
+
+
+def test_a_failing_idle_shrink_falls_back_to_shrinking_after_each_large_run_and_says_so(backend, repository):
+    module, pb_utils = backend
+    model = load(backend, repository, max_rows_per_run="1", shrink_idle_s="60")
+    model.probe = {"image": np.zeros((1, 3), np.float32)}  # the wrong rank: onnxruntime refuses it
+    pb_utils.Logger.logged.clear()
+    model._shrink_when_idle()
+    assert model.idle_shrink_s == 0
+    assert [level for level, _ in pb_utils.Logger.logged] == ["warn"]
+    assert "idle arena shrink failed" in pb_utils.Logger.logged[0][1]
+    model.session = main = Recorder(model.session)
+    page, made = request(backend, 1, 400_000, seed=1)  # 4.8 MB: "large"
+    model.execute([made])
+    assert [options for _, _, options in main.runs] == [model.shrink] and model.idle_timer is None
     model.finalize()
 
 

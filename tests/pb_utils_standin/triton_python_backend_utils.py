@@ -30,6 +30,19 @@ class TritonModelException(Exception):
     pass
 
 
+class Logger:
+    """Triton's model log; here the messages are kept (``logged``) for tests to read."""
+    logged: list[tuple[str, str]] = []
+
+    @classmethod
+    def log_warn(cls, message: str) -> None:
+        cls.logged.append(("warn", message))
+
+    @classmethod
+    def log_info(cls, message: str) -> None:
+        cls.logged.append(("info", message))
+
+
 class TritonError:
     def __init__(self, message: str) -> None:
         self._message = message
