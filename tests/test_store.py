@@ -19,6 +19,7 @@ from rocksdict import Options, Rdict
 from percolate_node.store import (Delete, EncryptedStore, Put, ShreddedError, StoreError, TamperedValueError,
                                   WrongKeyError, generate_kek, load_kek, restore)
 from percolate_node.store.errors import DataLossError
+from percolate_node.store import crypto
 from percolate_node.store.crypto import Sealer
 from percolate_node.store.layout import DATA_FAMILIES, DOCUMENTS, KEYS, RESOURCES
 
@@ -674,14 +675,34 @@ def engine(request):
         assert not (_gcm.AES_NI_BUILT and _cpu_has_aes_ni()), "the CPU has AES-NI but _gcm would not use it"
         pytest.skip("no AES-NI on this CPU, or _gcm built without it (not x86-64 with GCC or Clang)")
     yield request.param
-    _gcm._use_aes_ni(True)
+    crypto._choose_cipher()  # back to what PERCOLATE_STORE_CIPHER says
 
 
 def test_the_store_seals_with_aes_ni_where_the_cpu_has_it(store):
     from percolate_node.store import _gcm
 
-    assert store._sealer.keys.engine == ("aes-ni" if _gcm.AES_NI_BUILT and _cpu_has_aes_ni() else "evp")
+    wanted = os.environ.get(crypto.CIPHER_ENV, "").strip().lower() != "evp"  # a developer's shell may say evp
+    assert store._sealer.keys.engine == ("aes-ni" if wanted and _gcm.AES_NI_BUILT and _cpu_has_aes_ni() else "evp")
     assert _gcm.AES_NI_MAX_BYTES == 4096  # the sizes below straddle it
+
+
+def test_percolate_store_cipher_evp_turns_aes_ni_off_and_a_wrong_value_is_refused_by_name(tmp_path, kek):
+    """Read once at import, so each setting runs in a fresh interpreter that opens a store."""
+    from percolate_node.store import _gcm
+
+    script = ("import sys; from percolate_node.store import EncryptedStore; "
+              "store = EncryptedStore.open(sys.argv[1], 'tenant-a', bytes.fromhex(sys.argv[2])); "
+              "print(store._sealer.keys.engine); store.close()")
+    default_engine = "aes-ni" if _gcm.AES_NI_BUILT and _cpu_has_aes_ni() else "evp"
+    for setting, engine in [("", default_engine), ("auto", default_engine), ("evp", "evp"), (" EVP ", "evp")]:
+        env = {**os.environ, "PERCOLATE_STORE_CIPHER": setting}
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "db"), kek.hex()], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.split() == [engine], (setting, done.stderr)
+    env = {**os.environ, "PERCOLATE_STORE_CIPHER": "fast"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "db"), kek.hex()], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "PERCOLATE_STORE_CIPHER='fast'" in done.stderr and "auto" in done.stderr
 
 
 # 48-80: around the four-block stride of the AES-NI counter loop, with and without a tail;

@@ -27,6 +27,22 @@ TAG_BYTES = 16
 HEADER_BYTES = 5  # version and DEK id
 _MIN_SEALED = HEADER_BYTES + NONCE_BYTES + TAG_BYTES
 MAX_VALUE_BYTES = _gcm.MAX_VALUE_BYTES  # about 1 GiB: the most a value may hold so that it also opens
+CIPHER_ENV = "PERCOLATE_STORE_CIPHER"
+"""How values are sealed, read once at import: ``auto`` (the default) uses OpenSSL's GCM mode
+over AES-NI for values up to 4 KB where the CPU has it (``_aes_ni.h``) and EVP for the rest;
+``evp`` uses EVP for everything, for a deployment bound to OpenSSL's FIPS provider (the
+AES-NI path runs OpenSSL's GCM code outside its providers). The sealed bytes are the same."""
+
+
+def _choose_cipher(env: Mapping[str, str] = os.environ) -> str:
+    """Apply ``PERCOLATE_STORE_CIPHER`` to the keys made from here on; the engine they get."""
+    choice = env.get(CIPHER_ENV, "").strip().lower() or "auto"
+    if choice not in ("auto", "evp"):
+        raise StoreError(f"{CIPHER_ENV}={choice!r} is not a cipher setting: use auto (the default) or evp")
+    return "aes-ni" if _gcm._use_aes_ni(choice == "auto") else "evp"
+
+
+_choose_cipher()
 
 
 def sealed_dek_id(sealed: bytes) -> int | None:
