@@ -208,18 +208,20 @@ def breakdown(batches: int, size: int = 64, batch: int = 1000) -> list[list]:
 
 def compare_engines(rounds: int) -> None:
     """64 B x 1,000 put and get ratios with each engine, alternating which goes first."""
-    from percolate_node.store import _gcm
+    from percolate_node.store import _gcm, crypto
 
     ratios: dict[str, list[tuple[float, float]]] = {"aes-ni": [], "evp": []}
-    for round_ in range(rounds):
-        for engine in ("aes-ni", "evp") if round_ % 2 == 0 else ("evp", "aes-ni"):
-            if not _gcm._use_aes_ni(engine == "aes-ni") and engine == "aes-ni":
-                raise SystemExit("this CPU has no AES-NI (or _gcm was built without it): nothing to compare")
-            result = measure(20_000, 64, 1000, 1, reads=True)
-            ratios[engine].append((result["ratio"]["put"], result["ratio"]["get"]))
-            print(f"round {round_ + 1}/{rounds} {engine}: put {ratios[engine][-1][0]:.2f}x "
-                  f"get {ratios[engine][-1][1]:.2f}x", flush=True)
-    _gcm._use_aes_ni(True)
+    try:
+        for round_ in range(rounds):
+            for engine in ("aes-ni", "evp") if round_ % 2 == 0 else ("evp", "aes-ni"):
+                if not _gcm._use_aes_ni(engine == "aes-ni") and engine == "aes-ni":
+                    raise SystemExit("this CPU has no AES-NI (or _gcm was built without it): nothing to compare")
+                result = measure(20_000, 64, 1000, 1, reads=True)
+                ratios[engine].append((result["ratio"]["put"], result["ratio"]["get"]))
+                print(f"round {round_ + 1}/{rounds} {engine}: put {ratios[engine][-1][0]:.2f}x "
+                      f"get {ratios[engine][-1][1]:.2f}x", flush=True)
+    finally:
+        crypto._choose_cipher()  # back to what PERCOLATE_STORE_CIPHER says
     rows = [[engine, f"{statistics.median(p for p, _ in values):.2f}x", f"{min(p for p, _ in values):.2f}-"
              f"{max(p for p, _ in values):.2f}x", f"{statistics.median(g for _, g in values):.2f}x"]
             for engine, values in ratios.items()]
@@ -232,7 +234,9 @@ def main() -> None:
     args = common.arguments(__doc__.splitlines()[0], engines={
         "type": int, "nargs": "?", "const": 20, "metavar": "ROUNDS",
         "help": "compare the AES-NI and EVP sealing engines instead (default 20 rounds)"})
-    if args.engines:
+    if args.engines is not None:
+        if args.engines < 1:
+            raise SystemExit("--engines takes a number of rounds, 1 or more")
         compare_engines(args.engines)
         return
     count, rounds = (20_000, 3) if args.quick else (100_000, 5)

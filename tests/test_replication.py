@@ -111,11 +111,12 @@ def test_lease_one_holder_expiry_epochs_and_conflicts(backends):
 def caught_up(caller: Caller, target: int) -> bool:
     """Whether the replica behind ``caller`` has applied ``target``. A replica that rejoins
     with a log the active does not share installs the active's snapshot first and answers
-    UNAVAILABLE ("retry") meanwhile: that is still waiting, not a failure."""
+    UNAVAILABLE ("installing the active's snapshot; retry") meanwhile: that is still
+    waiting, not a failure. Any other error (a replica that is down) fails at once."""
     try:
         return caller.Stats(pb.StatsRequest()).last_lsn == target
     except grpc.RpcError as error:
-        if error.code() == grpc.StatusCode.UNAVAILABLE:
+        if error.code() == grpc.StatusCode.UNAVAILABLE and "installing" in (error.details() or ""):
             return False
         raise
 

@@ -703,6 +703,11 @@ def test_percolate_store_cipher_evp_turns_aes_ni_off_and_a_wrong_value_is_refuse
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "db"), kek.hex()], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "PERCOLATE_STORE_CIPHER='fast'" in done.stderr and "auto" in done.stderr
+    # refused when a store opens, not at import: a command that opens none (help, a client) still runs,
+    # and one that does says so in one line
+    help_run = subprocess.run([sys.executable, "-m", "percolate_node.cli", "--help"], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert help_run.returncode == 0 and "percolate serve" in help_run.stdout, help_run.stderr
 
 
 # 48-80: around the four-block stride of the AES-NI counter loop, with and without a tail;

@@ -66,8 +66,10 @@ def test_metrics_say_whether_whisper_serves_its_int8_step_decoder_or_the_fallbac
     from percolate_models.whisper_decode import row_independence_problems
 
     step_file = paths.model_repository / "whisper_decoder_with_past" / "1" / "model.onnx"
+    from percolate_models.configs import CPU_INTRA_OP_THREADS
+
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
+    options.intra_op_num_threads = CPU_INTRA_OP_THREADS  # as the served loop runs it
     expected = 1.0 if row_independence_problems(
         ort.InferenceSession(str(step_file), options, providers=["CPUExecutionProvider"])) else 0.0
     text = urllib.request.urlopen(triton.metrics_url, timeout=30).read().decode()

@@ -30,19 +30,34 @@ MAX_VALUE_BYTES = _gcm.MAX_VALUE_BYTES  # about 1 GiB: the most a value may hold
 CIPHER_ENV = "PERCOLATE_STORE_CIPHER"
 """How values are sealed, read once at import: ``auto`` (the default) uses OpenSSL's GCM mode
 over AES-NI for values up to 4 KB where the CPU has it (``_aes_ni.h``) and EVP for the rest;
-``evp`` uses EVP for everything, for a deployment bound to OpenSSL's FIPS provider (the
-AES-NI path runs OpenSSL's GCM code outside its providers). The sealed bytes are the same."""
+``evp`` keeps all sealing of values and change-log records in the system OpenSSL's EVP,
+which an OpenSSL FIPS-provider configuration governs (the AES-NI path runs OpenSSL's GCM
+code outside its providers). That alone does not make a deployment FIPS-bound: the KEK
+wrapping below uses ``cryptography``'s own OpenSSL, and gRPC's TLS its own library. The
+sealed bytes are the same either way."""
 
 
 def _choose_cipher(env: Mapping[str, str] = os.environ) -> str:
-    """Apply ``PERCOLATE_STORE_CIPHER`` to the keys made from here on; the engine they get."""
-    choice = env.get(CIPHER_ENV, "").strip().lower() or "auto"
+    """Apply ``PERCOLATE_STORE_CIPHER`` to the keys made from here on; the engine they get.
+    ``StoreError`` naming the variable for anything but auto or evp."""
+    raw = env.get(CIPHER_ENV, "")
+    choice = raw.strip().lower() or "auto"
     if choice not in ("auto", "evp"):
-        raise StoreError(f"{CIPHER_ENV}={choice!r} is not a cipher setting: use auto (the default) or evp")
+        raise StoreError(f"{CIPHER_ENV}={raw!r} is not a cipher setting: use auto (the default) or evp")
     return "aes-ni" if _gcm._use_aes_ni(choice == "auto") else "evp"
 
 
-_choose_cipher()
+try:
+    _choose_cipher()
+    _CIPHER_ERROR: StoreError | None = None
+except StoreError as _error:  # raised when a store makes its keys: commands that open none still run
+    _CIPHER_ERROR = _error
+
+
+def check_cipher_setting() -> None:
+    """``StoreError`` if ``PERCOLATE_STORE_CIPHER`` held something other than auto or evp."""
+    if _CIPHER_ERROR is not None:
+        raise _CIPHER_ERROR
 
 
 def sealed_dek_id(sealed: bytes) -> int | None:
@@ -64,6 +79,7 @@ class Sealer:
     """
 
     def __init__(self, tenant_id: str, deks: Mapping[int, bytes], budget: int = -1) -> None:
+        check_cipher_setting()  # a wrong PERCOLATE_STORE_CIPHER: no keys, nothing sealed
         self.active = max(deks)
         self.tenant_id = tenant_id
         self.keys = _gcm.Keys(dict(deks), self.active, budget)  # .seal(context, key, value): the store's hot path

@@ -43,7 +43,8 @@ from typing import Callable, Iterator, Sequence
 from rocksdict import BottommostLevelCompaction, CompactOptions, Rdict, WriteBatch, WriteOptions
 
 from percolate_node.store import _gcm, rocks
-from percolate_node.store.crypto import KEY_BYTES, Sealer, seal_error, sealed_dek_id, sealing_context, unwrap
+from percolate_node.store.crypto import (KEY_BYTES, Sealer, check_cipher_setting, seal_error, sealed_dek_id,
+                                         sealing_context, unwrap)
 from percolate_node.store.errors import (CorruptBlockError, DataLossError, StoreError, TamperedValueError,
                                         WrongKeyError)
 from percolate_node.store.kek import KekFile, kek_bytes, kek_source
@@ -171,6 +172,7 @@ class EncryptedStore:
         nothing under ``data_dir`` written.
         """
         data_dir = Path(data_dir)
+        check_cipher_setting()  # before anything is opened
         if not TENANT_ID.fullmatch(tenant_id):
             raise StoreError(f"tenant id {tenant_id!r} does not match {TENANT_ID.pattern}")
         source = kek_source(kek)
@@ -197,6 +199,7 @@ class EncryptedStore:
         except BaseException:
             store.close()
             raise
+        log.info("opened the store at %s: values sealed with %s", data_dir, store._sealer.keys.engine)
         return store
 
     def __enter__(self) -> EncryptedStore:

@@ -391,14 +391,22 @@ class WhisperLoopModel:
         """Triton's metrics (``/metrics``) say which step decoder serves: 1 when the int8 one
         mixed rows of different windows on this CPU and the fp32 step graph serves instead
         (the same words, about 13% slower in bench/speech_fallback.py; the log says why), 0 for the int8 one. The family
-        and metric live as long as the model: Triton drops a metric whose object is freed."""
-        self._step_family = pb_utils.MetricFamily(
-            name="percolate_whisper_step_decoder_fallback",
-            description="1: the int8 Whisper step decoder failed its row check on this CPU and the fp32 "
-                        "step graph serves instead; 0: the int8 one serves",
-            kind=pb_utils.MetricFamily.GAUGE)
-        self._step_metric = self._step_family.Metric(labels={"model": model})
-        self._step_metric.set(1.0 if fallback else 0.0)
+        and metric live as long as the model: Triton drops a metric whose object is freed.
+        Best effort: a Triton without custom metrics (before 23.05) or with metrics off
+        serves Whisper all the same, and logs why the gauge is missing."""
+        try:
+            family = pb_utils.MetricFamily(
+                name="percolate_whisper_step_decoder_fallback",
+                description="1: the int8 Whisper step decoder failed its row check on this CPU and the fp32 "
+                            "step graph serves instead; 0: the int8 one serves",
+                kind=pb_utils.MetricFamily.GAUGE)
+            metric = family.Metric(labels={"model": model})
+            metric.set(1.0 if fallback else 0.0)
+        except Exception as err:  # AttributeError on an old Triton; its own errors otherwise
+            pb_utils.Logger.log_warn(f"no percolate_whisper_step_decoder_fallback gauge ({err}); the "
+                                     f"{'fp32 fallback' if fallback else 'int8'} step decoder serves")
+            return
+        self._step_family, self._step_metric = family, metric
 
     def execute(self, requests: list) -> list:
         features = [pb_utils.get_input_tensor_by_name(r, "input_features").as_numpy() for r in requests]
