@@ -10,6 +10,7 @@ the reading service with its own client certificate: an ingest and a search end 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -215,6 +216,8 @@ def test_engine_cache_key_follows_the_repository_and_old_keys_are_pruned(tmp_pat
 def test_node_passes_its_probes(node_pod):
     for kind in PROBES:
         node_pod.wait_for_probe("node", kind)
+    # the chart's node.storeCipher (auto, tests/test_helm.py) reached the store, which says how it seals
+    assert re.search(r"opened the store at \S+: values sealed with (aes-ni|evp)", node_pod.log("node"))
 
 
 def test_tenant_reaches_its_node_through_the_route_and_the_node_reaches_reading(node_pod, reading_pod, pki):

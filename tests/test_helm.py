@@ -869,6 +869,13 @@ def test_node_environment_kek_and_region():
     assert env["PERCOLATE_NODE_KEY_FILES_GROUP_READABLE"] == "1" and kek["defaultMode"] == 0o440
     assert pod_spec(docs)["nodeSelector"] == {"topology.kubernetes.io/region": "us-east-1"}
     assert workload(docs)["spec"]["template"]["metadata"]["labels"]["percolate.dev/tenant"] == "tenant-c"
+    assert env["PERCOLATE_STORE_CIPHER"] == "auto"
+
+
+def test_node_store_cipher_is_passed_through_and_checked():
+    env = effective_env(render("node", node_values("tenant-e", node={"storeCipher": "evp"})), "node")
+    assert env["PERCOLATE_STORE_CIPHER"] == "evp"
+    assert "storeCipher" in render_error("node", node_values("tenant-e", node={"storeCipher": "fast"}))
 
 
 def test_node_probes():
