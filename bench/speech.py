@@ -135,9 +135,14 @@ def variant_repository(paths: ProjectPaths, root: Path, variant: str) -> Path:
 
 
 def onnx_in_process_system(paths: ProjectPaths, variant: str):
+    return in_process_system(paths, [variant_file(paths, name, variant) for name in WEIGHTED])
+
+
+def in_process_system(paths: ProjectPaths, graphs: list[Path]):
+    """The served loop in this process on these encoder, decoder and step-decoder files."""
     from percolate_models.whisper_decode import OrtRunner
 
-    runner = OrtRunner(*(variant_file(paths, name, variant) for name in WEIGHTED), threads=2)
+    runner = OrtRunner(*graphs, threads=2)
     tokenizer = speech.WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
 
     def run(data: bytes) -> str:

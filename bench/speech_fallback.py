@@ -17,23 +17,11 @@ import common  # noqa: E402  (puts the project root on sys.path)
 import speech as speech_bench
 
 from percolate_models.paths import ProjectPaths
-from percolate_models.whisper_decode import OrtRunner
-from reading_frontend import speech
-
-
-def in_process(files: list, tokenizer: speech.WhisperTokenizer):
-    runner = OrtRunner(*files, threads=2)
-
-    def run(data: bytes) -> str:
-        samples = speech.decode_audio(data, 7200).samples
-        return " ".join(s.text for s in speech.transcribe_in_process(runner, samples, tokenizer))
-    return run
 
 
 def main() -> None:
     common.arguments(__doc__.splitlines()[0])
     paths = ProjectPaths.from_env()
-    tokenizer = speech.WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
     encoder, decoder, with_past = speech_bench.WEIGHTED
 
     def built(name: str, variant: str):
@@ -46,8 +34,8 @@ def main() -> None:
         "fp32": [built(encoder, "fp32"), built(decoder, "fp32"), built(with_past, "fp32")],
     }
     items = speech_bench.files(quick=False)
-    figures = speech_bench.measure_all({name: (in_process(files, tokenizer), 1) for name, files in systems.items()},
-                                       items, rounds=1)
+    figures = speech_bench.measure_all({name: (speech_bench.in_process_system(paths, files), 1)
+                                        for name, files in systems.items()}, items, rounds=1)
     rows = [[name, fig["rtf"], fig["wer"], " ".join(f"{w:.3f}" for w in fig["wer_per_file"])]
             for name, fig in figures.items()]
     common.print_table(f"Whisper step decoders in process ({len(items)} files, "

@@ -184,8 +184,8 @@ class OnnxRuntimeModel:
         self.input_names = [t["name"] for t in config["input"]]
         self.probe = {t["name"]: np.zeros(
             [1] * self.batched + [int(d) if int(d) > 0 else PROBE_SIDE for d in t.get("dims", [])],
-            pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["input"]}
-        """A small zero input, the idle shrink's run."""
+            pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["input"]} if self.idle_shrink_s else {}
+        """A small zero input, the idle shrink's run (none on models that do not shrink when idle)."""
         self.output_names = [t["name"] for t in config["output"]]
         self.output_dtypes = {
             t["name"]: pb_utils.triton_string_to_numpy(t["data_type"]) for t in config["output"]}

@@ -788,41 +788,37 @@ Keys_open(Keys *self, PyObject *const *args, Py_ssize_t nargs)
     if (value == NULL)
         return NULL;
     unsigned char *out = (unsigned char *)PyBytes_AS_STRING(value);
+    enum { OPENED, OPENSSL_FAILED, TAG_MISMATCH } outcome = OPENED;
 #if HAVE_AES_NI_CODE
     if (dek->gcm != NULL && length <= AES_NI_MAX_BYTES) {
         if (!gcm_start(dek, sealed + HEADER_BYTES, args[0], args[1])
-            || CRYPTO_gcm128_decrypt_ctr32(dek->gcm, sealed + BODY_BYTES, out, (size_t)length, aes_ni_ctr32) != 0) {
-            OPENSSL_cleanse(out, (size_t)length);
-            Py_DECREF(value);
-            return openssl_error("open a value");
-        }
-        if (CRYPTO_gcm128_finish(dek->gcm, sealed + BODY_BYTES + length, TAG_BYTES) != 0) { /* constant time */
-            OPENSSL_cleanse(out, (size_t)length); /* unauthenticated plaintext never leaves here */
-            Py_DECREF(value);
-            PyErr_SetString(PyExc_ValueError, "authentication tag mismatch");
-            return NULL;
-        }
-        return value;
-    }
+            || CRYPTO_gcm128_decrypt_ctr32(dek->gcm, sealed + BODY_BYTES, out, (size_t)length, aes_ni_ctr32) != 0)
+            outcome = OPENSSL_FAILED;
+        else if (CRYPTO_gcm128_finish(dek->gcm, sealed + BODY_BYTES + length, TAG_BYTES) != 0) /* constant time */
+            outcome = TAG_MISMATCH;
+    } else
 #endif
-    EVP_CIPHER_CTX *ctx = dek->decrypt;
-    int written = 0, final = 0;
-    if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, sealed + HEADER_BYTES) != 1
-        || !feed_associated_data(ctx, dek->header, args[0], args[1], 0)
-        || EVP_DecryptUpdate(ctx, out, &written, sealed + BODY_BYTES, length) != 1
-        || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_BYTES, (void *)(sealed + BODY_BYTES + length)) != 1) {
-        OPENSSL_cleanse(out, (size_t)length);
-        Py_DECREF(value);
+    {
+        EVP_CIPHER_CTX *ctx = dek->decrypt;
+        int written = 0, final = 0;
+        if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, sealed + HEADER_BYTES) != 1
+            || !feed_associated_data(ctx, dek->header, args[0], args[1], 0)
+            || EVP_DecryptUpdate(ctx, out, &written, sealed + BODY_BYTES, length) != 1
+            || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_BYTES, (void *)(sealed + BODY_BYTES + length)) != 1)
+            outcome = OPENSSL_FAILED;
+        else if (EVP_DecryptFinal_ex(ctx, out + written, &final) != 1 || written + final != length) {
+            ERR_clear_error();
+            outcome = TAG_MISMATCH;
+        }
+    }
+    if (outcome == OPENED)
+        return value;
+    OPENSSL_cleanse(out, (size_t)length); /* unauthenticated plaintext never leaves here */
+    Py_DECREF(value);
+    if (outcome == OPENSSL_FAILED)
         return openssl_error("open a value");
-    }
-    if (EVP_DecryptFinal_ex(ctx, out + written, &final) != 1 || written + final != length) {
-        ERR_clear_error();
-        OPENSSL_cleanse(out, (size_t)length); /* unauthenticated plaintext never leaves here */
-        Py_DECREF(value);
-        PyErr_SetString(PyExc_ValueError, "authentication tag mismatch");
-        return NULL;
-    }
-    return value;
+    PyErr_SetString(PyExc_ValueError, "authentication tag mismatch");
+    return NULL;
 }
 
 PyDoc_STRVAR(destroy_doc, "destroy(): free and cleanse every key schedule now; seal and open refuse afterwards.");
