@@ -310,13 +310,23 @@ class Pod:
 
     # -- the kubelet's part
     def environment(self, container: dict) -> dict[str, str]:
-        """Image ENV, then envFrom (ConfigMaps, Secrets), then env (values and key refs)."""
+        """Image ENV, then envFrom in order (ConfigMaps rendered or the Cluster's, Secrets; a
+        later source wins a key; ``prefix`` prepended, a missing ``optional`` source
+        skipped), then env (values and key refs)."""
         env = dict(self.image_env) if container["image"].split("/")[-1].startswith(f"percolate-{self.image}") else {}
+        rendered = {d["metadata"]["name"]: d.get("data", {}) for d in self.docs if d["kind"] == "ConfigMap"}
         for source in container.get("envFrom", []):
+            ref = source.get("configMapRef") or source["secretRef"]
             if "configMapRef" in source:
-                env.update(one(self.docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+                data = rendered.get(ref["name"]) or {
+                    k: v.decode() for k, v in self.cluster.config_maps.get(ref["name"], {}).items()}
+                found = ref["name"] in rendered or ref["name"] in self.cluster.config_maps
             else:
-                env.update({k: v.decode() for k, v in self.secrets[source["secretRef"]["name"]].items()})
+                data = {k: v.decode() for k, v in self.secrets.get(ref["name"], {}).items()}
+                found = ref["name"] in self.secrets
+            if not found and not ref.get("optional"):
+                raise AssertionError(f"envFrom {ref['name']} does not exist: the kubelet would not start the container")
+            env.update({source.get("prefix", "") + k: v for k, v in data.items()})
         for item in container.get("env", []):
             if "value" in item:
                 env[item["name"]] = _expand(item["value"], env)

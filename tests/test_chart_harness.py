@@ -361,6 +361,47 @@ def test_node_with_backups_ships_a_snapshot_to_object_storage(tmp_path, pki, rea
         pod.stop()
 
 
+def test_node_process_sees_the_operators_extra_environment(tmp_path, pki, reading_pod, cluster):
+    """node.extraEnv and node.extraEnvFrom, passed as the kubelet passes them, are in the
+    started node's own environment (/proc/<pid>/environ), a ``$(VAR)`` of the chart's
+    expanded; a node setting the chart does not manage (PERCOLATE_NODE_DEK_SEAL_LIMIT) takes
+    effect, as the node's percolate_dek_seal_limit reports; and a Secret from extraEnvFrom
+    that also carries one of the chart's settings does not replace it."""
+    import urllib.request
+
+    values = node_values(TENANT, node={
+        "extraEnv": [{"name": "PERCOLATE_NODE_DEK_SEAL_LIMIT", "value": "123457"},
+                     {"name": "PERCOLATE_OPERATOR_NOTE", "value": "$(TENANT_ID) via extraEnv"}],
+        "extraEnvFrom": [{"secretRef": {"name": f"{TENANT}-operator-env"}, "prefix": "OPERATOR_"},
+                         {"secretRef": {"name": f"{TENANT}-site-env"}}]})
+    docs = render("node", values)
+    secrets = issue_certificates(docs, pki.root, tmp_path / "cert-manager")
+    secrets[f"{TENANT}-kek"] = {"kek": os.urandom(32)}
+    secrets[f"{TENANT}-operator-env"] = {"GREETING": b"from a Secret"}
+    secrets[f"{TENANT}-site-env"] = {"PERCOLATE_STORE_CIPHER": b"evp", "SITE": b"eu"}
+    pod = Pod(docs, "node", tmp_path / "pod", secrets, cluster)
+    try:
+        process = pod.start("node")
+        pod.wait_for_probe("node", "startupProbe")
+        raw = Path(f"/proc/{process.pid}/environ").read_bytes().decode()
+        environ = dict(item.split("=", 1) for item in raw.split("\0") if item)
+        assert environ["PERCOLATE_OPERATOR_NOTE"] == f"{TENANT} via extraEnv"
+        assert environ["OPERATOR_GREETING"] == "from a Secret" and environ["SITE"] == "eu"
+        assert environ["PERCOLATE_STORE_CIPHER"] == "auto", "the chart's ConfigMap comes after extraEnvFrom"
+        assert environ["PERCOLATE_NODE_DEK_SEAL_LIMIT"] == "123457"
+        url = f"http://127.0.0.1:{pod.ports[pod.container_port('metrics')]}/metrics"
+        line = f'percolate_dek_seal_limit{{tenant_id="{TENANT}"}} 123457.0'
+        deadline, text = time.monotonic() + 120, ""
+        while time.monotonic() < deadline and line not in text:
+            assert process.poll() is None, pod.log("node")
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                text = reply.read().decode()
+            time.sleep(0.5)
+        assert line in text, [m for m in text.splitlines() if "dek_seal_limit" in m]
+    finally:
+        pod.stop()
+
+
 # -- high availability: the rendered pair ------------------------------------------------------
 
 HA_NAMESPACE = TENANT  # the release's namespace (render's default: the tenant id)

@@ -89,6 +89,21 @@ VALUE_SETS: dict[str, tuple[str, dict]] = {
         "replica": {"url": "s3://percolate-us/backups", "region": "us-east-1"},
         "snapshotIntervalSeconds": 3600, "keepSnapshots": 3},
         serviceAccount={"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/tenant-a"}})),
+    "node-ha-extra-env": ("node", node_values("tenant-a", ha={"enabled": True}, node={
+        "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"},
+                     {"name": "PERCOLATE_NODE_DEK_SEAL_LIMIT", "value": "1000000"},
+                     {"name": "AWS_SECRET_ACCESS_KEY",
+                      "valueFrom": {"secretKeyRef": {"name": "tenant-a-aws", "key": "secret"}}}],
+        "extraEnvFrom": [{"secretRef": {"name": "tenant-a-aws"}, "prefix": "AWS_"},
+                         {"configMapRef": {"name": "site-settings", "optional": True}}]})),
+    "reading-extra-env": ("reading", {
+        "modelRepository": {"source": "objectStorage",
+                            "objectStorage": {"url": "s3://models/percolate", "credentialsSecret": "s3-creds"}},
+        "frontend": {"extraEnv": [{"name": "GRPC_VERBOSITY", "value": "info"}],
+                     "extraEnvFrom": [{"configMapRef": {"name": "site-settings"}}]},
+        "triton": {"extraEnv": [{"name": "CUDA_MODULE_LOADING", "value": "LAZY"},
+                                {"name": "HOME_COPY", "value": "$(HOME)"}],
+                   "extraEnvFrom": [{"secretRef": {"name": "triton-extra"}}]}}),
 }
 
 
@@ -147,13 +162,23 @@ def container(docs: list[dict], name: str) -> dict:
     return next(c for c in pod_spec(docs)["containers"] if c["name"] == name)
 
 
-def effective_env(docs: list[dict], name: str) -> dict[str, str]:
-    """A container's environment as the kubelet builds it: envFrom ConfigMaps, then env."""
+def effective_env(docs: list[dict], name: str, sources: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: envFrom in order (the rendered
+    ConfigMaps, and ConfigMaps or Secrets from outside the chart given in ``sources``; a
+    later source wins a key), then env."""
     env: dict[str, str] = {}
     spec = container(docs, name)
+    rendered = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
     for source in spec.get("envFrom", []):
-        if "configMapRef" in source:
-            env.update(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+        ref = source.get("configMapRef") or source["secretRef"]
+        if ref["name"] in (sources or {}):
+            data = sources[ref["name"]]
+        elif "configMapRef" in source:
+            assert ref["name"] in rendered, f"envFrom names ConfigMap {ref['name']}, neither rendered nor given"
+            data = rendered[ref["name"]]
+        else:
+            data = {}  # a Secret's keys are not known here
+        env.update({source.get("prefix", "") + k: v for k, v in data.items()})
     env.update({e["name"]: e["value"] for e in spec.get("env", []) if "value" in e})
     return env
 
@@ -1128,6 +1153,108 @@ def test_node_chart_refuses_broken_combinations():
     assert "at most 52 fit" in render_error("node", node_values("tenant-a", fullnameOverride="x" * 53))
     # a tenant id may not end in a dash (labels, SANs and DNS names would be invalid)
     assert "tenant" in render_error("node", node_values("tenant-a-"))
+
+
+# --- both charts: extra environment -----------------------------------------------
+
+# (chart, values, container, the values' path, the chart's own env names in order, its envFrom sources)
+EXTRA_ENV_CASES = [
+    ("node", node_values("tenant-a"), "node", "node", [], ["tenant-a-percolate-node-config"]),
+    ("node", VALUE_SETS["node-ha-extra-env"][1], "node", "node",
+     ["POD_NAME", "PERCOLATE_NODE_REPLICA_ID", "PERCOLATE_NODE_HA_BOOTSTRAP_REPLICA",
+      "PERCOLATE_NODE_REPLICATION_ADVERTISE"], ["tenant-a-percolate-node-config"]),
+    ("reading", VALUE_SETS["reading-extra-env"][1], "frontend", "frontend", [], ["percolate-reading-config"]),
+    ("reading", VALUE_SETS["reading-extra-env"][1], "triton", "triton", ["HOME", "TRITON_HTTP_ADMIN_TOKEN"],
+     ["s3-creds"]),
+]
+
+
+@pytest.mark.parametrize("chart, values, name, path, own_env, own_sources", EXTRA_ENV_CASES)
+def test_extra_env_is_rendered_verbatim_after_the_charts_own(chart, values, name, path, own_env, own_sources):
+    """extraEnv follows the chart's env as given; extraEnvFrom precedes the chart's own
+    sources, so for a key both carry the chart's (the last source) wins."""
+    extra = {"extraEnv": [{"name": "EXTRA_ONE", "value": "1"},
+                          {"name": "EXTRA_REF", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+             "extraEnvFrom": [{"secretRef": {"name": "operator-secret"}, "prefix": "OP_"}]}
+    for given in (values, _merge(values, {path: extra})):
+        spec = container(render(chart, given), name)
+        own = [e for e in spec.get("env", []) if e["name"] in own_env]
+        assert [e["name"] for e in own] == own_env
+        wanted = (given.get(path) or {}).get("extraEnv", [])
+        assert spec.get("env", []) == own + wanted, "the chart's env, then extraEnv exactly as given"
+        names = [(s.get("configMapRef") or s["secretRef"])["name"] for s in spec.get("envFrom", [])]
+        sources = [(s.get("configMapRef") or s["secretRef"])["name"]
+                   for s in (given.get(path) or {}).get("extraEnvFrom", [])]
+        assert names == sources + own_sources
+        assert spec.get("envFrom", [])[:len(sources)] == (given.get(path) or {}).get("extraEnvFrom", [])
+
+
+def test_extra_env_reaches_the_environment_and_never_replaces_the_charts():
+    docs = render(*VALUE_SETS["node-ha-extra-env"])
+    # a Secret from extraEnvFrom carrying a chart setting too: the chart's ConfigMap comes later and wins
+    env = effective_env(docs, "node", {"tenant-a-aws": {"ACCESS_KEY_ID": "AKIA1"}, "site-settings": {
+        "PERCOLATE_STORE_CIPHER": "evp", "PERCOLATE_NODE_GRAPH_SAVE_INTERVAL_S": "30"}})
+    assert env["AWS_REGION"] == "eu-west-1" and env["PERCOLATE_NODE_DEK_SEAL_LIMIT"] == "1000000"
+    assert env["AWS_ACCESS_KEY_ID"] == "AKIA1" and env["PERCOLATE_NODE_GRAPH_SAVE_INTERVAL_S"] == "30"
+    assert env["PERCOLATE_STORE_CIPHER"] == "auto" and env["TENANT_ID"] == "tenant-a"
+    docs = render(*VALUE_SETS["reading-extra-env"])
+    env = effective_env(docs, "frontend", {"site-settings": {"PERCOLATE_READING_MAX_PAGES": "9999"}})
+    assert env["GRPC_VERBOSITY"] == "info" and env["PERCOLATE_READING_MAX_PAGES"] == "500"
+    assert effective_env(docs, "triton")["HOME"] == "/tmp"
+    assert "GRPC_VERBOSITY" not in effective_env(docs, "triton"), "each container gets its own extraEnv"
+
+
+@pytest.mark.parametrize("chart, values, path, variable", [
+    ("node", node_values("tenant-e", node={"storeCipher": "evp"}), "node", "PERCOLATE_STORE_CIPHER"),
+    ("node", node_values("tenant-e"), "node", "TENANT_ID"),
+    ("node", node_values("tenant-e"), "node", "PERCOLATE_NODE_KEK_FILE"),
+    ("node", node_values("tenant-e", backup={"url": "s3://b/p"}), "node", "PERCOLATE_NODE_BACKUP_URL"),
+    ("node", node_values("tenant-e", ha={"enabled": True}), "node", "POD_NAME"),
+    ("node", node_values("tenant-e", ha={"enabled": True}), "node", "PERCOLATE_NODE_REPLICA_ID"),
+    ("reading", {}, "frontend", "PERCOLATE_READING_MAX_PAGES"),
+    ("reading", {}, "frontend", "PERCOLATE_READING_TRITON_URL"),
+    ("reading", {}, "triton", "HOME"),
+    ("reading", {}, "triton", "TRITON_HTTP_ADMIN_TOKEN"),
+])
+def test_extra_env_naming_a_variable_the_chart_sets_fails_the_render(chart, values, path, variable):
+    """Kubernetes would silently let env replace the chart's ConfigMap (or the later of two
+    env entries win): the chart refuses it and names the variable."""
+    extra = [{"name": "FINE", "value": "x"}, {"name": variable, "value": "operator"}]
+    error = render_error(chart, _merge(values, {path: {"extraEnv": extra}}))
+    assert f"{path}.extraEnv[1] sets {variable}, which the chart sets for this container itself" in error
+    render(chart, _merge(values, {path: {"extraEnv": extra[:1]}}))  # the rest renders
+
+
+def test_extra_env_refuses_managed_families_while_off_and_repeated_names():
+    """Backup and HA settings without backup.url / ha.enabled would lack their volumes,
+    ports and network policies; a name listed twice would silently keep the last."""
+    for variable, values in (("PERCOLATE_NODE_BACKUP_URL", "backup.*"), ("PERCOLATE_NODE_HA_LEASE_URL", "ha.*"),
+                             ("PERCOLATE_NODE_REPLICATION_PORT", "ha.*")):
+        error = render_error("node", node_values("tenant-e", node={"extraEnv": [{"name": variable, "value": "1"}]}))
+        assert f"node.extraEnv[0] sets {variable}: the chart manages" in error and values in error
+    twice = [{"name": "AWS_REGION", "value": "a"}, {"name": "X", "value": "1"}, {"name": "AWS_REGION", "value": "b"}]
+    assert "node.extraEnv[2] sets AWS_REGION again (node.extraEnv[0] set it first)" in render_error(
+        "node", node_values("tenant-e", node={"extraEnv": twice}))
+    assert "triton.extraEnv[2] sets AWS_REGION again" in render_error("reading", {"triton": {"extraEnv": twice}})
+    # a name the chart sets for another container is that container's business
+    docs = render("reading", {"frontend": {"extraEnv": [{"name": "HOME", "value": "/tmp"}]},
+                              "triton": {"extraEnv": [{"name": "PERCOLATE_READING_MAX_PAGES", "value": "1"}]}})
+    assert effective_env(docs, "frontend")["HOME"] == "/tmp"
+
+
+@pytest.mark.parametrize("chart, path", [("node", "node"), ("reading", "frontend"), ("reading", "triton")])
+def test_extra_env_schema_rejects_what_kubernetes_would(chart, path):
+    base = node_values("tenant-e") if chart == "node" else {}
+
+    def error(**extra) -> str:
+        return render_error(chart, _merge(base, {path: extra}))
+
+    assert f"/{path}/extraEnv': got object, want array" in error(extraEnv={"AWS_REGION": "eu-west-1"})
+    assert f"/{path}/extraEnv/0': missing property 'name'" in error(extraEnv=[{"value": "x"}])
+    assert f"/{path}/extraEnv/0/value': got number, want string" in error(extraEnv=[{"name": "N", "value": 5}])
+    assert "'valuefrom' not allowed" in error(extraEnv=[{"name": "N", "valuefrom": {}}])
+    assert f"/{path}/extraEnvFrom': got string, want array" in error(extraEnvFrom="my-secret")
+    assert f"/{path}/extraEnvFrom/0'" in error(extraEnvFrom=[{"prefix": "X_"}])
 
 
 # --- Dockerfiles ----------------------------------------------------------------

@@ -107,7 +107,60 @@ Backup values that cannot work together; refused at render time.
 {{- end }}
 {{- end }}
 
+{{/* With HA, the node's env (list items): the pod's own name and what follows from it. */}}
+{{- define "percolate-node.haEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+# the replica's name in the Lease, and where its peer dials it (the headless Service's pod name)
+- name: PERCOLATE_NODE_REPLICA_ID
+  value: "$(POD_NAME)"
+# only ordinal 0 may start the tenant with an empty copy: when HA is enabled on an
+# existing node it holds the data, and the new, empty replica 1 must follow it
+- name: PERCOLATE_NODE_HA_BOOTSTRAP_REPLICA
+  value: "{{ include "percolate-node.fullname" . }}-0"
+- name: PERCOLATE_NODE_REPLICATION_ADVERTISE
+  value: "$(POD_NAME).{{ include "percolate-node.replicationServerName" . }}:{{ .Values.ha.replicationPort }}"
+{{- end }}
+
 {{/* The headless Service's name: on the replica certificate, and what a replica checks its peer against. */}}
 {{- define "percolate-node.replicationServerName" -}}
 {{- printf "%s-headless.%s.svc.cluster.local" (include "percolate-node.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{/*
+A container's extraEnv as YAML (list items, to follow the chart's own env), or a render
+failure when an item names a variable the chart already sets for that container (its
+ConfigMap or its env: Kubernetes would keep one of the two without a word) or one that
+an earlier item set, or one in a family the chart manages even while it is off (a
+backup or HA setting without backup.url or ha.enabled would miss its volumes, ports and
+network policies). Called with a dict: where (the value's path, for the message),
+chartNames (the names the chart sets), extraEnv (the list), and optionally managed
+(name prefix -> the values that manage it).
+*/}}
+{{- define "percolate-node.extraEnv" -}}
+{{- $seen := dict }}
+{{- range .chartNames }}
+{{- $_ := set $seen . "" }}
+{{- end }}
+{{- range $i, $item := .extraEnv }}
+{{- if hasKey $seen $item.name }}
+{{- $earlier := get $seen $item.name }}
+{{- if $earlier }}
+{{- fail (printf "%s[%d] sets %s again (%s set it first): Kubernetes would silently keep the last; list each variable once" $.where $i $item.name $earlier) }}
+{{- else }}
+{{- fail (printf "%s[%d] sets %s, which the chart sets for this container itself: Kubernetes would silently replace the chart's value; set it through the chart's values (README) or leave it out" $.where $i $item.name) }}
+{{- end }}
+{{- end }}
+{{- range $prefix, $values := $.managed }}
+{{- if hasPrefix $prefix $item.name }}
+{{- fail (printf "%s[%d] sets %s: the chart manages %s* through %s (also while they are off, when the volumes, ports and network policies they need are missing); set those values instead" $.where $i $item.name $prefix $values) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $seen $item.name (printf "%s[%d]" $.where $i) }}
+{{- end }}
+{{- with .extraEnv }}
+{{- toYaml . }}
+{{- end }}
 {{- end }}
