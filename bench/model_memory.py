@@ -14,7 +14,14 @@ patterns off, and shrinks the arena after each large run
 (``memory.enable_memory_arena_shrinkage``), then trims; ``ocr_det`` and ``ocr_rec`` shrink
 once idle for ``shrink_idle_s`` (1 s) instead, which the settle time covers. The burst's wall time is printed too: memory is not the only cost.
 
-    python bench/model_memory.py [--quick]
+``--weights`` compares instead, with the default memory settings, the served Whisper
+graphs (``whisper_encoder``, ``whisper_decoder``, ``whisper_decoder_with_past``: on the cpu
+target only a direct call uses them) loading their weights ``at_load`` (before) against
+``on_first_request`` (the default there), two runs of each, alternating; then one
+direct call of each of the three (a zero window through the encoder and the first
+decoder step, one step of the step decoder) and their stubs' memory after it.
+
+    python bench/model_memory.py [--quick] [--weights]
 """
 from __future__ import annotations
 
@@ -45,6 +52,8 @@ SETTINGS = {
                      "PERCOLATE_ORT_ARENA_SHRINK": "1", "PERCOLATE_ORT_MALLOC_TRIM": "1"},
 }
 SETTLE_S = 5.0
+WEIGHTS = {"weights at load": {**SETTINGS["arena+shrink"], "PERCOLATE_ORT_LOAD_WEIGHTS": "at_load"},
+           "on first request": {**SETTINGS["arena+shrink"], "PERCOLATE_ORT_LOAD_WEIGHTS": "on_first_request"}}
 
 
 def page(index: int) -> bytes:
@@ -111,7 +120,36 @@ def linked_repository(source: Path, target: Path) -> Path:
     return target
 
 
-def run(name: str, env: dict[str, str], pages: list[bytes], embeds: int) -> dict[str, dict]:
+def call_whisper_graphs(grpc_url: str) -> None:
+    """One direct call of each served Whisper graph, as perf_analyzer or a test would."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from percolate_models.catalog import WHISPER_DECODER_WITH_PAST
+
+    def infer(model: str, feeds: dict, output: str):
+        inputs = []
+        for name, array in feeds.items():
+            tensor = grpcclient.InferInput(name, list(array.shape),
+                                           "INT64" if array.dtype == np.int64 else "FP32")
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return client.infer(model, inputs, outputs=[grpcclient.InferRequestedOutput(output)],
+                            client_timeout=300).as_numpy(output)
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    hidden = infer("whisper_encoder", {"input_features": np.zeros((1, 80, 3000), np.float32)},
+                   "last_hidden_state")
+    infer("whisper_decoder", {"input_ids": np.array([[50257, 50362]], np.int64),
+                              "encoder_hidden_states": hidden}, "logits")
+    past = {t.name: np.zeros((1, 6, 1500 if ".encoder." in t.name else 2, 64), np.float32)
+            for t in WHISPER_DECODER_WITH_PAST.inputs if t.name.startswith("past_key_values.")}
+    infer("whisper_decoder_with_past", {"input_ids": np.array([[50363]], np.int64), **past}, "logits")
+    client.close()
+
+
+def run(name: str, env: dict[str, str], pages: list[bytes], embeds: int,
+        direct_calls: bool = False) -> dict[str, dict]:
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)  # tritonserver and its stubs inherit it
     config = TritonConfig.from_env()
@@ -129,6 +167,9 @@ def run(name: str, env: dict[str, str], pages: list[bytes], embeds: int) -> dict
             peak = measure(pids)
             time.sleep(SETTLE_S)
             settled = measure(pids)
+            if direct_calls:
+                call_whisper_graphs(triton.grpc_url)
+                called = measure(pids)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -136,13 +177,21 @@ def run(name: str, env: dict[str, str], pages: list[bytes], embeds: int) -> dict
             else:
                 os.environ[key] = value
     print(f"{name}: burst took {took:.1f} s", flush=True)
-    return {"idle": idle, "after burst": peak, "settled": settled, "burst_s": took}
+    phases = {"idle": idle, "after burst": peak, "settled": settled}
+    if direct_calls:
+        phases["whisper graphs called"] = called
+    return {**phases, "burst_s": took}
 
 
 def main() -> None:
-    args = common.arguments(__doc__)
+    args = common.arguments(__doc__, weights={
+        "action": "store_true",
+        "help": "the served Whisper graphs' weights at load vs on first request, instead"})
     count, embeds = (8, 200) if args.quick else (16, 800)
     pages = [page(i) for i in range(count)]
+    if args.weights:
+        weights(pages, embeds)
+        return
     results = {name: run(name, env, pages, embeds) for name, env in SETTINGS.items()}
     names = sorted({n for r in results.values() for n in r["settled"]},
                    key=lambda n: (n == "total", n))
@@ -158,6 +207,24 @@ def main() -> None:
                                       for phase in ("idle", "burst", "settled")]
     common.print_table(f"{count} concurrent OCRs + {embeds} Embeds", columns, rows)
     common.write_results("model_memory", {"ocrs": count, "embeds": embeds, "results": results})
+
+
+def weights(pages: list[bytes], embeds: int) -> None:
+    """``--weights``: two alternating runs of each ``WEIGHTS`` setting."""
+    runs = [(f"{name} #{round_ + 1}", name) for round_ in range(2) for name in WEIGHTS]
+    results = {label: run(label, WEIGHTS[name], pages, embeds, direct_calls=True)
+               for label, name in runs}
+    phases = ("idle", "settled", "whisper graphs called")
+    names = sorted({n for r in results.values() for n in r["idle"]}, key=lambda n: (n == "total", n))
+    rows = [[process] + [results[label][phase].get(process, 0.0) for label, _ in runs for phase in phases]
+            for process in names]
+    columns = ["process (MB RSS)"] + [f"{label}: {phase}" for label, _ in runs for phase in phases]
+    common.print_table(f"{len(pages)} concurrent OCRs + {embeds} Embeds, then one call of each "
+                       "Whisper graph", columns, rows)
+    print(f"load average after: {os.getloadavg()}")
+    common.write_results("model_memory_weights", {"ocrs": len(pages), "embeds": embeds,
+                                                  "load_average_after": os.getloadavg(),
+                                                  "results": results})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .catalog import ModelSpec, TensorSpec
+from .catalog import MODELS, ModelSpec, TensorSpec
 
 CPU_INTRA_OP_THREADS = 2
 """onnxruntime threads per CPU instance: the embedded default runs on 2-core machines."""
@@ -76,6 +76,22 @@ business logic scripting API, so they run on the GPU under Triton's native onnxr
 backend."""
 
 
+LOOP_GRAPH_PARAMETERS = ("encoder_model", "decoder_model", "decoder_with_past_model")
+"""The Whisper loop's parameters that name the models it calls in ``bls`` mode."""
+WEIGHTS_ON_FIRST_REQUEST = (("load_weights", "on_first_request"), ("unload_idle_s", "600"))
+"""Rendered, on a target whose loop runs ``inprocess``, for the models that loop would
+otherwise call: it loads their ONNX files itself, so their own Python-backend models are
+only there for a direct call (perf_analyzer, a test). They stay READY, create their
+onnxruntime session on the first request and drop it after 10 idle minutes
+(percolate_models/python_backend.py) instead of holding a second copy of the weights
+(about 0.3 GB resident for the three) that nothing uses."""
+
+
+def _loop_graph_models() -> set[str]:
+    return {value for spec in MODELS if spec.kind == "whisper_loop"
+            for key, value in spec.parameters if key in LOOP_GRAPH_PARAMETERS}
+
+
 def _tensor(proto_list, tensor: TensorSpec) -> None:
     entry = proto_list.add()
     entry.name = tensor.name
@@ -109,6 +125,9 @@ def model_config(spec: ModelSpec, target: str) -> mc.ModelConfig:
         group.kind = mc.ModelInstanceGroup.KIND_CPU
         config.parameters["onnx_file"].string_value = "model.onnx"
         config.parameters["intra_op_threads"].string_value = str(CPU_INTRA_OP_THREADS)
+        if LOOP_MODES[target] == "inprocess" and spec.name in _loop_graph_models():
+            for key, value in WEIGHTS_ON_FIRST_REQUEST:
+                config.parameters[key].string_value = value
     else:
         config.platform = "onnxruntime_onnx"
         config.default_model_filename = GPU_MODEL_FILE

@@ -51,7 +51,21 @@ than the idle time (a large page on ``ocr_det``, 1.3-2.2 s) leaves the next mode
 long enough to shrink between pages, so the gain shrinks as pages grow.
 ``PERCOLATE_ORT_SHRINK_IDLE_S`` overrides it (0: after every large run, as before) on the
 models that have it. Should the probe fail (a graph it does not fit), the model logs it
-and goes back to shrinking after every large run.
+and goes back to shrinking after every large run. One waiting thread per model instance
+does this (and the unload below): each request moves its deadline; no thread per request.
+
+Weights on first request (``load_weights: on_first_request``; ``whisper_encoder``,
+``whisper_decoder`` and ``whisper_decoder_with_past`` on cpu, whose Whisper loop runs its
+own copies of the graphs in process, configs.py): ``initialize`` only checks that the file
+is there and readable, and the first request creates the onnxruntime sessions, so the
+model is READY and callable (perf_analyzer, a BLS loop, a test) without holding its weights
+while nothing calls it. Should that fail (a file gone or corrupt since), each request gets
+an error naming the model and the file, the other models serve on, and the next request
+tries again. ``unload_idle_s`` (with ``on_first_request`` only) drops the sessions again
+after that many seconds without a request. ``PERCOLATE_ORT_LOAD_WEIGHTS`` (``at_load`` or
+``on_first_request``; empty is unset) overrides it on the models that have it, to compare.
+Triton's metrics carry ``percolate_onnx_weights_loaded{model=...}`` for these models: 1
+while the sessions are loaded (best effort, as the Whisper loop's gauge).
 """
 from __future__ import annotations
 
@@ -60,6 +74,7 @@ import ctypes.util
 import json
 import os
 import threading
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,6 +97,8 @@ def _setting(params: dict, name: str, default: str) -> bool:
 
 PARALLEL_ROWS_ENV = "PERCOLATE_ORT_PARALLEL_ROWS"
 SHRINK_IDLE_ENV = "PERCOLATE_ORT_SHRINK_IDLE_S"
+LOAD_WEIGHTS_ENV = "PERCOLATE_ORT_LOAD_WEIGHTS"
+LOAD_WEIGHTS = ("at_load", "on_first_request")
 PROBE_SIDE = 32
 """Each variable dimension of the idle shrink's zero input: a multiple of the OCR
 detector's stride (32), and small enough that the probe run takes milliseconds."""
@@ -97,19 +114,37 @@ def _parameter(params: dict, name: str, env: str) -> tuple[str, str]:
     return f"model parameter {name}", params[name].strip()
 
 
-def _shrink_idle_s(params: dict) -> float:
-    """The ``shrink_idle_s`` parameter (0: shrink after every large run instead);
-    ``PERCOLATE_ORT_SHRINK_IDLE_S`` overrides it."""
-    if "shrink_idle_s" not in params:
+def _seconds(params: dict, parameter: str, env: str | None) -> float:
+    """A parameter in seconds, 0 to 3600 (0 when the config does not have it); ``env``
+    overrides it."""
+    if parameter not in params:
         return 0.0
-    name, raw = _parameter(params, "shrink_idle_s", SHRINK_IDLE_ENV)
+    name, raw = _parameter(params, parameter, env) if env else (
+        f"model parameter {parameter}", params[parameter].strip())
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 <= value <= 3600:  # also refuses nan and inf, which threading.Timer cannot wait
+    if not 0 <= value <= 3600:  # also refuses nan and inf, which a deadline cannot be
         raise pb_utils.TritonModelException(f"{name}={raw!r}: a number of seconds from 0 to 3600 is required")
     return value
+
+
+def _shrink_idle_s(params: dict) -> float:
+    """The ``shrink_idle_s`` parameter (0: shrink after every large run instead);
+    ``PERCOLATE_ORT_SHRINK_IDLE_S`` overrides it."""
+    return _seconds(params, "shrink_idle_s", SHRINK_IDLE_ENV)
+
+
+def _on_first_request(params: dict) -> bool:
+    """The ``load_weights`` parameter: False for ``at_load`` (the default), True for
+    ``on_first_request``; ``PERCOLATE_ORT_LOAD_WEIGHTS`` overrides it."""
+    if "load_weights" not in params:
+        return False
+    name, raw = _parameter(params, "load_weights", LOAD_WEIGHTS_ENV)
+    if raw not in LOAD_WEIGHTS:
+        raise pb_utils.TritonModelException(f"{name}={raw!r}: one of {', '.join(LOAD_WEIGHTS)} is required")
+    return raw == "on_first_request"
 
 
 def _parallel_rows(params: dict) -> int:
@@ -139,11 +174,12 @@ class OnnxRuntimeModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.model_name = args.get("model_name") or config.get("name", "model")
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        onnx_path = version_dir / params.get("onnx_file", "model.onnx")
-        if not onnx_path.is_file():
-            raise pb_utils.TritonModelException(
-                f"{onnx_path} is missing: run `percolate-models build`")
+        self.onnx_path = version_dir / params.get("onnx_file", "model.onnx")
+        problem = self._file_problem()
+        if problem:
+            raise pb_utils.TritonModelException(problem)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         options.inter_op_num_threads = 1
@@ -159,15 +195,19 @@ class OnnxRuntimeModel:
         # machine is shared (the embedded default); they only pay off on idle cores.
         options.add_session_config_entry("session.intra_op.allow_spinning",
                                          params.get("allow_spinning", "0"))
-        self.session = self._load(onnx_path, options)
+        self.options = options
         self.parallel_rows = _parallel_rows(params)
         """Run two or more rows this many at a time, each on one thread of ``row_session``
         (0 or 1: all rows one after the other on ``session``)."""
-        self.row_session = self.pool = None
+        self.session = self.row_session = self.pool = None
         if self.parallel_rows > 1:
-            options.intra_op_num_threads = 1
-            self.row_session = self._load(onnx_path, options)
             self.pool = ThreadPoolExecutor(self.parallel_rows, thread_name_prefix="rows")
+        self.on_first_request = _on_first_request(params)
+        """Create the sessions on the first request instead of here (``load_weights``)."""
+        self.unload_idle_s = _seconds(params, "unload_idle_s", None) if self.on_first_request else 0.0
+        """When above 0, the sessions are dropped after this many seconds without a request
+        (and created again by the next one)."""
+        self._loaded_metric = self._weights_gauge() if "load_weights" in params else None
         self.batched = int(config.get("max_batch_size", 0)) > 0
         """Without Triton batching (max_batch_size 0) the batch dimension is the caller's
         own and each request runs alone."""
@@ -178,9 +218,8 @@ class OnnxRuntimeModel:
         self.idle_shrink_s = _shrink_idle_s(params) if self.shrink is not None else 0.0
         """When above 0, runs keep their arena chunks and ``_shrink_when_idle`` gives them
         back after this many seconds without a request."""
-        self.idle_timer: threading.Timer | None = None
         self.running = threading.Lock()
-        """Held by ``execute`` and the idle shrink, so that they never overlap."""
+        """Held by ``execute``, the sessions' loading and the idle work, so that they never overlap."""
         self.input_names = [t["name"] for t in config["input"]]
         self.probe = {t["name"]: np.zeros(
             [1] * self.batched + [int(d) if int(d) > 0 else PROBE_SIDE for d in t.get("dims", [])],
@@ -189,6 +228,79 @@ class OnnxRuntimeModel:
         self.output_names = [t["name"] for t in config["output"]]
         self.output_dtypes = {
             t["name"]: pb_utils.triton_string_to_numpy(t["data_type"]) for t in config["output"]}
+        self.idle = threading.Condition()
+        """Guards ``idle_since``, ``idle_pending``, ``requests_seen`` and ``stopping``;
+        notified when they change."""
+        self.idle_since: float | None = None
+        """``clock()`` when the last request ended; None while one runs or none came yet."""
+        self.idle_pending: list = []
+        """The idle work (``_idle_work``) not yet done since ``idle_since``."""
+        self.requests_seen = 0
+        self.stopping = False
+        self.clock = time.monotonic
+        self.idle_thread: threading.Thread | None = None
+        """The one thread that waits for the idle deadlines, on models with idle work."""
+        if not self.on_first_request:
+            self._load_sessions()
+        if self._idle_work():
+            self.idle_thread = threading.Thread(
+                target=self._wait_for_idle, name=f"idle-{self.model_name}", daemon=True)
+            self.idle_thread.start()
+
+    def _file_problem(self) -> str | None:
+        """What is wrong with the ONNX file before onnxruntime reads it (cheap), or None."""
+        if not self.onnx_path.is_file():
+            return f"{self.onnx_path} is missing: run `percolate-models build`"
+        if not os.access(self.onnx_path, os.R_OK):
+            return f"{self.onnx_path} is not readable by this process (uid {os.getuid()})"
+        return None
+
+    def _load_sessions(self) -> None:
+        """Create the main session (and the row session when ``parallel_rows`` > 1); raises
+        ``TritonModelException`` naming the file. Called under ``running`` after initialize."""
+        problem = self._file_problem()
+        if problem:
+            raise pb_utils.TritonModelException(problem)
+        session = self._load(self.onnx_path, self.options)
+        row_session = None
+        if self.parallel_rows > 1:
+            self.options.intra_op_num_threads, threads = 1, self.options.intra_op_num_threads
+            try:
+                row_session = self._load(self.onnx_path, self.options)
+            finally:
+                self.options.intra_op_num_threads = threads
+        self.session, self.row_session = session, row_session
+        self._set_loaded(True)
+
+    def _unload_sessions(self) -> None:
+        """Drop the sessions (``unload_idle_s``); the next request creates them again."""
+        if self.session is None:
+            return
+        self.session = self.row_session = None
+        if self.trim:
+            _TRIM(0)
+        self._set_loaded(False)
+
+    def _weights_gauge(self):
+        """``percolate_onnx_weights_loaded{model=...}`` on Triton's /metrics (family and
+        metric kept: Triton drops a metric whose object is freed), or None on a Triton
+        without custom metrics (logged)."""
+        try:
+            family = pb_utils.MetricFamily(
+                name="percolate_onnx_weights_loaded",
+                description="1 while the model holds its onnxruntime sessions (weights); 0 while a "
+                            "load_weights: on_first_request model waits for a request",
+                kind=pb_utils.MetricFamily.GAUGE)
+            metric = family.Metric(labels={"model": self.model_name})
+            metric.set(0.0)
+        except Exception as err:  # AttributeError on an old Triton or the stand-in
+            pb_utils.Logger.log_info(f"no percolate_onnx_weights_loaded gauge for {self.model_name} ({err})")
+            return None
+        return family, metric
+
+    def _set_loaded(self, loaded: bool) -> None:
+        if self._loaded_metric is not None:
+            self._loaded_metric[1].set(1.0 if loaded else 0.0)
 
     @staticmethod
     def _load(onnx_path: Path, options) -> "ort.InferenceSession":
@@ -199,31 +311,84 @@ class OnnxRuntimeModel:
                 f"cannot load {onnx_path}: {err}. Run `percolate-models build` to rebuild it")
 
     def execute(self, requests: list) -> list:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        with self.running:
-            responses = self._execute(requests)
+        with self.idle:
+            self.requests_seen += 1
+            self.idle_since = None  # busy: no idle work until this batch is answered
+        try:
+            with self.running:
+                if self.session is None:
+                    try:
+                        self._load_sessions()
+                    except pb_utils.TritonModelException as err:
+                        error = pb_utils.TritonError(f"model {self.model_name}: weights not loaded "
+                                                     f"on this request: {err}")
+                        return [pb_utils.InferenceResponse(error=error) for _ in requests]
+                return self._execute(requests)
+        finally:
+            with self.idle:
+                self.idle_since = self.clock()
+                self.idle_pending = self._idle_work()
+                self.idle.notify_all()
+
+    def _idle_work(self) -> list:
+        """(seconds without a request, what to do then), as the settings are now."""
+        work = []
         if self.idle_shrink_s > 0:
-            self.idle_timer = threading.Timer(self.idle_shrink_s, self._shrink_when_idle)
-            self.idle_timer.daemon = True
-            self.idle_timer.start()
-        return responses
+            work.append((self.idle_shrink_s, self._shrink_when_idle))
+        if self.unload_idle_s > 0:
+            work.append((self.unload_idle_s, self._unload_sessions))
+        return work
+
+    def _due(self, now: float) -> list:
+        """The pending idle work whose time has come at ``now`` (under ``idle``)."""
+        if self.idle_since is None:
+            return []
+        return [item for item in self.idle_pending if self.idle_since + item[0] <= now]
+
+    def _wait_for_idle(self) -> None:
+        """The idle thread: waits for the earliest pending deadline (a request in the
+        meantime moves it), then does what is due unless a request came since."""
+        with self.idle:
+            while not self.stopping:
+                if self.idle_since is None or not self.idle_pending:
+                    self.idle.wait()
+                    continue
+                now = self.clock()
+                due = self._due(now)
+                if not due:
+                    self.idle.wait(min(self.idle_since + s for s, _ in self.idle_pending) - now)
+                    continue
+                self.idle_pending = [item for item in self.idle_pending if item not in due]
+                seen = self.requests_seen
+                self.idle.release()
+                try:
+                    with self.running:
+                        with self.idle:
+                            current = self.requests_seen == seen and not self.stopping
+                        if current:  # else a request came meanwhile: its end sets new deadlines
+                            for _, work in due:
+                                try:
+                                    work()
+                                except Exception as err:  # keep waiting for the next idle time
+                                    pb_utils.Logger.log_warn(f"idle work {work.__name__} failed: {err}")
+                finally:
+                    self.idle.acquire()
+                    self.idle.notify_all()  # for whoever waits on the idle work (tests)
 
     def _shrink_when_idle(self) -> None:
         """Give the arenas back: a run of ``probe`` with the shrink option on each session
         (onnxruntime shrinks only at the end of a run), then trim the heap. Should the probe
-        fail, the model goes back to shrinking after every large run."""
-        with self.running:
-            try:
-                for session in (self.session, self.row_session):
-                    if session is not None:
-                        session.run(self.output_names, self.probe, self.shrink)
-            except Exception as err:  # onnxruntime's own error types
-                self.idle_shrink_s = 0.0
-                pb_utils.Logger.log_warn(f"the idle arena shrink failed ({err}); shrinking after every "
-                                         "large run instead")
-            if self.trim:
-                _TRIM(0)
+        fail, the model goes back to shrinking after every large run. Called under ``running``."""
+        try:
+            for session in (self.session, self.row_session):
+                if session is not None:
+                    session.run(self.output_names, self.probe, self.shrink)
+        except Exception as err:  # onnxruntime's own error types
+            self.idle_shrink_s = 0.0
+            pb_utils.Logger.log_warn(f"the idle arena shrink failed ({err}); shrinking after every "
+                                     "large run instead")
+        if self.trim:
+            _TRIM(0)
 
     def _execute(self, requests: list) -> list:
         inputs = [
@@ -318,8 +483,11 @@ class OnnxRuntimeModel:
         return results
 
     def finalize(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
+        with self.idle:
+            self.stopping = True
+            self.idle.notify_all()
+        if self.idle_thread is not None:
+            self.idle_thread.join(timeout=60)  # it may be finishing a probe run
         if self.pool is not None:
             self.pool.shutdown()
         self.session = self.row_session = None

@@ -101,3 +101,22 @@ def test_check_reports_a_stale_committed_file_without_writing(tmp_path, monkeypa
     assert target.read_text() == edited  # checked, not rewritten
     monkeypatch.setenv("PERCOLATE_MODEL_REPOSITORY", str(copy))
     assert main(["check"]) == 1
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_only_the_in_process_whisper_graphs_load_weights_on_first_request(target):
+    """On cpu the Whisper loop loads its three graphs itself, so their served models
+    create their sessions when first called (python_backend.py); on gpu the loop calls
+    them through BLS and they are Triton's own onnxruntime models: nothing rendered."""
+    lazy = {spec.name: dict((k, v.string_value) for k, v in configs.parse(
+        configs.render(spec, target)).parameters.items() if k in ("load_weights", "unload_idle_s"))
+        for spec in MODELS}
+    expected = {"load_weights": "on_first_request", "unload_idle_s": "600"} if target == "cpu" else {}
+    graphs = {"whisper_encoder", "whisper_decoder", "whisper_decoder_with_past"}
+    assert {name: params for name, params in lazy.items() if params} == {
+        name: expected for name in graphs if expected}
+    if target == "cpu":  # the committed files say so too
+        paths = ProjectPaths.from_env()
+        for name in graphs:
+            committed = configs.parse((paths.model_repository / name / "config.pbtxt").read_text())
+            assert committed.parameters["load_weights"].string_value == "on_first_request"

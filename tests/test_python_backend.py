@@ -38,6 +38,7 @@ def no_override(monkeypatch):
     """The developer's shell does not choose the settings these tests check."""
     monkeypatch.delenv("PERCOLATE_ORT_PARALLEL_ROWS", raising=False)
     monkeypatch.delenv("PERCOLATE_ORT_SHRINK_IDLE_S", raising=False)
+    monkeypatch.delenv("PERCOLATE_ORT_LOAD_WEIGHTS", raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def load(backend, repository: Path, **parameters: str):
         "output": [{"name": "out", "data_type": "TYPE_FP32"}],
     }
     model = module.OnnxRuntimeModel()
-    model.initialize({"model_config": json.dumps(config),
+    model.initialize({"model_config": json.dumps(config), "model_name": "double",
                       "model_repository": str(repository), "model_version": "1"})
     return model
 
@@ -197,45 +198,76 @@ def test_a_uint8_page_shrinks_the_arena(backend, tmp_path):
     assert [options for _, _, options in main.runs] == [runner.shrink] and runner.shrink is not None
 
 
+class Clock:
+    """A monotonic clock the test moves by hand (the idle thread's deadlines read it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def idle_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("idle-")]
+
+
 def test_shrink_when_idle(backend, repository, monkeypatch):
     """With ``shrink_idle_s`` (ocr_det, ocr_rec) no run of a request carries the shrink
     option, on either session: the arena keeps a page's chunks for the next page instead
     of faulting them in again. Once the model has been idle that long, one small zero
     input (``PROBE_SIDE`` for each variable dimension) runs on each session with the
-    option; a new request before then cancels it. ``PERCOLATE_ORT_SHRINK_IDLE_S=0``
-    brings back the shrink after every large run."""
+    option; a new request before then moves the deadline. ``PERCOLATE_ORT_SHRINK_IDLE_S=0``
+    brings back the shrink after every large run (and no idle thread)."""
     module, pb_utils = backend
     monkeypatch.setattr(module.os, "cpu_count", lambda: 4)
     monkeypatch.setenv("PERCOLATE_ORT_SHRINK_IDLE_S", "0")
     model = load(backend, repository, max_rows_per_run="1", parallel_rows="2", shrink_idle_s="60")
-    assert model.idle_shrink_s == 0 and model.idle_timer is None
+    assert model.idle_shrink_s == 0 and model.idle_thread is None and not model._idle_work()
     model.finalize()
     monkeypatch.delenv("PERCOLATE_ORT_SHRINK_IDLE_S")
-    for wrong in ("soon", "-1", "nan", "inf", "1e12"):  # inf and 1e12: threading.Timer cannot wait that long
+    for wrong in ("soon", "-1", "nan", "inf", "1e12"):  # inf and 1e12: no deadline that far
         with pytest.raises(pb_utils.TritonModelException, match="shrink_idle_s"):
             load(backend, repository, shrink_idle_s=wrong)
 
     model = load(backend, repository, max_rows_per_run="1", parallel_rows="2", shrink_idle_s="60")
+    model.clock = clock = Clock()
     model.probe = {"image": np.zeros((1, 3, module.PROBE_SIDE), np.float32)}  # load() has no dims
     model.session = main = Recorder(model.session)
     model.row_session = rows = Recorder(model.row_session)
     big = [request(backend, 1, 400_000, seed=i) for i in range(3)]  # 4.8 MB each: "large"
     first = model.execute([r for _, r in big])
-    pending = model.idle_timer
-    second = model.execute([r for _, r in big])
-    pending.join(timeout=60)  # a cancelled timer's thread still has to wake up and end
-    assert not pending.is_alive() and pending.finished.is_set()  # cancelled by the new request
+    with model.idle:
+        assert [w for _, w in model._due(clock.now + 59.9)] == []
+        assert [w for _, w in model._due(clock.now + 60)] == [model._shrink_when_idle]
+    clock.now += 30
+    second = model.execute([r for _, r in big])  # moves the deadline 30 s on
+    with model.idle:
+        assert model._due(clock.now + 30) == []  # the first request's deadline is gone
+        assert [w for _, w in model._due(clock.now + 60)] == [model._shrink_when_idle]
     for (image, _), response in zip(big + big, first + second):
         np.testing.assert_array_equal(response.output_tensors()[0].as_numpy(), 2 * image)
     assert len(main.runs) == 2 and len(rows.runs) == 4
     assert all(options is None for _, _, options in main.runs + rows.runs)
-    model.idle_timer.cancel()
-    model.idle_timer.join()
-    model._shrink_when_idle()  # what the timer does once the model is idle
+    model._shrink_when_idle()  # what the idle thread does once the model is idle
     assert main.runs[-1] == (module.PROBE_SIDE, 1, model.shrink) and model.shrink is not None
     assert rows.runs[-1] == (module.PROBE_SIDE, 1, model.shrink)
     assert model.idle_shrink_s == 60
     model.finalize()
+    assert not model.idle_thread.is_alive()  # finalize ends the waiting thread
+
+
+def test_one_idle_thread_per_model_not_one_per_request(backend, repository):
+    """Before: every ``execute`` started a ``threading.Timer`` (a thread per request)."""
+    before = len(idle_threads())
+    model = load(backend, repository, max_rows_per_run="1", shrink_idle_s="60")
+    for seed in range(20):
+        image, made = request(backend, 1, 5, seed=seed)
+        (response,) = model.execute([made])
+        np.testing.assert_array_equal(response.output_tensors()[0].as_numpy(), 2 * image)
+    assert len(idle_threads()) == before + 1 and model.idle_thread.is_alive()
+    model.finalize()
+    assert len(idle_threads()) == before
 
 
 def test_a_failing_idle_shrink_falls_back_to_shrinking_after_each_large_run_and_says_so(backend, repository):
@@ -250,20 +282,38 @@ def test_a_failing_idle_shrink_falls_back_to_shrinking_after_each_large_run_and_
     model.session = main = Recorder(model.session)
     page, made = request(backend, 1, 400_000, seed=1)  # 4.8 MB: "large"
     model.execute([made])
-    assert [options for _, _, options in main.runs] == [model.shrink] and model.idle_timer is None
+    assert [options for _, _, options in main.runs] == [model.shrink]
+    with model.idle:
+        assert model.idle_pending == []  # nothing left for the idle thread to do
     model.finalize()
 
 
+class Signalling(Recorder):
+    """A recorder that says when a run with ``options`` happened."""
+
+    def __init__(self, session, options) -> None:
+        super().__init__(session)
+        self.options, self.seen = options, threading.Event()
+
+    def run(self, names, feed, options=None):
+        out = super().run(names, feed, options)
+        if options is self.options:
+            self.seen.set()
+        return out
+
+
 def test_the_idle_shrink_runs_on_its_own(backend, repository):
-    """The timer itself fires after the idle time (waited on, not slept)."""
+    """The idle thread itself shrinks after the idle time (waited on, not slept), once
+    per idle period, and again after the next request."""
     model = load(backend, repository, max_rows_per_run="1", shrink_idle_s="0.01")
     model.probe = {"image": np.zeros((1, 3, 8), np.float32)}
-    model.session = main = Recorder(model.session)
-    (image, made), = [request(backend, 1, 5, seed=0)]
-    model.execute([made])
-    model.idle_timer.join(timeout=60)
-    assert not model.idle_timer.is_alive()
-    assert main.runs == [(5, 1, None), (8, 1, model.shrink)]
+    model.session = main = Signalling(model.session, model.shrink)
+    for seed in range(2):
+        main.seen.clear()
+        (image, made), = [request(backend, 1, 5, seed=seed)]
+        model.execute([made])
+        assert main.seen.wait(timeout=60)
+    assert main.runs == [(5, 1, None), (8, 1, model.shrink)] * 2
     model.finalize()
 
 
@@ -281,4 +331,95 @@ def test_the_probe_follows_the_configured_dims(backend, repository):
     assert model.probe["image"].dtype == np.float32
     model._shrink_when_idle()
     assert model.idle_shrink_s == 1  # the probe ran
+    model.finalize()
+
+
+@pytest.fixture
+def own_repository(repository, tmp_path) -> Path:
+    """A copy of ``repository`` that a test may break."""
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "model.onnx").write_bytes((repository / "1" / "model.onnx").read_bytes())
+    return tmp_path
+
+
+def test_weights_on_first_request(backend, own_repository, monkeypatch):
+    """``load_weights: on_first_request`` (the cpu target's Whisper encoder and decoders):
+    no session until a request comes, then the right answer; ``at_load`` (and no
+    parameter) loads in ``initialize``; ``PERCOLATE_ORT_LOAD_WEIGHTS`` overrides it."""
+    module, pb_utils = backend
+    model = load(backend, own_repository, load_weights="on_first_request")
+    assert model.session is None and model.row_session is None and model.idle_thread is None
+    image, made = request(backend, 2, 7, seed=3)
+    (response,) = model.execute([made])
+    assert not response.has_error()
+    np.testing.assert_array_equal(response.output_tensors()[0].as_numpy(), 2 * image)
+    assert model.session is not None
+    model.finalize()
+    for params in ({"load_weights": "at_load"}, {}):
+        model = load(backend, own_repository, **params)
+        assert model.session is not None
+        model.finalize()
+    monkeypatch.setenv("PERCOLATE_ORT_LOAD_WEIGHTS", "at_load")
+    assert load(backend, own_repository, load_weights="on_first_request").session is not None
+    monkeypatch.setenv("PERCOLATE_ORT_LOAD_WEIGHTS", "on_first_request")
+    assert load(backend, own_repository).session is not None  # only models with the parameter
+    monkeypatch.setenv("PERCOLATE_ORT_LOAD_WEIGHTS", "lazily")
+    with pytest.raises(pb_utils.TritonModelException, match="PERCOLATE_ORT_LOAD_WEIGHTS='lazily'"):
+        load(backend, own_repository, load_weights="at_load")
+    monkeypatch.delenv("PERCOLATE_ORT_LOAD_WEIGHTS")
+    with pytest.raises(pb_utils.TritonModelException, match="load_weights='later'"):
+        load(backend, own_repository, load_weights="later")
+
+
+def test_weights_on_first_request_checks_the_file_at_load(backend, own_repository):
+    _, pb_utils = backend
+    (own_repository / "1" / "model.onnx").unlink()
+    with pytest.raises(pb_utils.TritonModelException, match="model.onnx is missing"):
+        load(backend, own_repository, load_weights="on_first_request")
+
+
+def test_a_file_broken_before_the_first_request_fails_each_request_until_repaired(backend, own_repository):
+    """Corrupt, then missing: every request gets an error naming the model and the file
+    (the model keeps serving, no session is kept); once the file is back the next request
+    loads it and is answered."""
+    onnx_file = own_repository / "1" / "model.onnx"
+    good = onnx_file.read_bytes()
+    model = load(backend, own_repository, load_weights="on_first_request")
+    onnx_file.write_bytes(b"\x08\x07garbage, not a protobuf")
+    for attempt in range(2):
+        responses = model.execute([request(backend, 1, 5, seed=s)[1] for s in range(2)])
+        for response in responses:
+            assert response.has_error()
+            message = response.error().message()
+            assert "model double" in message and "cannot load" in message
+            assert str(onnx_file) in message and "percolate-models build" in message
+        assert model.session is None
+    onnx_file.unlink()
+    (response,) = model.execute([request(backend, 1, 5, seed=0)[1]])
+    assert "model double" in response.error().message()
+    assert f"{onnx_file} is missing" in response.error().message()
+    onnx_file.write_bytes(good)
+    image, made = request(backend, 1, 5, seed=4)
+    (response,) = model.execute([made])
+    assert not response.has_error()
+    np.testing.assert_array_equal(response.output_tensors()[0].as_numpy(), 2 * image)
+    model.finalize()
+
+
+def test_unload_when_idle(backend, own_repository, monkeypatch):
+    """``unload_idle_s``: the idle thread drops both sessions after that long without a
+    request (waited on, not slept); the next request loads them again. Without
+    ``on_first_request`` the parameter does nothing."""
+    module, _ = backend
+    monkeypatch.setattr(module.os, "cpu_count", lambda: 4)
+    assert load(backend, own_repository, unload_idle_s="0.01").idle_thread is None
+    model = load(backend, own_repository, load_weights="on_first_request", unload_idle_s="0.01",
+                 max_rows_per_run="1", parallel_rows="2")
+    for seed in range(2):
+        image, made = request(backend, 3, 5, seed=seed)
+        (response,) = model.execute([made])
+        np.testing.assert_array_equal(response.output_tensors()[0].as_numpy(), 2 * image)
+        with model.idle:
+            assert model.idle.wait_for(lambda: model.session is None, timeout=60)
+        assert model.row_session is None
     model.finalize()
