@@ -1225,13 +1225,18 @@ def test_extra_env_naming_a_variable_the_chart_sets_fails_the_render(chart, valu
     render(chart, _merge(values, {path: {"extraEnv": extra[:1]}}))  # the rest renders
 
 
-def test_extra_env_refuses_managed_families_while_off_and_repeated_names():
+def test_extra_env_refuses_managed_families_on_or_off_and_repeated_names():
     """Backup and HA settings without backup.url / ha.enabled would lack their volumes,
-    ports and network policies; a name listed twice would silently keep the last."""
+    ports and network policies (and with them on, the chart sets what it supports); a name
+    listed twice would silently keep the last."""
     for variable, values in (("PERCOLATE_NODE_BACKUP_URL", "backup.*"), ("PERCOLATE_NODE_HA_LEASE_URL", "ha.*"),
                              ("PERCOLATE_NODE_REPLICATION_PORT", "ha.*")):
         error = render_error("node", node_values("tenant-e", node={"extraEnv": [{"name": variable, "value": "1"}]}))
         assert f"node.extraEnv[0] sets {variable}: the chart manages" in error and values in error
+    on = node_values("tenant-e", ha={"enabled": True}, backup={"url": "s3://b/p"})
+    for variable in ("PERCOLATE_NODE_REPLICATION_HOST", "PERCOLATE_NODE_BACKUP_REPLICA_REGION"):
+        error = render_error("node", _merge(on, {"node": {"extraEnv": [{"name": variable, "value": "1"}]}}))
+        assert f"node.extraEnv[0] sets {variable}: the chart manages" in error and "whether on or off" in error
     twice = [{"name": "AWS_REGION", "value": "a"}, {"name": "X", "value": "1"}, {"name": "AWS_REGION", "value": "b"}]
     assert "node.extraEnv[2] sets AWS_REGION again (node.extraEnv[0] set it first)" in render_error(
         "node", node_values("tenant-e", node={"extraEnv": twice}))
@@ -1240,6 +1245,36 @@ def test_extra_env_refuses_managed_families_while_off_and_repeated_names():
     docs = render("reading", {"frontend": {"extraEnv": [{"name": "HOME", "value": "/tmp"}]},
                               "triton": {"extraEnv": [{"name": "PERCOLATE_READING_MAX_PAGES", "value": "1"}]}})
     assert effective_env(docs, "frontend")["HOME"] == "/tmp"
+
+
+def test_extra_env_from_cannot_slip_in_another_tenant_or_a_managed_family():
+    """The node reads PERCOLATE_NODE_TENANT_ID before TENANT_ID (and PERCOLATE_NODE_READING_URL
+    before PERCOLATE_READING_URL): the chart sets both spellings, so an operator's Secret
+    carrying the first cannot make the node another tenant or dial another reading
+    service; a prefix that could make a managed name is refused, since a Secret's keys are
+    unknown at render time. The frontend's INSECURE is pinned off the same way."""
+    from percolate_node.config import NodeConfig
+
+    values = _merge(node_values("tenant-a"), {"node": {"extraEnvFrom": [{"secretRef": {"name": "operator"}}]}})
+    docs = render("node", values)
+    env = effective_env(docs, "node", {"operator": {"PERCOLATE_NODE_TENANT_ID": "tenant-b",
+                                                    "PERCOLATE_NODE_READING_URL": "evil.example.com:443"}})
+    config = NodeConfig.from_env(env)
+    assert config.tenant_id == "tenant-a" and config.reading_url == env["PERCOLATE_READING_URL"] != "evil.example.com:443"
+    for variable in ("PERCOLATE_NODE_TENANT_ID", "PERCOLATE_NODE_READING_URL"):
+        error = render_error("node", _merge(node_values("tenant-a"), {"node": {"extraEnv": [{"name": variable, "value": "x"}]}}))
+        assert f"node.extraEnv[0] sets {variable}, which the chart sets for this container itself" in error
+    for prefix, family in (("PERCOLATE_NODE_", "PERCOLATE_NODE_BACKUP_"), ("PERCOLATE_NODE_HA_", "PERCOLATE_NODE_HA_"),
+                           ("PERCOLATE_NODE_BACKUP_X", "PERCOLATE_NODE_BACKUP_"), ("P", "PERCOLATE_NODE_")):
+        error = render_error("node", _merge(node_values("tenant-a"), {"node": {"extraEnvFrom": [
+            {"secretRef": {"name": "fine"}}, {"secretRef": {"name": "operator"}, "prefix": prefix}]}}))
+        assert f"node.extraEnvFrom[1].prefix {prefix} could set {family}" in error
+    render("node", _merge(node_values("tenant-a"), {"node": {"extraEnvFrom": [
+        {"secretRef": {"name": "operator"}, "prefix": "AWS_"}]}}))  # outside the families: fine
+    docs = render("reading", {"frontend": {"extraEnvFrom": [{"secretRef": {"name": "operator"}, "prefix": "PERCOLATE_READING_"}]}})
+    assert effective_env(docs, "frontend", {"operator": {"INSECURE": "1"}})["PERCOLATE_READING_INSECURE"] == "0"
+    assert "frontend.extraEnv[0] sets PERCOLATE_READING_INSECURE" in render_error(
+        "reading", {"frontend": {"extraEnv": [{"name": "PERCOLATE_READING_INSECURE", "value": "1"}]}})
 
 
 @pytest.mark.parametrize("chart, path", [("node", "node"), ("reading", "frontend"), ("reading", "triton")])
@@ -1255,6 +1290,13 @@ def test_extra_env_schema_rejects_what_kubernetes_would(chart, path):
     assert "'valuefrom' not allowed" in error(extraEnv=[{"name": "N", "valuefrom": {}}])
     assert f"/{path}/extraEnvFrom': got string, want array" in error(extraEnvFrom="my-secret")
     assert f"/{path}/extraEnvFrom/0'" in error(extraEnvFrom=[{"prefix": "X_"}])
+    # what the API server would refuse at apply time, refused at render instead
+    assert f"/{path}/extraEnv/0'" in error(extraEnv=[{"name": "N", "value": "1", "valueFrom": {"secretKeyRef": {}}}])
+    assert f"/{path}/extraEnv/0/valueFrom'" in error(extraEnv=[{"name": "N", "valueFrom": {}}])
+    assert f"/{path}/extraEnvFrom/0'" in error(extraEnvFrom=[{"secretRef": {"name": "s"}, "configMapRef": {"name": "c"}}])
+    assert f"/{path}/extraEnvFrom/0/secretRef/name'" in error(extraEnvFrom=[{"secretRef": {"name": ""}}])
+    assert "'bogus' not allowed" in error(extraEnvFrom=[{"configMapRef": {"name": "c", "bogus": 1}}])
+    render(chart, _merge(base, {path: {"extraEnvFrom": [{"secretRef": {"name": "s", "optional": True}}]}}))
 
 
 # --- Dockerfiles ----------------------------------------------------------------

@@ -130,14 +130,13 @@ Backup values that cannot work together; refused at render time.
 {{- end }}
 
 {{/*
-A container's extraEnv as YAML (list items, to follow the chart's own env), or a render
-failure when an item names a variable the chart already sets for that container (its
-ConfigMap or its env: Kubernetes would keep one of the two without a word) or one that
-an earlier item set, or one in a family the chart manages even while it is off (a
-backup or HA setting without backup.url or ha.enabled would miss its volumes, ports and
-network policies). Called with a dict: where (the value's path, for the message),
-chartNames (the names the chart sets), extraEnv (the list), and optionally managed
-(name prefix -> the values that manage it).
+The node's extraEnv as YAML (list items, to follow the chart's own env), or a render
+failure when an item names a variable the chart already sets (its ConfigMap or its env:
+Kubernetes would keep one of the two without a word), one that an earlier item set, or one
+in a family the chart manages through its values, on or off (a backup or HA setting without
+backup.url or ha.enabled would miss its volumes, ports and network policies). Called with a
+dict: where (the value's path, for the message), chartNames (the names the chart sets),
+extraEnv (the list) and managed (name prefix -> the values that manage it).
 */}}
 {{- define "percolate-node.extraEnv" -}}
 {{- $seen := dict }}
@@ -155,12 +154,34 @@ chartNames (the names the chart sets), extraEnv (the list), and optionally manag
 {{- end }}
 {{- range $prefix, $values := $.managed }}
 {{- if hasPrefix $prefix $item.name }}
-{{- fail (printf "%s[%d] sets %s: the chart manages %s* through %s (also while they are off, when the volumes, ports and network policies they need are missing); set those values instead" $.where $i $item.name $prefix $values) }}
+{{- fail (printf "%s[%d] sets %s: the chart manages %s* through %s, whether on or off (without them the volumes, ports and network policies such a setting needs are missing); set those values instead" $.where $i $item.name $prefix $values) }}
 {{- end }}
 {{- end }}
 {{- $_ := set $seen $item.name (printf "%s[%d]" $.where $i) }}
 {{- end }}
 {{- with .extraEnv }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The node's extraEnvFrom as YAML (list items, before the chart's ConfigMap), or a render
+failure when a source's prefix could produce a name in a family the chart manages (see
+above): the keys inside a Secret or ConfigMap are unknown at render time, its prefix is
+not. Called with a dict: where, extraEnvFrom (the list) and managed.
+*/}}
+{{- define "percolate-node.extraEnvFrom" -}}
+{{- range $i, $source := .extraEnvFrom }}
+{{- with $source.prefix }}
+{{- $sourcePrefix := . }}
+{{- range $family, $values := $.managed }}
+{{- if or (hasPrefix $sourcePrefix $family) (hasPrefix $family $sourcePrefix) }}
+{{- fail (printf "%s[%d].prefix %s could set %s* variables, which the chart manages through %s; choose a prefix outside that family" $.where $i $sourcePrefix $family $values) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with .extraEnvFrom }}
 {{- toYaml . }}
 {{- end }}
 {{- end }}

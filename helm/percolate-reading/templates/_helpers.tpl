@@ -176,11 +176,8 @@ command:
 A container's extraEnv as YAML (list items, to follow the chart's own env), or a render
 failure when an item names a variable the chart already sets for that container (its
 ConfigMap or its env: Kubernetes would keep one of the two without a word) or one that
-an earlier item set, or one in a family the chart manages even while it is off (a
-backup or HA setting without backup.url or ha.enabled would miss its volumes, ports and
-network policies). Called with a dict: where (the value's path, for the message),
-chartNames (the names the chart sets), extraEnv (the list), and optionally managed
-(name prefix -> the values that manage it).
+an earlier item set. Called with a dict: where (the value's path, for the message),
+chartNames (the names the chart sets) and extraEnv (the list).
 */}}
 {{- define "percolate-reading.extraEnv" -}}
 {{- $seen := dict }}
@@ -194,11 +191,6 @@ chartNames (the names the chart sets), extraEnv (the list), and optionally manag
 {{- fail (printf "%s[%d] sets %s again (%s set it first): Kubernetes would silently keep the last; list each variable once" $.where $i $item.name $earlier) }}
 {{- else }}
 {{- fail (printf "%s[%d] sets %s, which the chart sets for this container itself: Kubernetes would silently replace the chart's value; set it through the chart's values (README) or leave it out" $.where $i $item.name) }}
-{{- end }}
-{{- end }}
-{{- range $prefix, $values := $.managed }}
-{{- if hasPrefix $prefix $item.name }}
-{{- fail (printf "%s[%d] sets %s: the chart manages %s* through %s (also while they are off, when the volumes, ports and network policies they need are missing); set those values instead" $.where $i $item.name $prefix $values) }}
 {{- end }}
 {{- end }}
 {{- $_ := set $seen $item.name (printf "%s[%d]" $.where $i) }}
