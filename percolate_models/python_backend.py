@@ -142,9 +142,9 @@ def _on_first_request(params: dict) -> bool:
     if "load_weights" not in params:
         return False
     name, raw = _parameter(params, "load_weights", LOAD_WEIGHTS_ENV)
-    if raw not in LOAD_WEIGHTS:
+    if raw.lower() not in LOAD_WEIGHTS:
         raise pb_utils.TritonModelException(f"{name}={raw!r}: one of {', '.join(LOAD_WEIGHTS)} is required")
-    return raw == "on_first_request"
+    return raw.lower() == "on_first_request"
 
 
 def _parallel_rows(params: dict) -> int:
@@ -204,7 +204,8 @@ class OnnxRuntimeModel:
             self.pool = ThreadPoolExecutor(self.parallel_rows, thread_name_prefix="rows")
         self.on_first_request = _on_first_request(params)
         """Create the sessions on the first request instead of here (``load_weights``)."""
-        self.unload_idle_s = _seconds(params, "unload_idle_s", None) if self.on_first_request else 0.0
+        unload_idle_s = _seconds(params, "unload_idle_s", None)  # checked either way: a typo shows at once
+        self.unload_idle_s = unload_idle_s if self.on_first_request else 0.0
         """When above 0, the sessions are dropped after this many seconds without a request
         (and created again by the next one)."""
         self._loaded_metric = self._weights_gauge() if "load_weights" in params else None

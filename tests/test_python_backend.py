@@ -369,6 +369,11 @@ def test_weights_on_first_request(backend, own_repository, monkeypatch):
     monkeypatch.delenv("PERCOLATE_ORT_LOAD_WEIGHTS")
     with pytest.raises(pb_utils.TritonModelException, match="load_weights='later'"):
         load(backend, own_repository, load_weights="later")
+    # a bad unload_idle_s is refused also while the weights load at start (it would show only later)
+    with pytest.raises(pb_utils.TritonModelException, match="unload_idle_s='soon'"):
+        load(backend, own_repository, load_weights="at_load", unload_idle_s="soon")
+    monkeypatch.setenv("PERCOLATE_ORT_LOAD_WEIGHTS", "AT_LOAD")  # any case
+    assert load(backend, own_repository, load_weights="on_first_request").session is not None
 
 
 def test_weights_on_first_request_checks_the_file_at_load(backend, own_repository):
@@ -420,6 +425,5 @@ def test_unload_when_idle(backend, own_repository, monkeypatch):
         (response,) = model.execute([made])
         np.testing.assert_array_equal(response.output_tensors()[0].as_numpy(), 2 * image)
         with model.idle:
-            assert model.idle.wait_for(lambda: model.session is None, timeout=60)
-        assert model.row_session is None
+            assert model.idle.wait_for(lambda: model.session is None and model.row_session is None, timeout=60)
     model.finalize()
