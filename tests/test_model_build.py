@@ -243,3 +243,29 @@ def test_verify_command_takes_the_models_a_partial_build_holds(scratch, monkeypa
     assert cli.main(["verify"]) == 1
     assert "text_embedding is not in the manifest" in capsys.readouterr().err
     assert cli.main(["verify", "--only", "ocr_cls"]) == 0
+
+
+def test_on_request_variants_are_built_only_when_named(scratch):
+    """The OCR int8 variants cost about 8 GB and 30 s to calibrate: a plain build makes only
+    fp32 (in 0.1 s), under a key that leaves out what only int8 depends on (the frontend's
+    ocr.py, the calibration's packages), so editing the frontend does not rebuild fp32."""
+    from percolate_models import build as build_module
+    from reading_frontend import ocr
+
+    det = model_by_name("ocr_det")
+    assert det.built_variants() == ("fp32",) and det.built_variants("fp32") == ("fp32",)
+    assert det.built_variants("int8") == ("fp32", "int8")
+    assert build_module.cache_key(det, "s") == build_module.cache_key(det, "s", "fp32")
+    assert build_module.cache_key(det, "s") != build_module.cache_key(det, "s", "int8")
+    assert ocr not in build_module._export_code(det, ("fp32",)) and ocr in build_module._export_code(det, ("fp32", "int8"))
+    assert "pyclipper" not in build_module._key_tools(det, ("fp32",))
+    assert "pyclipper" in build_module._key_tools(det, ("fp32", "int8"))
+    lines: list[str] = []
+    build(scratch, BuildOptions(models=("ocr_det",)), say=lines.append)
+    assert not any("int8" in line for line in lines), lines
+    manifest = json.loads(scratch.manifest.read_text())["models"]["ocr_det"]
+    entry = json.loads((scratch.cache / "models" / "ocr_det" / manifest["cache_key"] / "entry.json").read_text())
+    assert set(entry["files"]) == {"fp32"} and manifest["variant"] == "fp32"
+    assert verify(scratch, ("ocr_det",)) == []
+    # every other model builds every variant, as before
+    assert all(spec.built_variants() == spec.variants for spec in MODELS if not spec.on_request_variants)
