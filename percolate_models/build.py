@@ -429,8 +429,11 @@ def verify(paths: ProjectPaths, models: Iterable[str] | None = None) -> list[str
                                 f"(1/{configs.GPU_MODEL_FILE}): run `percolate-models build`")
             key = current_key(spec, source_hashes, model.get("variant"))
             if key is not None and model.get("cache_key") != key:
+                # a plain build would install the default: keep a variant named by --variant
+                keep = (f" --only {name} --variant {name}={model['variant']}"
+                        if model.get("variant", spec.default) != spec.default else "")
                 problems.append(f"{name} was built by other code or from other weights (cache key "
-                                f"{model.get('cache_key')}, the current one is {key}): run `percolate-models build`")
+                                f"{model.get('cache_key')}, the current one is {key}): run `percolate-models build{keep}`")
         for artefact in (model["artefact"], model.get("gpu_artefact")):
             if artefact is None:  # a python-backend model
                 continue
