@@ -41,6 +41,7 @@ import common  # noqa: E402  (puts the project root on sys.path)
 from percolate.reading.v1 import reading_pb2 as pb
 from percolate.reading.v1 import reading_pb2_grpc
 from percolate_triton import TritonConfig, TritonServer
+from percolate_triton.server import python_backend_stubs
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 SETTINGS = {
@@ -74,21 +75,9 @@ def page(index: int) -> bytes:
 
 
 def stack(triton_pid: int, frontend_pid: int) -> dict[str, int]:
-    """name -> pid: tritonserver, each model's stub (from its command line), the frontend."""
-    found = {"tritonserver": triton_pid, "frontend": frontend_pid}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if ppid == triton_pid and any(part.endswith(b"model.py") for part in command):
-            model = next(Path(part.decode()).parts[-3] for part in command
-                         if part.endswith(b"model.py"))
-            found[f"stub {model}"] = int(entry.name)
-    return found
+    """name -> pid: tritonserver, each model's stub, the frontend."""
+    return {"tritonserver": triton_pid, "frontend": frontend_pid,
+            **{f"stub {model}": pid for model, pid in python_backend_stubs(triton_pid).items()}}
 
 
 def measure(pids: dict[str, int]) -> dict[str, float]:

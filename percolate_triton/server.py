@@ -197,6 +197,25 @@ class TritonServer:
             self._lock = None
 
 
+def python_backend_stubs(triton_pid: int) -> dict[str, int]:
+    """Model name -> pid of its Python-backend stub process (a child of the tritonserver
+    process ``triton_pid`` running ``<repository>/<model>/<version>/model.py``): where a
+    model's memory is, for the memory bench and tests."""
+    stubs = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # gone meanwhile, or not a process we can read
+        model_file = next((part for part in command if part.endswith(b"model.py")), None)
+        if ppid == triton_pid and model_file is not None:
+            stubs[Path(model_file.decode()).parts[-3]] = int(entry.name)
+    return stubs
+
+
 def _die_with_parent() -> None:
     """In the child: have the kernel SIGTERM Triton if the launcher dies, so a killed
     test run or demo never leaves a server holding ports and the repository."""

@@ -24,6 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from percolate_models.configs import CPU_INTRA_OP_THREADS
 from percolate_triton import TritonConfig, TritonServer
+from percolate_triton.server import python_backend_stubs
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -69,18 +70,10 @@ def loaded(server: TritonServer) -> dict[str, float]:
 
 def stub_pid(server: TritonServer, model: str) -> int:
     """The Python-backend stub process serving ``model`` (a child of tritonserver)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if ppid == server.process.pid and any(
-                part.endswith(b"model.py") and Path(part.decode()).parts[-3] == model for part in command):
-            return int(entry.name)
-    raise AssertionError(f"no stub process for {model}")
+    pid = python_backend_stubs(server.process.pid).get(model)
+    if pid is None:
+        raise AssertionError(f"no stub process for {model}")
+    return pid
 
 
 def rss_bytes(pid: int) -> int:
