@@ -28,7 +28,7 @@ PYTHON_MODEL_FILE = (
     'model.onnx beside it with onnxruntime (see percolate_models/python_backend.py)."""\n'
     "from percolate_models.python_backend import OnnxRuntimeModel as TritonPythonModel  # noqa: F401\n"
 )
-LOOP_SOURCES = ("whisper_decode.py", "whisper_loop.py")
+LOOP_SOURCES = ("stub_metrics.py", "whisper_decode.py", "whisper_loop.py")
 """Modules whose code the Whisper loop's ``model.py`` carries, in order: the official
 Triton container's Python backend runs Python 3.10 with numpy and has no ``percolate_models``
 (nor cupy), so the rendered file imports nothing of this project."""

@@ -259,8 +259,10 @@ def quantize_int8(name: str, fp32: Path, dst: Path, det_source: Path | None = No
             if det_source is None:
                 raise BuildError("ocr_rec's int8 variant needs the detection graph to calibrate",
                                  "pass det_source (build.py does)")
+            from .catalog import OCR_DET
+
             det_graph = work / "det_fp32.onnx"
-            uint8_hwc_input_file(det_source, det_graph)
+            served_onnx(OCR_DET, det_source, det_graph)
         feeds = calibration_feeds(name, calibration_pages(settings["pages"]), det_graph)
         prepared = work / "prepared.onnx"
         # onnxruntime's basic optimisation (Conv+BatchNorm folded) without symbolic shape
@@ -282,12 +284,3 @@ def quantize_int8(name: str, fp32: Path, dst: Path, det_source: Path | None = No
                         CalibrationMethod.Percentile,
                         extra_options={} if percentile is None else {"CalibPercentile": percentile},
                         **({} if ops is None else {"op_types_to_quantize": list(ops)}))
-
-
-def uint8_hwc_input_file(source: Path, dst: Path) -> None:
-    """The served detection graph from the packaged ``source`` (input ``x`` renamed to
-    ``image``, uint8 HWC), for calibrating recognition on the lines it finds."""
-    from .export import rename_tensors
-
-    rename_tensors(source, dst, {"x": "image"})
-    adapt("ocr_det", dst)

@@ -83,6 +83,8 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils  # only importable inside Triton's stub
 
+from .stub_metrics import gauge
+
 TRIM_AFTER_BYTES = 4 << 20
 """A batch whose inputs and outputs pass this hands its freed memory back afterwards."""
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -283,21 +285,10 @@ class OnnxRuntimeModel:
         self._set_loaded(False)
 
     def _weights_gauge(self):
-        """``percolate_onnx_weights_loaded{model=...}`` on Triton's /metrics (family and
-        metric kept: Triton drops a metric whose object is freed), or None on a Triton
-        without custom metrics (logged)."""
-        try:
-            family = pb_utils.MetricFamily(
-                name="percolate_onnx_weights_loaded",
-                description="1 while the model holds its onnxruntime sessions (weights); 0 while a "
-                            "load_weights: on_first_request model waits for a request",
-                kind=pb_utils.MetricFamily.GAUGE)
-            metric = family.Metric(labels={"model": self.model_name})
-            metric.set(0.0)
-        except Exception as err:  # AttributeError on an old Triton or the stand-in
-            pb_utils.Logger.log_info(f"no percolate_onnx_weights_loaded gauge for {self.model_name} ({err})")
-            return None
-        return family, metric
+        """``percolate_onnx_weights_loaded{model=...}``, 0 until the sessions load (stub_metrics.gauge)."""
+        return gauge("percolate_onnx_weights_loaded",
+                     "1 while the model holds its onnxruntime sessions (weights); 0 while a "
+                     "load_weights: on_first_request model waits for a request", {"model": self.model_name}, 0.0)
 
     def _set_loaded(self, loaded: bool) -> None:
         if self._loaded_metric is not None:

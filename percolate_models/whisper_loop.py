@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils  # only importable inside Triton's stub
 
+from .stub_metrics import gauge
 from .whisper_decode import CacheSteps, DecodeSettings, OrtRunner, greedy_decode
 
 GPU_MODEL_FILE = "model.gpu.onnx"
@@ -114,23 +115,15 @@ class WhisperLoopModel:
     def _export_step_decoder(self, model: str, fallback: bool) -> None:
         """Triton's metrics (``/metrics``) say which step decoder serves: 1 when the int8 one
         mixed rows of different windows on this CPU and the fp32 step graph serves instead
-        (the same words, about 13% slower in bench/speech_fallback.py; the log says why), 0 for the int8 one. The family
-        and metric live as long as the model: Triton drops a metric whose object is freed.
-        Best effort: a Triton without custom metrics (before 23.05) or with metrics off
-        serves Whisper all the same, and logs why the gauge is missing."""
-        try:
-            family = pb_utils.MetricFamily(
-                name="percolate_whisper_step_decoder_fallback",
-                description="1: the int8 Whisper step decoder failed its row check on this CPU and the fp32 "
-                            "step graph serves instead; 0: the int8 one serves",
-                kind=pb_utils.MetricFamily.GAUGE)
-            metric = family.Metric(labels={"model": model})
-            metric.set(1.0 if fallback else 0.0)
-        except Exception as err:  # AttributeError on an old Triton; its own errors otherwise
-            pb_utils.Logger.log_warn(f"no percolate_whisper_step_decoder_fallback gauge ({err}); the "
-                                     f"{'fp32 fallback' if fallback else 'int8'} step decoder serves")
-            return
-        self._step_family, self._step_metric = family, metric
+        (the same words, about 13% slower in bench/speech_fallback.py; the log says why), 0 for
+        the int8 one. Best effort (``stub_metrics.gauge``): without custom metrics Whisper
+        serves all the same, and the log says which step decoder serves."""
+        self._step_gauge = gauge(
+            "percolate_whisper_step_decoder_fallback",
+            "1: the int8 Whisper step decoder failed its row check on this CPU and the fp32 "
+            "step graph serves instead; 0: the int8 one serves", {"model": model}, 1.0 if fallback else 0.0)
+        if self._step_gauge is None:
+            pb_utils.Logger.log_warn(f"the {'fp32 fallback' if fallback else 'int8'} step decoder serves")
 
     def execute(self, requests: list) -> list:
         features = [pb_utils.get_input_tensor_by_name(r, "input_features").as_numpy() for r in requests]
