@@ -713,7 +713,9 @@ def test_percolate_store_cipher_evp_turns_aes_ni_off_and_a_wrong_value_is_refuse
 # 48-80: around the four-block stride of the AES-NI counter loop, with and without a tail;
 # 4096/4097: the last value AES-NI seals and the first that goes through EVP
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 48, 63, 64, 65, 80, 2048, 4096, 4097, 100_003])
-@pytest.mark.parametrize("key_size", [1, 16, 300])  # 300: associated data past the one-update buffer
+# 104/105 (with this 19-byte context): the last associated data _gcm hashes in one joined piece
+# (AAD_JOINED_BYTES, 128 with the 5-byte header) and the first it feeds in three
+@pytest.mark.parametrize("key_size", [1, 16, 104, 105, 300])  # 300: associated data past the one-update buffer
 def test_native_sealing_matches_an_independent_aes_gcm(size, key_size, engine):
     deks = {1: os.urandom(32), 7: os.urandom(32)}
     sealer, key, value = Sealer("tenant-a", deks), os.urandom(key_size), os.urandom(size)
@@ -763,6 +765,37 @@ def test_native_sealing_refuses_malformed_values_and_keeps_nonces_unique_across_
     os.close(read_end)
     assert len(theirs) == 96
     assert not {theirs[i:i + 12] for i in range(0, 96, 12)} & {ours[i:i + 12] for i in range(0, 96, 12)}
+
+
+def test_batch_sealing_orders_a_large_batch_like_a_stable_sort():
+    """Past the sort's insertion runs (16) its merges decide the order: thousands of operations
+    over three families, keys sharing 8-byte prefixes (the sort's first comparison) and differing
+    in length, several operations on one key, all reach the callbacks as a stable sort by
+    (family by first appearance, key) would give them."""
+    from percolate_node.durability import changelog
+    from percolate_node.store._gcm import Keys
+
+    rng = random.Random(13)
+    targets = {cf: (cf, f"t\0{cf}\0".encode(), changelog.FAMILY_INDEX[cf]) for cf in (DOCUMENTS, RESOURCES, KEYS)}
+    stems = [rng.randbytes(8) for _ in range(40)] + [b"same-pre"]
+    ops = []
+    for index in range(3001):
+        cf = rng.choice((DOCUMENTS, RESOURCES, KEYS)) if index else RESOURCES
+        key = rng.choice(stems) + rng.randbytes(rng.choice((0, 0, 1, 3, 8)))
+        ops.append(Delete(cf, key) if rng.random() < 0.1 else Put(cf, key, b"%d" % index))
+    calls, dek = [], os.urandom(32)
+    Keys({1: dek}, 1).seal_batch(ops, targets, Put, Delete,
+                                 lambda key, sealed, handle: calls.append((handle, key, sealed)),
+                                 lambda key, handle: calls.append((handle, key, None)))
+    first_seen = list(dict.fromkeys(op.cf for op in ops))
+    expected = sorted(range(len(ops)), key=lambda i: (first_seen.index(ops[i].cf), ops[i].key))
+    assert [(handle, key) for handle, key, _ in calls] == [(ops[i].cf, ops[i].key) for i in expected]
+    # operations on one key keep their batch order: each value says which operation it is
+    opened = [None if sealed is None else AESGCM(dek).decrypt(sealed[5:17], sealed[17:],
+                                                              sealed[:5] + targets[handle][1] + key)
+              for handle, key, sealed in calls]
+    assert opened == [None if isinstance(ops[i], Delete) else b"%d" % i for i in expected]
+    assert sum(1 for op in ops if op.key.startswith(b"same-pre")) > 50, "ties on the prefix are exercised"
 
 
 def test_batch_sealing_seals_like_seal_and_frames_the_log_as_changelog_encode():

@@ -355,11 +355,25 @@ feed_associated_data(EVP_CIPHER_CTX *ctx, const unsigned char *header, PyObject 
 }
 
 #if HAVE_AES_NI_CODE
+/* Associated data up to this size is fed to GHASH in one piece, from the stack: OpenSSL's
+ * CRYPTO_gcm128_aad folds a piece that does not end on a 16-byte block in byte by byte, so
+ * three short pieces (header 5, context about 20, key 16 bytes) cost more than the value's
+ * own GHASH. The bytes hashed are the same either way. */
+#define AAD_JOINED_BYTES 128
+
 /* Starts a message on dek's GCM mode: nonce, then header | context | key as associated data. */
 static int
 gcm_start(Dek *dek, const unsigned char *nonce, PyObject *context, PyObject *key)
 {
     CRYPTO_gcm128_setiv(dek->gcm, nonce, NONCE_BYTES);
+    size_t context_size = (size_t)PyBytes_GET_SIZE(context), key_size = (size_t)PyBytes_GET_SIZE(key);
+    if (context_size + key_size <= AAD_JOINED_BYTES - HEADER_BYTES) {
+        unsigned char joined[AAD_JOINED_BYTES]; /* not secret: header, tenant, family, key */
+        memcpy(joined, dek->header, HEADER_BYTES);
+        memcpy(joined + HEADER_BYTES, PyBytes_AS_STRING(context), context_size);
+        memcpy(joined + HEADER_BYTES + context_size, PyBytes_AS_STRING(key), key_size);
+        return CRYPTO_gcm128_aad(dek->gcm, joined, HEADER_BYTES + context_size + key_size) == 0;
+    }
     return CRYPTO_gcm128_aad(dek->gcm, dek->header, HEADER_BYTES) == 0
         && CRYPTO_gcm128_aad(dek->gcm, (const unsigned char *)PyBytes_AS_STRING(context),
                              (size_t)PyBytes_GET_SIZE(context)) == 0
@@ -532,9 +546,8 @@ key_prefix(PyObject *key)
  * comparator: memcmp, shorter first on a tie), then place in the batch (a stable sort).
  * Zero padding keeps the prefix order bytewise; equal prefixes fall through to memcmp. */
 static int
-entry_order(const void *left, const void *right)
+entry_order(const Entry *a, const Entry *b)
 {
-    const Entry *a = left, *b = right;
     if (a->group != b->group)
         return a->group < b->group ? -1 : 1;
     if (a->prefix != b->prefix)
@@ -547,6 +560,64 @@ entry_order(const void *left, const void *right)
     if (a_size != b_size)
         return a_size < b_size ? -1 : 1;
     return a->index < b->index ? -1 : a->index > b->index;
+}
+
+/* What the sort moves: an entry's rank fields and its place. Sorting these small copies with
+ * the comparison inlined costs about a third of qsort over whole entries through a callback
+ * (a tenth of seal_batch's time for 1,000 small values); most pairs differ in group or prefix,
+ * and only ties read the keys. */
+typedef struct {
+    uint64_t prefix;
+    Py_ssize_t group;
+    Py_ssize_t index;
+} Rank;
+
+static inline int
+rank_before(const Rank *a, const Rank *b, const Entry *entries)
+{
+    if (a->group != b->group)
+        return a->group < b->group;
+    if (a->prefix != b->prefix)
+        return a->prefix < b->prefix;
+    return entry_order(&entries[a->index], &entries[b->index]) < 0;
+}
+
+#define RANK_RUN 16
+
+/* Sorts ranks[0:count] into entry_order: insertion sort of runs of RANK_RUN, then bottom-up
+ * merges through scratch (count ranks). Stable, though entry_order is total anyway. */
+static void
+sort_ranks(Rank *ranks, Rank *scratch, Py_ssize_t count, const Entry *entries)
+{
+    for (Py_ssize_t start = 0; start < count; start += RANK_RUN) {
+        Py_ssize_t end = start + RANK_RUN < count ? start + RANK_RUN : count;
+        for (Py_ssize_t i = start + 1; i < end; i++) {
+            Rank moving = ranks[i];
+            Py_ssize_t j = i;
+            for (; j > start && rank_before(&moving, &ranks[j - 1], entries); j--)
+                ranks[j] = ranks[j - 1];
+            ranks[j] = moving;
+        }
+    }
+    Rank *from = ranks, *to = scratch;
+    for (Py_ssize_t width = RANK_RUN; width < count; width *= 2) {
+        for (Py_ssize_t left = 0; left < count; left += 2 * width) {
+            Py_ssize_t middle = left + width < count ? left + width : count;
+            Py_ssize_t right = middle + width < count ? middle + width : count;
+            Py_ssize_t i = left, j = middle, k = left;
+            while (i < middle && j < right)
+                to[k++] = rank_before(&from[j], &from[i], entries) ? from[j++] : from[i++];
+            while (i < middle)
+                to[k++] = from[i++];
+            while (j < right)
+                to[k++] = from[j++];
+        }
+        Rank *swap = from;
+        from = to;
+        to = swap;
+    }
+    if (from != ranks)
+        memcpy(ranks, from, (size_t)count * sizeof(Rank));
 }
 
 typedef struct {
@@ -704,7 +775,8 @@ Keys_seal_batch(Keys *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *result = NULL;
     Entry *entries = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Entry));
     PyObject **seen = PyMem_Calloc(count ? (size_t)count : 1, sizeof(PyObject *));
-    if (entries == NULL || seen == NULL) {
+    Rank *ranks = PyMem_Malloc((count ? (size_t)count : 1) * 2 * sizeof(Rank)); /* and the sort's scratch */
+    if (entries == NULL || seen == NULL || ranks == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -715,10 +787,11 @@ Keys_seal_batch(Keys *self, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
     }
-    if (count > 1)
-        qsort(entries, (size_t)count, sizeof(Entry), entry_order);
+    for (Py_ssize_t i = 0; i < count; i++)
+        ranks[i] = (Rank){entries[i].prefix, entries[i].group, i};
+    sort_ranks(ranks, ranks + count, count, entries);
     for (Py_ssize_t i = 0; i < count; i++) { /* into the batch, in key order per family */
-        Entry *entry = &entries[i];
+        Entry *entry = &entries[ranks[i].index];
         PyObject *handle = PyTuple_GET_ITEM(entry->target, 0), *called;
         if (entry->sealed != NULL) {
             PyObject *call[3] = {entry->key, entry->sealed, handle};
@@ -742,6 +815,7 @@ done:
     }
     PyMem_Free(entries);
     PyMem_Free(seen);
+    PyMem_Free(ranks);
     PyMem_Free(log.data);
     Py_DECREF(ops);
     return result;
