@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 import urllib.request
 from pathlib import Path
 
@@ -166,4 +167,47 @@ def test_a_broken_file_fails_its_requests_not_the_server(paths, tmp_path, serve)
     (expected,) = in_process(onnx_file, {"input_features": features}, ["last_hidden_state"])
     np.testing.assert_allclose(served["last_hidden_state"], expected, rtol=1e-4, atol=1e-4)
     assert loaded(server)["whisper_encoder"] == 1.0
+    client.close()
+
+
+def test_an_idle_model_drops_its_weights_and_loads_them_again(paths, tmp_path, serve):
+    """``unload_idle_s`` on a real Triton (the catalog's 600 s, cut to 2 in a copied config):
+    after a request the decoder holds its weights, gives them back to the system once it has
+    been idle that long (gauge 0, its stub shrinks by more than half the file), and the next
+    request loads them again and gets the same answer."""
+    repo = repository(paths, tmp_path / "repo", ())
+    source = paths.model_repository / "whisper_decoder"
+    (repo / "whisper_decoder" / "1").mkdir(parents=True)
+    for relative in ("1/model.py", "1/model.onnx"):
+        (repo / "whisper_decoder" / relative).symlink_to(source / relative)
+    config, count = re.subn(r'(key: "unload_idle_s"\s*value \{\s*string_value: )"600"', r'\1"2"',
+                            (source / "config.pbtxt").read_text())
+    assert count == 1, "the catalog's unload_idle_s for the decoder moved: update this test"
+    (repo / "whisper_decoder" / "config.pbtxt").write_text(config)
+    server = serve(repo)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    decoder_file = source / "1" / "model.onnx"
+    (hidden,) = in_process(paths.model_repository / "whisper_encoder" / "1" / "model.onnx",
+                           {"input_features": np.zeros((1, 80, 3000), np.float32)}, ["last_hidden_state"])
+    feeds = {"input_ids": np.array([[50257, 50362]], np.int64), "encoder_hidden_states": hidden}
+    (expected,) = in_process(decoder_file, feeds, ["logits"])
+    stub = stub_pid(server, "whisper_decoder")
+
+    def wait_for_weights(value: float) -> None:
+        """Until the gauge says ``value``: an event from the model, with a deadline a loaded
+        machine meets (the idle thread's own wait is 2 s)."""
+        deadline = time.monotonic() + 180
+        while loaded(server)["whisper_decoder"] != value:
+            assert time.monotonic() < deadline, f"whisper_decoder's weights gauge never reached {value}"
+            time.sleep(0.2)
+
+    for round_ in range(2):
+        np.testing.assert_allclose(infer(client, "whisper_decoder", feeds, ["logits"])["logits"], expected,
+                                   rtol=1e-3, atol=1e-3)
+        holding = rss_bytes(stub)
+        assert loaded(server)["whisper_decoder"] == 1.0
+        wait_for_weights(0.0)
+        released = holding - rss_bytes(stub)
+        assert released > decoder_file.stat().st_size // 2, (round_, holding, released)
+    assert stub_pid(server, "whisper_decoder") == stub, "the same stub throughout: unloaded, not restarted"
     client.close()
