@@ -60,6 +60,10 @@ class FrontendConfig:
     parse_cpu_budget_s: float = 30.0
     """CPU seconds one Parse may use in its worker before it is stopped
     (RESOURCE_EXHAUSTED); whole seconds, at least 1."""
+    ocr_pages_in_flight: int = 2
+    """Pages of one document a Parse has at OCR at once (``parsing/ocrpass.py``): two keep
+    Triton's detection and recognition busy together; 1 sends them one at a time, which
+    also halves one Parse's share of the OCR models beside other tenants' Ocr calls."""
     parse_worker_nice: int = 10
     """Scheduling niceness of the parse workers: long parses yield the cores to the
     frontend's own loop and to Triton, so small requests stay quick."""
@@ -103,6 +107,7 @@ class FrontendConfig:
             worker_threads=get("WORKER_THREADS", cls.worker_threads, int),
             parse_workers=get("PARSE_WORKERS", cls.parse_workers, int),
             parse_cpu_budget_s=get("PARSE_CPU_BUDGET_S", cls.parse_cpu_budget_s, float),
+            ocr_pages_in_flight=get("OCR_PAGES_IN_FLIGHT", cls.ocr_pages_in_flight, int),
             parse_worker_nice=get("PARSE_WORKER_NICE", cls.parse_worker_nice, int),
             max_request_bytes=get("MAX_REQUEST_BYTES", cls.max_request_bytes, int),
             max_request_bytes_per_tenant=get("MAX_REQUEST_BYTES_PER_TENANT",

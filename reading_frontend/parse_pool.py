@@ -13,12 +13,18 @@ waiting jobs are served round robin across tenants (the same ``FairAdmission``).
 Parse waits for or runs in the pool it parks its admission slot, so a tenant with slow
 documents does not hold the slots other tenants' small requests need.
 
-OCR of scanned pages stays with the frontend (it calls Triton): the worker sends the
-page's PNG back over its pipe and waits for the lines.
+OCR of scanned pages stays with the frontend (it calls Triton): the worker sends each
+page's PNG back over its pipe with a token, and reads the lines back by token
+(``_PipeOcr``). It sends up to ``ParseLimits.ocr_pages_in_flight`` (2) pages ahead
+(``parsing/ocrpass.py``), so Triton works on two pages of a scan at once. The frontend
+runs at most that many OCR calls per job whatever the worker sends, and answers every one
+of them before the job ends, so the next job on the worker never reads a stale answer.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import itertools
 import logging
 import math
 import multiprocessing
@@ -26,6 +32,7 @@ import os
 import pickle
 import resource
 import signal
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +59,8 @@ class ParseJob:
 
 
 OcrHandler = Callable[[bytes], list]
-"""PNG bytes -> OCR lines; runs in a frontend thread while the worker waits."""
+"""PNG bytes -> OCR lines; runs in a frontend thread (up to ``ocr_pages_in_flight`` at once
+per job) while the worker goes on."""
 
 
 class _Worker:
@@ -66,6 +74,7 @@ class _Worker:
         child.close()
         self.ready = False
         self.stopped_because = ""
+        self.send_lock = threading.Lock()  # the job's thread and its OCR threads all answer on conn
 
     @property
     def pid(self) -> int | None:
@@ -89,6 +98,9 @@ class ParsePool:
                  nice: int = 10, max_queue: int = 256, max_queue_per_tenant: int = 128) -> None:
         if workers < 1:
             raise ValueError("parse_workers must be at least 1")
+        if limits.ocr_pages_in_flight < 1:
+            raise ValueError("ocr_pages_in_flight must be at least 1")
+        self._in_flight = limits.ocr_pages_in_flight
         self._context = multiprocessing.get_context("spawn")  # never fork a gRPC process
         self._args = (tokenizer, limits, max(1.0, cpu_budget_s), nice)
         self.cpu_budget_s = max(1.0, cpu_budget_s)
@@ -96,6 +108,7 @@ class ParsePool:
         self._idle: deque[_Worker] = deque(self._spawn() for _ in range(workers))
         self._busy: set[_Worker] = set()
         self._threads = ThreadPoolExecutor(2 * workers, thread_name_prefix="parse-pool")
+        self._ocr_threads = ThreadPoolExecutor(self._in_flight * workers, thread_name_prefix="parse-ocr")
         self.replaced = 0
         self._closed = False
 
@@ -123,7 +136,7 @@ class ParsePool:
             self._busy.add(worker)
             loop = asyncio.get_running_loop()
             future = loop.run_in_executor(self._threads, _drive, worker, job, deadline, ocr,
-                                          self.cpu_budget_s)
+                                          self.cpu_budget_s, self._ocr_threads, self._in_flight)
             try:
                 return await future
             except asyncio.CancelledError:
@@ -146,33 +159,61 @@ class ParsePool:
         for worker in (*self._idle, *self._busy):
             worker.close()
         self._threads.shutdown(wait=False, cancel_futures=True)
+        self._ocr_threads.shutdown(wait=False, cancel_futures=True)
 
 
 def _drive(worker: _Worker, job: ParseJob, deadline: float | None, ocr: OcrHandler,
-           budget_s: float) -> tuple[ParsedDocument, list[Chunk]]:
-    """The frontend's side of one job (a pool thread): send it, answer OCR requests, wait
-    for the result within the deadline, and say why the worker died if it did."""
+           budget_s: float, ocr_threads: ThreadPoolExecutor, in_flight: int
+           ) -> tuple[ParsedDocument, list[Chunk]]:
+    """The frontend's side of one job (a pool thread): send it, run its OCR requests (in
+    ``ocr_threads``, at most ``in_flight`` at once), wait for the result within the
+    deadline, and say why the worker died if it did. Every OCR call has answered before
+    this returns."""
     conn = worker.conn
+    running: list = []
+
+    def answer(token: int, png: bytes) -> None:
+        try:
+            reply = ("ocr_lines", (token, ocr(png)))
+        except Exception as error:  # Triton down, a bad page image: the worker decides
+            reply = ("ocr_error", (token, _portable(error)))
+        with worker.send_lock:
+            try:
+                conn.send(reply)
+            except (OSError, ValueError):  # the worker died or was stopped: its job says why
+                pass
+
     try:
         if not worker.ready:
             _receive(worker, deadline)  # ("ready", pid): imports take a moment after a respawn
             worker.ready = True
-        conn.send(("parse", job))
+        with worker.send_lock:
+            conn.send(("parse", job))
         while True:
             kind, payload = _receive(worker, deadline)
             if kind == "done":
                 return payload
             if kind == "error":
-                try:
-                    raise payload
-                finally:
-                    payload = None  # no cycle through this frame: the job's bytes go at once
-            try:
-                conn.send(("ocr_lines", ocr(payload)))
-            except Exception as error:  # Triton down, a bad page image: the worker decides
-                conn.send(("ocr_error", _portable(error)))
+                failure, payload = payload, None
+                break  # raised below: inside this try an OSError of the job's (ConnectionError
+                # from OCR) would read as the worker dying
+            running = [call for call in running if not call.done()]
+            if len(running) >= in_flight:  # a worker sending more waits for its answers
+                concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                running = [call for call in running if not call.done()]
+            token, png = payload
+            payload = None
+            running.append(ocr_threads.submit(answer, token, png))
     except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as error:
         raise _death(worker, budget_s) from error
+    finally:
+        # the worker's next job must not read this one's answers: wait for them (each OCR
+        # call has the job's deadline; a killed worker's answers go nowhere)
+        concurrent.futures.wait(running)
+    try:
+        raise failure
+    finally:
+        failure = None  # no cycle through this frame: the job's bytes go at once
 
 
 def _receive(worker: _Worker, deadline: float | None):
@@ -218,6 +259,34 @@ def _portable(error: BaseException) -> BaseException:
 # --------------------------------------------------------------------------- worker side
 
 
+class _PipeOcr:
+    """The worker's OCR (a ``PipelinedOcr``): pages go to the frontend with a token, answers
+    come back by token, in whatever order the frontend's threads finish them."""
+
+    _tokens = itertools.count(1)  # never reused in this process, across jobs
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.answers: dict[int, tuple[str, object]] = {}
+
+    def submit(self, png: bytes) -> int:
+        token = next(self._tokens)
+        self.conn.send(("ocr", (token, png)))
+        return token
+
+    def collect(self, token: int) -> list:
+        while token not in self.answers:
+            kind, (answered, payload) = self.conn.recv()
+            self.answers[answered] = (kind, payload)
+        kind, payload = self.answers.pop(token)
+        if kind == "ocr_error":
+            raise payload
+        return payload
+
+    def __call__(self, png: bytes) -> list:
+        return self.collect(self.submit(png))
+
+
 def _worker_main(conn, tokenizer: str, limits: ParseLimits, budget_s: float, nice: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the frontend decides when we stop
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a budget kill writes no core file
@@ -239,17 +308,10 @@ def _worker_main(conn, tokenizer: str, limits: ParseLimits, budget_s: float, nic
         if kind != "parse":
             continue
 
-        def ocr(png: bytes) -> list:
-            conn.send(("ocr", png))
-            answer, payload = conn.recv()
-            if answer == "ocr_error":
-                raise payload
-            return payload
-
         _limit_cpu(budget_s, hard)
         try:
             document = parse_document(job.content, filename=job.filename, mime_type=job.mime_type,
-                                      ocr=ocr, ocr_mode=job.ocr_mode, limits=limits)
+                                      ocr=_PipeOcr(conn), ocr_mode=job.ocr_mode, limits=limits)
             reply = ("done", (document, chunk_document(document, counter.count_tokens,
                                                        job.chunk_tokens, job.overlap_tokens)))
         except Exception as error:

@@ -91,7 +91,8 @@ class ReadingPipelines:
         self.whisper_tokenizer = speech.WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
         self.ocr_params = ocr_lib.OcrParams(max_image_pixels=config.max_image_pixels)
         self.parse_limits = ParseLimits(max_pages=config.max_pages,
-                                        max_image_pixels=config.max_image_pixels)
+                                        max_image_pixels=config.max_image_pixels,
+                                        ocr_pages_in_flight=config.ocr_pages_in_flight)
         self.executor = ThreadPoolExecutor(config.worker_threads, thread_name_prefix="reading")
         self.parse_pool = ParsePool(
             config.parse_workers, paths.assets / "text_embedding" / "tokenizer.json",

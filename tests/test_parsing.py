@@ -701,3 +701,127 @@ def test_pathological_documents_parse_within_a_cpu_budget(shape, size):
     finally:
         pool.close()
     assert document.pages and chunks
+
+
+# --------------------------------------------------------------------------- OCR pages in flight
+
+
+class PipelinedFakeOcr(FakeOcr):
+    """FakeOcr taking pages ahead (``PipelinedOcr``), recording submits and collects by width."""
+
+    def __init__(self, fail_width: int | None = None) -> None:
+        super().__init__()
+        self.events: list[tuple[str, int]] = []
+        self.fail_width = fail_width
+
+    def submit(self, png: bytes):
+        width = Image.open(io.BytesIO(png)).size[0]
+        self.events.append(("submit", width))
+        return width, png
+
+    def collect(self, token) -> list[OcrLine]:
+        width, png = token
+        self.events.append(("collect", width))
+        if width == self.fail_width:
+            raise ConnectionError("triton is down")
+        return self(png)
+
+
+def tiff_frames(widths) -> bytes:
+    frames = [picture((width, 80)) for width in widths]
+    return image_bytes(frames[0], "TIFF", save_all=True, append_images=frames[1:])
+
+
+def test_ocr_takes_two_pages_ahead_and_answers_in_page_order():
+    """A pipelined OCR gets the next page before the first is read back (two out at a time,
+    no more), the pages come back in order as one at a time would give them, the page
+    budget still counts requests in page order, and a failure names its own page's turn."""
+    widths = [100, 110, 120, 130, 140]
+    ocr = PipelinedFakeOcr()
+    doc = parse_document(tiff_frames(widths), ocr=ocr)
+    assert [p.blocks[0].text for p in doc.pages] == [f"{w}x80" for w in widths]
+    assert ocr.events == [("submit", 100), ("submit", 110), ("collect", 100), ("submit", 120),
+                          ("collect", 110), ("submit", 130), ("collect", 120), ("submit", 140),
+                          ("collect", 130), ("collect", 140)]
+    sequential = parse_document(tiff_frames(widths), ocr=FakeOcr())
+    assert sequential.pages == doc.pages and sequential.warnings == doc.warnings
+
+    ocr = PipelinedFakeOcr()
+    limited = parse_document(text_pdf(), ocr=ocr, ocr_mode="always", limits=ParseLimits(max_ocr_pages=2))
+    assert [kind for kind, _ in ocr.events] == ["submit", "submit", "collect", "collect"]
+    assert [p.ocr_used for p in limited.pages] == [True, True, False] and "comets" in limited.pages[2].text
+
+    ocr = PipelinedFakeOcr(fail_width=110)
+    with pytest.raises(ConnectionError, match="triton is down"):
+        parse_document(tiff_frames(widths), ocr=ocr)
+    assert ocr.events[-1] == ("collect", 110), "the failure stops the document at its own page"
+
+
+def test_a_page_that_fails_to_render_fails_in_its_turn():
+    from reading_frontend.parsing.ocrpass import OcrPass
+
+    ocr = PipelinedFakeOcr()
+    ocr_pass = OcrPass(ocr, "always", 10)
+
+    def broken() -> bytes:
+        raise CorruptDocumentError("page 2 is damaged")
+
+    tickets = [ocr_pass.request(1, False, lambda: image_bytes(picture((100, 80)), "PNG")),
+               ocr_pass.request(2, False, broken),
+               ocr_pass.request(3, False, lambda: image_bytes(picture((120, 80)), "PNG"))]
+    assert ocr_pass.blocks(tickets[0])[0].text == "100x80"
+    with pytest.raises(CorruptDocumentError, match="page 2 is damaged"):
+        ocr_pass.blocks(tickets[1])
+    with pytest.raises(RuntimeError, match="in the order"):
+        OcrPass(ocr, "always", 10).blocks(tickets[2])
+
+
+def test_the_parse_worker_sends_the_next_page_while_one_is_read():
+    """Through a real parse worker: the frontend's OCR for page 1 waits until page 2 has
+    arrived (it would time out, failing the parse, were pages sent one at a time); at most
+    two run at once; a job whose OCR fails leaves nothing behind for the worker's next job."""
+    import asyncio
+    import collections
+    import threading
+
+    from percolate_models.paths import ProjectPaths
+    from reading_frontend.parse_pool import ParseJob, ParsePool
+
+    widths = [100, 110, 120, 130]
+    arrived = collections.defaultdict(threading.Event)
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def ocr(png: bytes) -> list[OcrLine]:
+        width = Image.open(io.BytesIO(png)).size[0]
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            arrived[width].set()
+            if width == 100:
+                assert arrived[110].wait(120), "page 2 did not arrive while page 1 was being read"
+            if width == 120 and failing:
+                raise ConnectionError("triton is down")
+            return FakeOcr()(png)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    pool = ParsePool(1, ProjectPaths.from_env().assets / "text_embedding" / "tokenizer.json",
+                     ParseLimits(), cpu_budget_s=60)
+    try:
+        job = ParseJob(tiff_frames(widths), "", "", "auto", 200, 0)
+        failing = False
+        document, _ = asyncio.run(pool.run("tenant", job, None, ocr))
+        assert [p.blocks[0].text for p in document.pages] == [f"{w}x80" for w in widths]
+        assert most[0] == 2
+        failing = True
+        with pytest.raises(ConnectionError, match="triton is down"):
+            asyncio.run(pool.run("tenant", job, None, ocr))
+        failing = False
+        again = ParseJob(tiff_frames([150, 160, 170]), "", "", "auto", 200, 0)
+        document, _ = asyncio.run(pool.run("tenant", again, None, ocr))
+        assert [p.blocks[0].text for p in document.pages] == ["150x80", "160x80", "170x80"]
+        assert pool.replaced == 0, "the same worker throughout"
+    finally:
+        pool.close()

@@ -42,7 +42,7 @@ def parse_document(data: bytes, *, filename: str = "", mime_type: str = "",
                    limits: ParseLimits = ParseLimits()) -> ParsedDocument:
     """Pages of typed blocks, metadata and warnings. ``filename`` and ``mime_type`` are
     hints: they never change how the content is read, only add a warning on mismatch."""
-    ocr_pass = OcrPass(ocr, ocr_mode, limits.max_ocr_pages)
+    ocr_pass = OcrPass(ocr, ocr_mode, limits.max_ocr_pages, limits.ocr_pages_in_flight)
     fmt, mime = detect_format(data)
     extraction = _extract(data, fmt, ocr_pass, limits)
     warnings = hint_warnings(fmt, filename, mime_type) + list(extraction.warnings)

@@ -20,9 +20,13 @@ def parse_image(data: bytes, ocr: OcrPass, limits: ParseLimits) -> Extraction:
     if frames > limits.max_pages:
         raise DocumentTooLargeError(f"the image has {frames} pages, above the limit of "
                                     f"{limits.max_pages}")
+    # every frame's OCR request first (frames go out a few at a time, OcrPass); a frame is
+    # rendered when it goes out, so it seeks to its own place in the file
+    tickets = [(number, ocr.request(number, False, lambda number=number: to_png(_decoded(_at(image, number), number))))
+               for number, _ in enumerate(_frames(image, frames, limits.max_image_pixels), start=1)]
     pages = []
-    for number, frame in enumerate(_frames(image, frames, limits.max_image_pixels), start=1):
-        blocks = ocr.run(number, False, lambda: to_png(_decoded(frame, number)))
+    for number, ticket in tickets:
+        blocks = None if ticket is None else ocr.blocks(ticket)
         pages.append(Page(number, blocks or (), ocr_used=blocks is not None))
     warnings = ocr.warnings()
     if image.format not in _PAGED_FORMATS and getattr(image, "n_frames", 1) > 1:
@@ -66,6 +70,16 @@ def _frames(image: Image.Image, count: int, max_pixels: int) -> Iterator[Image.I
             return
         check_pixels(frame.size, max_pixels)
         yield frame
+
+
+def _at(image: Image.Image, number: int) -> Image.Image:
+    """``image`` at page ``number`` (1-based): the frame iterator moves the one image object."""
+    if image.format in _PAGED_FORMATS:
+        try:
+            image.seek(number - 1)
+        except (EOFError, OSError, SyntaxError, ValueError) as error:
+            raise CorruptDocumentError(f"could not read page {number} of the image: {error}") from None
+    return image
 
 
 def _decoded(frame: Image.Image, number: int) -> Image.Image:

@@ -85,6 +85,9 @@ class ParseLimits:
     max_zip_ratio: float = 200
     max_image_pixels: int = 40_000_000
     max_ocr_pages: int = 200
+    ocr_pages_in_flight: int = 2
+    """Pages of one document out at OCR at once (``ocrpass.py``): two keep Triton's detection
+    and recognition busy together; 1 sends them one at a time."""
     max_sheet_cells: int = 10_000_000
     """Cells an XLSX may lay out, empty ones included: a few bytes naming cell XFD1048576
     would otherwise make 17 billion."""

@@ -18,7 +18,7 @@ from pypdf.errors import LimitReachedError
 from .errors import DocumentTooLargeError, EncryptedDocumentError, one_line
 from .images import to_png
 from .model import Block, Extraction, Page, ParseLimits
-from .ocrpass import OcrPass
+from .ocrpass import OcrPass, OcrTicket
 from .pdfgeometry import Ruling, Span
 from .pdflayout import PageContent, document_blocks
 from .textutil import clean_metadata, split_paragraphs
@@ -48,6 +48,9 @@ def _parse(data: bytes, ocr: OcrPass, limits: ParseLimits) -> Extraction:
     layout = _read_layout(data, count)
     pages, warnings = [], []
     with _Rasteriser(data, limits.max_image_pixels) as raster:
+        # every page's text and OCR request first: scanned pages go out (a few at a time,
+        # OcrPass) while the later pages' text layers are read
+        planned = []
         for index, pdf_page in enumerate(reader.pages):
             if layout is None or layout[index] is None:
                 text, problem = _page_text(pdf_page)
@@ -56,7 +59,10 @@ def _parse(data: bytes, ocr: OcrPass, limits: ParseLimits) -> Extraction:
                 blocks, wants_ocr = tuple(Block("paragraph", p) for p in split_paragraphs(text)), False
             else:
                 blocks, wants_ocr = layout[index]
-            pages.append(_page(index + 1, blocks, wants_ocr, ocr, lambda: raster.png(index)))
+            ticket = ocr.request(index + 1, bool(blocks) and not wants_ocr, lambda index=index: raster.png(index))
+            planned.append((index + 1, blocks, ticket))
+        for number, blocks, ticket in planned:
+            pages.append(_page(number, blocks, ticket, ocr))
     metadata = {**_metadata(reader), "page_count": str(count)}
     return Extraction(tuple(pages), metadata, tuple(warnings + ocr.warnings()))
 
@@ -80,12 +86,12 @@ def _page_text(page) -> tuple[str, str]:
         return "", one_line(error)
 
 
-def _page(number: int, blocks: tuple[Block, ...], wants_ocr: bool, ocr: OcrPass, render) -> Page:
-    """``wants_ocr``: the text layer is tiny beside the page's images (a scan with a few
-    stamped words), so OCR reads it as if it had none; the text stays if OCR cannot."""
-    ocr_blocks = ocr.run(number, bool(blocks) and not wants_ocr, render)
-    if ocr_blocks is not None:
-        return Page(number, ocr_blocks, ocr_used=True)
+def _page(number: int, blocks: tuple[Block, ...], ticket: OcrTicket | None, ocr: OcrPass) -> Page:
+    """The page from its OCR when it was requested (no text layer, or one tiny beside the
+    page's images: a scan with a few stamped words), else from its text layer, which also
+    stays when OCR cannot run."""
+    if ticket is not None:
+        return Page(number, ocr.blocks(ticket), ocr_used=True)
     return Page(number, blocks)
 
 
