@@ -68,16 +68,25 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
     _check_same_variant(specs, options, paths)
     report = BuildReport()
     with _build_lock(paths.cache):
-        models_manifest = {}
-        for number, spec in enumerate(specs, 1):
-            prefix = f"[{number}/{len(specs)}] {spec.name}"
+        models_manifest, entries = {}, {}
+        prefixes = {spec.name: f"[{number}/{len(specs)}] {spec.name}" for number, spec in enumerate(specs, 1)}
+        for spec in specs:  # every entry first: a group's tune needs all of its models' files
+            if spec.has_weights:
+                entries[spec.name] = _cached_or_built(spec, paths, prefixes[spec.name], say, report,
+                                                      options.variants.get(spec.name))
+        group_choices = _tuned_groups(entries, options, paths, prefixes, say)
+        for spec in specs:
+            prefix = prefixes[spec.name]
             if not spec.has_weights:
                 models_manifest[spec.name] = _install_python_model(spec, paths, report)
                 continue
-            entry_dir, entry = _cached_or_built(spec, paths, prefix, say, report, options.variants.get(spec.name))
+            entry_dir, entry = entries[spec.name]
             if spec.name in options.variants:
                 variant = options.variants[spec.name]
                 choice = {"variant": variant, "reason": "named by --variant"}
+            elif spec.name in group_choices:
+                choice = group_choices[spec.name]
+                variant = choice["variant"]
             elif spec.name in tune.TUNED and options.tune:
                 choice = tune.choose(spec, entry_dir, entry, paths.cache, lambda msg: say(f"{prefix}: {msg}"))
                 variant = choice["variant"]
@@ -103,6 +112,22 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
         say(f"nothing to do: {len(specs)} models and {len(ASSETS)} assets are up to date "
             f"in {paths.model_repository} (manifest {paths.manifest})")
     return report
+
+
+def _tuned_groups(entries: dict[str, tuple[Path, dict]], options: BuildOptions, paths: ProjectPaths,
+                  prefixes: dict[str, str], say: Say) -> dict[str, dict]:
+    """model -> the measured choice of its ``tune.TUNED_GROUPS`` group, for each group this
+    build builds whole with no ``--variant`` naming any of its models (others get their
+    catalog default, as ``_check_same_variant`` expects)."""
+    choices = {}
+    for group, names in tune.TUNED_GROUPS.items():
+        if not options.tune or not all(name in entries for name in names) or set(names) & set(options.variants):
+            continue
+        prefix = prefixes[names[0]]
+        choice = tune.choose_group(group, {name: entries[name] for name in names}, paths.cache,
+                                   lambda msg: say(f"{prefix}: {msg}"))
+        choices.update(dict.fromkeys(names, choice))
+    return choices
 
 
 def _check_same_variant(specs: list[ModelSpec], options: BuildOptions, paths: ProjectPaths) -> None:

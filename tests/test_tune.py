@@ -120,7 +120,7 @@ def test_build_installs_the_measured_choice_once_per_machine_and_variant_wins(sc
     build(scratch, only, say=lines.append)
     assert len(calls) == 1 and lines[-1].startswith("nothing to do"), "measured once, then read from the cache"
     assert list((scratch.cache / "tune").glob(f"text_embedding-{key}-{tune.machine_key()}-{tune.rules_key()}.json"))
-    monkeypatch.setattr(tune, "rules_key", lambda: "other-rules")
+    monkeypatch.setattr(tune, "rules_key", lambda group=None: "other-rules")
     build(scratch, only, say=lambda _: None)
     assert len(calls) == 2, "a change to the code that measures and picks measures again"
 
@@ -131,3 +131,81 @@ def test_build_installs_the_measured_choice_once_per_machine_and_variant_wins(sc
 
     build(scratch, BuildOptions(models=("text_embedding",), tune=False), say=lambda _: None)
     assert json.loads(scratch.manifest.read_text())["models"]["text_embedding"]["variant"] == "fp32"
+
+
+# --------------------------------------------------------------------------- the Whisper loop
+
+WHISPER = tune.TUNED_GROUPS["whisper"]
+
+
+def heard(int8_wer: float, int8_seconds: float) -> dict:
+    """A stand-in measurement of the Whisper group: fp32 reads one file perfectly, the other
+    with 2% word errors, in 1.4 s."""
+    return {"wer": {"fp32": {"one window": 0.0, "two windows": 0.02},
+                    "int8": {"one window": 0.0, "two windows": int8_wer}},
+            "seconds": {"fp32": 1.4, "int8": int8_seconds}, "reference": "stand-in"}
+
+
+def test_the_whisper_group_takes_the_fastest_variant_with_no_more_word_errors():
+    assert tune.shared_variants("whisper") == ["fp32", "int8"]
+    assert tune.pick_by_words("whisper", heard(0.02, 0.7))["variant"] == "int8"
+    assert tune.pick_by_words("whisper", heard(0.0, 0.7))["variant"] == "int8", "fewer errors also pass"
+    worse = tune.pick_by_words("whisper", heard(0.03, 0.7))
+    assert worse["variant"] == "fp32" and "more word errors than fp32: int8" in worse["reason"]
+    assert tune.pick_by_words("whisper", heard(0.02, 1.5))["variant"] == "fp32", "int8 slower on this CPU"
+
+
+def test_build_installs_one_measured_variant_for_the_whisper_loop(paths, tmp_path, monkeypatch):
+    """The three graphs get the group's choice (here fp32: the stand-in's int8 makes more word
+    errors), recorded per model; measured once per machine type; a --variant naming one of
+    them, or a build of only some of them, leaves the group to the catalog's defaults. The
+    scratch cache links the suite's built entries, so nothing is exported again."""
+    scratch = ProjectPaths(model_repository=tmp_path / "repo", assets=tmp_path / "assets", cache=tmp_path / "cache")
+    for name in WHISPER:
+        (scratch.cache / "models" / name).mkdir(parents=True)
+        (scratch.cache / "models" / name / paths.build_entry(name).name).symlink_to(paths.build_entry(name))
+    calls = []
+
+    def measure(entries):
+        calls.append(sorted(entries))
+        return heard(0.03, 0.7)
+
+    monkeypatch.setattr(tune, "measure_whisper_variants", measure)
+    whole = BuildOptions(models=WHISPER)
+    build(scratch, whole, say=lambda _: None)
+    installed = json.loads(scratch.manifest.read_text())["models"]
+    assert calls == [sorted(WHISPER)]
+    for name in WHISPER:
+        assert installed[name]["variant"] == installed[name]["choice"]["variant"] == "fp32"
+        assert "more word errors than fp32: int8" in installed[name]["choice"]["reason"]
+        assert installed[name]["choice"]["group"] == list(WHISPER)
+        served = scratch.model_repository / name / "1" / "model.onnx"
+        assert sha256_file(served) == sha256_file(paths.build_entry(name) / "fp32.onnx")
+    lines = []
+    build(scratch, whole, say=lines.append)
+    assert len(calls) == 1 and lines[-1].startswith("nothing to do"), "measured once, then read from the cache"
+
+    build(scratch, BuildOptions(models=WHISPER, variants={"whisper_encoder": "fp32"}), say=lambda _: None)
+    installed = json.loads(scratch.manifest.read_text())["models"]
+    assert installed["whisper_encoder"]["choice"]["reason"] == "named by --variant"
+    assert [installed[name]["variant"] for name in WHISPER[1:]] == ["int8", "int8"]
+    assert all(installed[name]["choice"]["reason"] == "the catalog's default" for name in WHISPER[1:])
+    build(scratch, BuildOptions(models=("whisper_encoder",)), say=lambda _: None)
+    encoder = json.loads(scratch.manifest.read_text())["models"]["whisper_encoder"]
+    assert encoder["variant"] == "int8" and encoder["choice"]["reason"] == "the catalog's default"
+    build(scratch, BuildOptions(models=WHISPER, tune=False), say=lambda _: None)
+    assert len(calls) == 1
+    assert all(json.loads(scratch.manifest.read_text())["models"][name]["variant"] == "int8" for name in WHISPER)
+
+
+def test_the_whisper_measurement_reads_the_test_speech_with_every_variant(paths):
+    """The real measurement on the built graphs: every variant transcribes the test speech,
+    the word error rates are real (int8 and fp32 read it alike on this machine's build), and
+    each variant is timed."""
+    entries = {name: (paths.build_entry(name), {"key": paths.build_entry(name).name}) for name in WHISPER}
+    measured = tune.measure_whisper_variants(entries)
+    assert set(measured["wer"]) == set(measured["seconds"]) == {"fp32", "int8"}
+    for variant, files in measured["wer"].items():
+        assert len(files) == 2 and all(0.0 <= wer <= 0.1 for wer in files.values()), (variant, files)
+        assert measured["seconds"][variant] > 0
+    assert measured["wer"]["int8"] == measured["wer"]["fp32"]

@@ -186,22 +186,27 @@ def test_built_onnx_decodes_like_ctranslate2_in_a_batch(paths, reference):
 
 
 def test_served_int8_models_keep_the_words(paths, reference):
-    """The default encoder and decoder are the ``int8`` variants (the fastest on CPU): on
-    jfk.flac and the 66 s clip's windows they give ctranslate2's words and fp32's
-    (timestamps may move by a few 20 ms steps), and they are what the repository serves."""
+    """The ``int8`` encoder and decoders (the catalog's default, and the tune's choice where
+    they are the faster: ``percolate_models/tune.py``) give ctranslate2's words and fp32's on
+    jfk.flac and the 66 s clip's windows (timestamps may move by a few 20 ms steps); the
+    repository serves what the build chose, the same variant for all three, and says why."""
     import json
 
     from percolate_models.sources import sha256_file
     from percolate_models.catalog import model_by_name
     from reading_frontend.speech import WhisperTokenizer
 
+    chosen = set()
     for name in SERVED:
         assert model_by_name(name).default == "int8"
         installed = json.loads(paths.manifest.read_text())["models"][name]
         served = paths.model_repository / name / "1" / "model.onnx"
         int8, fp32 = variant_file(paths, name, "int8"), variant_file(paths, name, "fp32")
-        assert installed["variant"] == "int8" and sha256_file(served) == sha256_file(int8)
+        assert sha256_file(served) == sha256_file(variant_file(paths, name, installed["variant"]))
+        assert installed["choice"]["variant"] == installed["variant"] and installed["choice"]["reason"]
+        chosen.add(installed["variant"])
         assert int8.stat().st_size < 0.75 * fp32.stat().st_size
+    assert len(chosen) == 1, f"the loop's three graphs hold one variant: {chosen}"
     features = np.concatenate([window_batch(jfk_flac()), window_batch(jfk_times(6))])
     tokenizer = WhisperTokenizer(paths.assets / "whisper" / "tokenizer.json")
 
