@@ -43,6 +43,7 @@ from typing import Callable
 from .admission import FairAdmission
 from .errors import CpuBudgetError, DeadlineError
 from .parsing import Chunk, CorruptDocumentError, ParsedDocument, ParseLimits
+from .parsing.ocrpass import PipelinedOcr
 
 log = logging.getLogger("percolate.reading")
 BUDGET_SETTING = "PERCOLATE_READING_PARSE_CPU_BUDGET_S"
@@ -57,6 +58,9 @@ class ParseJob:
     chunk_tokens: int
     overlap_tokens: int
 
+
+MAX_OCR_PAGES_IN_FLIGHT = 8
+"""More would only queue in Triton while the frontend holds every page's image."""
 
 OcrHandler = Callable[[bytes], list]
 """PNG bytes -> OCR lines; runs in a frontend thread (up to ``ocr_pages_in_flight`` at once
@@ -89,6 +93,8 @@ class _Worker:
             pass
 
     def close(self) -> None:
+        """An idle worker's end: kill it and close its pipe. A busy one is only killed: the
+        job's thread closes the pipe it is reading (``_drive``)."""
         self.kill("closed")
         self.conn.close()
 
@@ -98,8 +104,9 @@ class ParsePool:
                  nice: int = 10, max_queue: int = 256, max_queue_per_tenant: int = 128) -> None:
         if workers < 1:
             raise ValueError("parse_workers must be at least 1")
-        if limits.ocr_pages_in_flight < 1:
-            raise ValueError("ocr_pages_in_flight must be at least 1")
+        if not 1 <= limits.ocr_pages_in_flight <= MAX_OCR_PAGES_IN_FLIGHT:
+            raise ValueError(f"ocr_pages_in_flight must be between 1 and {MAX_OCR_PAGES_IN_FLIGHT}, "
+                             f"not {limits.ocr_pages_in_flight}")
         self._in_flight = limits.ocr_pages_in_flight
         self._context = multiprocessing.get_context("spawn")  # never fork a gRPC process
         self._args = (tokenizer, limits, max(1.0, cpu_budget_s), nice)
@@ -108,7 +115,9 @@ class ParsePool:
         self._idle: deque[_Worker] = deque(self._spawn() for _ in range(workers))
         self._busy: set[_Worker] = set()
         self._threads = ThreadPoolExecutor(2 * workers, thread_name_prefix="parse-pool")
-        self._ocr_threads = ThreadPoolExecutor(self._in_flight * workers, thread_name_prefix="parse-ocr")
+        # as many as the jobs' threads can have running: a cancelled job's calls run on (they
+        # cannot be stopped in Triton) beside the next job's, which must not queue behind them
+        self._ocr_threads = ThreadPoolExecutor(2 * workers * self._in_flight, thread_name_prefix="parse-ocr")
         self.replaced = 0
         self._closed = False
 
@@ -146,8 +155,10 @@ class ParsePool:
                 future = None  # an error's traceback holds this frame: no cycle through it
                 self._busy.discard(worker)
                 if worker.stopped_because:
+                    # its pipe is closed by the job's thread when it is done with it: closed
+                    # here, under a thread still polling it, the descriptor could be reused by
+                    # the replacement's pipe and that thread would read (or hang on) the other's
                     self.replaced += 1
-                    worker.conn.close()
                     if not self._closed:
                         self._idle.append(self._spawn())
                     self._threads.submit(worker.process.join)  # reap it off the loop
@@ -156,8 +167,10 @@ class ParsePool:
 
     def close(self) -> None:
         self._closed = True
-        for worker in (*self._idle, *self._busy):
+        for worker in self._idle:
             worker.close()
+        for worker in self._busy:
+            worker.kill("closed")  # its job's thread closes the pipe (``_drive``)
         self._threads.shutdown(wait=False, cancel_futures=True)
         self._ocr_threads.shutdown(wait=False, cancel_futures=True)
 
@@ -173,6 +186,8 @@ def _drive(worker: _Worker, job: ParseJob, deadline: float | None, ocr: OcrHandl
     running: list = []
 
     def answer(token: int, png: bytes) -> None:
+        if worker.stopped_because:  # the job is over (cancelled, deadline, died): no OCR for it
+            return
         try:
             reply = ("ocr_lines", (token, ocr(png)))
         except Exception as error:  # Triton down, a bad page image: the worker decides
@@ -182,6 +197,12 @@ def _drive(worker: _Worker, job: ParseJob, deadline: float | None, ocr: OcrHandl
                 conn.send(reply)
             except (OSError, ValueError):  # the worker died or was stopped: its job says why
                 pass
+            except Exception as error:  # lines that do not pickle: the worker must not wait forever
+                try:
+                    conn.send(("ocr_error", (token, RuntimeError(f"the OCR answer could not be sent to the "
+                                                                 f"parser: {type(error).__name__}: {error}"))))
+                except Exception:
+                    pass
 
     try:
         if not worker.ready:
@@ -198,8 +219,8 @@ def _drive(worker: _Worker, job: ParseJob, deadline: float | None, ocr: OcrHandl
                 break  # raised below: inside this try an OSError of the job's (ConnectionError
                 # from OCR) would read as the worker dying
             running = [call for call in running if not call.done()]
-            if len(running) >= in_flight:  # a worker sending more waits for its answers
-                concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            while len(running) >= in_flight:  # a worker sending more waits for its answers
+                concurrent.futures.wait(running, _left(worker, deadline), concurrent.futures.FIRST_COMPLETED)
                 running = [call for call in running if not call.done()]
             token, png = payload
             payload = None
@@ -207,9 +228,13 @@ def _drive(worker: _Worker, job: ParseJob, deadline: float | None, ocr: OcrHandl
     except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as error:
         raise _death(worker, budget_s) from error
     finally:
-        # the worker's next job must not read this one's answers: wait for them (each OCR
-        # call has the job's deadline; a killed worker's answers go nowhere)
-        concurrent.futures.wait(running)
+        if worker.stopped_because:  # killed or dead: replaced, so nothing of this job reaches another
+            for call in running:
+                call.cancel()  # those not started; the running ones' answers go nowhere
+            with worker.send_lock:  # only this thread reads the pipe, and the OCR threads send under the lock
+                conn.close()
+        else:  # the worker's next job must not read this one's answers (each has the job's deadline)
+            concurrent.futures.wait(running)
     try:
         raise failure
     finally:
@@ -218,13 +243,18 @@ def _drive(worker: _Worker, job: ParseJob, deadline: float | None, ocr: OcrHandl
 
 def _receive(worker: _Worker, deadline: float | None):
     while True:
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            worker.kill("deadline")
-            raise DeadlineError("the deadline passed while the document was being parsed; "
-                                "its parser was stopped")
-        if worker.conn.poll(left):
+        if worker.conn.poll(_left(worker, deadline)):
             return worker.conn.recv()
+
+
+def _left(worker: _Worker, deadline: float | None) -> float | None:
+    """Seconds to the deadline (None: none); past it, the worker is stopped and the job fails."""
+    left = None if deadline is None else deadline - time.monotonic()
+    if left is not None and left <= 0:
+        worker.kill("deadline")
+        raise DeadlineError("the deadline passed while the document was being parsed; "
+                            "its parser was stopped")
+    return left
 
 
 def _death(worker: _Worker, budget_s: float) -> Exception:
@@ -259,9 +289,9 @@ def _portable(error: BaseException) -> BaseException:
 # --------------------------------------------------------------------------- worker side
 
 
-class _PipeOcr:
-    """The worker's OCR (a ``PipelinedOcr``): pages go to the frontend with a token, answers
-    come back by token, in whatever order the frontend's threads finish them."""
+class _PipeOcr(PipelinedOcr):
+    """The worker's OCR: pages go to the frontend with a token, answers come back by token,
+    in whatever order the frontend's threads finish them."""
 
     _tokens = itertools.count(1)  # never reused in this process, across jobs
 
@@ -282,9 +312,6 @@ class _PipeOcr:
         if kind == "ocr_error":
             raise payload
         return payload
-
-    def __call__(self, png: bytes) -> list:
-        return self.collect(self.submit(png))
 
 
 def _worker_main(conn, tokenizer: str, limits: ParseLimits, budget_s: float, nice: int) -> None:

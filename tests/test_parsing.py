@@ -12,6 +12,7 @@ from pathlib import Path
 
 import docx
 import openpyxl
+import numpy as np
 import pytest
 from PIL import Image
 from pypdf import PdfReader, PdfWriter
@@ -20,6 +21,7 @@ from reportlab.lib.utils import ImageReader
 from reportlab.pdfgen import canvas
 
 from reading_frontend.ocr import OcrLine
+from reading_frontend.parsing.ocrpass import PipelinedOcr
 from reading_frontend.parsing.office import ZIP_RATIO_GRACE_BYTES
 from reading_frontend.parsing import (Block, Chunk, CorruptDocumentError, DocumentError,
                                       DocumentTooLargeError, EmptyDocumentError,
@@ -706,7 +708,7 @@ def test_pathological_documents_parse_within_a_cpu_budget(shape, size):
 # --------------------------------------------------------------------------- OCR pages in flight
 
 
-class PipelinedFakeOcr(FakeOcr):
+class PipelinedFakeOcr(FakeOcr, PipelinedOcr):
     """FakeOcr taking pages ahead (``PipelinedOcr``), recording submits and collects by width."""
 
     def __init__(self, fail_width: int | None = None) -> None:
@@ -823,5 +825,146 @@ def test_the_parse_worker_sends_the_next_page_while_one_is_read():
         document, _ = asyncio.run(pool.run("tenant", again, None, ocr))
         assert [p.blocks[0].text for p in document.pages] == ["150x80", "160x80", "170x80"]
         assert pool.replaced == 0, "the same worker throughout"
+    finally:
+        pool.close()
+
+
+def test_a_cancelled_parse_does_not_hold_up_the_next_tenants_ocr():
+    """Tenant A's Parse is cancelled while its two OCR calls hang (Triton cannot stop them):
+    tenant B's Parse on the replaced worker gets its OCR at once instead of queueing behind
+    A's calls, and A's worker is gone. No timing: A's calls are held until B is done."""
+    import asyncio
+    import contextlib
+    import sys
+    import threading
+    import time
+
+    from percolate_models.paths import ProjectPaths
+    from reading_frontend.parse_pool import ParseJob, ParsePool
+
+    started, release, b_seen, a_calls = threading.Event(), threading.Event(), [], []
+
+    def ocr(png: bytes) -> list[OcrLine]:
+        width = Image.open(io.BytesIO(png)).size[0]
+        if width < 200:  # tenant A's pages
+            a_calls.append(width)
+            if len(a_calls) == 2:
+                started.set()  # both of A's pages in flight hang from here
+            release.wait(120)
+        else:
+            b_seen.append(width)
+        return FakeOcr()(png)
+
+    pool = ParsePool(1, ProjectPaths.from_env().assets / "text_embedding" / "tokenizer.json",
+                     ParseLimits(), cpu_budget_s=60)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        a = asyncio.create_task(pool.run("a", ParseJob(tiff_frames([100, 110, 120, 130]), "", "", "auto", 200, 0),
+                                         None, ocr))
+        assert await loop.run_in_executor(None, started.wait, 60), "A never had two OCR calls running"
+        a.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await a
+        job_b = ParseJob(tiff_frames([300]), "", "", "auto", 200, 0)
+        return await asyncio.wait_for(pool.run("b", job_b, None, ocr), 120)
+
+    try:
+        document, _ = asyncio.run(scenario())
+        assert not release.is_set() and b_seen == [300], "B was answered while A's calls still hung"
+        assert document.pages[0].blocks[0].text == "300x80" and pool.replaced == 1
+        release.set()
+        # A's job thread ends once its killed worker's pipe says so: had the pipe been closed
+        # under it (and its descriptor reused by the replacement's), it would poll for ever
+        deadline = time.monotonic() + 120
+        while any(frame.f_code.co_name == "_drive" for top in sys._current_frames().values()
+                  for frame in _stack(top)):
+            assert time.monotonic() < deadline, "a job's thread still reads a pipe after its job ended"
+            time.sleep(0.1)
+    finally:
+        release.set()
+        pool.close()
+
+
+def _stack(frame):
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
+def test_animated_images_are_read_from_their_first_frame_either_way():
+    """Only an animation's first frame is read, by a plain OCR (page rendered when its turn
+    comes, after the frame iterator moved on) as by a pipelined one."""
+    frames = [Image.new("RGB", (64, 48), color) for color in ("black", "white", "gray")]
+    data = {fmt: image_bytes(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100)
+            for fmt in ("GIF", "WEBP", "PNG")}
+
+    class Brightness(PipelinedFakeOcr):
+        def __call__(self, png: bytes) -> list[OcrLine]:
+            mean = int(np.asarray(Image.open(io.BytesIO(png)).convert("L")).mean())
+            return [OcrLine(f"mean {mean}", 0.9, ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)))]
+
+    plain = Brightness()
+    for fmt, content in data.items():
+        for ocr in (plain.__call__, Brightness()):
+            doc = parse_document(content, ocr=ocr)
+            assert [p.blocks[0].text for p in doc.pages] == ["mean 0"], (fmt, ocr)
+
+
+def test_pipelining_is_for_pipelined_ocrs_only_and_stops_at_a_broken_page():
+    """An object that merely has submit/collect attributes (a test's mock) is called page by
+    page; after a page fails to render nothing more goes out; the setting has bounds."""
+    from unittest import mock
+
+    from percolate_models.paths import ProjectPaths
+    from reading_frontend.parse_pool import MAX_OCR_PAGES_IN_FLIGHT, ParsePool
+    from reading_frontend.parsing.ocrpass import OcrPass
+
+    box = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
+    mocked = mock.MagicMock(return_value=[OcrLine("hello", 0.9, box)])
+    doc = parse_document(tiff_frames([100, 110]), ocr=mocked)
+    assert [p.blocks[0].text for p in doc.pages] == ["hello", "hello"] and mocked.call_count == 2
+
+    ocr = PipelinedFakeOcr()
+    ocr_pass = OcrPass(ocr, "always", 10, in_flight=3)
+
+    def broken() -> bytes:
+        raise CorruptDocumentError("page 2 is damaged")
+
+    tickets = [ocr_pass.request(1, False, lambda: image_bytes(picture((100, 80)), "PNG")),
+               ocr_pass.request(2, False, broken),
+               ocr_pass.request(3, False, lambda: image_bytes(picture((120, 80)), "PNG"))]
+    assert ocr.events == [("submit", 100)], "nothing after the broken page goes out"
+    assert ocr_pass.blocks(tickets[0])[0].text == "100x80"
+    with pytest.raises(CorruptDocumentError, match="page 2 is damaged"):
+        ocr_pass.blocks(tickets[1])
+    for wrong in (0, MAX_OCR_PAGES_IN_FLIGHT + 1):
+        with pytest.raises(ValueError, match="ocr_pages_in_flight must be between"):
+            ParsePool(1, ProjectPaths.from_env().assets / "text_embedding" / "tokenizer.json",
+                      ParseLimits(ocr_pages_in_flight=wrong), cpu_budget_s=60)
+
+
+def test_an_ocr_answer_that_cannot_reach_the_worker_fails_the_parse_at_once():
+    """Lines that do not pickle would leave the worker waiting for them until the deadline
+    (or for ever without one): the worker gets an error for that page instead."""
+    import asyncio
+
+    from percolate_models.paths import ProjectPaths
+    from reading_frontend.parse_pool import ParseJob, ParsePool
+
+    import time
+
+    def ocr(png: bytes) -> list:
+        return [lambda: "not picklable"]
+
+    pool = ParsePool(1, ProjectPaths.from_env().assets / "text_embedding" / "tokenizer.json",
+                     ParseLimits(), cpu_budget_s=60)
+    try:
+        with pytest.raises(RuntimeError, match="could not be sent to the parser"):
+            asyncio.run(pool.run("t", ParseJob(tiff_frames([100, 110]), "", "", "auto", 200, 0),
+                                 time.monotonic() + 300, ocr))  # without the fix: DeadlineError
+        document, _ = asyncio.run(pool.run("t", ParseJob(tiff_frames([150]), "", "", "auto", 200, 0), None,
+                                           FakeOcr()))
+        assert document.pages[0].blocks[0].text == "150x80" and pool.replaced == 0
     finally:
         pool.close()

@@ -73,8 +73,9 @@ def _frames(image: Image.Image, count: int, max_pixels: int) -> Iterator[Image.I
 
 
 def _at(image: Image.Image, number: int) -> Image.Image:
-    """``image`` at page ``number`` (1-based): the frame iterator moves the one image object."""
-    if image.format in _PAGED_FORMATS:
+    """``image`` at page ``number`` (1-based): the frame iterator moves the one image object
+    (past the first frame of an animation too, of which only that one is read)."""
+    if getattr(image, "n_frames", 1) > 1:
         try:
             image.seek(number - 1)
         except (EOFError, OSError, SyntaxError, ValueError) as error:

@@ -11,22 +11,29 @@ when its own blocks are asked for, as before.
 """
 from __future__ import annotations
 
+import abc
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable
 
 from .model import OCR_MODES, Block, OcrFn
 from .textutil import clean_text, page_list
 
-@runtime_checkable
-class PipelinedOcr(Protocol):
-    """An OCR that takes pages ahead of their results (the parse worker's pipe)."""
+class PipelinedOcr(abc.ABC):
+    """An OCR that takes pages ahead of their results (the parse worker's pipe). A base
+    class to derive from, not a protocol: anything else (a plain function, a test's mock)
+    gets one page at a time."""
 
+    @abc.abstractmethod
     def submit(self, png: bytes) -> object:
         """Send a page; returns a token for ``collect``."""
 
+    @abc.abstractmethod
     def collect(self, token: object) -> list:
         """The page's lines (raises what its OCR raised)."""
+
+    def __call__(self, png: bytes) -> list:
+        return self.collect(self.submit(png))
 
 
 @dataclass(eq=False)
@@ -102,7 +109,8 @@ class OcrPass:
 
     def _send_ahead(self) -> None:
         """Render and send waiting pages until ``in_flight`` are out (pipelined only).
-        A page that fails to render keeps its error and sends nothing."""
+        A page that fails to render keeps its error, and nothing after it is sent: the
+        document fails when that page's turn comes."""
         if not self._pipelined:
             return
         out = 0
@@ -115,15 +123,16 @@ class OcrPass:
                     png = ticket.render()
                 except Exception as error:  # a DocumentError for this page, raised in its turn
                     ticket.error = error
-                    continue
+                    return
                 try:
                     ticket.token = self._ocr.submit(png)
                 except Exception as error:
                     ticket.error = OcrCallError()
                     ticket.error.__cause__ = error
-                    continue
-            if ticket.error is None:
-                out += 1
+                    return
+            if ticket.error is not None:
+                return
+            out += 1
 
     def _refusal(self, has_text: bool) -> str | None:
         if self._mode == "never":
