@@ -42,7 +42,8 @@ class BuildOptions:
     variants: dict[str, str] = field(default_factory=dict)
     """Model name -> weight variant to install (default: the model's ``default``)."""
     tune: bool = True
-    """Pick the variants of ``tune.TUNED`` models by measuring them on this machine (cached)."""
+    """Pick the variants of ``tune.TUNED`` models and ``tune.TUNED_GROUPS`` groups by measuring
+    them on this machine (cached)."""
 
 
 @dataclass
@@ -87,6 +88,10 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
             elif spec.name in group_choices:
                 choice = group_choices[spec.name]
                 variant = choice["variant"]
+            elif kept := _group_installed(spec.name, entries, options, paths):
+                variant = kept
+                choice = {"variant": variant, "reason": "the variant the rest of its group holds (a build of "
+                          "part of the group keeps it; build the whole group to measure again)"}
             elif spec.name in tune.TUNED and options.tune:
                 choice = tune.choose(spec, entry_dir, entry, paths.cache, lambda msg: say(f"{prefix}: {msg}"))
                 variant = choice["variant"]
@@ -123,11 +128,28 @@ def _tuned_groups(entries: dict[str, tuple[Path, dict]], options: BuildOptions, 
     for group, names in tune.TUNED_GROUPS.items():
         if not options.tune or not all(name in entries for name in names) or set(names) & set(options.variants):
             continue
+        if not tune.SPEECH_TEST_FILE.is_file():  # a package installed without the repository's data/
+            say(f"{prefixes[names[0]]}: {tune.SPEECH_TEST_FILE} is missing, so the {group} group is not "
+                "measured: its models get the catalog's default")
+            continue
         prefix = prefixes[names[0]]
         choice = tune.choose_group(group, {name: entries[name] for name in names}, paths.cache,
                                    lambda msg: say(f"{prefix}: {msg}"))
         choices.update(dict.fromkeys(names, choice))
     return choices
+
+
+def _group_installed(name: str, building: Iterable[str], options: BuildOptions, paths: ProjectPaths) -> str | None:
+    """For a model of a ``tune.TUNED_GROUPS`` group built without the rest of its group and
+    not named by ``--variant``: the one variant the manifest holds for all the others (so a
+    partial build keeps a measured choice instead of putting the catalog's default beside
+    it), else None."""
+    group = next((names for names in tune.TUNED_GROUPS.values() if name in names), None)
+    if group is None or name in options.variants or all(n in building for n in group):
+        return None
+    installed = (_read_json(paths.manifest) or {}).get("models", {})
+    others = {installed.get(n, {}).get("variant") for n in group if n not in building}
+    return next(iter(others)) if len(others) == 1 and None not in others else None
 
 
 def _check_same_variant(specs: list[ModelSpec], options: BuildOptions, paths: ProjectPaths) -> None:
@@ -145,7 +167,8 @@ def _check_same_variant(specs: list[ModelSpec], options: BuildOptions, paths: Pr
         after = {}
         for name in group:
             if name in building:
-                after[name] = options.variants.get(name, catalog[name].default)
+                after[name] = (options.variants.get(name) or _group_installed(name, building, options, paths)
+                               or catalog[name].default)
             else:
                 after[name] = installed.get(name, {}).get("variant") or catalog[name].default
         if len(set(after.values())) > 1:
@@ -455,8 +478,13 @@ def verify(paths: ProjectPaths, models: Iterable[str] | None = None) -> list[str
             key = current_key(spec, source_hashes, model.get("variant"))
             if key is not None and model.get("cache_key") != key:
                 # a plain build would install the default: keep a variant named by --variant
-                keep = (f" --only {name} --variant {name}={model['variant']}"
-                        if model.get("variant", spec.default) != spec.default else "")
+                # (a tuned group's is measured again when the whole group is built)
+                group = next((names for names in tune.TUNED_GROUPS.values() if name in names), None)
+                if group and model.get("choice", {}).get("reason") != "named by --variant":
+                    keep = "".join(f" --only {n}" for n in group)
+                else:
+                    keep = (f" --only {name} --variant {name}={model['variant']}"
+                            if model.get("variant", spec.default) != spec.default else "")
                 problems.append(f"{name} was built by other code or from other weights (cache key "
                                 f"{model.get('cache_key')}, the current one is {key}): run `percolate-models build{keep}`")
         for artefact in (model["artefact"], model.get("gpu_artefact")):

@@ -9,7 +9,7 @@ from .build import BuildOptions, build, stale_repository_files, verify
 from .catalog import MODELS
 from .errors import PercolateError
 from .paths import ProjectPaths
-from .tune import TUNED
+from .tune import TUNED, TUNED_GROUPS
 
 
 def _variant(text: str) -> tuple[str, str]:
@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="weight variant to install for the cpu target, e.g. text_embedding=fp32 ("
                         + "; ".join(f"{m.name}: {', '.join(m.variants)}, default "
                                     + ("the fastest on this machine within the accuracy floor"
-                                       if m.name in TUNED else m.default)
+                                       if m.name in TUNED else
+                                       f"the fastest on this machine with no more word errors than fp32 "
+                                       f"when the whole group is built, else {m.default}"
+                                       if any(m.name in g for g in TUNED_GROUPS.values()) else m.default)
                                     for m in MODELS if len(m.variants) > 1)
                         + "); the gpu target always gets the fp32 reference")
     b.add_argument("--no-tune", action="store_true",

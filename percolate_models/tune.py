@@ -120,10 +120,9 @@ def choose(spec: ModelSpec, entry_dir: Path, entry: dict, cache: Path, say: Say 
     """
     info = machine()
     path = cache / "tune" / f"{spec.name}-{entry['key']}-{machine_key(info)}-{rules_key()}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        pass
+    cached = _cached_choice(path, spec.variants)
+    if cached is not None:
+        return cached
     say(f"timing variants {', '.join(spec.variants)} on this machine ({info['cpu']}; cached after)")
     measured = (measure or measure_embedding_variants)(spec, entry_dir)
     choice = pick(spec, measured)
@@ -134,6 +133,18 @@ def choose(spec: ModelSpec, entry_dir: Path, entry: dict, cache: Path, say: Say 
     os.replace(partial, path)
     say(f"{choice['reason']}")
     return choice
+
+
+def _cached_choice(path: Path, variants) -> dict | None:
+    """A cached choice that names one of ``variants`` and says why; None (measure again) for
+    a missing, unreadable or malformed file."""
+    try:
+        choice = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(choice, dict) and choice.get("variant") in variants and isinstance(choice.get("reason"), str):
+        return choice
+    return None
 
 
 def pick(spec: ModelSpec, measured: dict) -> dict:
@@ -235,11 +246,10 @@ def choose_group(group: str, entries: dict[str, tuple[Path, dict]], cache: Path,
     info = machine()
     keys = hashlib.sha256(" ".join(entries[name][1]["key"] for name in TUNED_GROUPS[group]).encode()).hexdigest()
     path = cache / "tune" / f"{group}-{keys[:16]}-{machine_key(info)}-{rules_key(group)}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        pass
     variants = shared_variants(group)
+    cached = _cached_choice(path, variants)
+    if cached is not None:
+        return cached
     say(f"timing the {group} loop's variants {', '.join(variants)} on this machine ({info['cpu']}; cached after)")
     measured = (measure or measure_whisper_variants)(entries)
     choice = pick_by_words(group, measured)

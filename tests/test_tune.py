@@ -185,17 +185,37 @@ def test_build_installs_one_measured_variant_for_the_whisper_loop(paths, tmp_pat
     build(scratch, whole, say=lines.append)
     assert len(calls) == 1 and lines[-1].startswith("nothing to do"), "measured once, then read from the cache"
 
-    build(scratch, BuildOptions(models=WHISPER, variants={"whisper_encoder": "fp32"}), say=lambda _: None)
-    installed = json.loads(scratch.manifest.read_text())["models"]
-    assert installed["whisper_encoder"]["choice"]["reason"] == "named by --variant"
-    assert [installed[name]["variant"] for name in WHISPER[1:]] == ["int8", "int8"]
-    assert all(installed[name]["choice"]["reason"] == "the catalog's default" for name in WHISPER[1:])
+    def variants() -> dict:
+        return {name: m["variant"] for name, m in json.loads(scratch.manifest.read_text())["models"].items()
+                if name in WHISPER}
+
     build(scratch, BuildOptions(models=("whisper_encoder",)), say=lambda _: None)
     encoder = json.loads(scratch.manifest.read_text())["models"]["whisper_encoder"]
-    assert encoder["variant"] == "int8" and encoder["choice"]["reason"] == "the catalog's default"
-    build(scratch, BuildOptions(models=WHISPER, tune=False), say=lambda _: None)
+    assert encoder["variant"] == "fp32" and "the rest of its group holds" in encoder["choice"]["reason"], \
+        "a build of part of the group keeps the measured choice"
     assert len(calls) == 1
-    assert all(json.loads(scratch.manifest.read_text())["models"][name]["variant"] == "int8" for name in WHISPER)
+
+    build(scratch, BuildOptions(models=WHISPER, variants={"whisper_encoder": "int8"}), say=lambda _: None)
+    installed = json.loads(scratch.manifest.read_text())["models"]
+    assert installed["whisper_encoder"]["choice"]["reason"] == "named by --variant"
+    assert variants() == dict.fromkeys(WHISPER, "int8")
+    assert all(installed[name]["choice"]["reason"] == "the catalog's default" for name in WHISPER[1:])
+    build(scratch, BuildOptions(models=WHISPER, tune=False), say=lambda _: None)
+    assert len(calls) == 1 and variants() == dict.fromkeys(WHISPER, "int8")
+
+    for cached in scratch.cache.glob("tune/whisper-*.json"):  # valid JSON of the wrong shape: measured again
+        cached.write_text('{"variant": "fp16"}')
+    build(scratch, whole, say=lambda _: None)
+    assert len(calls) == 2 and variants() == dict.fromkeys(WHISPER, "fp32")
+
+    # an install without the repository's data/ (the reading image): not measured, the default
+    monkeypatch.setattr(tune, "SPEECH_TEST_FILE", tmp_path / "no-such" / "jfk.flac")
+    for cached in scratch.cache.glob("tune/whisper-*.json"):
+        cached.unlink()
+    lines = []
+    build(scratch, whole, say=lines.append)
+    assert len(calls) == 2 and variants() == dict.fromkeys(WHISPER, "int8")
+    assert any("is missing, so the whisper group is not measured" in line for line in lines)
 
 
 def test_the_whisper_measurement_reads_the_test_speech_with_every_variant(paths):
