@@ -120,18 +120,25 @@ def choose(spec: ModelSpec, entry_dir: Path, entry: dict, cache: Path, say: Say 
     """
     info = machine()
     path = cache / "tune" / f"{spec.name}-{entry['key']}-{machine_key(info)}-{rules_key()}.json"
-    cached = _cached_choice(path, spec.variants)
+    return _cached_or_measured(
+        path, spec.variants, info, say, f"timing variants {', '.join(spec.variants)}",
+        lambda: pick(spec, (measure or measure_embedding_variants)(spec, entry_dir)))
+
+
+def _cached_or_measured(path: Path, variants, info: dict, say: Say, doing: str,
+                        measure_and_pick: Callable[[], dict]) -> dict:
+    """The choice cached at ``path``, or measured now (saying so) and cached there atomically."""
+    cached = _cached_choice(path, variants)
     if cached is not None:
         return cached
-    say(f"timing variants {', '.join(spec.variants)} on this machine ({info['cpu']}; cached after)")
-    measured = (measure or measure_embedding_variants)(spec, entry_dir)
-    choice = pick(spec, measured)
+    say(f"{doing} on this machine ({info['cpu']}; cached after)")
+    choice = measure_and_pick()
     choice["machine"] = info
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     partial.write_text(json.dumps(choice, indent=2, sort_keys=True) + "\n")
     os.replace(partial, path)
-    say(f"{choice['reason']}")
+    say(choice["reason"])
     return choice
 
 
@@ -247,19 +254,9 @@ def choose_group(group: str, entries: dict[str, tuple[Path, dict]], cache: Path,
     keys = hashlib.sha256(" ".join(entries[name][1]["key"] for name in TUNED_GROUPS[group]).encode()).hexdigest()
     path = cache / "tune" / f"{group}-{keys[:16]}-{machine_key(info)}-{rules_key(group)}.json"
     variants = shared_variants(group)
-    cached = _cached_choice(path, variants)
-    if cached is not None:
-        return cached
-    say(f"timing the {group} loop's variants {', '.join(variants)} on this machine ({info['cpu']}; cached after)")
-    measured = (measure or measure_whisper_variants)(entries)
-    choice = pick_by_words(group, measured)
-    choice["machine"] = info
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(json.dumps(choice, indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
-    say(choice["reason"])
-    return choice
+    return _cached_or_measured(
+        path, variants, info, say, f"timing the {group} loop's variants {', '.join(variants)}",
+        lambda: pick_by_words(group, (measure or measure_whisper_variants)(entries)))
 
 
 def shared_variants(group: str) -> list[str]:
