@@ -180,8 +180,10 @@ def _drive(worker: _Worker, job: ParseJob, deadline: float | None, ocr: OcrHandl
            ) -> tuple[ParsedDocument, list[Chunk]]:
     """The frontend's side of one job (a pool thread): send it, run its OCR requests (in
     ``ocr_threads``, at most ``in_flight`` at once), wait for the result within the
-    deadline, and say why the worker died if it did. Every OCR call has answered before
-    this returns."""
+    deadline, and say why the worker died if it did. A worker that goes on to another job
+    has had every OCR call of this one answered before this returns; a stopped one (replaced)
+    has its calls not yet started cancelled, and its pipe closed here, by the only thread
+    that reads it."""
     conn = worker.conn
     running: list = []
 
