@@ -17,7 +17,7 @@ test: setup
 	  rc=$$?; [ $$rc -ne 124 ] || echo "make test: the suite ran past $(TEST_TIME_LIMIT) and was stopped" >&2; exit $$rc; }
 
 bench: setup
-	@cd bench && for b in embed ocr parse speech store search ingest node_memory perf_triton perf_frontend backup retrieval failover model_memory frontend_memory parse_scaling; do ../$(VENV)/bin/python $$b.py --quick || exit 1; done
+	@cd bench && for b in embed ocr scanned_pdf parse speech store search ingest node_memory perf_triton perf_frontend backup retrieval failover model_memory frontend_memory parse_scaling; do ../$(VENV)/bin/python $$b.py --quick || exit 1; done
 
 clean-cache:
 	rm -rf .cache model_assets model_repository/*/1/*.onnx
