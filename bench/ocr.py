@@ -25,41 +25,25 @@ gRPC and the client.
 """
 from __future__ import annotations
 
-import io
 import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 import common  # noqa: E402  (puts the project root on sys.path)
 
 from percolate_common.edit_distance import edit_distance
 from percolate_triton import TritonConfig, TritonServer
+from tests.ocr_pages import printed_pages
 
-FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-WORDS = ("invoice total memory tenant private reading service triton chunk page table "
-         "report quarterly storage encrypted keys search hybrid semantic node shared").split()
 OCR_MODELS = ("ocr_det", "ocr_cls", "ocr_rec")
 
 
 def make_images(count: int, seed: int = 3) -> list[tuple[bytes, str]]:
-    rng = np.random.default_rng(seed)
-    font = ImageFont.truetype(FONT, 44)
-    images = []
-    for _ in range(count):
-        lines = [" ".join(rng.choice(WORDS, 4)).capitalize() + f" {rng.integers(10, 9999)}"
-                 for _ in range(5)]
-        image = Image.new("RGB", (1200, 800), "white")
-        draw = ImageDraw.Draw(image)
-        for row, line in enumerate(lines):
-            draw.text((60, 70 + row * 140), line, fill="black", font=font)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        images.append((buffer.getvalue(), "".join("".join(lines).split())))
-    return images
+    """The bench pages (``tests/ocr_pages.py``): 1200x800, five printed lines, their text."""
+    return printed_pages(count, seed)
 
 
 def accuracy(found: list[str], expected: str) -> float:

@@ -18,6 +18,7 @@ length of the known text, whitespace ignored, over all pages.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import statistics
@@ -77,45 +78,41 @@ def main() -> None:
         return [[text for _, text, _ in (rapid(page)[0] or [])] for page in pages]
 
     config = TritonConfig.from_env()
-    frontends = {}
     saved = os.environ.get(IN_FLIGHT_SETTING)
-    with TritonServer(config) as triton:
-        try:
+    with TritonServer(config) as triton, contextlib.ExitStack() as running:
+        frontends = {}
+        try:  # each frontend reads the setting from the environment it starts with
             for in_flight in (1, 2):
                 os.environ[IN_FLIGHT_SETTING] = str(in_flight)
-                frontends[in_flight] = common.FrontendProcess(triton.grpc_url).__enter__()
+                frontends[in_flight] = running.enter_context(common.FrontendProcess(triton.grpc_url))
         finally:
             if saved is None:
                 os.environ.pop(IN_FLIGHT_SETTING, None)
             else:
                 os.environ[IN_FLIGHT_SETTING] = saved
-        try:
-            stubs = {n: reading_pb2_grpc.ReadingServiceStub(f.channel()) for n, f in frontends.items()}
+        stubs = {n: reading_pb2_grpc.ReadingServiceStub(f.channel()) for n, f in frontends.items()}
 
-            def parse(in_flight: int):
-                def run() -> list[list[str]]:
-                    response = stubs[in_flight].Parse(pb.ParseRequest(content=document, filename="scan.pdf"),
-                                                      timeout=600)
-                    assert all(page.ocr_used for page in response.pages), "every page went to OCR"
-                    return [[block.text for block in page.blocks] for page in response.pages]
-                return run
+        def parse(in_flight: int):
+            def run() -> list[list[str]]:
+                response = stubs[in_flight].Parse(pb.ParseRequest(content=document, filename="scan.pdf"),
+                                                  timeout=600)
+                assert all(page.ocr_used for page in response.pages), "every page went to OCR"
+                return [[block.text for block in page.blocks] for page in response.pages]
+            return run
 
-            systems = {"rapidocr in process, pages pre-rendered (r)": rapid_read,
-                       "Parse, one page at a time (f1)": parse(1),
-                       "Parse, two pages in flight (f2)": parse(2)}
-            found = {name: run() for name, run in systems.items()}  # warm-up, and what each reads
-            rates: dict[str, list[float]] = {name: [] for name in systems}
-            load = [os.getloadavg()[0]]
-            for round_ in range(rounds):
-                for name, run in systems.items():
-                    started = time.perf_counter()
-                    run()
-                    rates[name].append(count / (time.perf_counter() - started))
-                    print(f"round {round_ + 1}/{rounds}: {name} {rates[name][-1]:.3f} pages/s", flush=True)
-                load.append(os.getloadavg()[0])
-        finally:
-            for frontend in frontends.values():
-                frontend.__exit__(None, None, None)
+        systems = {"rapidocr in process, pages pre-rendered (r)": rapid_read,
+                   "Parse, one page at a time (f1)": parse(1),
+                   "Parse, two pages in flight (f2)": parse(2)}
+        found = {name: run() for name, run in systems.items()}  # warm-up, and what each reads
+        rates: dict[str, list[float]] = {name: [] for name in systems}
+        load = [os.getloadavg()[0]]
+        for round_ in range(rounds):
+            for name, run in systems.items():
+                started = time.perf_counter()
+                run()
+                rates[name].append(count / (time.perf_counter() - started))
+                print(f"round {round_ + 1}/{rounds}: {name} {rates[name][-1]:.3f} pages/s", flush=True)
+            load.append(os.getloadavg()[0])
     reference = "rapidocr in process, pages pre-rendered (r)"
     one_at_a_time = "Parse, one page at a time (f1)"
     figures, rows = {}, []

@@ -67,6 +67,7 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
         raise BuildError(f"--variant names {', '.join(unbuilt)}, which this build does not build",
                          "add " + " ".join(f"--only {name}" for name in unbuilt) + " or drop that --variant")
     _check_same_variant(specs, options, paths)
+    installed = (_read_json(paths.manifest) or {}).get("models", {})  # what a partial group build keeps
     report = BuildReport()
     with _build_lock(paths.cache):
         models_manifest, entries = {}, {}
@@ -88,7 +89,7 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
             elif spec.name in group_choices:
                 choice = group_choices[spec.name]
                 variant = choice["variant"]
-            elif kept := _group_installed(spec.name, entries, options, paths):
+            elif kept := _group_installed(spec.name, entries, options, installed):
                 variant = kept
                 choice = {"variant": variant, "reason": "the variant the rest of its group holds (a build of "
                           "part of the group keeps it; build the whole group to measure again)"}
@@ -139,15 +140,14 @@ def _tuned_groups(entries: dict[str, tuple[Path, dict]], options: BuildOptions, 
     return choices
 
 
-def _group_installed(name: str, building: Iterable[str], options: BuildOptions, paths: ProjectPaths) -> str | None:
+def _group_installed(name: str, building: Iterable[str], options: BuildOptions, installed: dict) -> str | None:
     """For a model of a ``tune.TUNED_GROUPS`` group built without the rest of its group and
-    not named by ``--variant``: the one variant the manifest holds for all the others (so a
-    partial build keeps a measured choice instead of putting the catalog's default beside
-    it), else None."""
+    not named by ``--variant``: the one variant the manifest (``installed``: its models) holds
+    for all the others (so a partial build keeps a measured choice instead of putting the
+    catalog's default beside it), else None."""
     group = next((names for names in tune.TUNED_GROUPS.values() if name in names), None)
     if group is None or name in options.variants or all(n in building for n in group):
         return None
-    installed = (_read_json(paths.manifest) or {}).get("models", {})
     others = {installed.get(n, {}).get("variant") for n in group if n not in building}
     return next(iter(others)) if len(others) == 1 and None not in others else None
 
@@ -155,9 +155,10 @@ def _group_installed(name: str, building: Iterable[str], options: BuildOptions, 
 def _check_same_variant(specs: list[ModelSpec], options: BuildOptions, paths: ProjectPaths) -> None:
     """Refuse, before anything is built, a build after which the models of a ``SAME_VARIANT``
     group (one decoding runs them all) would hold different variants: a model this build
-    builds ends with the variant named for it, else its default; any other keeps what the
-    manifest says is installed, else gets its default later. A build that builds none of a
-    group leaves it to ``verify``."""
+    builds ends with the variant named for it, else the one its tuned group keeps
+    (``_group_installed``), else its default; any other keeps what the manifest says is
+    installed, else gets its default later. A build that builds none of a group leaves it
+    to ``verify``."""
     building = {spec.name for spec in specs}
     installed = (_read_json(paths.manifest) or {}).get("models", {})
     catalog = {spec.name: spec for spec in MODELS}
@@ -167,7 +168,7 @@ def _check_same_variant(specs: list[ModelSpec], options: BuildOptions, paths: Pr
         after = {}
         for name in group:
             if name in building:
-                after[name] = (options.variants.get(name) or _group_installed(name, building, options, paths)
+                after[name] = (options.variants.get(name) or _group_installed(name, building, options, installed)
                                or catalog[name].default)
             else:
                 after[name] = installed.get(name, {}).get("variant") or catalog[name].default

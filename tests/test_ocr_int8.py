@@ -24,12 +24,11 @@ from percolate_common.edit_distance import edit_distance
 from percolate_models.build import BuildOptions, build
 from percolate_models.paths import ProjectPaths
 from reading_frontend import ocr
+from tests.ocr_pages import printed_pages
 
 FONT_DIR = "/usr/share/fonts/truetype/dejavu/"
 FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSansCondensed.ttf",
          "DejaVuSans-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerifCondensed-Bold.ttf")
-BENCH_WORDS = ("invoice total memory tenant private reading service triton chunk page table "
-               "report quarterly storage encrypted keys search hybrid semantic node shared").split()
 HARD_WORDS = ("account balance due date amount paid customer number reference payment received "
               "delivery address street city postcode phone email order quantity price unit discount").split()
 HARD_MARGIN = 0.005
@@ -40,19 +39,8 @@ SYSTEMS = {"det int8": ("int8", "fp32"), "rec int8": ("fp32", "int8"), "det+rec 
 
 
 def bench_pages(count: int = 8, seed: int = 21) -> list[tuple[bytes, str]]:
-    """Like bench/ocr.py's pages (DejaVu Sans 44 px, five lines of words and a number), other text."""
-    rng = np.random.default_rng(seed)
-    font = ImageFont.truetype(FONT_DIR + "DejaVuSans.ttf", 44)
-    pages = []
-    for _ in range(count):
-        lines = [" ".join(rng.choice(BENCH_WORDS, 4)).capitalize() + f" {rng.integers(10, 9999)}"
-                 for _ in range(5)]
-        image = Image.new("RGB", (1200, 800), "white")
-        draw = ImageDraw.Draw(image)
-        for row, line in enumerate(lines):
-            draw.text((60, 70 + row * 140), line, fill="black", font=font)
-        pages.append((_png(image), "".join("".join(lines).split())))
-    return pages
+    """bench/ocr.py's kind of pages (``tests/ocr_pages.py``), other text."""
+    return printed_pages(count, seed)
 
 
 def _hard_token(rng: np.random.Generator) -> str:
