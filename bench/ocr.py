@@ -9,12 +9,15 @@ with --quick) go through
       the Python backend's own OnnxRuntimeModel with each model's config.pbtxt (so rows
       one at a time, parallel_rows and PERCOLATE_ORT_* as served): the models' own cost,
       without gRPC, Triton or the frontend;
+  (p32) the same with the fp32 graphs (rapidocr's arithmetic) where the build's tune
+      installed another variant (``fused``, percolate_models/graph_fusion.py): that
+      variant's own gain;
   (r) rapidocr-onnxruntime in this process, the reference, with its defaults (onnxruntime
       threads on every core, spinning);
   (r1) the same at one onnxruntime thread: its spinning threads lose most when other jobs
       take part of a core (0.48 vs 0.79 images/s in one run here at a load average of 6-7
       on 2 CPUs), so ratios are also given to the faster of (r) and (r1).
-Rounds are interleaved (r, r1, p, f1, f2, r, ...) so that load from other work on a
+Rounds are interleaved (r, r1, p, p32, f1, f2, r, ...) so that load from other work on a
 shared machine falls on every system alike; figures are medians. Accuracy is
 1 - edit distance / length of the known text, whitespace ignored (PP-OCR drops some
 spaces), averaged over images. Triton's own statistics over the 1-client rounds split
@@ -25,6 +28,7 @@ gRPC and the client.
 """
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -35,6 +39,7 @@ import numpy as np
 import common  # noqa: E402  (puts the project root on sys.path)
 
 from percolate_common.edit_distance import edit_distance
+from percolate_models.paths import ProjectPaths
 from percolate_triton import TritonConfig, TritonServer
 from tests.ocr_pages import printed_pages
 
@@ -51,13 +56,14 @@ def accuracy(found: list[str], expected: str) -> float:
     return max(0.0, 1 - edit_distance(text, expected) / len(expected))
 
 
-def in_process_pipeline(repository):
+def in_process_pipeline(repository, graphs: dict | None = None):
     """reading_frontend.ocr on the repository's built graphs, run by the Python backend's
     own ``OnnxRuntimeModel`` (percolate_models/python_backend.py) under the stand-in
     ``triton_python_backend_utils`` (tests/pb_utils_standin) with each model's rendered
     config.pbtxt: the same sessions, row splitting, ``parallel_rows`` pairing (largest
     rows first, the remainder on the main session), arena settings and
-    ``PERCOLATE_ORT_*`` overrides as the served models, one request per call."""
+    ``PERCOLATE_ORT_*`` overrides as the served models, one request per call. ``graphs``
+    (model -> ONNX file) runs other files than the installed ones (another variant)."""
     import json
     import sys
 
@@ -75,6 +81,8 @@ def in_process_pipeline(repository):
     def load(name: str) -> OnnxRuntimeModel:
         config = text_format.Parse((repository / name / "config.pbtxt").read_text(),
                                    model_config_pb2.ModelConfig())
+        if graphs and name in graphs:  # an absolute path: OnnxRuntimeModel joins it to the version folder
+            config.parameters["onnx_file"].string_value = str(graphs[name])
         model = OnnxRuntimeModel()
         model.initialize({"model_config": json.dumps(json_format.MessageToDict(
             config, preserving_proto_field_name=True)),
@@ -128,6 +136,10 @@ def main() -> None:
 
     config = TritonConfig.from_env()
     pipeline = in_process_pipeline(config.model_repository)
+    paths = ProjectPaths.from_env()
+    served = {name: json.loads(paths.manifest.read_text())["models"][name] for name in ("ocr_det", "ocr_rec")}
+    pipeline_fp32 = in_process_pipeline(config.model_repository, {
+        name: paths.build_entry(name) / "fp32.onnx" for name in served})
     with TritonServer(config) as triton, common.FrontendProcess(triton.grpc_url) as frontend:
         stubs = [reading_pb2_grpc.ReadingServiceStub(frontend.channel()) for _ in range(2)]
         stats_client = grpcclient.InferenceServerClient(triton.grpc_url)
@@ -146,6 +158,7 @@ def main() -> None:
             "rapidocr in process (r)": lambda: [rapid_read(image) for image, _ in images],
             "rapidocr in process, 1 thread (r1)": lambda: [rapid_read(image, rapid_1) for image, _ in images],
             "pipeline in process (p)": lambda: [pipeline(image) for image, _ in images],
+            "same, fp32 graphs (p32)": lambda: [pipeline_fp32(image) for image, _ in images],
             "full path, 1 client (f)": concurrent(1),
             "full path, 2 clients (f)": concurrent(2),
         }
@@ -186,8 +199,10 @@ def main() -> None:
         fig["ratio_to_faster_rapidocr"] = round(fig["images_per_s"] / best, 3)
         rows.append([name, fig["images_per_s"], f"{fig['ratio_to_rapidocr']:.2f}x",
                      f"{fig['ratio_to_faster_rapidocr']:.2f}x", fig["accuracy"]])
+    variants = ", ".join(f"{name} {record['variant']}" for name, record in served.items())
     common.print_table(f"PP-OCRv4, {count} generated 1200x800 images, median of {rounds} interleaved rounds "
-                       f"(1-minute load average {min(load):.1f}-{max(load):.1f} on {os.cpu_count()} CPUs)",
+                       f"(1-minute load average {min(load):.1f}-{max(load):.1f} on {os.cpu_count()} CPUs); "
+                       f"served: {variants}",
                        ["system", "images/s", "vs (r)", "vs faster of (r), (r1)", "char accuracy"], rows)
     one_client_ms = 1000 / figures["full path, 1 client (f)"]["images_per_s"]
     stage_rows = [[model, s["queue"], s["compute_input"] + s["compute_output"], s["compute_infer"],
@@ -196,6 +211,8 @@ def main() -> None:
                        "in all: the rest is the frontend, gRPC and the client)",
                        ["model", "queue", "tensors in/out", "compute", "requests/image"], stage_rows)
     common.write_results("ocr", {"images": count, "rounds": rounds, "systems": figures,
+                                 "served": {name: {"variant": record["variant"], "choice": record.get("choice", {})}
+                                            for name, record in served.items()},
                                  "triton_ms_per_image_1_client": stages,
                                  "load_average_1min": [round(v, 2) for v in load]})
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from . import configs, export, ocr_graphs, quantize, tune, whisper_convert
+from . import configs, export, graph_fusion, ocr_graphs, quantize, tune, whisper_convert
 from .accuracy import ACCURACY_SENTENCES, agreement, sample_sentences
 from .catalog import ASSETS, MODELS, AssetSpec, ModelSpec, model_by_name
 from .errors import BuildError, MissingPackageError, RepositoryError
@@ -129,9 +129,10 @@ def _tuned_groups(entries: dict[str, tuple[Path, dict]], options: BuildOptions, 
     for group, names in tune.TUNED_GROUPS.items():
         if not options.tune or not all(name in entries for name in names) or set(names) & set(options.variants):
             continue
-        if not tune.SPEECH_TEST_FILE.is_file():  # a package installed without the repository's data/
-            say(f"{prefixes[names[0]]}: {tune.SPEECH_TEST_FILE} is missing, so the {group} group is not "
-                "measured: its models get the catalog's default")
+        why_not = tune.unmeasurable(group)  # e.g. a package installed without the repository's data/
+        if why_not:
+            say(f"{prefixes[names[0]]}: {why_not}, so the {group} group is not measured: its models get "
+                "the catalog's default")
             continue
         prefix = prefixes[names[0]]
         choice = tune.choose_group(group, {name: entries[name] for name in names}, paths.cache,
@@ -216,10 +217,11 @@ def current_key(spec: ModelSpec, source_hashes: dict[Path, str] | None = None,
 def _export_code(spec: ModelSpec, built: tuple[str, ...]) -> list:
     """The modules whose code determines ``spec``'s built weights (the ``built`` variants)."""
     if spec.name in ocr_graphs.EDITS:
+        fused = [graph_fusion] if "fused" in built else []
         if "int8" in built:  # calibrated on pages the frontend's own code prepares
             from reading_frontend import ocr
-            return [export, ocr_graphs, ocr]
-        return [export, ocr_graphs]
+            return [export, ocr_graphs, *fused, ocr]
+        return [export, ocr_graphs, *fused]
     if spec.kind == "sentence_transformer":
         # int8_token's smoothing is measured on texts that reading_frontend.text tokenises,
         # and the entry's accuracy record comes from accuracy.py
@@ -298,6 +300,10 @@ def _produce(spec: ModelSpec, source: Path, out: Path, say: Say, cache: Path, bu
     if spec.kind == "onnx":
         say("copying the packaged ONNX graph with the repository's tensor names")
         ocr_graphs.served_onnx(spec, source, out / "fp32.onnx")  # + uint8 det input, argmax rec output
+        if "fused" in built:
+            counts = graph_fusion.write_fused(out / "fp32.onnx", out / "fused.onnx")
+            say(f"fused variant: {counts['hardswish']} hardswish as one op, {counts['conv_then_affine']} + "
+                f"{counts['affine_then_conv']} scalar scale/shift steps folded into convolutions")
         if "int8" in built:
             say("quantising to int8 (static QDQ, per channel, calibrated on generated pages; about 30 s)")
             from .catalog import OCR_DET

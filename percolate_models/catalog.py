@@ -169,9 +169,13 @@ OCR_DET = ModelSpec(
                        parameters=(("max_rows_per_run", "1"), ("shrink_idle_s", "1"))),
     gpu=TargetSettings(max_batch_size=8, preferred_batch_sizes=(8,),
                        max_queue_delay_us=1000, instance_count=2),
-    # int8: static QDQ, fixed activation scales (ocr_graphs.quantize_int8); built and installed
-    # only when a --variant names it (its calibration takes about 8 GB and 30 s)
-    variants=("fp32", "int8"),
+    # fused: the same fp32 network in fewer passes (graph_fusion.py: hardswish as one op, scalar
+    # scale/shift folded into the convolutions); the tune holds it to fp32's character accuracy
+    # and installs the faster (tune.TUNED_GROUPS "ocr"). int8: static QDQ, fixed activation
+    # scales (ocr_graphs.quantize_int8); built and installed only when a --variant names it
+    # (its calibration takes about 8 GB and 30 s)
+    variants=("fp32", "fused", "int8"),
+    default_variant="fused",
     on_request_variants=("int8",),
 )
 
@@ -213,9 +217,10 @@ OCR_REC = ModelSpec(
                                    ("shrink_idle_s", "1"))),
     gpu=TargetSettings(max_batch_size=128, preferred_batch_sizes=(32, 128),
                        max_queue_delay_us=500, instance_count=2),
-    # int8: static QDQ of the Conv and MatMul ops (ocr_graphs.quantize_int8); built and
-    # installed only when a --variant names it
-    variants=("fp32", "int8"),
+    # fused: as ocr_det's. int8: static QDQ of the Conv and MatMul ops
+    # (ocr_graphs.quantize_int8); built and installed only when a --variant names it
+    variants=("fp32", "fused", "int8"),
+    default_variant="fused",
     on_request_variants=("int8",),
 )
 

@@ -18,8 +18,12 @@ together (``TUNED_GROUPS``, ``choose_group``): each variant they share runs the 
 in this process on ``SPEECH_TEST_FILE`` (one window) and on the same speech twice with a
 pause (two windows); the variants whose word error rate is no worse than fp32's there are
 timed, round robin, and the fastest is installed for all three. int8 MatMuls are fast
-where the CPU has VNNI and may not be elsewhere, which is why this is measured. The group
-is tuned only when a build builds all three and ``--variant`` names none of them.
+where the CPU has VNNI and may not be elsewhere, which is why this is measured. OCR's
+detection and recognition graphs are chosen together the same way (``measure_ocr_variants``):
+each variant reads generated pages of known text through the frontend's own pipeline
+(``reading_frontend.ocr``), and the variants whose character accuracy is no worse than
+fp32's (rapidocr's own arithmetic) on each set of pages are timed. A group is tuned only
+when a build builds all of it and ``--variant`` names none of its models.
 
 Thread and instance counts are timed for the record only: they live in the committed
 ``config.pbtxt``, which must not depend on the machine that rendered it.
@@ -39,13 +43,19 @@ import numpy as np
 
 from .accuracy import (ACCURACY_SENTENCES, BATCH_INDEPENDENCE_MIN_COSINE, SHORT_TEXTS, agreement, batch_independence,
                        meets_floor, sample_sentences, short_agreement)
-from .catalog import MINILM, WHISPER_DECODER, WHISPER_DECODER_WITH_PAST, WHISPER_ENCODER, ModelSpec
+from .catalog import (MINILM, OCR_CLS, OCR_DET, OCR_REC, WHISPER_DECODER, WHISPER_DECODER_WITH_PAST,
+                      WHISPER_ENCODER, ModelSpec)
 from .configs import CPU_INTRA_OP_THREADS
 
 TUNED = ("text_embedding",)
 """Models whose installed variant is chosen by measurement (when no ``--variant`` names one)."""
-TUNED_GROUPS = {"whisper": (WHISPER_ENCODER.name, WHISPER_DECODER.name, WHISPER_DECODER_WITH_PAST.name)}
-"""Models chosen together, one variant for all (the loop's encoder and decoders, in ``OrtRunner``'s order)."""
+TUNED_GROUPS = {"whisper": (WHISPER_ENCODER.name, WHISPER_DECODER.name, WHISPER_DECODER_WITH_PAST.name),
+                "ocr": (OCR_DET.name, OCR_REC.name)}
+"""Models chosen together, one variant for all (the Whisper loop's encoder and decoders, in
+``OrtRunner``'s order; OCR's detection and recognition, which read a page together)."""
+OCR_PAGES = 4
+"""Generated pages per set (clean, harder) the OCR tune reads with each variant."""
+OCR_ROUNDS = 2
 SPEECH_ROUNDS = 3
 SPEECH_TEST_FILE = Path(__file__).resolve().parents[1] / "data" / "jfk.flac"
 """MIT-licensed speech from openai/whisper carried in the repository (``data/README.md``):
@@ -88,13 +98,19 @@ def rules_key(group: str | None = None) -> str:
     """Hash of the code that measures and picks: this module and, for the embedding tune,
     the floors and probes in ``accuracy.py`` and the tokenizer and pooling in
     ``reading_frontend/text.py``; for the Whisper group (``group="whisper"``), the loop in
-    ``whisper_decode.py`` and the windows and log-mel in ``reading_frontend/speech.py``. A
+    ``whisper_decode.py`` and the windows and log-mel in ``reading_frontend/speech.py``; for
+    the OCR group, the pipeline in ``reading_frontend/ocr.py`` and the edit distance. A
     change to any of them measures again instead of reading an older choice."""
     if group is None:
         from reading_frontend import text
 
         from . import accuracy
         modules = (accuracy, text)
+    elif group == "ocr":
+        from percolate_common import edit_distance
+        from reading_frontend import ocr
+
+        modules = (ocr, edit_distance)
     else:
         from reading_frontend import speech
 
@@ -254,28 +270,47 @@ def choose_group(group: str, entries: dict[str, tuple[Path, dict]], cache: Path,
     keys = hashlib.sha256(" ".join(entries[name][1]["key"] for name in TUNED_GROUPS[group]).encode()).hexdigest()
     path = cache / "tune" / f"{group}-{keys[:16]}-{machine_key(info)}-{rules_key(group)}.json"
     variants = shared_variants(group)
-    return _cached_or_measured(
-        path, variants, info, say, f"timing the {group} loop's variants {', '.join(variants)}",
-        lambda: pick_by_words(group, (measure or measure_whisper_variants)(entries)))
+
+    def measure_and_pick() -> dict:
+        if group == "ocr":
+            return pick_by_reading(group, (measure or measure_ocr_variants)(entries))
+        return pick_by_words(group, (measure or measure_whisper_variants)(entries))
+
+    return _cached_or_measured(path, variants, info, say,
+                               f"timing the {group} group's variants {', '.join(variants)}", measure_and_pick)
+
+
+def unmeasurable(group: str) -> str | None:
+    """Why ``group`` cannot be measured in this install (None: it can)."""
+    if group == "whisper" and not SPEECH_TEST_FILE.is_file():  # installed without the repository's data/
+        return f"{SPEECH_TEST_FILE} is missing"
+    return None
 
 
 def shared_variants(group: str) -> list[str]:
-    """Variants every model of the group has, fp32 (the reference) first."""
+    """Variants every model of the group builds every time (not the on-request ones), fp32
+    (the reference) first."""
     from .catalog import model_by_name
 
     specs = [model_by_name(name) for name in TUNED_GROUPS[group]]
-    return [v for v in specs[0].variants if all(v in spec.variants for spec in specs)]
+    return [v for v in specs[0].variants
+            if all(v in spec.variants and v not in spec.on_request_variants for spec in specs)]
+
+
+def _fastest_no_worse(variants: list[str], errors: dict[str, dict[str, float]],
+                      seconds: dict[str, float]) -> tuple[str, list[str]]:
+    """The fastest variant with no more errors than fp32 on each test set (fp32 when none
+    is faster), and the variants that had more."""
+    reference = errors["fp32"]
+    passing = [v for v in variants if all(errors[v][name] <= reference[name] for name in reference)]
+    return min(passing, key=lambda v: seconds[v]), [v for v in variants if v not in passing]
 
 
 def pick_by_words(group: str, measured: dict) -> dict:
     """The fastest variant whose word error rate is no worse than fp32's on every test
     file (fp32 when none is faster)."""
-    variants = shared_variants(group)
     wer, seconds = measured["wer"], measured["seconds"]
-    reference = wer["fp32"]
-    passing = [v for v in variants if all(wer[v][f] <= reference[f] for f in reference)]
-    chosen = min(passing, key=lambda v: seconds[v])
-    failed = [v for v in variants if v not in passing]
+    chosen, failed = _fastest_no_worse(shared_variants(group), wer, seconds)
     reason = (f"chose {chosen} for {', '.join(TUNED_GROUPS[group])}: fastest at {THREADS} threads "
               f"({seconds[chosen]:.2f} s for the test speech) of the variants whose word error rate is no "
               f"worse than fp32's on each test file ({measured['reference']})")
@@ -322,3 +357,143 @@ def measure_whisper_variants(entries: dict[str, tuple[Path, dict]]) -> dict:
             times[variant].append(time.perf_counter() - started)
     return {"wer": wer, "seconds": {v: round(statistics.median(t), 3) for v, t in times.items()},
             "reference": f"word error rates against the transcript of {SPEECH_TEST_FILE.name} (data/README.md)"}
+
+
+# --------------------------------------------------------------------------- OCR
+
+_OCR_WORDS = ("invoice total amount due payment account number customer order delivery address date "
+              "reference balance quantity price tenant memory storage report office").split()
+
+
+def ocr_tune_pages(count: int, harder: bool, seed: int) -> list[tuple[np.ndarray, str]]:
+    """``count`` generated BGR pages of printed lines and their text (whitespace removed):
+    Pillow's built-in scalable font (present wherever Pillow has FreeType, so no system
+    fonts), words, numbers, amounts and dates. Clean pages are dark text on white at
+    28-44 px; harder ones 16-40 px, grey on light grey, rotated up to 1.5 degrees, with noise.
+    None of them are the int8 calibration's, the bench's or the tests' pages."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    pages = []
+    for _ in range(count):
+        background = int(rng.integers(225, 256)) if harder else 255
+        page = Image.new("RGB", (1200, 800), (background,) * 3)
+        draw = ImageDraw.Draw(page)
+        y, lines = 40, []
+        while True:
+            size = int(rng.integers(16, 41) if harder else rng.integers(28, 45))
+            if y + size * 1.6 > page.height - 30:
+                break
+            font = ImageFont.load_default(size)
+            words = []
+            for _ in range(int(rng.integers(3, 7))):
+                kind = rng.random()
+                word = (str(rng.choice(_OCR_WORDS)) if kind < 0.55 else str(rng.integers(0, 99999)) if kind < 0.75
+                        else f"{rng.integers(1, 9999)}.{rng.integers(0, 99):02d}" if kind < 0.9
+                        else f"{rng.integers(1, 28):02d}/{rng.integers(1, 12):02d}/{rng.integers(1990, 2030)}")
+                if draw.textlength(" ".join(words + [word]), font=font) > page.width - 140:
+                    break
+                words.append(word)
+            shade = int(rng.integers(0, 80)) if harder else 0
+            draw.text((int(rng.integers(30, 90)), y), " ".join(words), fill=(shade,) * 3, font=font)
+            lines.append("".join(words))
+            y += int(size * rng.uniform(1.6, 2.4))
+        if harder:
+            page = page.rotate(float(rng.uniform(-1.5, 1.5)), resample=Image.BICUBIC, fillcolor=(240, 240, 240))
+            noisy = np.asarray(page).astype(np.float32) + rng.normal(0, rng.uniform(2, 8), (page.height, page.width, 3))
+            array = np.clip(noisy, 0, 255).astype(np.uint8)
+        else:
+            array = np.asarray(page)
+        pages.append((np.ascontiguousarray(array[:, :, ::-1]), "".join(lines)))
+    return pages
+
+
+def character_errors(found: list[str], expected: str) -> float:
+    """Edit distance over the known text's length, whitespace ignored (PP-OCR drops some spaces)."""
+    from percolate_common.edit_distance import edit_distance
+
+    return edit_distance("".join("".join(found).split()), expected) / len(expected)
+
+
+def measure_ocr_variants(entries: dict[str, tuple[Path, dict]]) -> dict:
+    """Each shared variant of ``ocr_det`` and ``ocr_rec`` (with the packaged classifier) read
+    through ``reading_frontend.ocr``'s pipeline in this process, sessions at the cpu target's
+    threads with recognition's rows one at a time, as served: its character error rate on
+    each set of generated pages, how many lines read differently from fp32, and the median
+    time of reading all the pages, round robin."""
+    import onnxruntime as ort
+
+    from reading_frontend import ocr
+
+    from .sources import locate
+
+    variants = shared_variants("ocr")
+    sets = {"clean pages": ocr_tune_pages(OCR_PAGES, harder=False, seed=31),
+            "harder pages": ocr_tune_pages(OCR_PAGES, harder=True, seed=37)}
+
+    def session(path: Path) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = THREADS
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as served
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    classifier = session(locate(OCR_CLS.source))  # the packaged graph: its input is still "x"
+    det_dir, rec_dir = entries[OCR_DET.name][0], entries[OCR_REC.name][0]
+    models = {v: (session(det_dir / f"{v}.onnx"), session(rec_dir / f"{v}.onnx")) for v in variants}
+    characters = ocr.character_list_from_onnx_metadata(
+        models["fp32"][1].get_modelmeta().custom_metadata_map["character"])
+
+    def reader(variant: str):
+        det, rec = models[variant]
+
+        def infer(name: str, batch: np.ndarray):
+            if name == ocr.DET_MODEL:
+                return det.run(None, {"image": batch})[0]
+            if name == ocr.CLS_MODEL:
+                return classifier.run(None, {"x": batch})[0]
+            rows = [rec.run(None, {"image": batch[i:i + 1]}) for i in range(len(batch))]
+            return tuple(np.concatenate([row[k] for row in rows]) for k in range(2))
+
+        return lambda image: [line.text for line in ocr.ocr_image(image, infer, characters)]
+
+    readers = {v: reader(v) for v in variants}
+    read = {v: {name: [readers[v](image) for image, _ in pages] for name, pages in sets.items()}
+            for v in variants}  # also the warm-up
+    errors = {v: {name: round(float(np.mean([character_errors(lines, text) for lines, (_, text)
+                                                 in zip(read[v][name], pages)])), 5)
+                  for name, pages in sets.items()} for v in variants}
+    differing = {v: sum(_lines_unlike(read[v][name], read["fp32"][name]) for name in sets) for v in variants}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(OCR_ROUNDS):
+        for variant in variants:
+            started = time.perf_counter()
+            for pages in sets.values():
+                for image, _ in pages:
+                    readers[variant](image)
+            times[variant].append(time.perf_counter() - started)
+    return {"character_errors": errors, "lines_unlike_fp32": differing,
+            "seconds": {v: round(statistics.median(t), 3) for v, t in times.items()},
+            "reference": f"known text of {2 * OCR_PAGES} generated pages ({', '.join(sets)}); fp32 reads as rapidocr"}
+
+
+def _lines_unlike(pages: list[list[str]], reference: list[list[str]]) -> int:
+    """Lines read otherwise than in ``reference``, page by page (a line more or less counts)."""
+    return sum(sum(a != b for a, b in zip(lines, ref)) + abs(len(lines) - len(ref))
+               for lines, ref in zip(pages, reference))
+
+
+def pick_by_reading(group: str, measured: dict) -> dict:
+    """The fastest variant whose character error rate is no worse than fp32's on each set of
+    pages (fp32 when none is faster)."""
+    errors, seconds = measured["character_errors"], measured["seconds"]
+    chosen, failed = _fastest_no_worse(shared_variants(group), errors, seconds)
+    reason = (f"chose {chosen} for {', '.join(TUNED_GROUPS[group])}: fastest at {THREADS} threads "
+              f"({seconds[chosen]:.2f} s for the test pages) of the variants whose character error rate is no "
+              f"worse than fp32's on each set of pages ({measured['reference']})")
+    if failed:
+        reason += f"; more character errors than fp32: {', '.join(failed)}"
+    return {"variant": chosen, "reason": reason, "group": list(TUNED_GROUPS[group]),
+            "character_errors": errors, "lines_unlike_fp32": measured.get("lines_unlike_fp32", {}),
+            "seconds": seconds, "reference": measured["reference"]}

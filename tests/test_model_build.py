@@ -247,17 +247,19 @@ def test_verify_command_takes_the_models_a_partial_build_holds(scratch, monkeypa
 
 def test_on_request_variants_are_built_only_when_named(scratch):
     """The OCR int8 variants cost about 8 GB and 30 s to calibrate: a plain build makes only
-    fp32 (in 0.1 s), under a key that leaves out what only int8 depends on (the frontend's
-    ocr.py, the calibration's packages), so editing the frontend does not rebuild fp32."""
+    fp32 and fused (in under a second), under a key that leaves out what only int8 depends on
+    (the frontend's ocr.py, the calibration's packages), so editing the frontend does not
+    rebuild them."""
     from percolate_models import build as build_module
     from reading_frontend import ocr
 
     det = model_by_name("ocr_det")
-    assert det.built_variants() == ("fp32",) and det.built_variants("fp32") == ("fp32",)
-    assert det.built_variants("int8") == ("fp32", "int8")
+    assert det.built_variants() == ("fp32", "fused") and det.built_variants("fp32") == ("fp32", "fused")
+    assert det.built_variants("int8") == ("fp32", "fused", "int8")
     assert build_module.cache_key(det, "s") == build_module.cache_key(det, "s", "fp32")
     assert build_module.cache_key(det, "s") != build_module.cache_key(det, "s", "int8")
-    assert ocr not in build_module._export_code(det, ("fp32",)) and ocr in build_module._export_code(det, ("fp32", "int8"))
+    assert ocr not in build_module._export_code(det, ("fp32", "fused"))
+    assert ocr in build_module._export_code(det, ("fp32", "fused", "int8"))
     assert "pyclipper" not in build_module._key_tools(det, ("fp32",))
     assert "pyclipper" in build_module._key_tools(det, ("fp32", "int8"))
     lines: list[str] = []
@@ -265,11 +267,14 @@ def test_on_request_variants_are_built_only_when_named(scratch):
     assert not any("quantising" in line for line in lines), lines
     manifest = json.loads(scratch.manifest.read_text())["models"]["ocr_det"]
     entry = json.loads((scratch.cache / "models" / "ocr_det" / manifest["cache_key"] / "entry.json").read_text())
-    assert set(entry["files"]) == {"fp32"} and manifest["variant"] == "fp32"
+    # built without ocr_rec, its tuned group's other half: the catalog's default
+    assert set(entry["files"]) == {"fp32", "fused"} and manifest["variant"] == "fused"
+    assert manifest["choice"]["reason"] == "the catalog's default"
     assert verify(scratch, ("ocr_det",)) == []
     # a stale repository holding int8: verify's fix keeps the variant (a plain build would not)
     whole = json.loads(scratch.manifest.read_text())
-    whole["models"]["ocr_det"].update(variant="int8", cache_key="0123456789abcdef")
+    whole["models"]["ocr_det"].update(variant="int8", cache_key="0123456789abcdef",
+                                      choice={"variant": "int8", "reason": "named by --variant"})
     scratch.manifest.write_text(json.dumps(whole))
     assert any("run `percolate-models build --only ocr_det --variant ocr_det=int8`" in problem
                for problem in verify(scratch, ("ocr_det",)))

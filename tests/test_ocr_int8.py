@@ -174,7 +174,7 @@ def test_int8_variants_are_installed_quantised_and_recorded(built):
     for model in ("ocr_det", "ocr_rec"):
         record = manifest["models"][model]
         assert record["variant"] == "int8" and record["choice"]["reason"] == "named by --variant"
-        assert record["variants_available"] == ["fp32", "int8"]
+        assert record["variants_available"] == ["fp32", "fused", "int8"]
         ops = {node.op_type for node in onnx.load(str(built.model_repository / model / "1" / "model.onnx")).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
         gpu_ops = {node.op_type for node in

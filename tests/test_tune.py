@@ -229,3 +229,69 @@ def test_the_whisper_measurement_reads_the_test_speech_with_every_variant(paths)
         assert len(files) == 2 and all(0.0 <= wer <= 0.1 for wer in files.values()), (variant, files)
         assert measured["seconds"][variant] > 0
     assert measured["wer"]["int8"] == measured["wer"]["fp32"]
+
+
+# --------------------------------------------------------------------------- OCR
+
+OCR = tune.TUNED_GROUPS["ocr"]
+
+
+def read(fused_errors: float, fused_seconds: float) -> dict:
+    """A stand-in measurement of the OCR group: fp32 misreads 1% of the harder pages' characters
+    and none of the clean ones, in 4 s."""
+    return {"character_errors": {"fp32": {"clean pages": 0.0, "harder pages": 0.01},
+                                 "fused": {"clean pages": 0.0, "harder pages": fused_errors}},
+            "lines_unlike_fp32": {"fp32": 0, "fused": 0}, "seconds": {"fp32": 4.0, "fused": fused_seconds},
+            "reference": "stand-in"}
+
+
+def test_the_ocr_group_takes_the_fastest_variant_with_no_more_character_errors():
+    assert tune.shared_variants("ocr") == ["fp32", "fused"], "int8 is built on request only, never tuned"
+    assert tune.pick_by_reading("ocr", read(0.01, 3.0))["variant"] == "fused"
+    assert tune.pick_by_reading("ocr", read(0.005, 3.0))["variant"] == "fused", "fewer errors also pass"
+    worse = tune.pick_by_reading("ocr", read(0.011, 3.0))
+    assert worse["variant"] == "fp32" and "more character errors than fp32: fused" in worse["reason"]
+    assert tune.pick_by_reading("ocr", read(0.01, 4.5))["variant"] == "fp32", "fused slower on this CPU"
+
+
+def test_build_installs_one_measured_variant_for_ocr(paths, tmp_path, monkeypatch):
+    """Detection and recognition get the group's choice, recorded per model and measured once;
+    the stand-in's fused variant misreads more than fp32, so fp32 is served."""
+    scratch = ProjectPaths(model_repository=tmp_path / "repo", assets=tmp_path / "assets", cache=tmp_path / "cache")
+    for name in OCR:
+        (scratch.cache / "models" / name).mkdir(parents=True)
+        (scratch.cache / "models" / name / paths.build_entry(name).name).symlink_to(paths.build_entry(name))
+    calls = []
+
+    def measure(entries):
+        calls.append(sorted(entries))
+        return read(0.02, 3.0)
+
+    monkeypatch.setattr(tune, "measure_ocr_variants", measure)
+    build(scratch, BuildOptions(models=OCR), say=lambda _: None)
+    installed = json.loads(scratch.manifest.read_text())["models"]
+    assert calls == [sorted(OCR)]
+    for name in OCR:
+        assert installed[name]["variant"] == installed[name]["choice"]["variant"] == "fp32"
+        assert "more character errors than fp32: fused" in installed[name]["choice"]["reason"]
+        assert installed[name]["choice"]["character_errors"]["fused"]["harder pages"] == 0.02
+        served = scratch.model_repository / name / "1" / "model.onnx"
+        assert sha256_file(served) == sha256_file(paths.build_entry(name) / "fp32.onnx")
+    build(scratch, BuildOptions(models=OCR), say=lambda _: None)
+    assert len(calls) == 1, "measured once, then read from the cache"
+    build(scratch, BuildOptions(models=OCR, tune=False), say=lambda _: None)
+    assert {json.loads(scratch.manifest.read_text())["models"][n]["variant"] for n in OCR} == {"fused"}
+
+
+def test_the_ocr_measurement_reads_the_test_pages_with_every_variant(paths):
+    """The real measurement on the built graphs: both variants read the generated pages nearly
+    perfectly and alike (fused is fp32's network, folded), and each is timed."""
+    entries = {name: (paths.build_entry(name), {"key": paths.build_entry(name).name}) for name in OCR}
+    measured = tune.measure_ocr_variants(entries)
+    assert set(measured["character_errors"]) == set(measured["seconds"]) == {"fp32", "fused"}
+    for variant, sets in measured["character_errors"].items():
+        assert set(sets) == {"clean pages", "harder pages"}
+        assert all(0.0 <= errors <= 0.02 for errors in sets.values()), (variant, sets)
+        assert measured["seconds"][variant] > 0
+    assert measured["character_errors"]["fused"] == measured["character_errors"]["fp32"]
+    assert measured["lines_unlike_fp32"] == {"fp32": 0, "fused": 0}
