@@ -9,7 +9,7 @@ from .build import BuildOptions, build, stale_repository_files, verify
 from .catalog import MODELS
 from .errors import PercolateError
 from .paths import ProjectPaths
-from .tune import TUNED, TUNED_GROUPS
+from .tune import GROUP_RULES, TUNED, TUNED_GROUPS
 
 
 def _variant(text: str) -> tuple[str, str]:
@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> int:
                         + "; ".join(f"{m.name}: {', '.join(m.variants)}, default "
                                     + ("the fastest on this machine within the accuracy floor"
                                        if m.name in TUNED else
-                                       f"the fastest on this machine with no more word errors than fp32 "
+                                       f"the fastest on this machine with {GROUP_RULES[group]} "
                                        f"when the whole group is built, else {m.default}"
-                                       if any(m.name in g for g in TUNED_GROUPS.values()) else m.default)
+                                       if (group := next((g for g, names in TUNED_GROUPS.items()
+                                                          if m.name in names), None)) else m.default)
                                     for m in MODELS if len(m.variants) > 1)
                         + "); the gpu target always gets the fp32 reference")
     b.add_argument("--no-tune", action="store_true",

@@ -53,6 +53,8 @@ TUNED_GROUPS = {"whisper": (WHISPER_ENCODER.name, WHISPER_DECODER.name, WHISPER_
                 "ocr": (OCR_DET.name, OCR_REC.name)}
 """Models chosen together, one variant for all (the Whisper loop's encoder and decoders, in
 ``OrtRunner``'s order; OCR's detection and recognition, which read a page together)."""
+GROUP_RULES = {"whisper": "no more word errors than fp32", "ocr": "no more character errors than fp32"}
+"""What a group's variant must keep to be chosen (for ``--help``; ``pick_by_words``, ``pick_by_reading``)."""
 OCR_PAGES = 4
 """Generated pages per set (clean, harder) the OCR tune reads with each variant."""
 OCR_ROUNDS = 2
