@@ -138,8 +138,8 @@ def main() -> None:
     pipeline = in_process_pipeline(config.model_repository)
     paths = ProjectPaths.from_env()
     served = {name: json.loads(paths.manifest.read_text())["models"][name] for name in ("ocr_det", "ocr_rec")}
-    pipeline_fp32 = in_process_pipeline(config.model_repository, {
-        name: paths.build_entry(name) / "fp32.onnx" for name in served})
+    pipeline_fp32 = in_process_pipeline(config.model_repository, {  # the gpu target's file is always fp32
+        name: config.model_repository / name / "1" / "model.gpu.onnx" for name in served})
     with TritonServer(config) as triton, common.FrontendProcess(triton.grpc_url) as frontend:
         stubs = [reading_pb2_grpc.ReadingServiceStub(frontend.channel()) for _ in range(2)]
         stats_client = grpcclient.InferenceServerClient(triton.grpc_url)

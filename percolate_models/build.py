@@ -145,12 +145,16 @@ def _group_installed(name: str, building: Iterable[str], options: BuildOptions, 
     """For a model of a ``tune.TUNED_GROUPS`` group built without the rest of its group and
     not named by ``--variant``: the one variant the manifest (``installed``: its models) holds
     for all the others (so a partial build keeps a measured choice instead of putting the
-    catalog's default beside it), else None."""
+    catalog's default beside it), unless that variant is one built only on request; else None."""
     group = next((names for names in tune.TUNED_GROUPS.values() if name in names), None)
     if group is None or name in options.variants or all(n in building for n in group):
         return None
     others = {installed.get(n, {}).get("variant") for n in group if n not in building}
-    return next(iter(others)) if len(others) == 1 and None not in others else None
+    if len(others) != 1 or None in others:
+        return None
+    kept = next(iter(others))
+    # an on-request variant (OCR's int8: about 8 GB to calibrate) is built only when named
+    return None if kept in model_by_name(name).on_request_variants else kept
 
 
 def _check_same_variant(specs: list[ModelSpec], options: BuildOptions, paths: ProjectPaths) -> None:

@@ -33,7 +33,7 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 HARDSWISH_OPSET = 14
-"""The first ONNX opset with ``HardSwish``; the packaged graphs are opset 12."""
+"""The first ONNX opset with ``HardSwish``; the packaged graphs are opset 12 (raised to it)."""
 
 
 class _Graph:
@@ -44,6 +44,7 @@ class _Graph:
         self.graph = graph
         self.initializers = {i.name: i for i in graph.initializer}
         self.constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+        self.inputs = {i.name for i in graph.input}
         self.refresh()
 
     def refresh(self) -> None:
@@ -55,6 +56,10 @@ class _Graph:
         self.outputs = {o.name for o in self.graph.output}
 
     def constant(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` if it is a constant; an initializer that is also a graph
+        input is not (a caller may feed another value)."""
+        if name in self.inputs:
+            return None
         if name in self.initializers:
             return numpy_helper.to_array(self.initializers[name])
         node = self.constant_nodes.get(name)
@@ -63,8 +68,10 @@ class _Graph:
         return None
 
     def scalar(self, name: str) -> float | None:
+        """A one-element constant of rank 0 or 1 (a higher rank would broadcast the data
+        to more dimensions, which a fold would drop)."""
         value = self.constant(name)
-        return float(value.reshape(())) if value is not None and value.size == 1 else None
+        return float(value.reshape(())) if value is not None and value.size == 1 and value.ndim <= 1 else None
 
     def sole_consumer(self, name: str) -> onnx.NodeProto | None:
         """The one node reading ``name``, if exactly one does and it is no graph output."""
@@ -94,9 +101,15 @@ class _Graph:
 
 
 def fuse(model: onnx.ModelProto) -> dict[str, int]:
-    """Rewrite ``model`` in place (as opset 14); returns how many of each fold it made."""
-    converted = version_converter.convert_version(model, HARDSWISH_OPSET)
-    model.CopyFrom(converted)
+    """Rewrite ``model`` in place (raised to opset 14 if older); returns how many of each
+    fold it made. Graphs with subgraphs (If, Loop, Scan) are refused: a tensor a subgraph
+    reads from the outer scope would look unread here."""
+    if any(attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for node in model.graph.node for attribute in node.attribute):
+        raise ValueError("graph_fusion does not rewrite graphs with subgraphs (If, Loop, Scan)")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset < HARDSWISH_OPSET:
+        model.CopyFrom(version_converter.convert_version(model, HARDSWISH_OPSET))
     graph = _Graph(model.graph)
     counts = {"hardswish": _hardswish_as_one_op(graph),
               "conv_then_affine": _fold_affine_after_conv(graph),

@@ -57,7 +57,7 @@ GROUP_RULES = {"whisper": "no more word errors than fp32", "ocr": "no more chara
 """What a group's variant must keep to be chosen (for ``--help``; ``pick_by_words``, ``pick_by_reading``)."""
 OCR_PAGES = 4
 """Generated pages per set (clean, harder) the OCR tune reads with each variant."""
-OCR_ROUNDS = 2
+OCR_ROUNDS = 3
 SPEECH_ROUNDS = 3
 SPEECH_TEST_FILE = Path(__file__).resolve().parents[1] / "data" / "jfk.flac"
 """MIT-licensed speech from openai/whisper carried in the repository (``data/README.md``):
@@ -101,8 +101,9 @@ def rules_key(group: str | None = None) -> str:
     the floors and probes in ``accuracy.py`` and the tokenizer and pooling in
     ``reading_frontend/text.py``; for the Whisper group (``group="whisper"``), the loop in
     ``whisper_decode.py`` and the windows and log-mel in ``reading_frontend/speech.py``; for
-    the OCR group, the pipeline in ``reading_frontend/ocr.py`` and the edit distance. A
-    change to any of them measures again instead of reading an older choice."""
+    the OCR group, the pipeline in ``reading_frontend/ocr.py``, the edit distance and the
+    Pillow version that draws its pages; and the thread count timed at. A change to any of
+    them measures again instead of reading an older choice."""
     if group is None:
         from reading_frontend import text
 
@@ -118,9 +119,13 @@ def rules_key(group: str | None = None) -> str:
 
         from . import whisper_decode
         modules = (whisper_decode, speech)
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"threads={THREADS}".encode())
     for module in (__file__, *(m.__file__ for m in modules)):
         digest.update(Path(module).read_bytes())
+    if group == "ocr":  # Pillow draws the pages the OCR tune reads
+        import PIL
+
+        digest.update(f"pillow={PIL.__version__}".encode())
     return digest.hexdigest()[:12]
 
 
@@ -419,10 +424,12 @@ def character_errors(found: list[str], expected: str) -> float:
 
 def measure_ocr_variants(entries: dict[str, tuple[Path, dict]]) -> dict:
     """Each shared variant of ``ocr_det`` and ``ocr_rec`` (with the packaged classifier) read
-    through ``reading_frontend.ocr``'s pipeline in this process, sessions at the cpu target's
-    threads with recognition's rows one at a time, as served: its character error rate on
+    through ``reading_frontend.ocr``'s pipeline in this process: its character error rate on
     each set of generated pages, how many lines read differently from fp32, and the median
-    time of reading all the pages, round robin."""
+    time of reading all the pages, round robin. Sessions run at the cpu target's threads and
+    recognition's rows one at a time, as served, but on one session (the served model also
+    pairs rows on a second one-thread session, ``parallel_rows``): the variants' ranking, not
+    the served speed."""
     import onnxruntime as ort
 
     from reading_frontend import ocr
@@ -468,8 +475,8 @@ def measure_ocr_variants(entries: dict[str, tuple[Path, dict]]) -> dict:
                   for name, pages in sets.items()} for v in variants}
     differing = {v: sum(_lines_unlike(read[v][name], read["fp32"][name]) for name in sets) for v in variants}
     times: dict[str, list[float]] = {v: [] for v in variants}
-    for _ in range(OCR_ROUNDS):
-        for variant in variants:
+    for round_number in range(OCR_ROUNDS):
+        for variant in variants if round_number % 2 == 0 else variants[::-1]:  # neither always first
             started = time.perf_counter()
             for pages in sets.values():
                 for image, _ in pages:

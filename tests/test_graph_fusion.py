@@ -117,6 +117,49 @@ def test_a_clip_to_other_bounds_is_not_taken_for_hardswish():
     assert_same_outputs(model, after)
 
 
+def test_a_one_element_constant_of_higher_rank_is_not_a_scalar():
+    """Mul by a [1, 1, 1, 1, 1] constant turns a 4-d conv output 5-d: folding it would drop
+    that dimension."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["conv1"], kernel_shape=[3, 3]),
+             helper.make_node("Mul", ["conv1", "c5"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "d"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "rank", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 6, 7, 7])],
+        [_init("w1", RNG.normal(0, 0.5, (6, 4, 3, 3))), _init("b1", RNG.normal(0, 0.5, 6)),
+         _init("c5", np.full((1, 1, 1, 1, 1), 0.7)), _init("d", [0.4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    after, counts = fused(model)
+    assert counts["conv_then_affine"] == 0
+    x = RNG.normal(0, 2, (1, 4, 9, 9)).astype(np.float32)
+    assert run(after, x)[0].shape == run(model, x)[0].shape == (1, 1, 6, 7, 7)
+
+
+def test_an_initializer_that_is_also_an_input_is_not_a_constant():
+    """Old-style graphs list initializers as inputs too, so a caller may feed them: not folded."""
+    model = block()
+    d2 = next(i for i in model.graph.initializer if i.name == "d2")
+    model.graph.input.append(helper.make_tensor_value_info("d2", TensorProto.FLOAT, [1]))
+    after, counts = fused(model)
+    assert counts["affine_then_conv"] == 0
+    assert "d2" in {i.name for i in after.graph.input} and "d2" in {i.name for i in after.graph.initializer}
+    assert d2 is not None
+
+
+def test_graphs_with_subgraphs_are_refused_and_newer_opsets_kept():
+    model = block()
+    branch = helper.make_graph([helper.make_node("Identity", ["b1"], ["out"])], "branch", [],
+                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    model.graph.node.append(helper.make_node("If", ["cond"], ["unused"], then_branch=branch, else_branch=branch))
+    with pytest.raises(ValueError, match="subgraphs"):
+        graph_fusion.fuse(model)
+    newer = block()
+    newer.opset_import[0].version = 17
+    counts = graph_fusion.fuse(newer)
+    assert newer.opset_import[0].version == 17, "raised to 14 when older, never lowered"
+    assert counts["hardswish"] == 1
+
+
 # --------------------------------------------------------------------------- the real graphs
 
 

@@ -283,9 +283,30 @@ def test_build_installs_one_measured_variant_for_ocr(paths, tmp_path, monkeypatc
     assert {json.loads(scratch.manifest.read_text())["models"][n]["variant"] for n in OCR} == {"fused"}
 
 
+def test_a_partial_ocr_build_does_not_take_an_int8_it_was_not_asked_for(paths, tmp_path):
+    """ocr_rec installed as int8 (named by --variant), then `build --only ocr_det`: detection
+    gets the catalog's default, not int8 (built only on request: about 8 GB to calibrate; a
+    KeyError once, since the int8 file was never built)."""
+    scratch = ProjectPaths(model_repository=tmp_path / "repo", assets=tmp_path / "assets", cache=tmp_path / "cache")
+    for name in OCR:
+        (scratch.cache / "models" / name).mkdir(parents=True)
+        (scratch.cache / "models" / name / paths.build_entry(name).name).symlink_to(paths.build_entry(name))
+    build(scratch, BuildOptions(models=OCR, tune=False), say=lambda _: None)
+    manifest = json.loads(scratch.manifest.read_text())
+    manifest["models"]["ocr_rec"].update(variant="int8", choice={"variant": "int8", "reason": "named by --variant"})
+    scratch.manifest.write_text(json.dumps(manifest))
+    lines = []
+    build(scratch, BuildOptions(models=("ocr_det",)), say=lines.append)
+    det = json.loads(scratch.manifest.read_text())["models"]["ocr_det"]
+    assert det["variant"] == "fused" and det["choice"]["reason"] == "the catalog's default"
+    assert not any("quantising" in line for line in lines)
+
+
 def test_the_ocr_measurement_reads_the_test_pages_with_every_variant(paths):
     """The real measurement on the built graphs: both variants read the generated pages nearly
-    perfectly and alike (fused is fp32's network, folded), and each is timed."""
+    perfectly and alike (fused is fp32's network, folded: the same lines on the machines
+    measured; another CPU's kernels may round one line apart, which the pick then weighs),
+    and each is timed."""
     entries = {name: (paths.build_entry(name), {"key": paths.build_entry(name).name}) for name in OCR}
     measured = tune.measure_ocr_variants(entries)
     assert set(measured["character_errors"]) == set(measured["seconds"]) == {"fp32", "fused"}
@@ -293,5 +314,7 @@ def test_the_ocr_measurement_reads_the_test_pages_with_every_variant(paths):
         assert set(sets) == {"clean pages", "harder pages"}
         assert all(0.0 <= errors <= 0.02 for errors in sets.values()), (variant, sets)
         assert measured["seconds"][variant] > 0
-    assert measured["character_errors"]["fused"] == measured["character_errors"]["fp32"]
-    assert measured["lines_unlike_fp32"] == {"fp32": 0, "fused": 0}
+    for name, errors in measured["character_errors"]["fused"].items():
+        assert abs(errors - measured["character_errors"]["fp32"][name]) <= 0.005, name
+    assert measured["lines_unlike_fp32"]["fp32"] == 0 and measured["lines_unlike_fp32"]["fused"] <= 2
+    assert tune._lines_unlike([["a", "b"], ["c"]], [["a", "x", "y"], ["c"]]) == 2, "one differs, one missing"
