@@ -307,7 +307,8 @@ def _produce(spec: ModelSpec, source: Path, out: Path, say: Say, cache: Path, bu
         if "fused" in built:
             counts = graph_fusion.write_fused(out / "fp32.onnx", out / "fused.onnx")
             say(f"fused variant: {counts['hardswish']} hardswish as one op, {counts['conv_then_affine']} + "
-                f"{counts['affine_then_conv']} scalar scale/shift steps folded into convolutions")
+                f"{counts['affine_then_conv']} scalar scale/shift steps folded into convolutions, "
+                f"{counts['affine_as_batchnorm']} as one BatchNormalization")
         if "int8" in built:
             say("quantising to int8 (static QDQ, per channel, calibrated on generated pages; about 30 s)")
             from .catalog import OCR_DET

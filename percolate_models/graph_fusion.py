@@ -14,6 +14,9 @@ arithmetic and drops the passes:
 - ``Mul c -> Add d -> Conv`` becomes one Conv with weights ``c W`` and bias
   ``b + d * sum(W)``, only where that Conv pads nothing: padding adds zeros after the
   shift, which a folded bias would count at the border as well.
+- A scale/shift left over (before a padded Conv) becomes one ``BatchNormalization`` (mean
+  0, variance 1, epsilon 0): one pass, which onnxruntime keeps in its blocked layout instead
+  of reordering around two elementwise ops.
 
 Only single-consumer chains of scalar constants are folded, so nothing else in the graph
 sees a changed tensor. The result is not bit for bit the packaged graph (products are
@@ -113,7 +116,8 @@ def fuse(model: onnx.ModelProto) -> dict[str, int]:
     graph = _Graph(model.graph)
     counts = {"hardswish": _hardswish_as_one_op(graph),
               "conv_then_affine": _fold_affine_after_conv(graph),
-              "affine_then_conv": _fold_affine_before_unpadded_conv(graph)}
+              "affine_then_conv": _fold_affine_before_unpadded_conv(graph),
+              "affine_as_batchnorm": _affine_as_batch_norm(graph)}
     _drop_unused(graph)
     return counts
 
@@ -240,6 +244,51 @@ def _fold_affine_before_unpadded_conv(g: _Graph) -> int:
         folded += 1
     g.remove(dead)
     return folded
+
+
+_SHAPE_KEEPING = ("HardSwish", "HardSigmoid", "Relu", "Sigmoid", "Clip")
+"""Unary ops between a Conv and a scale/shift that keep the Conv's channel count."""
+
+
+def _conv_channels(g: _Graph, name: str) -> int | None:
+    """Dimension 1 of tensor ``name`` where it is a Conv's output, maybe through
+    shape-keeping activations (the weights' first dimension); None when not known."""
+    node = g.producer.get(name)
+    while node is not None and node.op_type in _SHAPE_KEEPING:
+        node = g.producer.get(node.input[0])
+    if node is None or node.op_type != "Conv":
+        return None
+    weights = g.constant(node.input[1])
+    return None if weights is None else int(weights.shape[0])
+
+
+def _affine_as_batch_norm(g: _Graph) -> int:
+    """A scalar ``Add(Mul(x, c), d)`` left over (before a padded Conv, or read by more than
+    one node) -> ``BatchNormalization(x)`` with scale ``c``, bias ``d``, mean 0, variance 1 and
+    epsilon 0: ``c x + d`` in one pass, which onnxruntime keeps in its blocked (NCHWc) layout
+    instead of reordering to plain NCHW and back around two elementwise ops. Only where
+    ``x`` is a Conv's output (through activations), whose channel count the per-channel
+    parameters need."""
+    dead, replaced = set(), 0
+    for mul in list(g.graph.node):
+        pair = _affine_pair(g, mul)
+        if pair is None:
+            continue
+        x, scale, add, shift = pair
+        channels = _conv_channels(g, x)
+        if channels is None:
+            continue
+        stem = f"fused.{add.output[0]}"
+        for part, value in (("scale", scale), ("bias", shift), ("mean", 0.0), ("var", 1.0)):
+            g.add_initializer(f"{stem}.{part}", np.full(channels, value, np.float32))
+        mul.op_type = "BatchNormalization"
+        mul.input[:] = [x, *(f"{stem}.{part}" for part in ("scale", "bias", "mean", "var"))]
+        mul.output[:] = [add.output[0]]
+        mul.attribute.append(helper.make_attribute("epsilon", 0.0))
+        dead.add(id(add))
+        replaced += 1
+    g.remove(dead)
+    return replaced
 
 
 def _drop_unused(g: _Graph) -> None:

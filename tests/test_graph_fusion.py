@@ -83,7 +83,7 @@ def assert_same_outputs(model: onnx.ModelProto, after: onnx.ModelProto) -> None:
 def test_every_fold_applies_to_an_unpadded_block_and_keeps_its_output():
     model = block(second_pads=0)
     after, counts = fused(model)
-    assert counts == {"hardswish": 1, "conv_then_affine": 1, "affine_then_conv": 1}
+    assert counts == {"hardswish": 1, "conv_then_affine": 1, "affine_then_conv": 1, "affine_as_batchnorm": 0}
     assert ops(after) == ["Conv", "HardSwish", "Conv"]  # and no Constant or initializer left unread
     assert {i.name for i in after.graph.initializer} == {n.input[k] for n in after.graph.node for k in (1, 2)
                                                          if n.op_type == "Conv"}
@@ -92,11 +92,26 @@ def test_every_fold_applies_to_an_unpadded_block_and_keeps_its_output():
 
 
 def test_a_padded_convolution_keeps_the_shift_before_it():
-    """Padding adds zeros after the shift: folded into the bias, the border would see it."""
+    """Padding adds zeros after the shift: folded into the bias, the border would see it. The
+    scale and shift stay before the Conv, as one BatchNormalization pass."""
     model = block(second_pads=1)
     after, counts = fused(model)
     assert counts["affine_then_conv"] == 0 and counts["conv_then_affine"] == 1
-    assert ops(after) == ["Conv", "HardSwish", "Mul", "Add", "Conv"]
+    assert counts["affine_as_batchnorm"] == 1
+    assert ops(after) == ["Conv", "HardSwish", "BatchNormalization", "Conv"]
+    assert_same_outputs(model, after)
+
+
+def test_a_shift_of_unknown_channels_stays_two_ops():
+    """BatchNormalization needs the channel count: a scale/shift of a graph input keeps its Mul and Add."""
+    nodes = [helper.make_node("Mul", ["x", "c"], ["scaled"]), helper.make_node("Add", ["scaled", "d"], ["y"])]
+    graph = helper.make_graph(nodes, "input_affine",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 9, 9])],
+                              [_init("c", [0.7]), _init("d", [0.4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    after, counts = fused(model)
+    assert counts["affine_as_batchnorm"] == 0 and ops(after) == ["Mul", "Add"]
     assert_same_outputs(model, after)
 
 
