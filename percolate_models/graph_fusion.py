@@ -39,6 +39,12 @@ HARDSWISH_OPSET = 14
 """The first ONNX opset with ``HardSwish``; the packaged graphs are opset 12 (raised to it)."""
 
 
+def _op(node: onnx.NodeProto) -> str:
+    """The node's op type, qualified by its domain unless it is ONNX's own (so a custom op
+    that happens to be called "Conv" is never taken for one)."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+
+
 class _Graph:
     """Lookups over one graph: constants (initializers and Constant nodes), producers,
     consumers, graph outputs."""
@@ -46,7 +52,7 @@ class _Graph:
     def __init__(self, graph: onnx.GraphProto):
         self.graph = graph
         self.initializers = {i.name: i for i in graph.initializer}
-        self.constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+        self.constant_nodes = {n.output[0]: n for n in graph.node if _op(n) == "Constant"}
         self.inputs = {i.name for i in graph.input}
         self.refresh()
 
@@ -91,10 +97,15 @@ class _Graph:
                 return node.input[data], value
         return None
 
-    def add_initializer(self, name: str, value: np.ndarray) -> None:
-        tensor = numpy_helper.from_array(value, name)
-        self.graph.initializer.append(tensor)
-        self.initializers[name] = self.graph.initializer[-1]
+    def add_initializer(self, name: str, value: np.ndarray) -> str:
+        """Add ``value`` under ``name``, or under ``name.<n>`` if that is taken; returns the name."""
+        taken = set(self.initializers) | set(self.producer) | self.inputs
+        unique, number = name, 1
+        while unique in taken:
+            unique, number = f"{name}.{number}", number + 1
+        self.graph.initializer.append(numpy_helper.from_array(value, unique))
+        self.initializers[unique] = self.graph.initializer[-1]
+        return unique
 
     def remove(self, dead: set[int]) -> None:
         kept = [node for node in self.graph.node if id(node) not in dead]
@@ -135,20 +146,20 @@ def _hardswish_as_one_op(g: _Graph) -> int:
     """``Div(Mul(x, Clip(Add(x, 3), 0, 6)), 6)`` -> ``HardSwish(x)``."""
     dead, replaced = set(), 0
     for div in list(g.graph.node):
-        if div.op_type != "Div" or g.scalar(div.input[1]) != 6.0:
+        if _op(div) != "Div" or g.scalar(div.input[1]) != 6.0:
             continue
         mul = g.producer.get(div.input[0])
-        if mul is None or mul.op_type != "Mul" or g.sole_consumer(mul.output[0]) is not div:
+        if mul is None or _op(mul) != "Mul" or g.sole_consumer(mul.output[0]) is not div:
             continue
         for x_at, clip_at in ((0, 1), (1, 0)):
             clip = g.producer.get(mul.input[clip_at])
-            if (clip is None or clip.op_type != "Clip" or len(clip.input) != 3
+            if (clip is None or _op(clip) != "Clip" or len(clip.input) != 3
                     or g.scalar(clip.input[1]) != 0.0 or g.scalar(clip.input[2]) != 6.0
                     or g.sole_consumer(clip.output[0]) is not mul):
                 continue
             add = g.producer.get(clip.input[0])
             x = mul.input[x_at]
-            if (add is None or add.op_type != "Add" or g.sole_consumer(add.output[0]) is not clip
+            if (add is None or _op(add) != "Add" or g.sole_consumer(add.output[0]) is not clip
                     or g.scalar_operand(add) != (x, 3.0)):
                 continue
             dead.update({id(add), id(clip), id(mul)})
@@ -173,18 +184,17 @@ def _conv_weights(g: _Graph, conv: onnx.NodeProto) -> tuple[np.ndarray, np.ndarr
 def _set_conv_weights(g: _Graph, conv: onnx.NodeProto, weights: np.ndarray, bias: np.ndarray) -> None:
     """New initializers of the conv's own (another conv may share the old ones)."""
     stem = f"fused.{conv.output[0]}"
-    g.add_initializer(f"{stem}.weight", weights.astype(np.float32))
-    g.add_initializer(f"{stem}.bias", bias.astype(np.float32))
-    conv.input[:] = [conv.input[0], f"{stem}.weight", f"{stem}.bias"]
+    conv.input[:] = [conv.input[0], g.add_initializer(f"{stem}.weight", weights.astype(np.float32)),
+                     g.add_initializer(f"{stem}.bias", bias.astype(np.float32))]
 
 
 def _affine_pair(g: _Graph, mul: onnx.NodeProto | None) -> tuple[str, float, onnx.NodeProto, float] | None:
     """``Mul(x, c)`` whose sole consumer is ``Add(., d)``: (x, c, the Add, d)."""
-    if mul is None or mul.op_type != "Mul":
+    if mul is None or _op(mul) != "Mul":
         return None
     scaled = g.scalar_operand(mul)
     add = g.sole_consumer(mul.output[0])
-    if scaled is None or add is None or add.op_type != "Add":
+    if scaled is None or add is None or _op(add) != "Add":
         return None
     shifted = g.scalar_operand(add)
     if shifted is None or shifted[0] != mul.output[0]:
@@ -196,7 +206,7 @@ def _fold_affine_after_conv(g: _Graph) -> int:
     """``Add(Mul(Conv(x, W, b), c), d)`` -> ``Conv(x, cW, cb + d)``."""
     dead, folded = set(), 0
     for conv in list(g.graph.node):
-        if conv.op_type != "Conv":
+        if _op(conv) != "Conv":
             continue
         mul = g.sole_consumer(conv.output[0])
         pair = _affine_pair(g, mul)
@@ -226,10 +236,10 @@ def _fold_affine_before_unpadded_conv(g: _Graph) -> int:
     """``Conv(Add(Mul(x, c), d), W, b)`` with no padding -> ``Conv(x, cW, b + d sum(W))``."""
     dead, folded = set(), 0
     for conv in list(g.graph.node):
-        if conv.op_type != "Conv" or not _pads_nothing(conv):
+        if _op(conv) != "Conv" or not _pads_nothing(conv):
             continue
         add = g.producer.get(conv.input[0])
-        if add is None or add.op_type != "Add" or g.sole_consumer(add.output[0]) is not conv:
+        if add is None or _op(add) != "Add" or g.sole_consumer(add.output[0]) is not conv:
             continue
         shifted = g.scalar_operand(add)
         pair = _affine_pair(g, g.producer.get(shifted[0])) if shifted else None
@@ -251,15 +261,17 @@ _SHAPE_KEEPING = ("HardSwish", "HardSigmoid", "Relu", "Sigmoid", "Clip")
 
 
 def _conv_channels(g: _Graph, name: str) -> int | None:
-    """Dimension 1 of tensor ``name`` where it is a Conv's output, maybe through
+    """Dimension 1 of tensor ``name`` where it is a float32 Conv's output, maybe through
     shape-keeping activations (the weights' first dimension); None when not known."""
     node = g.producer.get(name)
-    while node is not None and node.op_type in _SHAPE_KEEPING:
+    while node is not None and _op(node) in _SHAPE_KEEPING:
         node = g.producer.get(node.input[0])
-    if node is None or node.op_type != "Conv":
+    if node is None or _op(node) != "Conv":
         return None
     weights = g.constant(node.input[1])
-    return None if weights is None else int(weights.shape[0])
+    # float32 only: the parameters are written as float32, which another type's
+    # BatchNormalization would not accept
+    return None if weights is None or weights.dtype != np.float32 else int(weights.shape[0])
 
 
 def _affine_as_batch_norm(g: _Graph) -> int:
@@ -279,10 +291,10 @@ def _affine_as_batch_norm(g: _Graph) -> int:
         if channels is None:
             continue
         stem = f"fused.{add.output[0]}"
-        for part, value in (("scale", scale), ("bias", shift), ("mean", 0.0), ("var", 1.0)):
-            g.add_initializer(f"{stem}.{part}", np.full(channels, value, np.float32))
+        parameters = [g.add_initializer(f"{stem}.{part}", np.full(channels, value, np.float32))
+                      for part, value in (("scale", scale), ("bias", shift), ("mean", 0.0), ("var", 1.0))]
         mul.op_type = "BatchNormalization"
-        mul.input[:] = [x, *(f"{stem}.{part}" for part in ("scale", "bias", "mean", "var"))]
+        mul.input[:] = [x, *parameters]
         mul.output[:] = [add.output[0]]
         mul.attribute.append(helper.make_attribute("epsilon", 0.0))
         dead.add(id(add))
@@ -297,7 +309,7 @@ def _drop_unused(g: _Graph) -> None:
     graph = g.graph
     while True:
         read = {name for node in graph.node for name in node.input} | g.outputs
-        unused = [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in read]
+        unused = [n for n in graph.node if _op(n) == "Constant" and n.output[0] not in read]
         if not unused:
             break
         g.remove({id(n) for n in unused})

@@ -132,6 +132,33 @@ def test_a_clip_to_other_bounds_is_not_taken_for_hardswish():
     assert_same_outputs(model, after)
 
 
+def test_only_onnx_float32_convolutions_are_rewritten():
+    """A float16 graph's BatchNormalization would get float32 parameters onnxruntime refuses,
+    and a custom op that happens to be called Conv is not ONNX's."""
+    half = block(second_pads=1)
+    for tensor in half.graph.initializer:
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
+    for node in half.graph.node:
+        if node.op_type == "Constant":
+            value = numpy_helper.to_array(node.attribute[0].t).astype(np.float16)
+            node.attribute[0].t.CopyFrom(numpy_helper.from_array(value))
+    half.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    half.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    after, counts = fused(half)
+    assert counts["conv_then_affine"] == counts["affine_as_batchnorm"] == 0
+    x = RNG.normal(0, 2, (1, 4, 9, 9)).astype(np.float16)
+    np.testing.assert_allclose(run(after, x)[0], run(half, x)[0], rtol=1e-3, atol=1e-3)
+
+    custom = block()
+    custom.opset_import[0].version = graph_fusion.HARDSWISH_OPSET  # no conversion: it cannot type custom ops
+    custom.opset_import.append(helper.make_opsetid("example.custom", 1))
+    for node in custom.graph.node:
+        if node.op_type == "Conv":
+            node.domain = "example.custom"
+    counts = graph_fusion.fuse(custom)
+    assert counts["conv_then_affine"] == counts["affine_then_conv"] == counts["affine_as_batchnorm"] == 0
+
+
 def test_a_one_element_constant_of_higher_rank_is_not_a_scalar():
     """Mul by a [1, 1, 1, 1, 1] constant turns a 4-d conv output 5-d: folding it would drop
     that dimension."""
