@@ -316,14 +316,21 @@ def _fastest_no_worse(variants: list[str], errors: dict[str, dict[str, float]],
 def pick_by_words(group: str, measured: dict) -> dict:
     """The fastest variant whose word error rate is no worse than fp32's on every test
     file (fp32 when none is faster)."""
-    wer, seconds = measured["wer"], measured["seconds"]
-    chosen, failed = _fastest_no_worse(shared_variants(group), wer, seconds)
+    return _pick_no_worse(group, measured, "wer", "word error rate", "word errors", "the test speech",
+                          "each test file")
+
+
+def _pick_no_worse(group: str, measured: dict, key: str, rate: str, errors: str, timed: str, each: str) -> dict:
+    """The choice record of ``_fastest_no_worse`` on ``measured[key]`` (errors per test set)
+    and ``measured["seconds"]``, with the reason in words."""
+    seconds = measured["seconds"]
+    chosen, failed = _fastest_no_worse(shared_variants(group), measured[key], seconds)
     reason = (f"chose {chosen} for {', '.join(TUNED_GROUPS[group])}: fastest at {THREADS} threads "
-              f"({seconds[chosen]:.2f} s for the test speech) of the variants whose word error rate is no "
-              f"worse than fp32's on each test file ({measured['reference']})")
+              f"({seconds[chosen]:.2f} s for {timed}) of the variants whose {rate} is no "
+              f"worse than fp32's on {each} ({measured['reference']})")
     if failed:
-        reason += f"; more word errors than fp32: {', '.join(failed)}"
-    return {"variant": chosen, "reason": reason, "group": list(TUNED_GROUPS[group]), "wer": wer,
+        reason += f"; more {errors} than fp32: {', '.join(failed)}"
+    return {"variant": chosen, "reason": reason, "group": list(TUNED_GROUPS[group]), key: measured[key],
             "seconds": seconds, "reference": measured["reference"]}
 
 
@@ -496,13 +503,6 @@ def _lines_unlike(pages: list[list[str]], reference: list[list[str]]) -> int:
 def pick_by_reading(group: str, measured: dict) -> dict:
     """The fastest variant whose character error rate is no worse than fp32's on each set of
     pages (fp32 when none is faster)."""
-    errors, seconds = measured["character_errors"], measured["seconds"]
-    chosen, failed = _fastest_no_worse(shared_variants(group), errors, seconds)
-    reason = (f"chose {chosen} for {', '.join(TUNED_GROUPS[group])}: fastest at {THREADS} threads "
-              f"({seconds[chosen]:.2f} s for the test pages) of the variants whose character error rate is no "
-              f"worse than fp32's on each set of pages ({measured['reference']})")
-    if failed:
-        reason += f"; more character errors than fp32: {', '.join(failed)}"
-    return {"variant": chosen, "reason": reason, "group": list(TUNED_GROUPS[group]),
-            "character_errors": errors, "lines_unlike_fp32": measured.get("lines_unlike_fp32", {}),
-            "seconds": seconds, "reference": measured["reference"]}
+    return _pick_no_worse(group, measured, "character_errors", "character error rate", "character errors",
+                          "the test pages", "each set of pages") | {
+        "lines_unlike_fp32": measured.get("lines_unlike_fp32", {})}

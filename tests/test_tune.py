@@ -135,6 +135,17 @@ def test_build_installs_the_measured_choice_once_per_machine_and_variant_wins(sc
 
 # --------------------------------------------------------------------------- the Whisper loop
 
+
+def linked_scratch(paths: ProjectPaths, tmp_path, names) -> ProjectPaths:
+    """A repository of its own whose cache links the suite's built entries of ``names``, so
+    nothing is exported again."""
+    scratch = ProjectPaths(model_repository=tmp_path / "repo", assets=tmp_path / "assets", cache=tmp_path / "cache")
+    for name in names:
+        (scratch.cache / "models" / name).mkdir(parents=True)
+        (scratch.cache / "models" / name / paths.build_entry(name).name).symlink_to(paths.build_entry(name))
+    return scratch
+
+
 WHISPER = tune.TUNED_GROUPS["whisper"]
 
 
@@ -160,10 +171,7 @@ def test_build_installs_one_measured_variant_for_the_whisper_loop(paths, tmp_pat
     errors), recorded per model; measured once per machine type; a --variant naming one of
     them, or a build of only some of them, leaves the group to the catalog's defaults. The
     scratch cache links the suite's built entries, so nothing is exported again."""
-    scratch = ProjectPaths(model_repository=tmp_path / "repo", assets=tmp_path / "assets", cache=tmp_path / "cache")
-    for name in WHISPER:
-        (scratch.cache / "models" / name).mkdir(parents=True)
-        (scratch.cache / "models" / name / paths.build_entry(name).name).symlink_to(paths.build_entry(name))
+    scratch = linked_scratch(paths, tmp_path, WHISPER)
     calls = []
 
     def measure(entries):
@@ -257,10 +265,7 @@ def test_the_ocr_group_takes_the_fastest_variant_with_no_more_character_errors()
 def test_build_installs_one_measured_variant_for_ocr(paths, tmp_path, monkeypatch):
     """Detection and recognition get the group's choice, recorded per model and measured once;
     the stand-in's fused variant misreads more than fp32, so fp32 is served."""
-    scratch = ProjectPaths(model_repository=tmp_path / "repo", assets=tmp_path / "assets", cache=tmp_path / "cache")
-    for name in OCR:
-        (scratch.cache / "models" / name).mkdir(parents=True)
-        (scratch.cache / "models" / name / paths.build_entry(name).name).symlink_to(paths.build_entry(name))
+    scratch = linked_scratch(paths, tmp_path, OCR)
     calls = []
 
     def measure(entries):
@@ -287,10 +292,7 @@ def test_a_partial_ocr_build_does_not_take_an_int8_it_was_not_asked_for(paths, t
     """ocr_rec installed as int8 (named by --variant), then `build --only ocr_det`: detection
     gets the catalog's default, not int8 (built only on request: about 8 GB to calibrate; a
     KeyError once, since the int8 file was never built)."""
-    scratch = ProjectPaths(model_repository=tmp_path / "repo", assets=tmp_path / "assets", cache=tmp_path / "cache")
-    for name in OCR:
-        (scratch.cache / "models" / name).mkdir(parents=True)
-        (scratch.cache / "models" / name / paths.build_entry(name).name).symlink_to(paths.build_entry(name))
+    scratch = linked_scratch(paths, tmp_path, OCR)
     build(scratch, BuildOptions(models=OCR, tune=False), say=lambda _: None)
     manifest = json.loads(scratch.manifest.read_text())
     manifest["models"]["ocr_rec"].update(variant="int8", choice={"variant": "int8", "reason": "named by --variant"})
