@@ -367,12 +367,17 @@ def test_unreachable_object_store_never_blocks_writes_and_catches_up(tmp_path, k
         try:
             for i in range(50):  # every write returns while the store is away
                 store.write([Put(DOCUMENTS, b"k%02d" % i, b"v")])
+
+            def lag() -> float:
+                return registry.get_sample_value("percolate_backup_log_lag_seconds", {"tenant_id": TENANT}) or 0.0
+
+            # the agent records the error, then updates the gauge: wait for both (a loaded
+            # machine can read between the two)
             deadline = time.monotonic() + 60
-            while agent.last_error is None and time.monotonic() < deadline:
+            while (agent.last_error is None or lag() <= 0) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert agent.last_error and "cannot" in agent.last_error
-            lag = registry.get_sample_value("percolate_backup_log_lag_seconds", {"tenant_id": TENANT})
-            assert lag is not None and lag > 0
+            assert lag() > 0, "the unshipped writes' lag grows while the store is away"
             moto = MotoServer(port)  # the store comes back
             try:
                 moto.create_bucket("later")
