@@ -38,8 +38,8 @@ import numpy as np
 
 import common  # noqa: E402  (puts the project root on sys.path)
 
-from percolate_common.edit_distance import edit_distance
 from percolate_models.paths import ProjectPaths
+from percolate_models.tune import character_errors
 from percolate_triton import TritonConfig, TritonServer
 from tests.ocr_pages import printed_pages
 
@@ -52,8 +52,7 @@ def make_images(count: int, seed: int = 3) -> list[tuple[bytes, str]]:
 
 
 def accuracy(found: list[str], expected: str) -> float:
-    text = "".join("".join(found).split())
-    return max(0.0, 1 - edit_distance(text, expected) / len(expected))
+    return max(0.0, 1 - character_errors(found, expected))
 
 
 def in_process_pipeline(repository, graphs: dict | None = None):

@@ -66,8 +66,8 @@ def build(paths: ProjectPaths, options: BuildOptions = BuildOptions(), say: Say 
     if unbuilt:  # it would be ignored, and could leave the two decoders apart
         raise BuildError(f"--variant names {', '.join(unbuilt)}, which this build does not build",
                          "add " + " ".join(f"--only {name}" for name in unbuilt) + " or drop that --variant")
-    _check_same_variant(specs, options, paths)
     installed = (_read_json(paths.manifest) or {}).get("models", {})  # what a partial group build keeps
+    _check_same_variant(specs, options, paths, installed)
     report = BuildReport()
     with _build_lock(paths.cache):
         models_manifest, entries = {}, {}
@@ -146,7 +146,7 @@ def _group_installed(name: str, building: Iterable[str], options: BuildOptions, 
     not named by ``--variant``: the one variant the manifest (``installed``: its models) holds
     for all the others (so a partial build keeps a measured choice instead of putting the
     catalog's default beside it), unless that variant is one built only on request; else None."""
-    group = next((names for names in tune.TUNED_GROUPS.values() if name in names), None)
+    group = tune.TUNED_GROUPS.get(tune.group_of(name))
     if group is None or name in options.variants or all(n in building for n in group):
         return None
     others = {installed.get(n, {}).get("variant") for n in group if n not in building}
@@ -157,15 +157,17 @@ def _group_installed(name: str, building: Iterable[str], options: BuildOptions, 
     return None if kept in model_by_name(name).on_request_variants else kept
 
 
-def _check_same_variant(specs: list[ModelSpec], options: BuildOptions, paths: ProjectPaths) -> None:
+def _check_same_variant(specs: list[ModelSpec], options: BuildOptions, paths: ProjectPaths,
+                        installed: dict | None = None) -> None:
     """Refuse, before anything is built, a build after which the models of a ``SAME_VARIANT``
     group (one decoding runs them all) would hold different variants: a model this build
     builds ends with the variant named for it, else the one its tuned group keeps
     (``_group_installed``), else its default; any other keeps what the manifest says is
     installed, else gets its default later. A build that builds none of a group leaves it
-    to ``verify``."""
+    to ``verify``. ``installed``: the manifest's models, when the caller has read it already."""
     building = {spec.name for spec in specs}
-    installed = (_read_json(paths.manifest) or {}).get("models", {})
+    if installed is None:
+        installed = (_read_json(paths.manifest) or {}).get("models", {})
     catalog = {spec.name: spec for spec in MODELS}
     for group in SAME_VARIANT:
         if not all(name in catalog for name in group) or not set(group) & building:
@@ -491,7 +493,7 @@ def verify(paths: ProjectPaths, models: Iterable[str] | None = None) -> list[str
             if key is not None and model.get("cache_key") != key:
                 # a plain build would install the default: keep a variant named by --variant
                 # (a tuned group's is measured again when the whole group is built)
-                group = next((names for names in tune.TUNED_GROUPS.values() if name in names), None)
+                group = tune.TUNED_GROUPS.get(tune.group_of(name))
                 if group and model.get("choice", {}).get("reason") != "named by --variant":
                     keep = "".join(f" --only {n}" for n in group)
                 else:

@@ -9,7 +9,7 @@ from .build import BuildOptions, build, stale_repository_files, verify
 from .catalog import MODELS
 from .errors import PercolateError
 from .paths import ProjectPaths
-from .tune import GROUP_RULES, TUNED, TUNED_GROUPS
+from .tune import GROUP_ERRORS, TUNED, group_of
 
 
 def _variant(text: str) -> tuple[str, str]:
@@ -31,10 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                         + "; ".join(f"{m.name}: {', '.join(m.variants)}, default "
                                     + ("the fastest on this machine within the accuracy floor"
                                        if m.name in TUNED else
-                                       f"the fastest on this machine with {GROUP_RULES[group]} "
-                                       f"when the whole group is built, else {m.default}"
-                                       if (group := next((g for g, names in TUNED_GROUPS.items()
-                                                          if m.name in names), None)) else m.default)
+                                       f"the fastest on this machine with no more {GROUP_ERRORS[group]} than "
+                                       f"fp32 when the whole group is built, else {m.default}"
+                                       if (group := group_of(m.name)) else m.default)
                                     for m in MODELS if len(m.variants) > 1)
                         + "); the gpu target always gets the fp32 reference")
     b.add_argument("--no-tune", action="store_true",

@@ -53,8 +53,8 @@ TUNED_GROUPS = {"whisper": (WHISPER_ENCODER.name, WHISPER_DECODER.name, WHISPER_
                 "ocr": (OCR_DET.name, OCR_REC.name)}
 """Models chosen together, one variant for all (the Whisper loop's encoder and decoders, in
 ``OrtRunner``'s order; OCR's detection and recognition, which read a page together)."""
-GROUP_RULES = {"whisper": "no more word errors than fp32", "ocr": "no more character errors than fp32"}
-"""What a group's variant must keep to be chosen (for ``--help``; ``pick_by_words``, ``pick_by_reading``)."""
+GROUP_ERRORS = {"whisper": "word errors", "ocr": "character errors"}
+"""What a group's variant may not have more of than fp32 to be chosen (``_pick_no_worse``, ``--help``)."""
 OCR_PAGES = 4
 """Generated pages per set (clean, harder) the OCR tune reads with each variant."""
 OCR_ROUNDS = 3
@@ -287,6 +287,11 @@ def choose_group(group: str, entries: dict[str, tuple[Path, dict]], cache: Path,
                                f"timing the {group} group's variants {', '.join(variants)}", measure_and_pick)
 
 
+def group_of(name: str) -> str | None:
+    """The ``TUNED_GROUPS`` group model ``name`` belongs to, if any."""
+    return next((group for group, names in TUNED_GROUPS.items() if name in names), None)
+
+
 def unmeasurable(group: str) -> str | None:
     """Why ``group`` cannot be measured in this install (None: it can)."""
     if group == "whisper" and not SPEECH_TEST_FILE.is_file():  # installed without the repository's data/
@@ -316,11 +321,10 @@ def _fastest_no_worse(variants: list[str], errors: dict[str, dict[str, float]],
 def pick_by_words(group: str, measured: dict) -> dict:
     """The fastest variant whose word error rate is no worse than fp32's on every test
     file (fp32 when none is faster)."""
-    return _pick_no_worse(group, measured, "wer", "word error rate", "word errors", "the test speech",
-                          "each test file")
+    return _pick_no_worse(group, measured, "wer", "word error rate", "the test speech", "each test file")
 
 
-def _pick_no_worse(group: str, measured: dict, key: str, rate: str, errors: str, timed: str, each: str) -> dict:
+def _pick_no_worse(group: str, measured: dict, key: str, rate: str, timed: str, each: str) -> dict:
     """The choice record of ``_fastest_no_worse`` on ``measured[key]`` (errors per test set)
     and ``measured["seconds"]``, with the reason in words."""
     seconds = measured["seconds"]
@@ -329,7 +333,7 @@ def _pick_no_worse(group: str, measured: dict, key: str, rate: str, errors: str,
               f"({seconds[chosen]:.2f} s for {timed}) of the variants whose {rate} is no "
               f"worse than fp32's on {each} ({measured['reference']})")
     if failed:
-        reason += f"; more {errors} than fp32: {', '.join(failed)}"
+        reason += f"; more {GROUP_ERRORS[group]} than fp32: {', '.join(failed)}"
     return {"variant": chosen, "reason": reason, "group": list(TUNED_GROUPS[group]), key: measured[key],
             "seconds": seconds, "reference": measured["reference"]}
 
@@ -423,7 +427,8 @@ def ocr_tune_pages(count: int, harder: bool, seed: int) -> list[tuple[np.ndarray
 
 
 def character_errors(found: list[str], expected: str) -> float:
-    """Edit distance over the known text's length, whitespace ignored (PP-OCR drops some spaces)."""
+    """Edit distance over the known text's length, whitespace ignored (PP-OCR drops some
+    spaces); ``1 - `` this is the benches' and tests' character accuracy."""
     from percolate_common.edit_distance import edit_distance
 
     return edit_distance("".join("".join(found).split()), expected) / len(expected)
@@ -503,6 +508,6 @@ def _lines_unlike(pages: list[list[str]], reference: list[list[str]]) -> int:
 def pick_by_reading(group: str, measured: dict) -> dict:
     """The fastest variant whose character error rate is no worse than fp32's on each set of
     pages (fp32 when none is faster)."""
-    return _pick_no_worse(group, measured, "character_errors", "character error rate", "character errors",
-                          "the test pages", "each set of pages") | {
+    return _pick_no_worse(group, measured, "character_errors", "character error rate", "the test pages",
+                          "each set of pages") | {
         "lines_unlike_fp32": measured.get("lines_unlike_fp32", {})}

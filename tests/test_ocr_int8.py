@@ -20,9 +20,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from rapidocr_onnxruntime import RapidOCR
 
-from percolate_common.edit_distance import edit_distance
 from percolate_models.build import BuildOptions, build
 from percolate_models.paths import ProjectPaths
+from percolate_models.tune import character_errors
 from reading_frontend import ocr
 from tests.ocr_pages import printed_pages
 
@@ -99,8 +99,7 @@ def _png(image: Image.Image) -> bytes:
 
 def accuracy(found: list[str], expected: str) -> float:
     """bench/ocr.py's: 1 - edit distance / length of the known text, whitespace ignored."""
-    text = "".join("".join(found).split())
-    return max(0.0, 1 - edit_distance(text, expected) / len(expected))
+    return max(0.0, 1 - character_errors(found, expected))
 
 
 def mean_accuracy(read, pages) -> float:
