@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -80,6 +81,9 @@ class TritonServer:
     process: subprocess.Popen | None = field(default=None, init=False)
     log_path: Path | None = field(default=None, init=False)
     _lock: object = field(default=None, init=False, repr=False)
+    shm_prefix: str = field(default="", init=False)
+    """Name prefix of this Triton's Python-backend regions in /dev/shm: a Triton that is
+    killed leaves them behind, so ``stop`` removes them (``remove_backend_regions``)."""
 
     @property
     def grpc_url(self) -> str:
@@ -111,6 +115,7 @@ class TritonServer:
         log_dir = self.config.log_dir or ProjectPaths.from_env().cache / "triton" / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"triton-{self.config.grpc_port}.log"
+        self.shm_prefix = f"percolate_triton_{secrets.token_hex(6)}_"
         command = [
             str(binary), f"--model-repository={repo}", f"--backend-directory={backends}",
             f"--grpc-port={self.config.grpc_port}", f"--http-port={self.config.http_port}",
@@ -120,6 +125,7 @@ class TritonServer:
             f"--exit-timeout-secs={int(self.config.stop_timeout_s)}",
             *([f"--model-config-name={self.config.model_config_name}"]
               if self.config.model_config_name else []),
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *self.config.extra_args,
         ]
         env = dict(os.environ)
@@ -192,9 +198,27 @@ class TritonServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        if self.process is not None:
+            self.remove_backend_regions()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+    def remove_backend_regions(self) -> list[str]:
+        """Remove this Triton's Python-backend regions from /dev/shm, once its process group
+        is gone: a Triton that exits cleanly removes its own, a killed one (a crash, a test,
+        kill -9) leaves 1 MiB or more per model instance in memory until the machine
+        restarts. Returns the names removed."""
+        removed = []
+        if not self.shm_prefix:
+            return removed
+        for path in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            try:
+                path.unlink()
+                removed.append(path.name)
+            except FileNotFoundError:
+                pass
+        return removed
 
 
 def python_backend_stubs(triton_pid: int) -> dict[str, int]:

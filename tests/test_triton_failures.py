@@ -131,3 +131,20 @@ def test_launcher_exits_non_zero_when_its_triton_dies(paths, tmp_path):
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
+
+
+def test_a_killed_tritons_backend_regions_are_removed_from_dev_shm(paths, tmp_path):
+    """kill -9 of tritonserver leaves its Python backend's regions in /dev/shm (memory,
+    until the machine restarts); the launcher names them and removes them on stop."""
+    server = TritonServer(TritonConfig(model_repository=one_model_repository(paths, tmp_path),
+                                       startup_timeout_s=120))
+    server.start()
+    try:
+        regions = sorted(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
+        assert regions, "the Python backend's regions carry the launcher's prefix"
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(timeout=60)
+        assert all(region.exists() for region in regions), "a killed Triton leaves them"
+    finally:
+        server.stop()
+    assert not list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
