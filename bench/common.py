@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -96,13 +97,15 @@ class FrontendProcess:
     """
 
     def __init__(self, triton_url: str, tenants: tuple[str, ...] = ("bench-a", "bench-b"),
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         from percolate_certs.ca import dev_pki
         from percolate_models.paths import ProjectPaths
 
         self.pki = dev_pki(ProjectPaths.from_env().cache / "bench" / "pki", tenants)
         self.triton_url = triton_url
         self.extra_args = extra_args
+        self.env = env or {}
+        """More environment (``PERCOLATE_READING_*`` settings) for the frontend."""
         self.process = None
         self.address = ""
 
@@ -115,7 +118,7 @@ class FrontendProcess:
                    "--tls-cert", str(server.cert), "--tls-key", str(server.key),
                    "--tls-client-ca", str(self.pki.ca.cert), *self.extra_args]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        text=True, cwd=ROOT)
+                                        text=True, cwd=ROOT, env={**os.environ, **self.env})
         for line in self.process.stdout:
             if line.startswith("reading service on "):
                 self.address = line.split()[3]

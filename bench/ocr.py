@@ -4,7 +4,10 @@ The same generated images (1200x800, five printed lines of known text; 24 images
 with --quick) go through
   (f) Ocr over mutual TLS to the reading frontend (its own process), which decodes,
       runs detection/classification/recognition on Triton and post-processes;
-      1 and 2 concurrent clients;
+      1 and 2 concurrent clients; its large tensors reach Triton through shared memory
+      (reading_frontend/triton_shm.py);
+  (g) the same 1-client path with PERCOLATE_READING_TRITON_SHARED_MEMORY_MB=0, a second
+      frontend sending every tensor over gRPC: what the shared memory saves;
   (p) diagnostic: reading_frontend.ocr in this process on the served graphs, run by
       the Python backend's own OnnxRuntimeModel with each model's config.pbtxt (so rows
       one at a time, parallel_rows and PERCOLATE_ORT_* as served): the models' own cost,
@@ -17,7 +20,7 @@ with --quick) go through
   (r1) the same at one onnxruntime thread: its spinning threads lose most when other jobs
       take part of a core (0.48 vs 0.79 images/s in one run here at a load average of 6-7
       on 2 CPUs), so ratios are also given to the faster of (r) and (r1).
-Rounds are interleaved (r, r1, p, p32, f1, f2, r, ...) so that load from other work on a
+Rounds are interleaved (r, r1, p, p32, f1, f2, g, r, ...) so that load from other work on a
 shared machine falls on every system alike; figures are medians. Accuracy is
 1 - edit distance / length of the known text, whitespace ignored (PP-OCR drops some
 spaces), averaged over images. Triton's own statistics over the 1-client rounds split
@@ -139,8 +142,10 @@ def main() -> None:
     served = {name: json.loads(paths.manifest.read_text())["models"][name] for name in ("ocr_det", "ocr_rec")}
     pipeline_fp32 = in_process_pipeline(config.model_repository, {  # the gpu target's file is always fp32
         name: config.model_repository / name / "1" / "model.gpu.onnx" for name in served})
-    with TritonServer(config) as triton, common.FrontendProcess(triton.grpc_url) as frontend:
+    with TritonServer(config) as triton, common.FrontendProcess(triton.grpc_url) as frontend, \
+            common.FrontendProcess(triton.grpc_url, env={"PERCOLATE_READING_TRITON_SHARED_MEMORY_MB": "0"}) as grpc_only:
         stubs = [reading_pb2_grpc.ReadingServiceStub(frontend.channel()) for _ in range(2)]
+        grpc_stub = reading_pb2_grpc.ReadingServiceStub(grpc_only.channel())
         stats_client = grpcclient.InferenceServerClient(triton.grpc_url)
 
         def full_read(image: bytes, client: int = 0) -> list[str]:
@@ -160,6 +165,9 @@ def main() -> None:
             "same, fp32 graphs (p32)": lambda: [pipeline_fp32(image) for image, _ in images],
             "full path, 1 client (f)": concurrent(1),
             "full path, 2 clients (f)": concurrent(2),
+            "same, 1 client, gRPC only (g)": lambda: [
+                [line.text for line in grpc_stub.Ocr(pb.OcrRequest(image=image), timeout=120).lines]
+                for image, _ in images],
         }
         found = {name: run() for name, run in systems.items()}  # warm-up, and what each reads
         rates: dict[str, list[float]] = {name: [] for name in systems}

@@ -52,6 +52,11 @@ class FrontendConfig:
     retryable UNAVAILABLE, where a closing server would answer CANCELLED."""
     triton_timeout_s: float = 120.0
     """Upper bound for one Triton call when the caller set no deadline."""
+    triton_shared_memory_mb: int = 64
+    """MiB of /dev/shm regions through which large tensors (OCR pages, their probability
+    maps, line batches, audio windows) reach a Triton on this host or in this pod
+    (``triton_shm.py``); 0 sends everything over gRPC. Ignored when ``triton_url`` is not
+    a loopback address, and turned off by itself when Triton cannot map the regions."""
     worker_threads: int = 4
     """Threads for CPU-bound preprocessing in the frontend process (image decoding, audio)."""
     parse_workers: int = DEFAULT_IN_FLIGHT
@@ -70,6 +75,11 @@ class FrontendConfig:
     max_request_bytes: int = 512 * MIB
     """Request bytes held at once (queued, running, parked), all tenants together."""
     max_request_bytes_per_tenant: int = 256 * MIB
+
+    def __post_init__(self) -> None:
+        if self.triton_shared_memory_mb < 0:
+            raise ValueError(f"PERCOLATE_READING_TRITON_SHARED_MEMORY_MB={self.triton_shared_memory_mb}: "
+                             "give 0 (every tensor over gRPC) or more MiB")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "FrontendConfig":
@@ -104,6 +114,7 @@ class FrontendConfig:
             drain_grace_s=get("DRAIN_GRACE_S", cls.drain_grace_s, float),
             drain_quiet_s=get("DRAIN_QUIET_S", cls.drain_quiet_s, float),
             triton_timeout_s=get("TRITON_TIMEOUT_S", cls.triton_timeout_s, float),
+            triton_shared_memory_mb=get("TRITON_SHARED_MEMORY_MB", cls.triton_shared_memory_mb, int),
             worker_threads=get("WORKER_THREADS", cls.worker_threads, int),
             parse_workers=get("PARSE_WORKERS", cls.parse_workers, int),
             parse_cpu_budget_s=get("PARSE_CPU_BUDGET_S", cls.parse_cpu_budget_s, float),

@@ -12,7 +12,7 @@ from collections import deque
 
 from percolate_common.metrics_http import MetricsEndpoint
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 THROUGHPUT_WINDOW_S = 10.0
 
@@ -29,6 +29,22 @@ class _GpuUtilization:
                                        "GPU utilisation reported by Triton (mean over GPUs)")
             family.add_metric([], self.percent)
             yield family
+
+
+class _LargeTensors:
+    """Collector: the large tensors the frontend sent Triton, by how they went."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "percolate_reading_triton_large_tensors",
+            "Tensors of 256 KiB or more sent to Triton, by path: shared_memory, or grpc when "
+            "no region could be had (budget held, full /dev/shm, Triton unreachable)", labels=["path"])
+        family.add_metric(["shared_memory"], self.pool.tensors_shared)
+        family.add_metric(["grpc"], self.pool.tensors_over_grpc)
+        yield family
 
 
 class ReadingMetrics:
@@ -63,6 +79,16 @@ class ReadingMetrics:
                          "Parse workers stopped (deadline, cancel, CPU budget, crash) and replaced",
                          registry=self.registry)
         replaced.set_function(lambda: pool.replaced)
+
+    def watch_triton_shared_memory(self, pool) -> None:
+        """Gauges read from the frontend's shared-memory pool (``triton_shm.py``) at each scrape."""
+        Gauge("percolate_reading_triton_shared_memory_enabled",
+              "1 while large tensors reach Triton through shared memory, 0 when all go over gRPC",
+              registry=self.registry).set_function(lambda: int(pool.enabled))
+        Gauge("percolate_reading_triton_shared_memory_bytes",
+              "Bytes of /dev/shm the frontend holds for Triton, or Triton still maps for it",
+              registry=self.registry).set_function(lambda: pool.held_bytes)
+        self.registry.register(_LargeTensors(pool))
 
     def observe(self, operation: str, tenant: str, status: str, seconds: float) -> None:
         self.duration.labels(operation).observe(seconds)

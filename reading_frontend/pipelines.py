@@ -28,7 +28,7 @@ from .parse_pool import ParseJob, ParsePool
 from .parsing import Block, Chunk, Page, ParsedDocument, ParseLimits, chunk_document
 from .text import TextTokenizer
 from .triton_client import AsyncTriton
-from .triton_models import image_model_request, image_model_result
+from .triton_models import image_model_output_bytes, image_model_request, image_model_result
 
 EMBEDDING_MODEL = "text_embedding"
 EMBED_BATCH = 32
@@ -138,7 +138,8 @@ class ReadingPipelines:
         """An ``InferFn`` for worker threads: runs each model call on the event loop."""
         def infer(model: str, batch: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
             inputs, names = image_model_request(model, batch)
-            call = self.triton.infer(model, inputs, names, self._timeout(deadline))
+            call = self.triton.infer(model, inputs, names, self._timeout(deadline),
+                                     image_model_output_bytes(model, batch))
             return image_model_result(asyncio.run_coroutine_threadsafe(call, loop).result(), names)
         return infer
 

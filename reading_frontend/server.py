@@ -71,9 +71,10 @@ class ReadingServer:
                                        config.max_queue_per_tenant, self.metrics.queue_depth.set,
                                        max_bytes=config.max_request_bytes,
                                        max_bytes_per_tenant=config.max_request_bytes_per_tenant)
-        self.triton = AsyncTriton(config.triton_url)
+        self.triton = AsyncTriton(config.triton_url, config.triton_shared_memory_mb << 20)
         self.pipelines = ReadingPipelines(config, self.triton, self.paths)
         self.metrics.watch_parse_pool(self.pipelines.parse_pool)
+        self.metrics.watch_triton_shared_memory(self.triton.shared_memory)
         gate = RequestGate(self.admission, self.metrics, config.insecure)
         limit = config.max_message_bytes + MESSAGE_SLACK
         self._server = grpc.aio.server(interceptors=[RejectUndecodableRequests()], options=[
@@ -103,6 +104,7 @@ class ReadingServer:
         self._watch = asyncio.create_task(self._watch_triton())
         log.info("reading service on %s (%s), metrics on %s, Triton at %s", self.address,
                  "PLAINTEXT" if config.insecure else "mutual TLS", self.metrics_port, config.triton_url)
+        log.info("Triton tensors: %s", self.triton.shared_memory.describe())
 
     def _bind(self, address: str) -> int:
         config = self.config

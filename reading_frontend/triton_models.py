@@ -21,6 +21,15 @@ def image_model_request(model: str, batch: np.ndarray) -> tuple[dict[str, np.nda
             [output.name for output in spec.outputs])
 
 
+def image_model_output_bytes(model: str, batch: np.ndarray) -> dict[str, int]:
+    """Sizes of the outputs known before the call: ``ocr_det``'s probability map is float32
+    [N, 1, H, W] for uint8 pages [N, H, W, 3]. They may come back through shared memory."""
+    if model == "ocr_det":
+        count, height, width = batch.shape[:3]
+        return {"probability_map": count * height * width * 4}
+    return {}
+
+
 def image_model_result(result: dict[str, np.ndarray], names: list[str]) -> np.ndarray | tuple[np.ndarray, ...]:
     """What ``reading_frontend.ocr.InferFn`` returns: the output, or the outputs as a tuple."""
     return result[names[0]] if len(names) == 1 else tuple(result[name] for name in names)

@@ -501,6 +501,30 @@ def test_triton_inference_is_reachable_only_through_the_frontend():
         assert triton[probe]["httpGet"]["path"].startswith("/v2/health/")
 
 
+@pytest.mark.parametrize("megabytes", [None, 0, 16])
+def test_frontend_and_triton_share_one_dev_shm_for_large_tensors(megabytes):
+    """The frontend's regions (reading_frontend/triton_shm.py) must be in the /dev/shm that
+    Triton maps, and open to Triton's user through the pod's fsGroup."""
+    from reading_frontend.config import FrontendConfig
+
+    docs = render("reading", None if megabytes is None else {"frontend": {"tritonSharedMemoryMB": megabytes}})
+    volumes = {name: {m["mountPath"]: m["name"] for m in container(docs, name)["volumeMounts"]}
+               for name in ("frontend", "triton")}
+    assert volumes["frontend"]["/dev/shm"] == volumes["triton"]["/dev/shm"]
+    spec = pod_spec(docs)
+    (dshm,) = [v for v in spec["volumes"] if v["name"] == volumes["triton"]["/dev/shm"]]
+    assert dshm["emptyDir"]["medium"] == "Memory"
+    triton_user = container(docs, "triton")["securityContext"]["runAsUser"]
+    assert triton_user != spec["securityContext"]["runAsUser"] and spec["securityContext"]["fsGroup"]
+    config = FrontendConfig.from_env(effective_env(docs, "frontend"))
+    assert config.triton_shared_memory_mb == (64 if megabytes is None else megabytes)
+    assert config.triton_url.startswith("127.0.0.1:")  # loopback: the pool is offered
+
+
+def test_shared_memory_value_is_bounded():
+    assert "tritonSharedMemoryMB" in render_error("reading", {"frontend": {"tritonSharedMemoryMB": -1}})
+
+
 @pytest.mark.parametrize("value_set", ["reading-defaults", "reading-object-storage-monitoring-fixed-replicas"])
 def test_reading_egress_is_dns_and_the_model_store_only(value_set):
     docs = render(*VALUE_SETS[value_set])
