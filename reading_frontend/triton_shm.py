@@ -196,9 +196,13 @@ class SharedMemoryPool:
             return None
         if not self._swept:
             self._swept = True
-            await self._start(deadline)
-            if not self.enabled:
-                return None
+            try:
+                await self._start(deadline)
+            except BaseException:  # cancelled: sweep at the next lease
+                self._swept = False
+                raise
+        if not self.enabled or self._lock_fd is None:
+            return None
         if self._retired:
             self._unregister_soon()
         size = region_size(nbytes)
@@ -248,16 +252,17 @@ class SharedMemoryPool:
 
     async def close(self) -> None:
         """Unregister and remove every region, waiting up to ``CLOSE_WAIT_S`` for calls in
-        flight to end (a region is never unmapped under a call) and for Triton to let go;
-        what is left then is cleared by the next frontend's sweep."""
+        flight to end (a region is never unmapped under a call) and for Triton to let go.
+        What is left then (a call that ends later, a region Triton still holds) stays
+        registered until the next frontend's sweep clears it: our lock file is gone."""
         self._closing = True
         self.forget_all()
         if self._unregistering is not None:
             self._unregistering.cancel()
         retries_end = time.monotonic() + CLOSE_WAIT_S
-        while self._retired or self._in_use:
-            await self._unregister_retired(time.monotonic() + CONTROL_TIMEOUT_S)
-            if not (self._retired or self._in_use) or time.monotonic() > retries_end:
+        while self._retired or self._in_use or self._creating:
+            await self._unregister_retired(min(retries_end, time.monotonic() + CONTROL_TIMEOUT_S))
+            if not (self._retired or self._in_use or self._creating) or time.monotonic() > retries_end:
                 break
             await asyncio.sleep(0.05)
         if self._lock_fd is not None:
@@ -366,7 +371,11 @@ class SharedMemoryPool:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
             except OSError as err:
-                self._disable(f"cannot create a lock file in {SHM_DIR}: {err}")
+                if err.errno in TRANSIENT_ERRNOS:  # no lock, no regions: try at the next lease
+                    log.info("cannot create a lock file in %s (%s); this call goes over gRPC", SHM_DIR, err)
+                    self._swept = False
+                else:
+                    self._disable(f"cannot create a lock file in {SHM_DIR}: {err}")
                 return False
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -471,10 +480,17 @@ class SharedMemoryPool:
             if region not in self._free.get(region.size, []):
                 continue  # leased by another call while we awaited
             self._free[region.size].remove(region)
-            region.destroy()
-            if not await self._unregister(region.name, deadline):
-                self._retired[region.name] = region.size
+            self._retired[region.name] = region.size  # counted until Triton lets go, even
+            region.destroy()                           # if this call is cancelled meanwhile
+            try:
+                let_go = await self._unregister(region.name, deadline)
+            except BaseException:
+                self._unregister_soon()  # cancelled: the background task finishes the job
+                raise
+            if not let_go:
                 self._unregister_soon()
+                return  # Triton still holds it: no room made, keep the other free ones
+            self._retired.pop(region.name, None)
 
     def _region_failed(self, what: str, err: OSError) -> None:
         """Out of memory, space, inodes or file descriptors passes: this call goes over

@@ -618,3 +618,128 @@ def test_retiring_outside_an_event_loop_records_the_region():
     pool._in_use.add(region)
     pool.retire(region)
     assert region.destroyed and pool._retired == {region.name: MIB} and not pool._in_use
+
+
+def tracked(pool) -> set[str]:
+    """Every region the pool accounts for: free, in use, or retired."""
+    return ({r.name for regions in pool._free.values() for r in regions}
+            | {r.name for r in pool._in_use} | set(pool._retired))
+
+
+def test_a_call_cancelled_while_a_free_region_is_dropped_leaves_it_counted(
+        triton, triton_client, page):
+    """Dropping a free region for room awaits Triton's unregister; a tenant's call
+    cancelled there must not leave the region mapped in Triton but counted nowhere."""
+    async def run():
+        client = AsyncTriton(triton.grpc_url, 8 * MIB)
+        pool = client.shared_memory
+        await detect(client, page)  # two free 4 MiB regions fill the budget
+        real_unregister = client._client.unregister_system_shared_memory
+        answered = asyncio.Event()
+        waiting = asyncio.Event()
+
+        async def slow_unregister(*args, **kwargs):
+            waiting.set()
+            await answered.wait()
+            return await real_unregister(*args, **kwargs)
+
+        client._client.unregister_system_shared_memory = slow_unregister
+        try:
+            dropping = asyncio.create_task(pool.lease(6 * MIB))  # an 8 MiB region: drops both
+            await asyncio.wait_for(waiting.wait(), 60)
+            dropping.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await dropping
+            assert registered(triton_client, pool.token) <= tracked(pool)
+            assert pool.held_bytes <= 8 * MIB
+            answered.set()
+            await wait_until(lambda: not pool._retired, "the dropped region was never unregistered")
+            assert registered(triton_client, pool.token) <= tracked(pool)
+        finally:
+            answered.set()
+            await client.close()
+        assert not registered(triton_client, pool.token) and not files(pool.token)
+    asyncio.run(run())
+
+
+def test_a_free_region_triton_will_not_let_go_stops_the_dropping(triton, triton_client, page, lines):
+    """If unregistering a dropped region fails, no room was made: the other free regions
+    are kept, the budget holds, and that tensor goes over gRPC."""
+    async def run():
+        client = AsyncTriton(triton.grpc_url, 16 * MIB)
+        pool = client.shared_memory
+        first, second = await asyncio.gather(detect(client, page), detect(client, page))
+        assert pool.held_bytes == 16 * MIB and len(tracked(pool)) == 4
+        real_unregister = client._client.unregister_system_shared_memory
+
+        async def too_slow(*args, **kwargs):
+            raise InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+
+        client._client.unregister_system_shared_memory = too_slow
+        try:
+            assert await pool.lease(6 * MIB) is None
+            assert pool.held_bytes == 16 * MIB and len(pool._retired) == 1
+            assert sum(len(regions) for regions in pool._free.values()) == 3
+            assert registered(triton_client, pool.token) <= tracked(pool)
+        finally:
+            client._client.unregister_system_shared_memory = real_unregister
+            await client.close()
+        assert not registered(triton_client, pool.token)
+    asyncio.run(run())
+
+
+def test_a_lock_file_that_cannot_be_made_for_a_moment_costs_one_call(triton, page, expected, monkeypatch):
+    real_open = triton_shm.os.open
+    failures = []
+
+    def no_descriptor_once(path, flags, *args):
+        if not failures and str(path).endswith(".lock"):
+            failures.append(path)
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(triton_shm.os, "open", no_descriptor_once)
+
+    async def run():
+        client = AsyncTriton(triton.grpc_url, 64 * MIB)
+        pool = client.shared_memory
+        try:
+            np.testing.assert_array_equal(await detect(client, page), expected[0])
+            # the page went over gRPC; the map's lease found the lock file makeable again
+            assert failures and pool.enabled and pool.tensors_shared == 1
+            np.testing.assert_array_equal(await detect(client, page), expected[0])
+            assert pool.tensors_shared == 3 and pool._lock_fd is not None
+        finally:
+            await client.close()
+    asyncio.run(run())
+
+
+def test_a_first_call_cancelled_while_sweeping_sweeps_again_next_time(triton, triton_client, page):
+    async def run():
+        dead = AsyncTriton(triton.grpc_url, 64 * MIB)
+        await detect(dead, page)
+        os.close(dead.shared_memory._lock_fd)
+        dead.shared_memory._lock_fd = None
+        client = AsyncTriton(triton.grpc_url, 64 * MIB)
+        real_status = client._client.get_system_shared_memory_status
+        listing = asyncio.Event()
+
+        async def slow_status(*args, **kwargs):
+            listing.set()
+            await asyncio.sleep(30)
+            return await real_status(*args, **kwargs)
+
+        client._client.get_system_shared_memory_status = slow_status
+        try:
+            first = asyncio.create_task(detect(client, page))
+            await asyncio.wait_for(listing.wait(), 60)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            client._client.get_system_shared_memory_status = real_status
+            await detect(client, page)
+            assert not registered(triton_client, dead.shared_memory.token)
+        finally:
+            await client.close()
+            await dead._client.close()
+    asyncio.run(run())
