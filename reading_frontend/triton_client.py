@@ -23,6 +23,10 @@ from .triton_shm import Region, SharedMemoryPool, refusal
 
 log = logging.getLogger(__name__)
 
+FIXED_WIDTH_TYPES = frozenset({"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16",
+                               "INT32", "INT64", "FP16", "FP32", "FP64"})
+"""Output types read back from a region: numpy has each at Triton's width (not BF16, BYTES)."""
+
 CHANNEL_ARGS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -105,7 +109,9 @@ class AsyncTriton:
             tensors = []
             for name, array in inputs.items():
                 tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-                region = await pool.lease(array.nbytes, deadline) if use_shared_memory else None
+                fixed_width = array.dtype.kind in "biuf"  # not BYTES (object) tensors
+                region = (await pool.lease(array.nbytes, deadline)
+                          if use_shared_memory and fixed_width else None)
                 if region is None:
                     tensor.set_data_from_numpy(array)
                 else:
@@ -139,6 +145,10 @@ class AsyncTriton:
                     found[name] = result.as_numpy(name)
                 else:
                     tensor = result.get_output(name)
+                    if tensor.datatype not in FIXED_WIDTH_TYPES:
+                        raise BackendUnavailableError(
+                            f"{model} answered {name} as {tensor.datatype}, which shared memory "
+                            "does not carry here; its size was declared wrongly")
                     found[name] = region.read(triton_to_np_dtype(tensor.datatype), tuple(tensor.shape))
             finished = True
             return found

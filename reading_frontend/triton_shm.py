@@ -61,6 +61,9 @@ TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EMFILE, errno.EN
                               errno.EAGAIN, errno.EINTR})
 """Errors making a region that send one call over gRPC without turning the pool off."""
 CONTROL_TIMEOUT_S = 5.0
+IN_USE_POLL_S = 0.1
+"""How often retired regions are tried again while Triton says they are in use."""
+LET_GO, IN_USE, UNREACHABLE = "let go", "in use", "unreachable"
 """Longest wait for one register, unregister or status call."""
 CLOSE_WAIT_S = 2.0
 """How long ``close`` retries regions Triton still reports in use just after a call."""
@@ -130,7 +133,7 @@ def refusal(err: InferenceServerException) -> str:
     message = err.message() or ""
     if "Unable to find shared memory region" in message:
         return "forgotten"
-    if "shared memory size specified with the request" in message or "Invalid shared memory region" in message:
+    if "shared memory size specified with the request" in message or "Invalid offset + byte size for shared memory region" in message:
         return "refused"
     return ""
 
@@ -201,7 +204,7 @@ class SharedMemoryPool:
             except BaseException:  # cancelled: sweep at the next lease
                 self._swept = False
                 raise
-        if not self.enabled or self._lock_fd is None:
+        if not self.enabled or self._lock_fd is None or self._closing:
             return None
         if self._retired:
             self._unregister_soon()
@@ -211,8 +214,12 @@ class SharedMemoryPool:
             region = free.pop()
             self.tensors_shared += 1
         else:
-            if self.held_bytes + size > self.budget_bytes:
+            if self.held_bytes + size > self.budget_bytes and self._retired:
+                await self._unregister_retired(deadline or time.monotonic() + CONTROL_TIMEOUT_S)
+            if self.held_bytes + size > self.budget_bytes and not self._closing:
                 await self._drop_free_regions(size, deadline)
+            if self._closing:
+                return None
             if self.held_bytes + size > self.budget_bytes:
                 self.tensors_over_grpc += 1
                 return None  # all in use: this tensor goes over gRPC
@@ -303,30 +310,40 @@ class SharedMemoryPool:
         self._unregistering = loop.create_task(self._unregister_in_background())
 
     async def _unregister_in_background(self) -> None:
-        """Unregister retired regions until none is left: Triton lets go of a region once
-        its request ends, and answers again once it is back (its restart forgets them all).
-        Retries back off to one pass every 5 s; each is a few small calls."""
-        pause = 0.05
+        """Unregister retired regions until none is left. Triton lets go of a region as
+        soon as its request ends, so while it answers "in use" this polls every
+        ``IN_USE_POLL_S`` (a few small local calls); while it cannot answer at all (down,
+        restarting: a restart forgets them anyway) the passes back off to one every 5 s."""
+        pause = IN_USE_POLL_S
         while self._retired and not self._closing:
-            await self._unregister_retired(time.monotonic() + CONTROL_TIMEOUT_S)
+            outcomes = await self._unregister_retired(time.monotonic() + CONTROL_TIMEOUT_S)
             if self._retired:
+                pause = min(pause * 2, 5.0) if UNREACHABLE in outcomes else IN_USE_POLL_S
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, 5.0)
 
-    async def _unregister_retired(self, deadline: float) -> None:
-        """One pass; a name leaves the list only once Triton has let it go."""
+    async def _unregister_retired(self, deadline: float) -> set[str]:
+        """One pass; a name leaves the list only once Triton has let it go. Returns the
+        outcomes seen (``_unregister``'s)."""
+        outcomes = set()
         for name in list(self._retired):
-            if await self._unregister(name, deadline):
+            outcome = await self._unregister(name, deadline)
+            outcomes.add(outcome)
+            if outcome == LET_GO:
                 self._retired.pop(name, None)
+        return outcomes
 
-    async def _unregister(self, name: str, deadline: float | None) -> bool:
-        """False while Triton still holds the region for a request, or cannot answer."""
+    async def _unregister(self, name: str, deadline: float | None) -> str:
+        """LET_GO (also for a name Triton never knew), IN_USE while a request holds the
+        region, or UNREACHABLE when Triton cannot answer."""
         try:
             await self.client.unregister_system_shared_memory(
                 name, client_timeout=_seconds_left(deadline))
         except InferenceServerException as err:
-            return not ("in use" in (err.message() or "") or _unreachable(err))
-        return True
+            if "in use" in (err.message() or ""):
+                return IN_USE
+            if _unreachable(err):
+                return UNREACHABLE
+        return LET_GO
 
     async def _start(self, deadline: float | None) -> None:
         """Hold our lock file, then clear what dead frontends left: their regions in
@@ -434,6 +451,10 @@ class SharedMemoryPool:
         try:
             await self.client.register_system_shared_memory(
                 name, f"/{name}", size, client_timeout=_seconds_left(deadline))
+            if self._closing:  # closed meanwhile: nobody would unregister it later
+                await self._unregister(name, deadline)
+                region.destroy()
+                return None
             registered = True
         except InferenceServerException as err:
             if _unreachable(err):
@@ -483,7 +504,7 @@ class SharedMemoryPool:
             self._retired[region.name] = region.size  # counted until Triton lets go, even
             region.destroy()                           # if this call is cancelled meanwhile
             try:
-                let_go = await self._unregister(region.name, deadline)
+                let_go = await self._unregister(region.name, deadline) == LET_GO
             except BaseException:
                 self._unregister_soon()  # cancelled: the background task finishes the job
                 raise
