@@ -40,8 +40,10 @@ class _LargeTensors:
     def collect(self):
         family = CounterMetricFamily(
             "percolate_reading_triton_large_tensors",
-            "Tensors of 256 KiB or more sent to Triton, by path: shared_memory, or grpc when "
-            "no region could be had (budget held, full /dev/shm, Triton unreachable)", labels=["path"])
+            "Large tensors to and from Triton (inputs of 256 KiB or more, outputs of a size "
+            "known in advance) by the way they went: shared_memory, or grpc (shared memory off "
+            "or no region to be had: budget held, full /dev/shm, Triton unreachable, a retry)",
+            labels=["path"])
         family.add_metric(["shared_memory"], self.pool.tensors_shared)
         family.add_metric(["grpc"], self.pool.tensors_over_grpc)
         yield family

@@ -19,7 +19,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from .errors import BackendUnavailableError, DeadlineError, InvalidInputError, ReadingError
-from .triton_shm import Region, SharedMemoryPool, refusal
+from .triton_shm import MIN_TENSOR_BYTES, Region, SharedMemoryPool, refusal
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class AsyncTriton:
                 fixed_width = array.dtype.kind in "biuf"  # not BYTES (object) tensors
                 region = (await pool.lease(array.nbytes, deadline)
                           if use_shared_memory and fixed_width else None)
+                self._count(region, array.nbytes >= MIN_TENSOR_BYTES)
                 if region is None:
                     tensor.set_data_from_numpy(array)
                 else:
@@ -124,6 +125,7 @@ class AsyncTriton:
                 wanted = InferRequestedOutput(name)
                 size = output_bytes.get(name, 0)
                 region = await pool.lease(size, deadline) if use_shared_memory and size else None
+                self._count(region, size > 0)
                 if region is not None:
                     leased[f"out:{name}"] = region
                     wanted.set_shared_memory(region.name, size)
@@ -158,6 +160,14 @@ class AsyncTriton:
                     pool.release(region) if finished else pool.retire(region)
                 except Exception:  # one region's bookkeeping must not strand the others
                     log.exception("could not return shared-memory region %s", region.name)
+
+    def _count(self, region: Region | None, large: bool) -> None:
+        """percolate_reading_triton_large_tensors_total: each large tensor (an input of
+        MIN_TENSOR_BYTES or more, an output of declared size) by the way it actually goes."""
+        if region is not None:
+            self.shared_memory.tensors_shared += 1
+        elif large:
+            self.shared_memory.tensors_over_grpc += 1
 
     async def ready(self) -> bool:
         try:

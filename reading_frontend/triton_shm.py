@@ -62,7 +62,9 @@ TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EMFILE, errno.EN
 """Errors making a region that send one call over gRPC without turning the pool off."""
 CONTROL_TIMEOUT_S = 5.0
 IN_USE_POLL_S = 0.1
-"""How often retired regions are tried again while Triton says they are in use."""
+"""How often retired regions are tried again while Triton says they are in use..."""
+IN_USE_FAST_S = 2.0
+"""...for this long after they were retired; then once a second."""
 LET_GO, IN_USE, UNREACHABLE = "let go", "in use", "unreachable"
 """Longest wait for one register, unregister or status call."""
 CLOSE_WAIT_S = 2.0
@@ -173,10 +175,15 @@ class SharedMemoryPool:
         self._swept = False
         self._closing = False
         self._unregistering: asyncio.Task | None = None
+        self._retired_at: dict[str, float] = {}
+        """When each retired name was retired: young ones are polled fast."""
+        self._in_use_at: dict[str, float] = {}
+        """When Triton last answered "in use" for a retired name: a lease short of budget
+        does not ask again sooner than ``IN_USE_POLL_S``."""
         self.tensors_shared = 0
         self.tensors_over_grpc = 0
-        """Large tensors (``MIN_TENSOR_BYTES`` or more) that went through a region, and
-        that went over gRPC because none could be had (budget, full tmpfs, Triton down)."""
+        """Large tensors (inputs of ``MIN_TENSOR_BYTES`` or more, outputs of a declared
+        size) sent through a region, or over gRPC; counted by ``AsyncTriton._infer``."""
 
     def describe(self) -> str:
         """One line for the log: is it on, with how much, or why not."""
@@ -212,16 +219,15 @@ class SharedMemoryPool:
         free = self._free.get(size)
         if free:
             region = free.pop()
-            self.tensors_shared += 1
         else:
             if self.held_bytes + size > self.budget_bytes and self._retired:
-                await self._unregister_retired(deadline or time.monotonic() + CONTROL_TIMEOUT_S)
+                await self._unregister_retired(deadline or time.monotonic() + CONTROL_TIMEOUT_S,
+                                               room_for=size)
             if self.held_bytes + size > self.budget_bytes and not self._closing:
                 await self._drop_free_regions(size, deadline)
             if self._closing:
                 return None
             if self.held_bytes + size > self.budget_bytes:
-                self.tensors_over_grpc += 1
                 return None  # all in use: this tensor goes over gRPC
             self._creating += size
             try:
@@ -229,9 +235,7 @@ class SharedMemoryPool:
             finally:
                 self._creating -= size
             if region is None:
-                self.tensors_over_grpc += 1
                 return None
-            self.tensors_shared += 1
         self._in_use.add(region)
         return region
 
@@ -295,8 +299,15 @@ class SharedMemoryPool:
 
     def _retire(self, region: Region) -> None:
         self._retired[region.name] = region.size
+        self._retired_at[region.name] = time.monotonic()
         region.destroy()
         self._unregister_soon()
+
+    def _let_go(self, name: str) -> None:
+        """Triton has unregistered ``name``: it no longer counts."""
+        self._retired.pop(name, None)
+        self._retired_at.pop(name, None)
+        self._in_use_at.pop(name, None)
 
     def _unregister_soon(self) -> None:
         """Run the background unregistering unless it runs already (or no loop runs: the
@@ -311,25 +322,44 @@ class SharedMemoryPool:
 
     async def _unregister_in_background(self) -> None:
         """Unregister retired regions until none is left. Triton lets go of a region as
-        soon as its request ends, so while it answers "in use" this polls every
-        ``IN_USE_POLL_S`` (a few small local calls); while it cannot answer at all (down,
-        restarting: a restart forgets them anyway) the passes back off to one every 5 s."""
+        soon as its request ends, so while it answers "in use" for a region retired less
+        than ``IN_USE_FAST_S`` ago this polls every ``IN_USE_POLL_S`` (one small local call
+        per region); for older ones (a long request, abandoned) it backs off to once a
+        second, and while Triton cannot answer at all (down, restarting: a restart forgets
+        them anyway) to once every 5 s. A lease short of budget asks on its own."""
         pause = IN_USE_POLL_S
         while self._retired and not self._closing:
             outcomes = await self._unregister_retired(time.monotonic() + CONTROL_TIMEOUT_S)
-            if self._retired:
-                pause = min(pause * 2, 5.0) if UNREACHABLE in outcomes else IN_USE_POLL_S
-                await asyncio.sleep(pause)
+            if not self._retired:
+                break
+            now = time.monotonic()
+            young = any(now - at < IN_USE_FAST_S for at in list(self._retired_at.values()))
+            if UNREACHABLE in outcomes:
+                pause = min(pause * 2, 5.0)
+            else:
+                pause = IN_USE_POLL_S if young else min(pause * 2, 1.0)
+            await asyncio.sleep(pause)
 
-    async def _unregister_retired(self, deadline: float) -> set[str]:
+    async def _unregister_retired(self, deadline: float, room_for: int | None = None) -> set[str]:
         """One pass; a name leaves the list only once Triton has let it go. Returns the
-        outcomes seen (``_unregister``'s)."""
+        outcomes seen (``_unregister``'s). With ``room_for`` (a lease short of budget) it
+        skips names Triton called in use less than ``IN_USE_POLL_S`` ago, and stops once
+        a region of that size fits."""
         outcomes = set()
         for name in list(self._retired):
+            if room_for is not None:
+                if self.held_bytes + room_for <= self.budget_bytes:
+                    break
+                if time.monotonic() - self._in_use_at.get(name, 0.0) < IN_USE_POLL_S:
+                    continue
+            if name not in self._retired:
+                continue  # let go by another pass meanwhile
             outcome = await self._unregister(name, deadline)
             outcomes.add(outcome)
             if outcome == LET_GO:
-                self._retired.pop(name, None)
+                self._let_go(name)
+            elif outcome == IN_USE:
+                self._in_use_at[name] = time.monotonic()
         return outcomes
 
     async def _unregister(self, name: str, deadline: float | None) -> str:
@@ -358,8 +388,9 @@ class SharedMemoryPool:
             log.info("could not list Triton's shared-memory regions: %s", err.message())
             self._swept = False
             return
-        registered = [entry.get("name", "") for entry in status.get("regions", {}).values()]
-        registered = [name for name in registered if name.startswith(PREFIX)]
+        sizes = {entry.get("name", ""): int(entry.get("byte_size", 0) or 0)
+                 for entry in status.get("regions", {}).values()}
+        registered = [name for name in sizes if name.startswith(PREFIX)]
         owners = {_owner(name) for name in registered}
         owners |= {_owner(path.name.removesuffix(".lock")) for path in SHM_DIR.glob(f"{PREFIX}*")}
         for owner in sorted(owners - {self.token}):
@@ -369,7 +400,12 @@ class SharedMemoryPool:
             try:  # its lock is held while we clear, so a newcomer cannot take that file
                 names = [name for name in registered if _owner(name) == owner]
                 for name in names:
-                    await self._unregister(name, deadline)
+                    if await self._unregister(name, deadline) != LET_GO:
+                        # still in use (its last call just ended) or no answer: ours to
+                        # unregister in the background, and counted until then
+                        self._retired[name] = sizes[name]
+                        self._retired_at[name] = time.monotonic()
+                        self._unregister_soon()
                 for path in SHM_DIR.glob(f"{PREFIX}{owner}-*"):
                     _unlink(path)
                 _unlink(self._lock_path(owner))
@@ -447,13 +483,14 @@ class SharedMemoryPool:
         if memory is None:
             return None
         region = Region(name, size, memory, self._generation)
-        registered = False
+        registered = handled = False
         try:
             await self.client.register_system_shared_memory(
                 name, f"/{name}", size, client_timeout=_seconds_left(deadline))
             if self._closing:  # closed meanwhile: nobody would unregister it later
-                await self._unregister(name, deadline)
-                region.destroy()
+                handled = await self._unregister(name, None) == LET_GO  # its own deadline
+                if handled:
+                    region.destroy()
                 return None
             registered = True
         except InferenceServerException as err:
@@ -464,7 +501,7 @@ class SharedMemoryPool:
                 self._disable(f"Triton cannot map the frontend's shared memory ({err.message()}); "
                               f"it needs the same {SHM_DIR} (same host or pod)")
         finally:
-            if not registered:  # also when cancelled: Triton may have registered it
+            if not (registered or handled):  # also when cancelled: Triton may have it
                 self._retire(region)
         return region if registered else None
 
@@ -502,7 +539,8 @@ class SharedMemoryPool:
                 continue  # leased by another call while we awaited
             self._free[region.size].remove(region)
             self._retired[region.name] = region.size  # counted until Triton lets go, even
-            region.destroy()                           # if this call is cancelled meanwhile
+            self._retired_at[region.name] = time.monotonic()  # if this call is cancelled
+            region.destroy()
             try:
                 let_go = await self._unregister(region.name, deadline) == LET_GO
             except BaseException:
@@ -511,7 +549,7 @@ class SharedMemoryPool:
             if not let_go:
                 self._unregister_soon()
                 return  # Triton still holds it: no room made, keep the other free ones
-            self._retired.pop(region.name, None)
+            self._let_go(region.name)
 
     def _region_failed(self, what: str, err: OSError) -> None:
         """Out of memory, space, inodes or file descriptors passes: this call goes over
