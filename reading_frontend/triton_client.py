@@ -95,7 +95,8 @@ class AsyncTriton:
         if time.monotonic() >= deadline:
             raise DeadlineError(f"the deadline passed while {model} was running")
         try:
-            return await self._infer(model, inputs, outputs, deadline, {}, use_shared_memory=False)
+            return await self._infer(model, inputs, outputs, deadline, output_bytes or {},
+                                     use_shared_memory=False)
         except InferenceServerException as err:
             raise _translate(err, model) from None
 
