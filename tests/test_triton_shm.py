@@ -839,6 +839,7 @@ def test_a_region_registered_after_close_is_unregistered_at_once(
         go_on.set()
         np.testing.assert_array_equal(await call, expected[0])  # over gRPC
         assert not registered(triton_client, pool.token) and not files(pool.token)
+        assert not pool._retired and pool.held_bytes == 0  # nothing counted that is gone
         await client.close()
     asyncio.run(run())
 
