@@ -140,13 +140,9 @@ def refusal(err: InferenceServerException) -> str:
     return ""
 
 
-def _status(err: InferenceServerException) -> str:
-    return str(err.status() or "")
-
-
 def _unreachable(err: InferenceServerException) -> bool:
     """Triton is down, restarting or slow: no verdict on shared memory."""
-    return any(code in _status(err) for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"))
+    return any(code in str(err.status() or "") for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"))
 
 
 class SharedMemoryPool:
@@ -298,10 +294,14 @@ class SharedMemoryPool:
             self._disable(f"{SHM_DIR} is too small")
 
     def _retire(self, region: Region) -> None:
-        self._retired[region.name] = region.size
-        self._retired_at[region.name] = time.monotonic()
+        self._hold_retired(region.name, region.size)
         region.destroy()
         self._unregister_soon()
+
+    def _hold_retired(self, name: str, size: int) -> None:
+        """Triton may still map ``name``: count it until it lets go (``_let_go``)."""
+        self._retired[name] = size
+        self._retired_at[name] = time.monotonic()
 
     def _let_go(self, name: str) -> None:
         """Triton has unregistered ``name``: it no longer counts."""
@@ -403,8 +403,7 @@ class SharedMemoryPool:
                     if await self._unregister(name, deadline) != LET_GO:
                         # still in use (its last call just ended) or no answer: ours to
                         # unregister in the background, and counted until then
-                        self._retired[name] = sizes[name]
-                        self._retired_at[name] = time.monotonic()
+                        self._hold_retired(name, sizes[name])
                         self._unregister_soon()
                 for path in SHM_DIR.glob(f"{PREFIX}{owner}-*"):
                     _unlink(path)
@@ -538,9 +537,8 @@ class SharedMemoryPool:
             if region not in self._free.get(region.size, []):
                 continue  # leased by another call while we awaited
             self._free[region.size].remove(region)
-            self._retired[region.name] = region.size  # counted until Triton lets go, even
-            self._retired_at[region.name] = time.monotonic()  # if this call is cancelled
-            region.destroy()
+            self._hold_retired(region.name, region.size)  # counted even if this call is
+            region.destroy()                              # cancelled while Triton answers
             try:
                 let_go = await self._unregister(region.name, deadline) == LET_GO
             except BaseException:

@@ -92,6 +92,28 @@ async def calls_in_flight(client: AsyncTriton, page: np.ndarray, count: int) -> 
     return calls
 
 
+def end_process(client: AsyncTriton) -> None:
+    """What a frontend's process ending leaves: its lock goes, its regions stay registered."""
+    os.close(client.shared_memory._lock_fd)
+    client.shared_memory._lock_fd = None
+
+
+def hold_control_call(client: AsyncTriton, method: str, hold) -> tuple[asyncio.Event, object]:
+    """Make the client's control call ``method`` (register, unregister, status) say it was
+    entered, then await ``hold()`` before it runs: a slow or stalled Triton. Returns the
+    event it sets and the real call."""
+    real = getattr(client._client, method)
+    entered = asyncio.Event()
+
+    async def held(*args, **kwargs):
+        entered.set()
+        await hold()
+        return await real(*args, **kwargs)
+
+    setattr(client._client, method, held)
+    return entered, real
+
+
 async def recognize(client: AsyncTriton, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     out = await client.infer("ocr_rec", {"image": batch}, ["best_class", "best_probability"], 60)
     return out["best_class"], out["best_probability"]
@@ -223,8 +245,7 @@ def test_a_dead_frontends_regions_are_unregistered_and_a_live_ones_kept(triton, 
         await detect(live, page)
         dead_names = registered(triton_client, dead.shared_memory.token)
         assert len(dead_names) == 2
-        os.close(dead.shared_memory._lock_fd)  # the process ends: its lock goes, its regions stay
-        dead.shared_memory._lock_fd = None
+        end_process(dead)
         orphan = sorted(dead_names)[0]  # a region Triton forgot (restarted) but whose file stays
         unregister_behind_its_back(triton_client, orphan)
         assert orphan in files(dead.shared_memory.token)
@@ -343,13 +364,7 @@ def test_closing_with_calls_in_flight_never_unmaps_a_region_under_them(triton, t
         client = AsyncTriton(triton.grpc_url, 64 * MIB)
         pool = client.shared_memory
         np.testing.assert_array_equal(await detect(client, page), expected[0])  # warm regions
-        real_unregister = client._client.unregister_system_shared_memory
-
-        async def slow_unregister(*args, **kwargs):
-            await asyncio.sleep(1.0)
-            return await real_unregister(*args, **kwargs)
-
-        client._client.unregister_system_shared_memory = slow_unregister
+        hold_control_call(client, "unregister_system_shared_memory", lambda: asyncio.sleep(1.0))
         calls = await calls_in_flight(client, page, 3)
         await pool.close()
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
@@ -429,15 +444,8 @@ def test_a_call_cancelled_while_registering_leaves_no_file_and_no_region(triton,
     async def run():
         client = AsyncTriton(triton.grpc_url, 64 * MIB)
         pool = client.shared_memory
-        real_register = client._client.register_system_shared_memory
-        started = asyncio.Event()
-
-        async def slow_register(*args, **kwargs):
-            started.set()
-            await asyncio.sleep(0.2)
-            return await real_register(*args, **kwargs)
-
-        client._client.register_system_shared_memory = slow_register
+        started, _ = hold_control_call(client, "register_system_shared_memory",
+                                       lambda: asyncio.sleep(0.2))
         call = asyncio.create_task(detect(client, page))
         await asyncio.wait_for(started.wait(), 60)
         call.cancel()
@@ -591,8 +599,7 @@ def test_a_sweep_holds_a_dead_frontends_lock_until_its_files_are_gone(
         dead = AsyncTriton(triton.grpc_url, 64 * MIB)
         await detect(dead, page)
         token = dead.shared_memory.token
-        os.close(dead.shared_memory._lock_fd)
-        dead.shared_memory._lock_fd = None
+        end_process(dead)
         lock_path = dead.shared_memory._lock_path(token)
         seen = []
         real_unlink = triton_shm._unlink
@@ -661,16 +668,8 @@ def test_a_call_cancelled_while_a_free_region_is_dropped_leaves_it_counted(
         client = AsyncTriton(triton.grpc_url, 8 * MIB)
         pool = client.shared_memory
         await detect(client, page)  # two free 4 MiB regions fill the budget
-        real_unregister = client._client.unregister_system_shared_memory
         answered = asyncio.Event()
-        waiting = asyncio.Event()
-
-        async def slow_unregister(*args, **kwargs):
-            waiting.set()
-            await answered.wait()
-            return await real_unregister(*args, **kwargs)
-
-        client._client.unregister_system_shared_memory = slow_unregister
+        waiting, _ = hold_control_call(client, "unregister_system_shared_memory", answered.wait)
         try:
             dropping = asyncio.create_task(pool.lease(6 * MIB))  # an 8 MiB region: drops both
             await asyncio.wait_for(waiting.wait(), 60)
@@ -745,18 +744,10 @@ def test_a_first_call_cancelled_while_sweeping_sweeps_again_next_time(triton, tr
     async def run():
         dead = AsyncTriton(triton.grpc_url, 64 * MIB)
         await detect(dead, page)
-        os.close(dead.shared_memory._lock_fd)
-        dead.shared_memory._lock_fd = None
+        end_process(dead)
         client = AsyncTriton(triton.grpc_url, 64 * MIB)
-        real_status = client._client.get_system_shared_memory_status
-        listing = asyncio.Event()
-
-        async def slow_status(*args, **kwargs):
-            listing.set()
-            await asyncio.sleep(30)
-            return await real_status(*args, **kwargs)
-
-        client._client.get_system_shared_memory_status = slow_status
+        listing, real_status = hold_control_call(client, "get_system_shared_memory_status",
+                                                 lambda: asyncio.sleep(30))
         try:
             first = asyncio.create_task(detect(client, page))
             await asyncio.wait_for(listing.wait(), 60)
@@ -824,15 +815,8 @@ def test_a_region_registered_after_close_is_unregistered_at_once(
     async def run():
         client = AsyncTriton(triton.grpc_url, 64 * MIB)
         pool = client.shared_memory
-        real_register = client._client.register_system_shared_memory
-        registering, go_on = asyncio.Event(), asyncio.Event()
-
-        async def gated_register(*args, **kwargs):
-            registering.set()
-            await go_on.wait()
-            return await real_register(*args, **kwargs)
-
-        client._client.register_system_shared_memory = gated_register
+        go_on = asyncio.Event()
+        registering, _ = hold_control_call(client, "register_system_shared_memory", go_on.wait)
         call = asyncio.create_task(detect(client, page))
         await asyncio.wait_for(registering.wait(), 60)
         await pool.close()
@@ -903,8 +887,7 @@ def test_a_dead_frontends_region_still_in_use_is_unregistered_later(triton, trit
         dead = AsyncTriton(triton.grpc_url, 64 * MIB)
         await detect(dead, page)
         token = dead.shared_memory.token
-        os.close(dead.shared_memory._lock_fd)
-        dead.shared_memory._lock_fd = None
+        end_process(dead)
         sweeper = AsyncTriton(triton.grpc_url, 64 * MIB)
         real_unregister = sweeper._client.unregister_system_shared_memory
         refused = set()
